@@ -1,0 +1,168 @@
+"""Executors: where a job's training process runs.
+
+Both executors run the same thing, `python -m ablation.training RUN_DIR`, and report
+the same outcome (exit code + the run folder's summary.json), so a job's artefacts
+do not depend on who ran it. Only the driver touches the queue database.
+
+* `LocalExecutor`: subprocesses on this machine, one per GPU slot
+  (CUDA_VISIBLE_DEVICES pinned), or one on a CPU machine.
+* `RayExecutor`: one Ray task per job, each asking for a GPU (or CPUs), placed by Ray
+  across the cluster; the results folder must be shared storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ablation.errors import AblationError
+from ablation.training import EXIT_INTERRUPTED, PROGRESS
+
+LineSink = Callable[[int, str], None]  # (job id, line) -> None
+
+
+@dataclass
+class Outcome:
+    job_id: int
+    status: str  # done | failed | interrupted
+    error: str | None = None
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES, else what nvidia-smi lists."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()]
+
+
+def train_command(run_dir: str) -> list[str]:
+    return [sys.executable, "-m", "ablation.training", str(run_dir)]
+
+
+def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outcome:
+    """Turn a finished training process into a queue state."""
+    from ablation import results
+
+    summary = {}
+    with contextlib.suppress(FileNotFoundError, AblationError):
+        summary = results.read_json(Path(run_dir) / "summary.json")
+    if code == 0 and summary.get("status") == "done":
+        return Outcome(job_id, "done")
+    if code in (EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
+        return Outcome(job_id, "interrupted", "interrupted; resumes from its last epoch")
+    reason = summary.get("error") if summary.get("status") == "failed" else None
+    if not reason:
+        last = [t for t in tail if t.strip()]
+        reason = f"exit code {code}" + (f": {last[-1].strip()[:300]}" if last else "")
+        if code in (-signal.SIGKILL, 137):
+            reason += " (killed: out of memory?)"
+    return Outcome(job_id, "failed", reason)
+
+
+def pump(stream, log_path: Path, job_id: int, sink: LineSink, tail: list[str]) -> None:
+    """Copy a training process's output into its train.log; progress lines go to sink."""
+    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+        log.write(f"--- attempt started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+        for raw in stream:
+            line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            if line.startswith(PROGRESS):
+                sink(job_id, line[len(PROGRESS):])
+            else:
+                log.write(line)
+                log.flush()
+                tail.append(line)
+                del tail[:-20]
+
+
+@dataclass
+class _Slot:
+    gpu: str | None
+    job_id: int | None = None
+    proc: subprocess.Popen | None = None
+    run_dir: Path | None = None
+    reader: threading.Thread | None = None
+    tail: list[str] = field(default_factory=list)
+
+
+class LocalExecutor:
+    """Runs jobs as subprocesses, `workers` at a time, each pinned to one GPU slot."""
+
+    def __init__(self, workers: int | None = None, sink: LineSink | None = None):
+        gpus = visible_gpus()
+        n = workers or max(1, len(gpus))
+        self.size = n
+        self.slots = [_Slot(gpus[i % len(gpus)] if gpus else None) for i in range(n)]
+        self.sink = sink or (lambda job_id, line: None)
+        self.describe = (f"{n} local worker(s)"
+                         + (f" on GPU(s) {', '.join(gpus)}" if gpus else " on the CPU"))
+
+    @property
+    def capacity(self) -> int:
+        return sum(s.job_id is None for s in self.slots)
+
+    def running(self) -> list[int]:
+        return [s.job_id for s in self.slots if s.job_id is not None]
+
+    def submit(self, job_id: int, run_dir: Path) -> None:
+        slot = next(s for s in self.slots if s.job_id is None)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        slot.tail = []
+        slot.proc = subprocess.Popen(train_command(str(run_dir)), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=env)
+        slot.job_id, slot.run_dir = job_id, Path(run_dir)
+        slot.reader = threading.Thread(
+            target=pump, args=(slot.proc.stdout, slot.run_dir / "train.log", job_id, self.sink,
+                               slot.tail), daemon=True)
+        slot.reader.start()
+
+    def poll(self, timeout: float = 1.0) -> list[Outcome]:
+        """Outcomes of the jobs that ended since the last call (waits up to timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = []
+            for s in self.slots:
+                if s.proc is not None and s.proc.poll() is not None:
+                    s.reader.join(timeout=10)
+                    done.append(outcome_from(s.job_id, s.run_dir, s.proc.returncode, s.tail))
+                    s.job_id = s.proc = s.run_dir = s.reader = None
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.2)
+
+    def cancel(self, grace: float = 30.0) -> list[Outcome]:
+        """Stop every running job (SIGTERM, then SIGKILL after `grace` seconds)."""
+        for s in self.slots:
+            if s.proc is not None and s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for s in self.slots:
+            if s.proc is not None:
+                try:
+                    s.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    s.proc.kill()
+                    s.proc.wait()
+        return [Outcome(o.job_id, "interrupted" if o.status != "done" else "done", o.error)
+                for o in self.poll(timeout=0)]
+
+    def shutdown(self) -> None:
+        pass

@@ -1,0 +1,118 @@
+"""The results folder: where each run's artefacts live, how they are written safely,
+and how they are read back for reports.
+
+    results/
+      queue.sqlite                      job states (ablation.jobqueue)
+      runs/<recipe id>/<variant>-s<seed>/
+        config.json   summary.json   history.csv   model.h5   train.log
+        backup/ (while training)      tensorboard/
+
+Files the harness writes itself are written atomically (temp file, fsync, rename):
+a crash leaves the old version or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ablation.errors import AblationError
+
+RUNS = "runs"
+
+
+def run_dir(results: Path, recipe_id: str, variant: str, seed: int) -> Path:
+    """One folder per (recipe, variant, seed), named so a person can find it."""
+    return Path(results) / RUNS / recipe_id / f"{variant}-s{seed}"
+
+
+def clean(obj: Any) -> Any:
+    """JSON has no NaN/inf: store them as null rather than writing invalid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write, fsync, rename; a full disk becomes a one-line AblationError."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except OSError as e:
+        raise disk_error(e, path) from None
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(clean(obj), indent=2, sort_keys=True) + "\n")
+
+
+def disk_error(e: OSError, path: Path) -> AblationError:
+    """Turn an OSError into the one line a user needs."""
+    if e.errno == errno.ENOSPC:
+        return AblationError(f"disk full while writing {path}; free space and rerun "
+                             "(finished runs are kept)")
+    if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return AblationError(f"cannot write {path}: {e.strerror}")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return AblationError(f"cannot create {path}: a file is in the way of a folder")
+    return AblationError(f"cannot write {path}: {e.strerror or e}")
+
+
+def read_json(path: Path) -> dict:
+    """Read a JSON object; a damaged file raises AblationError naming it."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise AblationError(f"damaged file {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise AblationError(f"damaged file {path}: not a JSON object")
+    return obj
+
+
+def prepare_results(results: Path) -> Path:
+    """Create the results folder or explain in one line why it cannot be used."""
+    results = Path(results)
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        if results.exists() and not results.is_dir():
+            raise AblationError(f"results path {results} is a file, not a folder") from None
+        raise disk_error(e, results) from None
+    return results
+
+
+def iter_summaries(results: Path) -> list[Path]:
+    """Every run's summary.json under a results folder, in a stable order."""
+    return sorted((Path(results) / RUNS).glob("*/*/summary.json"))
