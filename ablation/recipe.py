@@ -82,5 +82,5 @@ class Recipe:
         if epoch * 1000 < 405 * self.epochs:
             return self.lr
         if epoch * 100 < 61 * self.epochs:
-            return self.lr * 0.1
-        return self.lr * 0.01
+            return self.lr / 10
+        return self.lr / 100

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ablation import registry, results
 from ablation.errors import AblationError
+from ablation.recipe import Recipe
 
 VGG19_PARAMS = 39_002_738  # the blog's size reference (Keras applications VGG19)
 
@@ -307,8 +308,8 @@ def _recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
         + (" — **a subset of the data, not comparable with the blog**"
            if r.get("train_limit") or r.get("test_limit") else ""),
         f"- **Recipe**: {r['epochs']} epochs, batch {r['batch_size']}, SGD lr {r['lr']} "
-        f"(momentum {r.get('momentum', 0.9)}, Nesterov), step schedule ×0.1 at "
-        f"{math.ceil(0.405 * r['epochs'])} and {math.ceil(0.61 * r['epochs'])}, "
+        f"(momentum {r.get('momentum', 0.9)}, Nesterov), lr ×0.1 from epochs "
+        f"{' and '.join(map(str, Recipe.from_dict(r).milestones()))} (0-based), "
         f"L2 {r['weight_decay']}, augmentation `{r['augment']}`, precision {r['precision']}",
         f"- **Runs**: {len(runs)} ({len({x.variant for x in runs})} variants, seeds "
         f"{', '.join(map(str, seeds))})",
@@ -336,7 +337,8 @@ def _comparison_block(cmp: Comparison, n: int, runs: list[Run], recipe_id: str,
         out += [f"*{cmp.question}*", ""]
     missing = [v for v in cmp.variants if v not in present]
     if not present:
-        return [*out, f"**Pending**: no runs yet. Fill it with `{_command(recipe, list(cmp.variants), seeds)}`", ""]
+        fill = _command(recipe, list(cmp.variants), seeds)
+        return [*out, f"**Pending**: no runs yet. Fill it with `{fill}`", ""]
     if missing:
         out += [f"**Missing**: {', '.join(missing)} — run "
                 f"`{_command(recipe, missing, seeds)}`", ""]
@@ -388,7 +390,7 @@ def _comparison_block(cmp: Comparison, n: int, runs: list[Run], recipe_id: str,
     plot_curves(fig_dir / f"{base}-curves.png", present, cmp.title)
     out += [f"![{cmp.title}: curves]({rel}/{base}-curves.png)", ""]
     if cmp.zoom:
-        start = math.ceil(0.61 * recipe["epochs"])  # after the second lr drop
+        start = Recipe.from_dict(recipe).milestones()[1]  # after the second lr drop
         last = max(len(r.history) for rs in present.values() for r in rs)
         start = start if last > start else max(0, last // 2)
         plot_zoom(fig_dir / f"{base}-zoom.png", present, cmp.title, start)
