@@ -148,8 +148,8 @@ def _make_recorder_class(keras):
             logs = logs if logs is not None else {}
             seconds = time.perf_counter() - self.t0
             train_s = self.t_train or seconds
-            lr = logs.pop("learning_rate", None)
-            logs["lr"] = float(lr if lr is not None else self.job.recipe.learning_rate(epoch))
+            logs.pop("learning_rate", None)  # Keras' float32 echo of what we set
+            logs["lr"] = self.job.recipe.learning_rate(epoch)
             logs["epoch_seconds"] = round(seconds, 3)
             logs["images_per_second"] = round(self.n_train / train_s, 1)
             self.train_rates.append(self.n_train / train_s)

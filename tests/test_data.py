@@ -1,0 +1,100 @@
+"""Data: safe loading, subsets, augmentation faithful to ImageDataGenerator, and a
+batch stream that a resumed job replays exactly."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import scipy.ndimage as nd
+
+from ablation import data
+from ablation.errors import AblationError
+
+
+def test_real_cifar10_loads_with_the_blog_statistics(cifar_dir):
+    ds = data.load("cifar10", cifar_dir)
+    assert ds.x_train.shape == (50000, 32, 32, 3) and ds.x_train.dtype == np.uint8
+    assert ds.x_test.shape == (10000, 32, 32, 3)
+    assert ds.y_train[0] == 6 and ds.y_test[0] == 3  # frog, cat (SOURCE.md)
+    mean = ds.x_train.reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(mean, data.CIFAR10_MEAN, atol=0.01)
+    # the dataset folder itself is accepted too
+    ds2 = data.load("cifar10", cifar_dir / "cifar-10-batches-py", 100, 50)
+    assert len(ds2.y_train) == 100 and len(ds2.y_test) == 50
+
+
+def test_balanced_subset_is_deterministic_and_balanced():
+    y = np.repeat(np.arange(10), 100)[np.random.default_rng(0).permutation(1000)]
+    idx = data.balanced_subset(y, 53, 10)
+    assert len(idx) == 53
+    counts = np.bincount(y[idx], minlength=10)
+    assert counts.max() - counts.min() <= 1 and counts[:3].tolist() == [6, 6, 6]
+    assert np.array_equal(idx, data.balanced_subset(y, 53, 10))
+    assert len(data.balanced_subset(y, None, 10)) == 1000
+
+
+def test_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": Evil(), "labels": [1]}))
+    with pytest.raises(AblationError, match="refusing to load"):
+        data.check("cifar10", folder)
+
+
+def test_missing_and_damaged_data_are_one_line_errors(tmp_path):
+    with pytest.raises(AblationError, match="does not exist"):
+        data.resolve_data_dir("cifar10", tmp_path / "nope")
+    with pytest.raises(AblationError, match="no cifar-10-batches-py"):
+        data.resolve_data_dir("cifar10", tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(AblationError, match="damaged data file"):
+        data.check("cifar10", folder)
+
+
+def test_blog_shift_matches_scipy_constant_mode():
+    """ImageDataGenerator shifts with scipy.ndimage.affine_transform(order=1,
+    mode='constant', cval=0); ours must give the same pixels."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 32, 32, 3)).astype(np.float32)
+    dy, dx = rng.uniform(-4, 4, 16), rng.uniform(-4, 4, 16)
+    ours = data._shift_axis(data._shift_axis(x, dy, 1), dx, 2)
+    ref = np.stack([np.stack([nd.affine_transform(x[i, :, :, c], np.eye(2),
+                                                  offset=(dy[i], dx[i]), order=1,
+                                                  mode="constant", cval=0.0)
+                              for c in range(3)], -1) for i in range(16)])
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_crop_is_a_zero_padded_window():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 32, 32, 3)).astype(np.float32) + 10  # never 0 inside
+    out = data.augment_crop(x, np.random.default_rng(3))
+    assert out.shape == x.shape
+    for i in range(64):
+        img = out[i]
+        inside = img[np.any(img != 0, axis=2)]
+        # every non-zero pixel is an original pixel (possibly flipped), shifted <= 4 px
+        rows = np.flatnonzero(np.any(img != 0, axis=(1, 2)))
+        assert 28 <= len(rows) <= 32 and len(inside) >= 28 * 28
+
+
+def test_stream_replays_exactly_from_any_epoch():
+    ds = data.synthetic(n_train=100, n_test=10)
+    full = data.TrainStream(ds, 32, seed=5, start_epoch=0, epochs=3)
+    resumed = data.TrainStream(ds, 32, seed=5, start_epoch=2, epochs=3)
+    batches = list(full)
+    assert len(batches) == 3 * 4 and batches[3][0].shape == (4, 32, 32, 3)  # ceil(100/32)
+    for a, b in zip(batches[8:], list(resumed), strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    other = list(data.TrainStream(ds, 32, seed=6, epochs=1))
+    assert not np.array_equal(other[0][0], batches[0][0])

@@ -1,0 +1,92 @@
+"""The recipe's schedule and identity; the queue's claim and reclaim rules."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ablation.errors import AblationError
+from ablation.jobqueue import JobQueue
+from ablation.recipe import Recipe
+
+
+def test_blog_schedule_at_200_epochs():
+    r = Recipe()
+    assert r.milestones() == (81, 122)
+    assert [r.learning_rate(e) for e in (0, 80, 81, 121, 122, 199)] == [
+        0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 10, 30, 100, 164, 200, 333])
+def test_schedule_scales_as_fractions(epochs):
+    r = Recipe(epochs=epochs)
+    for e in range(epochs):
+        want = 0.1 if e < 0.405 * epochs - 1e-9 else 0.01 if e < 0.61 * epochs - 1e-9 else 0.001
+        assert r.learning_rate(e) == pytest.approx(want)
+
+
+def test_recipe_ids_separate_recipes():
+    assert Recipe(epochs=30).id != Recipe(epochs=200).id
+    assert Recipe().id == Recipe().id
+    assert Recipe(train_limit=100).id.startswith("cifar10-e200-b128-blog-fp32-sub100-all-")
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0},
+                                 {"augment": "mixup"}, {"precision": "int8"},
+                                 {"train_limit": 0}])
+def test_bad_recipes_are_refused(bad):
+    with pytest.raises(AblationError):
+        Recipe(**bad)
+
+
+def _jobs(n):
+    return [("resnet32", s, "rid", {}, f"/tmp/x{s}") for s in range(n)]
+
+
+def test_claims_are_exclusive_and_done_jobs_skipped(tmp_path):
+    with JobQueue(tmp_path) as q:
+        ids = q.add(_jobs(3))
+        assert q.add(_jobs(3)) == ids  # idempotent
+        a = q.claim(ids, "w1")
+        b = q.claim(ids, "w2")
+        assert a.id != b.id and a.status == b.status == "running" and a.attempts == 1
+        q.finish(a.id, "done")
+        q.finish(b.id, "failed", "boom")
+        c = q.claim(ids, "w1")
+        assert c.id not in (a.id, b.id)
+        assert q.claim(ids, "w1") is None  # c is ours and alive; a done; b failed
+        q.add(_jobs(3), retry_failed=True)
+        assert q.get(b.id).status == "queued"
+
+
+def test_dead_runner_is_reclaimed_live_one_is_not(tmp_path):
+    # a runner process that claims a job and then dies
+    code = ("import sys; from ablation.jobqueue import JobQueue; q = JobQueue(sys.argv[1]);"
+            "ids = q.add([('resnet32', 0, 'rid', {}, '/tmp/x')]); print(q.claim(ids, 'w').id)")
+    dead = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, check=True)
+    job_id = int(dead.stdout)
+    (tmp_path / "live").mkdir()
+    live = subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(60)",
+                             str(tmp_path / "live")], stdout=subprocess.PIPE, text=True)
+    try:
+        live_id = int(live.stdout.readline())
+        with JobQueue(tmp_path) as q:
+            job = q.claim([job_id], "me")
+            assert job is not None and job.attempts == 2 and job.pid == os.getpid()
+        with JobQueue(tmp_path / "live") as q:
+            assert q.claim([live_id], "me") is None  # its runner is alive
+            # a stale heartbeat from another host is reclaimed
+            q.db.execute("UPDATE jobs SET host='elsewhere', heartbeat=0 WHERE id=?", (live_id,))
+            assert q.claim([live_id], "me") is not None
+    finally:
+        live.kill()
+
+
+def test_damaged_database_is_a_one_line_error(tmp_path):
+    (tmp_path / "queue.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(AblationError, match="damaged queue database"):
+        JobQueue(tmp_path)

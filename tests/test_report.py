@@ -1,0 +1,113 @@
+"""`ablation report` from real tiny runs: tables, figures, damaged and empty inputs,
+determinism."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+from ablation import report
+
+TINY = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, cifar_dir):
+    res = tmp_path_factory.mktemp("report") / "results"
+    r = run_cli("run", "resnet32", "resnet32_e", "--seeds", "2", "--workers", "2", *TINY,
+                "--data-dir",
+                str(cifar_dir), "--results", str(res))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return res
+
+
+def test_report_tables_and_figures(results, tmp_path):
+    out = tmp_path / "reports"
+    r = run_cli("report", "--results", str(results), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    md = (out / "README.md").read_text()
+    assert md.count("### ") == 6  # the blog's six comparisons
+    assert "a subset of the data, not comparable with the blog" in md
+    # comparison 2 has both variants with 2 seeds and the blog's counts marked
+    block = md.split("### 2.")[1].split("### 3.")[0]
+    table = [line for line in block.splitlines()
+             if line.startswith("| resnet32") and "✓" in line]
+    assert len(table) == 2
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == "470,218 ✓" and cells[3] == "467,946 ✓" and cells[4] == "2,272 ✓"
+        assert cells[6] == "2" and cells[7] == "2/2"
+        assert "±" in cells[8] and "±" in cells[9]
+    assert "Welch" in block and "| resnet32 | resnet32_e |" in re.sub(" +", " ", block)
+    # comparison 1 carries the VGG19 reference row; 3 is pending with a command
+    assert "39,002,738" in md.split("### 2.")[0]
+    assert "Missing**: resnet34" in md and "ablation run resnet34 --seeds 2 --epochs 2" in md
+    assert "**Pending**" in md.split("### 6.")[1]
+    # published numbers kept apart
+    assert "## Published numbers (context, not measured here)" in md
+    assert "6.37%" in md.split("## Published numbers")[1]
+    assert "6.37%" not in md.split("## Published numbers")[0]
+    # figures exist, are PNGs, and are linked
+    pngs = sorted(out.rglob("*.png"))
+    assert {p.name for p in pngs} >= {"1-resnet32-curves.png", "2-refactor-curves.png",
+                                     "3-deeper-curves.png"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+        assert f"{p.parent.name}/{p.name}" in md
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4 and set(runs["variant"]) == {"resnet32", "resnet32_e"}
+    assert (runs["status"] == "done").all()
+
+
+def test_report_is_deterministic(results, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    report.build(results, a)
+    report.build(results, b)
+    assert (a / "README.md").read_bytes() == (b / "README.md").read_bytes()
+
+
+def test_damaged_runs_are_skipped_with_a_warning(results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    runs = sorted((copy / "runs").glob("*/*"))
+    (runs[0] / "summary.json").write_text('{"variant": "resnet32", "se')  # half-written
+    (runs[1] / "history.csv").write_bytes(b"\x00\xff garbage")
+    s = json.loads((runs[2] / "summary.json").read_text())
+    s.update(status="running", epochs_done=1)  # a run still going
+    (runs[2] / "summary.json").write_text(json.dumps(s))
+    r = run_cli("report", "--results", str(copy), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: skipping run") == 2
+    assert str(runs[0] / "summary.json") in r.stderr
+    md = (tmp_path / "out" / "README.md").read_text()
+    assert "**Partial runs**" in md and "(1/2 epochs, running)" in md
+
+
+def test_empty_or_missing_results_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for folder in ("empty", "missing"):
+        r = run_cli("report", "--results", str(tmp_path / folder), "--out",
+                    str(tmp_path / "o"))
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "run `ablation run` first" in r.stderr
+
+
+def test_recipe_filters(results, tmp_path):
+    r = run_cli("report", "--results", str(results), "--out", str(tmp_path / "o"),
+                "--epochs", "200")
+    assert r.returncode != 0 and "no runs match" in r.stderr
+
+
+def test_holm_and_welch():
+    assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    rows = report.pairwise_tests({"a": [0.90, 0.91, 0.905], "b": [0.50, 0.51, 0.505],
+                                  "c": [0.9]})
+    ab = next(r for r in rows if r[:2] == ["a", "b"])
+    assert ab[5].startswith("**yes**")
+    ac = next(r for r in rows if r[:2] == ["a", "c"])
+    assert ac[5] == "needs ≥ 2 seeds each"
