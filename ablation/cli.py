@@ -130,17 +130,8 @@ def cmd_run(args) -> int:
         data.check(recipe.dataset, data_dir)
     from ablation import executors
 
-    if args.executor == "ray":
-        from ablation import ray_executor
-
-        def factory(sink):
-            return ray_executor.RayExecutor(address=args.ray_address, sink=sink,
-                                            gpus_per_job=args.ray_gpus,
-                                            cpus_per_job=args.ray_cpus,
-                                            max_retries=args.ray_retries)
-    else:
-        def factory(sink):
-            return executors.LocalExecutor(args.workers, sink)
+    def factory(sink):
+        return executors.LocalExecutor(args.workers, sink)
 
     return runner.run(plan, factory)
 
@@ -197,18 +188,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-# --- bench --------------------------------------------------------------------------------
-
-
-def cmd_bench(args) -> int:
-    from ablation import bench
-
-    names = registry.select(args.variants) if args.variants else ["resnet32_e"]
-    return bench.main(names, precision=args.precision, steps=args.steps,
-                      batch_size=args.batch_size, baseline=args.baseline,
-                      data_dir=args.data_dir, repeats=args.repeats)
-
-
 # --- parser -------------------------------------------------------------------------------
 
 
@@ -244,13 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-keep-model", action="store_true",
                    help="save the .h5 to measure it, then delete it")
     s.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
-    s.add_argument("--executor", choices=["local", "ray"], default="local")
-    s.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
-    s.add_argument("--ray-gpus", type=_nonneg_float, default=None,
-                   help="GPUs per Ray task (default 1 if the cluster has GPUs, else 0)")
-    s.add_argument("--ray-cpus", type=_positive_float, default=1.0, help="CPUs per Ray task")
-    s.add_argument("--ray-retries", type=_int(0), default=3,
-                   help="Ray retries of a job whose worker died (default 3)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="print the job queue as a table")
@@ -264,17 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_int(1), help="only recipes with this many epochs")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("bench", help="time training steps; compare with the blog's Keras-2 path")
-    s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    s.add_argument("--steps", type=_int(2), default=30)
-    s.add_argument("--batch-size", type=_int(1), default=128)
-    s.add_argument("--repeats", type=_int(1), default=3,
-                   help="alternations of ours and the baseline (with --baseline)")
-    s.add_argument("--baseline", action="store_true",
-                   help="also time the blog's Keras-2 path (needs the baseline extra)")
-    s.add_argument("--data-dir", help="real CIFAR-10 (default: generated images)")
-    s.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,13 +1,12 @@
 """Executors: where a job's training process runs.
 
-Both executors run the same thing, `python -m ablation.training RUN_DIR`, and report
-the same outcome (exit code + the run folder's summary.json), so a job's artefacts
-do not depend on who ran it. Only the driver touches the queue database.
+An executor runs `python -m ablation.training RUN_DIR` and reports the outcome (exit
+code + the run folder's summary.json), so a job's artefacts do not depend on who ran
+it. Only the driver (ablation.runner) touches the queue database.
 
-* `LocalExecutor`: subprocesses on this machine, one per GPU slot
-  (CUDA_VISIBLE_DEVICES pinned), or one on a CPU machine.
-* `RayExecutor`: one Ray task per job, each asking for a GPU (or CPUs), placed by Ray
-  across the cluster; the results folder must be shared storage.
+`LocalExecutor`: subprocesses on this machine, one per GPU slot (CUDA_VISIBLE_DEVICES
+pinned), or one on a CPU machine. Another executor (a cluster) implements the same
+five calls: capacity, running, submit, poll, cancel.
 """
 
 from __future__ import annotations

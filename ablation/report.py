@@ -189,8 +189,9 @@ def colours() -> dict[str, tuple]:
     """One colour per registered variant, the same in every figure."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab20"]
-    return {n: cmap(i % 20) for i, n in enumerate(registry.variants())}
+    cmap = matplotlib.colormaps["tab20"]  # the saturated half first, then the pale one
+    return {n: cmap((2 * i) % 20 + (2 * i) // 20 % 2) for i, n in
+            enumerate(registry.variants())}
 
 
 def _curve(runs: list[Run], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -217,6 +218,7 @@ def _band(ax, runs, column, colour, label, scale=1.0, start=0):
 
 def plot_curves(path: Path, groups: dict[str, list[Run]], title: str) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     col = colours()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
@@ -226,6 +228,7 @@ def plot_curves(path: Path, groups: dict[str, list[Run]], title: str) -> None:
         for v, runs in groups.items():
             _band(ax, runs, column, col[v], f"{v} (n={len(runs)})", scale)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.set_title(label)
         ax.grid(alpha=0.3)
@@ -239,12 +242,14 @@ def plot_curves(path: Path, groups: dict[str, list[Run]], title: str) -> None:
 
 def plot_zoom(path: Path, groups: dict[str, list[Run]], title: str, start: int) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     col = colours()
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     for v, runs in groups.items():
         _band(ax, runs, "val_accuracy", col[v], f"{v} (n={len(runs)})", 100, start)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{title}: test accuracy after epoch {start} (zoomed; band = ±1 std)")
     ax.grid(alpha=0.3)
