@@ -130,8 +130,15 @@ def cmd_run(args) -> int:
         data.check(recipe.dataset, data_dir)
     from ablation import executors
 
-    def factory(sink):
-        return executors.LocalExecutor(args.workers, sink)
+    if args.executor == "ray":
+        from ablation import ray_executor
+
+        def factory(sink):
+            return ray_executor.RayExecutor(args.ray_address, sink, args.ray_gpus,
+                                            args.ray_cpus, args.ray_retries)
+    else:
+        def factory(sink):
+            return executors.LocalExecutor(args.workers, sink)
 
     return runner.run(plan, factory)
 
@@ -223,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-keep-model", action="store_true",
                    help="save the .h5 to measure it, then delete it")
     s.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
+    s.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local subprocesses (default) or tasks on a Ray cluster")
+    s.add_argument("--ray-address", help="Ray cluster address, e.g. auto (default: start "
+                                         "a local Ray instance)")
+    s.add_argument("--ray-gpus", type=_nonneg_float, default=None,
+                   help="GPUs per Ray task (default: 1 if the cluster has GPUs, else 0)")
+    s.add_argument("--ray-cpus", type=_positive_float, default=1.0, help="CPUs per Ray task")
+    s.add_argument("--ray-retries", type=_int(0), default=3,
+                   help="Ray retries of a job whose worker died (default 3)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="print the job queue as a table")
