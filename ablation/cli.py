@@ -195,6 +195,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+# --- bench --------------------------------------------------------------------------------
+
+
+def cmd_bench(args) -> int:
+    from ablation import bench
+
+    names = registry.select(args.variants) if args.variants else ["resnet32_e"]
+    return bench.main(names, precision=args.precision, steps=args.steps,
+                      batch_size=args.batch_size, baseline=args.baseline,
+                      data_dir=args.data_dir, repeats=args.repeats)
+
+
 # --- parser -------------------------------------------------------------------------------
 
 
@@ -252,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_int(1), help="only recipes with this many epochs")
     s.set_defaults(func=cmd_report)
 
+    s = sub.add_parser("bench", help="time training steps; compare with the blog's Keras-2 path")
+    s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB",
+                   help="default resnet32_e")
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    s.add_argument("--steps", type=_int(2), default=30, help="timed steps (default 30)")
+    s.add_argument("--batch-size", type=_int(1), default=128)
+    s.add_argument("--repeats", type=_int(1), default=3,
+                   help="alternations of ours and the baseline (with --baseline)")
+    s.add_argument("--baseline", action="store_true",
+                   help="also time the blog's Keras-2 path (needs the baseline extra)")
+    s.add_argument("--data-dir", help="real CIFAR-10 (default: generated images)")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

@@ -161,23 +161,30 @@ def _network(ops: Any, v: Variant, x: Any, num_classes: int) -> Any:
 
 
 class KerasOps:
-    """Builds real Keras 3 layers with the blog's settings."""
+    """Builds real Keras layers with the blog's settings (Keras 3 by default; the
+    benchmark's Keras-2 baseline passes `tf_keras` to build the same graph)."""
 
-    def __init__(self, weight_decay: float = WEIGHT_DECAY):
-        import keras
+    def __init__(self, weight_decay: float = WEIGHT_DECAY, fast: bool = False,
+                 keras_module: Any = None):
+        if keras_module is None:
+            import keras as keras_module
+        self.layers = keras_module.layers
+        self.reg = keras_module.regularizers.L2(weight_decay) if weight_decay else None
+        self.bn_class = keras_module.layers.BatchNormalization
+        self.conv_class = keras_module.layers.Conv2D
+        if fast:
+            from ablation.layers import BiasAddConv2D, FusedBatchNormalization
 
-        self.layers = keras.layers
-        self.reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+            self.bn_class, self.conv_class = FusedBatchNormalization, BiasAddConv2D
 
     def conv(self, x: Any, filters: int, kernel: int, stride: int, name: str,
              main: bool = True) -> Any:
-        return self.layers.Conv2D(filters, kernel, strides=stride, padding="same",
-                                  use_bias=True, kernel_initializer="he_normal",
-                                  kernel_regularizer=self.reg, name=name)(x)
+        return self.conv_class(filters, kernel, strides=stride, padding="same", use_bias=True,
+                               kernel_initializer="he_normal", kernel_regularizer=self.reg,
+                               name=name)(x)
 
     def bn(self, x: Any, name: str) -> Any:
-        return self.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                              name=name)(x)
+        return self.bn_class(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
 
     def relu(self, x: Any, name: str) -> Any:
         return self.layers.Activation("relu", name=name)(x)
@@ -250,14 +257,17 @@ def count_params(name: str | Variant, num_classes: int = 10, channels: int = 3) 
 
 def build_model(name: str | Variant, num_classes: int = 10,
                 input_shape: tuple[int, int, int] = (32, 32, 3),
-                weight_decay: float = WEIGHT_DECAY) -> Any:
+                weight_decay: float = WEIGHT_DECAY, fast: bool = False) -> Any:
     """The uncompiled Keras model of a registry variant (softmax output).
 
     Seed Keras (`keras.utils.set_random_seed`) beforehand for reproducible weights.
+    `fast` swaps in the layers of `ablation.layers` (same math, TensorFlow's fused
+    kernels) for training speed; graph, names and weights are the same, so its weights
+    load into the standard model, which is what gets saved.
     """
     import keras
 
     v = name if isinstance(name, Variant) else registry.get(name)
     inputs = keras.Input(shape=input_shape, name="image")
-    outputs = _network(KerasOps(weight_decay), v, inputs, num_classes)
+    outputs = _network(KerasOps(weight_decay, fast), v, inputs, num_classes)
     return keras.Model(inputs, outputs, name=v.name)

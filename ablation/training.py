@@ -173,6 +173,44 @@ def _num(v: Any) -> float | None:
         return None
 
 
+def training_model(variant: str, recipe: Recipe, num_classes: int):
+    """The compiled model `run` and `bench` train: the registry graph on the fused
+    layers of ablation.layers (same math, faster on TensorFlow), under the recipe's
+    precision."""
+    keras = _keras()
+    from ablation import models
+
+    keras.mixed_precision.set_global_policy(_POLICIES[recipe.precision])
+    model = models.build_model(variant, num_classes=num_classes,
+                               weight_decay=recipe.weight_decay, fast=True)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=recipe.lr, momentum=recipe.momentum,
+                                       nesterov=recipe.nesterov),
+        loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def standard_copy(model, variant: str, recipe: Recipe, num_classes: int):
+    """The same trained network as plain Keras layers, optimizer state included, so the
+    saved .h5 loads with `keras.models.load_model` and no project code."""
+    keras = _keras()
+    from ablation import models
+
+    std = models.build_model(variant, num_classes=num_classes,
+                             weight_decay=recipe.weight_decay)
+    std.compile(optimizer=keras.optimizers.SGD(learning_rate=recipe.lr,
+                                               momentum=recipe.momentum,
+                                               nesterov=recipe.nesterov),
+                loss="categorical_crossentropy", metrics=["accuracy"])
+    std.set_weights(model.get_weights())
+    std.optimizer.build(std.trainable_variables)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    for mine, theirs in zip(std.optimizer.variables, model.optimizer.variables, strict=True):
+        mine.assign(theirs)
+    return std
+
+
 # --- job -----------------------------------------------------------------------------------
 
 
@@ -270,14 +308,8 @@ def train(run_dir: Path) -> int:
 
     recipe = job.recipe
     ds = data.load(recipe.dataset, job.data_dir, recipe.train_limit, recipe.test_limit)
-    keras.mixed_precision.set_global_policy(_POLICIES[recipe.precision])
     keras.utils.set_random_seed(init_seed(job.variant, job.seed))
-    model = models.build_model(job.variant, num_classes=ds.num_classes,
-                               weight_decay=recipe.weight_decay)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=recipe.lr, momentum=recipe.momentum,
-                                       nesterov=recipe.nesterov),
-        loss="categorical_crossentropy", metrics=["accuracy"])
+    model = training_model(job.variant, recipe, ds.num_classes)
 
     backup_root = run_dir / "backup"
     Backup = _make_backup_class(keras)
@@ -360,7 +392,8 @@ def train(run_dir: Path) -> int:
     h5 = run_dir / "model.h5"
     tmp = run_dir / ".model.tmp.h5"
     try:
-        model.save(str(tmp))  # legacy HDF5, optimizer included, as the blog saved it
+        # legacy HDF5, optimizer included, as the blog saved it
+        standard_copy(model, job.variant, recipe, ds.num_classes).save(str(tmp))
         os.replace(tmp, h5)
     except OSError as e:
         raise results.disk_error(e, h5) from None

@@ -1,0 +1,70 @@
+"""Speed layers for the training path; the saved model never contains them.
+
+`FusedBatchNormalization` computes exactly what `keras.layers.BatchNormalization`
+computes, but on the TensorFlow backend it runs TensorFlow's fused kernel
+(FusedBatchNormV3, one op forward and one backward) instead of Keras 3's unfused
+moments-plus-elementwise graph, which is where Keras 3 loses to Keras 2 on CPU
+(docs/performance.md). Two details keep it identical:
+
+* the fused kernel returns the Bessel-corrected batch variance; Keras updates its
+  moving variance with the biased one, so the update rescales by (n - 1) / n;
+* the normalisation itself uses the biased variance in both.
+
+On other backends, or with masks, it is plain `BatchNormalization`.
+
+`BiasAddConv2D` is `keras.layers.Conv2D` whose bias goes through `tf.nn.bias_add`
+(one BiasAdd op and a fused BiasAddGrad) instead of Keras 3's reshape + broadcasting
+add, whose gradient is a generic reduction.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization on TensorFlow's fused kernel (NHWC, axis -1)."""
+
+    def call(self, inputs, training=None, mask=None):
+        if (keras.backend.backend() != "tensorflow" or mask is not None or self.renorm
+                or len(inputs.shape) != 4 or self.axis not in (-1, 3)
+                or not (self.scale and self.center)):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = inputs if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16) else tf.cast(
+            inputs, tf.float32)
+        gamma = tf.cast(self.gamma, tf.float32)
+        beta = tf.cast(self.beta, tf.float32)
+        if training and self.trainable:
+            y, mean, var_unbiased = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+            shape = tf.shape(x)
+            n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+            variance = var_unbiased * tf.maximum(n - 1.0, 0.0) / n
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+            self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+                data_format="NHWC", is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+
+class BiasAddConv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D with TensorFlow's BiasAdd (NHWC, no activation)."""
+
+    def call(self, inputs):
+        if (keras.backend.backend() != "tensorflow" or self.data_format != "channels_last"
+                or not self.use_bias or self.activation is not keras.activations.linear
+                or self.groups != 1):
+            return super().call(inputs)
+        import tensorflow as tf
+
+        kernel = tf.cast(self.kernel, self.compute_dtype)
+        y = tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper(),
+                         dilations=self.dilation_rate, data_format="NHWC")
+        return tf.nn.bias_add(y, tf.cast(self.bias, self.compute_dtype), data_format="NHWC")
+
