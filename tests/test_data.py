@@ -98,3 +98,20 @@ def test_stream_replays_exactly_from_any_epoch():
         np.testing.assert_array_equal(a[1], b[1])
     other = list(data.TrainStream(ds, 32, seed=6, epochs=1))
     assert not np.array_equal(other[0][0], batches[0][0])
+
+
+def test_cifar100_layout_and_its_own_statistics(tmp_path):
+    """CIFAR-100 is read from `cifar-100-python/{train,test}` with `fine_labels`, and
+    normalised with its own train-set statistics (not CIFAR-10's)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 300), ("test", 100)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": list(rng.integers(0, 100, n)), b"coarse_labels": [0] * n}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    ds = data.load("cifar100", tmp_path)
+    assert ds.num_classes == 100 and ds.x_train.shape == (300, 32, 32, 3)
+    want = ds.x_train.reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(ds.mean, want, rtol=1e-9)
+    assert not np.allclose(ds.mean, data.CIFAR10_MEAN, atol=1.0)
