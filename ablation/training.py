@@ -254,14 +254,14 @@ def _truncate_history(path: Path, epochs: int) -> list[dict]:
 
 
 def _history_stats(rows: list[dict]) -> dict:
-    val = [float(r["val_accuracy"]) for r in rows if r.get("val_accuracy") not in (None, "")]
-    val = [v for v in val if math.isfinite(v)]
+    scored = [(v, int(r["epoch"])) for r in rows
+              if (v := _num(r.get("val_accuracy"))) is not None and math.isfinite(v)]
+    best = max(scored, default=(None, None))
     return {
         "epochs_done": len(rows),
-        "best_val_accuracy": max(val) if val else None,
-        "best_epoch": (int(max(rows, key=lambda r: float(r["val_accuracy"] or "nan"))["epoch"])
-                       if val else None),
-        "final_val_accuracy": val[-1] if val else None,
+        "best_val_accuracy": best[0],
+        "best_epoch": best[1],
+        "final_val_accuracy": scored[-1][0] if scored else None,
         "final_accuracy": _num(rows[-1].get("accuracy")) if rows else None,
         "final_loss": _num(rows[-1].get("loss")) if rows else None,
         "final_val_loss": _num(rows[-1].get("val_loss")) if rows else None,
