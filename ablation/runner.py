@@ -117,8 +117,8 @@ def run(plan: Plan, executor_factory, out=sys.stdout) -> int:
     results.prepare_results(plan.results)
     with JobQueue(plan.results) as queue:
         ids = prepare_jobs(plan, queue)
-        rows = {r.id: r for r in queue.all() if r.id in set(ids)}
-        todo = [i for i in ids if rows[i].status != "done"]
+        status = {r.id: r.status for r in queue.all()}
+        todo = [i for i in ids if status[i] != "done"]
         skipped = len(ids) - len(todo)
         progress = Progress({i: plan.recipe.epochs for i in todo}, 1, out)
         executor = executor_factory(progress.line)
