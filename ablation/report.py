@@ -265,7 +265,7 @@ def plot_sizes(path: Path, sizes: dict[str, float], title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     names = list(sizes)
     bars = ax.bar(names, [sizes[n] for n in names], color=[col[n] for n in names])
-    ax.bar_label(bars, fmt="%.2f MB", fontsize=8)
+    ax.bar_label(bars, fmt="%.3f MB", fontsize=8)
     ax.set_ylabel("saved model (.h5, with optimizer state), MB")
     ax.set_title(f"{title}: model file size")
     ax.grid(axis="y", alpha=0.3)
@@ -370,7 +370,7 @@ def _comparison_block(cmp: Comparison, n: int, runs: list[Run], recipe_id: str,
             "params": _mark(s0.get("params_total"), ref[0]),
             "trainable": _mark(s0.get("params_trainable"), ref[1]),
             "non-trainable": _mark(s0.get("params_non_trainable"), ref[2]),
-            ".h5 MB": f"{sizes[v]:.2f}" if v in sizes else "–",
+            ".h5 MB": f"{sizes[v]:.3f}" if v in sizes else "–",
             "seeds": str(len(rs)),
             "epochs": f"{min(done)}/{recipe['epochs']}" if min(done) == max(done)
             else f"{min(done)}–{max(done)}/{recipe['epochs']}",
