@@ -160,8 +160,7 @@ class LocalExecutor:
                 except subprocess.TimeoutExpired:
                     s.proc.kill()
                     s.proc.wait()
-        return [Outcome(o.job_id, "interrupted" if o.status != "done" else "done", o.error)
-                for o in self.poll(timeout=0)]
+        return self.poll(timeout=0)
 
     def shutdown(self) -> None:
         pass

@@ -9,6 +9,7 @@ not fool us); on another host, its heartbeat is older than `stale_after` seconds
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -199,14 +200,13 @@ class JobQueue:
             f" host, pid, heartbeat, created, started, finished, error FROM jobs {where}", args)
         return [JobRow(*r[:4], json.loads(r[4]), *r[5:]) for r in cur.fetchall()]
 
+    @contextlib.contextmanager
     def _tx(self):
-        db = self.db
-
-        class _Tx:
-            def __enter__(self):
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type, *rest):
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-        return _Tx()
+        """One write transaction, taken up front so concurrent claims serialise."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")

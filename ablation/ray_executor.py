@@ -140,8 +140,7 @@ class RayExecutor:
             except Exception:
                 out.append(Outcome(job_id, "interrupted", "cancelled"))
             self.refs.pop(ref, None)
-        return [Outcome(o.job_id, "interrupted" if o.status != "done" else "done", o.error)
-                for o in out]
+        return out
 
     def shutdown(self) -> None:
         if self.started_here and self.ray.is_initialized():

@@ -156,9 +156,10 @@ def run(plan: Plan, executor_factory, out=sys.stdout) -> int:
             print("\ninterrupted: stopping the running jobs (their last finished epoch is kept)",
                   file=out, flush=True)
             running = executor.running()
-            stopped = {o.job_id: o for o in executor.cancel()}
+            # a job that finished while stopping stays done; anything else is interrupted
+            done = {o.job_id for o in executor.cancel() if o.status == "done"}
             for job_id in running:
-                status = stopped[job_id].status if job_id in stopped else "interrupted"
+                status = "done" if job_id in done else "interrupted"
                 queue.finish(job_id, status, None if status == "done" else
                              "interrupted by Ctrl-C; rerun the same command to resume")
             executor.shutdown()

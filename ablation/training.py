@@ -236,10 +236,7 @@ class Job:
 
 def _truncate_history(path: Path, epochs: int) -> list[dict]:
     """Keep only rows of epochs < `epochs` (the ones the restored backup includes)."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_history(path)
     kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < epochs]
     if len(kept) != len(rows):
         if kept:
