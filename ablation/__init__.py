@@ -1,19 +1,25 @@
 """ablation: architecture-ablation benchmarks for deep-learning researchers.
 
-Public API (stable): `build_model(name, num_classes=10, input_shape=(32, 32, 3))`
-and `variants(pattern="*")`. Keras is imported only when a model is built, so
-listing, status and reports stay fast.
+Public API (stable; docs/studies.md):
+
+* `variants(pattern="*")`: the default (blog) study's variant names matching a glob;
+* `build_model(name_or_variant, num_classes=10, input_shape=(32, 32, 3))`: the Keras
+  model; `count_params(...)`: exact counts, depth and multiply-adds without building;
+* `load_study(name_or_path)`: a built-in study or a study file; registers its variants;
+* `unit(name)`: decorator registering a residual unit `(ops, x, block) -> y`;
+  `shortcut(ops, x, h, block)`: the block's shortcut, for use inside a unit.
+
+Keras is imported only when a model is built, so listing, status and reports stay fast.
 """
 
-from ablation.registry import variants
+from ablation.models import Block, build_model, count_params, shortcut, unit
+from ablation.study import Study, load_study
 
-__version__ = "0.1.0"
-__all__ = ["__version__", "build_model", "count_params", "variants"]
+__version__ = "0.2.0"
+__all__ = ["Block", "Study", "__version__", "build_model", "count_params", "load_study",
+           "shortcut", "unit", "variants"]
 
 
-def __getattr__(name: str):  # lazy: importing keras costs seconds
-    if name in ("build_model", "count_params"):
-        from ablation import models
-
-        return getattr(models, name)
-    raise AttributeError(f"module 'ablation' has no attribute {name!r}")
+def variants(pattern: str = "*") -> list[str]:
+    """The default study's variants matching a shell glob, in the study's order."""
+    return load_study().variants(pattern)

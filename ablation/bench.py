@@ -2,11 +2,13 @@
 
 Times steady-state training steps of the exact model, optimizer and input pipeline
 that `ablation run` uses, each measurement in a fresh process; prints images/s per
-variant and the projected wall time of the blog's 200-epoch recipe (and of
-`run --all` when every variant is benched). `--baseline` also times the blog's own
-Keras-2 path (benchmarks/keras2_blog.py, needs the `baseline` extra) in float32, as
-the blog ran it, alternating ours and theirs, and prints the median of the pairwise
-ratios: with `--precision bf16` that is the speed-up over the blog's actual setup.
+variant and the projected wall time of its study's recipe, and, scaled by
+multiply-adds from the variants measured, of each whole study on this machine and on
+the blog's GPU (its ~20 s per ResNet-32 epoch on a GTX 1080 Ti). `--baseline` also
+times the blog's own Keras-2 path (`python -m ablation.baseline`, needs the
+`baseline` extra) in float32, as the blog ran it, alternating ours and theirs, and
+prints the median of the pairwise ratios: with `--precision bf16` that is the
+speed-up over the blog's actual setup.
 """
 
 from __future__ import annotations
@@ -18,23 +20,37 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from ablation import registry, results
 from ablation.errors import AblationError
+from ablation.recipe import TRAIN_IMAGES
 
-ROOT = Path(__file__).resolve().parent.parent
-BASELINE = ROOT / "benchmarks" / "keras2_blog.py"
-FULL_EPOCHS, TRAIN_IMAGES = 200, 50_000
+# The blog's reference GPU figure: a Keras ResNet-32 epoch of this recipe in about 20 s
+# on a GTX 1080 Ti (a public reproduction; docs/performance.md).
+GPU_NAME, GPU_RESNET32_EPOCH_S, GPU_REF_VARIANT = "GTX 1080 Ti", 20.0, "resnet32"
+
+
+def _home_study(variant: str):
+    """The study that defines a variant: a built-in one, else the one loaded for it."""
+    from ablation.study import builtin_home, load_study
+
+    home = builtin_home(variant)
+    return load_study(home) if home else None
 
 
 def measure(variant: str, precision: str, steps: int, batch_size: int,
-            data_dir: str | None) -> dict:
+            data_dir: str | None, study: str | None = None) -> dict:
     """In this process: time `steps` training steps after a warm-up epoch of as many."""
     import keras
 
     from ablation import data, training
     from ablation.recipe import Recipe
+    from ablation.study import load_study
 
+    if study:
+        load_study(study)
+    else:
+        _home_study(variant)
     recipe = Recipe(precision=precision, batch_size=batch_size)
     n = steps * batch_size
     ds = (data.load("cifar10", data_dir, train_limit=n, test_limit=10) if data_dir
@@ -58,8 +74,8 @@ def measure(variant: str, precision: str, steps: int, batch_size: int,
 
 
 def _child(cmd: list[str]) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
             result = json.loads(line)
@@ -70,44 +86,73 @@ def _child(cmd: list[str]) -> dict:
     raise AblationError(f"benchmark process failed: {tail}")
 
 
-def _ours(variant, precision, steps, batch_size, data_dir) -> float:
+def _ours(variant, precision, steps, batch_size, data_dir, study) -> float:
     cmd = [sys.executable, "-m", "ablation.bench", variant, precision, str(steps),
-           str(batch_size), data_dir or ""]
+           str(batch_size), data_dir or "", study or ""]
     return _child(cmd)["images_per_second"]
 
 
 def _theirs(variant, steps, batch_size, data_dir) -> float:
     """The blog's path as the blog ran it: float32 (it predates mixed precision)."""
-    cmd = [sys.executable, str(BASELINE), "--variant", variant, "--precision", "fp32",
-           "--steps", str(steps), "--batch-size", str(batch_size)]
+    cmd = [sys.executable, "-m", "ablation.baseline", "--variant", variant, "--precision",
+           "fp32", "--steps", str(steps), "--batch-size", str(batch_size)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
     return _child(cmd)["images_per_second"]
 
 
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+def project_studies(measured: dict[str, float]) -> list[str]:
+    """Whole-study costs (one seed) from the measured variants, each other variant's
+    speed scaled by multiply-adds from the measured variant of its study closest in
+    size; and on the blog's GPU, from its ResNet-32 epoch time scaled the same way."""
+    from ablation.models import count_params
+    from ablation.study import builtin_names, load_study
+
+    macs = {n: count_params(n).macs for n in measured}
+    ref_macs = count_params(GPU_REF_VARIANT).macs
+    lines = []
+    for name in builtin_names():
+        s = load_study(name)
+        here = [n for n in measured if n in s.variant_names]
+        if not here:
+            continue
+        recipe = s.recipe()
+        cpu = gpu = 0.0
+        for v in s.variant_names:
+            m = count_params(v).macs
+            ref = min(here, key=lambda n, m=m: abs(macs[n] - m))
+            epochs = recipe.replace(**dict(registry.get(v).recipe)).epochs
+            cpu += epochs * TRAIN_IMAGES[recipe.dataset] / (measured[ref] * macs[ref] / m)
+            gpu += epochs * GPU_RESNET32_EPOCH_S * m / ref_macs
+        lines.append(f"study {name} ({len(s.variant_names)} variants, one seed, "
+                     f"{recipe.epochs} epochs): ≈ {results.duration(cpu)} of training here, "
+                     f"≈ {results.duration(gpu)} on a {GPU_NAME} (scaled by multiply-adds "
+                     f"from {', '.join(here)})")
+    return lines
 
 
 def main(variants: list[str], precision: str = "fp32", steps: int = 30,
          batch_size: int = 128, baseline: bool = False, data_dir: str | None = None,
-         repeats: int = 3) -> int:
-    from ablation import data, registry
+         repeats: int = 3, study: str | None = None) -> int:
+    from ablation import data
+    from ablation.study import load_study
 
     if data_dir:
         folder = data.resolve_data_dir("cifar10", data_dir)
         data.check("cifar10", folder)
         data_dir = str(folder)
     if baseline and importlib.util.find_spec("tf_keras") is None:
-        raise AblationError("--baseline needs tf_keras: pip install -e '.[baseline]'")
+        raise AblationError("--baseline needs tf_keras: pip install 'ablation[baseline]'")
     source = f"real CIFAR-10 ({data_dir})" if data_dir else "generated images"
     print(f"benchmark: {steps} steps of batch {batch_size}, {precision}, {source}; "
           "each figure from a fresh process after a warm-up epoch", flush=True)
-    total = 0.0
+    measured: dict[str, float] = {}
     for v in variants:
+        home = load_study(study) if study else (_home_study(v) or load_study())
+        epochs = home.recipe().replace(**dict(registry.get(v).recipe)).epochs
         ours, theirs, ratios = [], [], []
         for k in range(repeats if baseline else 1):
-            ours.append(_ours(v, precision, steps, batch_size, data_dir))
+            ours.append(_ours(v, precision, steps, batch_size, data_dir, study))
             line = f"  {v} run {k + 1}: ablation {ours[-1]:.0f} img/s"
             if baseline:
                 theirs.append(_theirs(v, steps, batch_size, data_dir))
@@ -116,21 +161,22 @@ def main(variants: list[str], precision: str = "fp32", steps: int = 30,
                          f"ratio {ratios[-1]:.2f}")
             print(line, flush=True)
         ips = statistics.median(ours)
-        projected = FULL_EPOCHS * TRAIN_IMAGES / ips
-        total += projected
-        msg = (f"{v}: {ips:.0f} img/s (median); 200-epoch recipe ≈ {_hours(projected)} of "
-               "training here (evaluation not included)")
+        measured[v] = ips
+        projected = epochs * TRAIN_IMAGES["cifar10"] / ips
+        msg = (f"{v}: {ips:.0f} img/s (median); {epochs}-epoch recipe ≈ "
+               f"{results.duration(projected)} of training here (evaluation not included)")
         if baseline:
             msg += (f"; blog path (fp32) {statistics.median(theirs):.0f} img/s; "
                     f"median ratio ablation/blog = {statistics.median(ratios):.2f}")
         print(msg, flush=True)
-    if set(variants) == set(registry.variants()):
-        print(f"ablation run --all (one seed) ≈ {_hours(total)} of training here", flush=True)
+    if not study:
+        for line in project_studies(measured):
+            print(line, flush=True)
     return 0
 
 
 if __name__ == "__main__":  # one measurement, in its own process
-    v, prec, st, bs, dd = sys.argv[1:6]
-    print(json.dumps(measure(v, prec, int(st), int(bs), dd or None)), flush=True)
+    v, prec, st, bs, dd, sref = sys.argv[1:7]
+    print(json.dumps(measure(v, prec, int(st), int(bs), dd or None, sref or None)), flush=True)
     sys.stdout.flush()
     os._exit(0)

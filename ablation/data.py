@@ -25,7 +25,7 @@ import numpy as np
 
 from ablation.errors import AblationError
 
-# Per-channel train-set statistics on 0..255 pixels (SPEC.md section 2; the blog's).
+# Per-channel train-set statistics on 0..255 pixels, as the blog normalised them.
 CIFAR10_MEAN = (125.307, 122.95, 113.865)
 CIFAR10_STD = (62.9932, 62.0887, 66.7048)
 

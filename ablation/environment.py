@@ -13,20 +13,29 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parent.parent
 
 
+def _git(*args: str) -> str | None:
+    # only for a source checkout of the package itself (an installed copy has no .git)
+    if not (_REPO / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_diff() -> str | None:
+    """The uncommitted change to the package's code (what a dirty run ran), or None."""
+    return _git("diff", "HEAD", "--", "ablation") or None
+
+
 def git_state() -> dict:
     """The project's commit and whether the work tree differed from it."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True,
-                                 text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
+    commit = _git("rev-parse", "HEAD")
     if commit is None:
         return {"git_commit": None, "git_dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no", "--", "ablation")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", "ablation")
     return {"git_commit": commit.strip(), "git_dirty": bool(status and status.strip())}
 
 

@@ -4,9 +4,11 @@ An executor runs `python -m ablation.training RUN_DIR` and reports the outcome (
 code + the run folder's summary.json), so a job's artefacts do not depend on who ran
 it. Only the driver (ablation.runner) touches the queue database.
 
+`Executor` declares what the runner uses; `EXECUTORS` maps `--executor NAME` to a
+class. Each class adds its own command-line options and builds itself from them, so
+a new executor (Slurm, Kubernetes) is one class and one map entry, never a CLI edit.
 `LocalExecutor`: subprocesses on this machine, one per GPU slot (CUDA_VISIBLE_DEVICES
-pinned), or one on a CPU machine. Another executor (a cluster) implements the same
-five calls: capacity, running, submit, poll, cancel.
+pinned), or one on a CPU machine.
 """
 
 from __future__ import annotations
@@ -22,18 +24,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
+from ablation import argtypes, results
 from ablation.errors import AblationError
-from ablation.training import EXIT_INTERRUPTED, PROGRESS
+from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome
 
-LineSink = Callable[[int, str], None]  # (job id, line) -> None
+LineSink = Callable[[int, str], None]  # (job id, progress payload) -> None
 
 
-@dataclass
-class Outcome:
-    job_id: int
-    status: str  # done | failed | interrupted
-    error: str | None = None
+class Executor(Protocol):
+    """What the runner needs of a place that runs training processes."""
+
+    size: int  # jobs it can run at once
+    describe: str  # one line for the console
+
+    @property
+    def capacity(self) -> int: ...  # free slots now
+
+    def running(self) -> list[int]: ...  # job ids in flight
+
+    def submit(self, job_id: int, run_dir: Path) -> None: ...
+
+    def poll(self, timeout: float = 1.0) -> list[Outcome]: ...  # jobs that ended
+
+    def cancel(self) -> list[Outcome]: ...  # stop all; their outcomes
+
+    def shutdown(self) -> None: ...
 
 
 def visible_gpus() -> list[str]:
@@ -57,22 +74,20 @@ def train_command(run_dir: str) -> list[str]:
 
 def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outcome:
     """Turn a finished training process into a queue state."""
-    from ablation import results
-
     summary = {}
     with contextlib.suppress(FileNotFoundError, AblationError):
         summary = results.read_json(Path(run_dir) / "summary.json")
-    if code == 0 and summary.get("status") == "done":
-        return Outcome(job_id, "done")
-    if code in (EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
-        return Outcome(job_id, "interrupted", "interrupted; resumes from its last epoch")
-    reason = summary.get("error") if summary.get("status") == "failed" else None
+    if code == Exit.DONE and summary.get("status") == JobState.DONE:
+        return Outcome(job_id, JobState.DONE)
+    if code in (Exit.INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
+        return Outcome(job_id, JobState.INTERRUPTED, "interrupted; resumes from its last epoch")
+    reason = summary.get("error") if summary.get("status") == JobState.FAILED else None
     if not reason:
         last = [t for t in tail if t.strip()]
         reason = f"exit code {code}" + (f": {last[-1].strip()[:300]}" if last else "")
         if code in (-signal.SIGKILL, 137):
             reason += " (killed: out of memory?)"
-    return Outcome(job_id, "failed", reason)
+    return Outcome(job_id, JobState.FAILED, reason)
 
 
 def pump(stream, log_path: Path, job_id: int, sink: LineSink, tail: list[str]) -> None:
@@ -81,8 +96,8 @@ def pump(stream, log_path: Path, job_id: int, sink: LineSink, tail: list[str]) -
         log.write(f"--- attempt started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
         for raw in stream:
             line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            if line.startswith(PROGRESS):
-                sink(job_id, line[len(PROGRESS):])
+            if line.startswith(PROGRESS_PREFIX):
+                sink(job_id, line[len(PROGRESS_PREFIX):])
             else:
                 log.write(line)
                 log.flush()
@@ -102,6 +117,15 @@ class _Slot:
 
 class LocalExecutor:
     """Runs jobs as subprocesses, `workers` at a time, each pinned to one GPU slot."""
+
+    @staticmethod
+    def add_arguments(parser: Any) -> None:
+        parser.add_argument("--workers", type=argtypes.integer(1), default=None,
+                            help="local jobs at once (default: one per GPU, or 1)")
+
+    @classmethod
+    def from_args(cls, args: Any, sink: LineSink) -> LocalExecutor:
+        return cls(args.workers, sink)
 
     def __init__(self, workers: int | None = None, sink: LineSink | None = None):
         gpus = visible_gpus()
@@ -164,3 +188,16 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         pass
+
+
+def _ray_executor() -> type:
+    from ablation.ray_executor import RayExecutor
+
+    return RayExecutor
+
+
+# --executor NAME -> the class (a callable, so heavy modules load only when chosen)
+EXECUTORS: dict[str, Callable[[], type]] = {
+    "local": lambda: LocalExecutor,
+    "ray": _ray_executor,
+}

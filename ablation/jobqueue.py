@@ -1,10 +1,14 @@
 """The job queue: one SQLite database per results folder.
 
-States: queued -> running -> done | failed | interrupted. A claim is one
-`BEGIN IMMEDIATE` transaction, so two runners on the same folder never take the
-same job. A running job is reclaimed only when its runner is provably gone: on the
-same host, its process no longer exists (pid and start time, so a recycled pid does
-not fool us); on another host, its heartbeat is older than `stale_after` seconds.
+States (`ablation.protocol.JobState`): queued -> running -> done | failed |
+interrupted. A claim is one `BEGIN IMMEDIATE` transaction, so two runners on the same
+folder never take the same job. A running job is reclaimed only when its runner is
+provably gone: on the same host, its process no longer exists (pid and creation time,
+through psutil, so a recycled pid does not fool us); on another host, its heartbeat
+is older than `stale_after` seconds.
+
+A job is (variant, definition tag, seed, recipe id): the tag tells two definitions of
+one user variant apart (ablation.study.folder_tag), so an edited variant is a new job.
 """
 
 from __future__ import annotations
@@ -16,18 +20,21 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import psutil
+
 from ablation.errors import AblationError
+from ablation.protocol import JobState
 
 DB_NAME = "queue.sqlite"
-STATES = ("queued", "running", "done", "failed", "interrupted")
+SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+_COLUMNS = """
     id INTEGER PRIMARY KEY,
     variant TEXT NOT NULL,
+    tag TEXT NOT NULL DEFAULT '',
     seed INTEGER NOT NULL,
     recipe_id TEXT NOT NULL,
     recipe TEXT NOT NULL,
@@ -43,20 +50,22 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     finished REAL,
     error TEXT,
-    UNIQUE (variant, seed, recipe_id)
-);
+    UNIQUE (variant, tag, seed, recipe_id)
 """
+_V0_COLUMNS = ("id, variant, seed, recipe_id, recipe, run_dir, status, attempts, worker, "
+               "host, pid, pid_start, heartbeat, created, started, finished, error")
 
 
 @dataclass(frozen=True)
 class JobRow:
     id: int
     variant: str
+    tag: str
     seed: int
     recipe_id: str
     recipe: dict
     run_dir: str
-    status: str
+    status: JobState
     attempts: int
     worker: str | None
     host: str | None
@@ -67,27 +76,28 @@ class JobRow:
     finished: float | None
     error: str | None
 
+    @property
+    def label(self) -> str:
+        """The variant as people see it: name, and the definition tag if any."""
+        return f"{self.variant}@{self.tag}" if self.tag else self.variant
+
 
 def _proc_start(pid: int) -> str | None:
-    """Start time of a process (Linux /proc), to tell a live pid from a recycled one."""
+    """Creation time of a process, to tell a live pid from a recycled one."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return repr(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
         return None
 
 
 def _alive(pid: int | None, start: str | None) -> bool:
-    if not pid:
+    if not pid or not psutil.pid_exists(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     now = _proc_start(pid)
-    return start is None or now is None or now == start
+    try:
+        return start is None or now is None or abs(float(now) - float(start)) < 1e-3
+    except ValueError:  # recorded by an older version in another format
+        return True
 
 
 class JobQueue:
@@ -101,11 +111,28 @@ class JobQueue:
         self.pid_start = _proc_start(self.pid)
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as e:
             raise AblationError(f"damaged queue database {self.path}: {e}; move it aside to "
                                 "start a new queue (run folders are kept)") from None
+
+    def _migrate(self) -> None:
+        """Create the table, or bring a database of an earlier version up to date."""
+        with self._tx():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                return
+            old = self.db.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone()
+            if old:  # version 0: no definition tag in the key
+                self.db.execute("ALTER TABLE jobs RENAME TO jobs_v0")
+            self.db.execute(f"CREATE TABLE jobs ({_COLUMNS})")
+            if old:
+                self.db.execute(f"INSERT INTO jobs ({_V0_COLUMNS}) SELECT {_V0_COLUMNS} "
+                                "FROM jobs_v0")
+                self.db.execute("DROP TABLE jobs_v0")
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -118,28 +145,28 @@ class JobQueue:
 
     # --- writing ------------------------------------------------------------------------
 
-    def add(self, jobs: Iterable[tuple[str, int, str, dict, str]],
+    def add(self, jobs: Iterable[tuple[str, str, int, str, dict, str]],
             retry_failed: bool = False) -> list[int]:
-        """Insert (variant, seed, recipe_id, recipe, run_dir) rows, skipping known ones.
-
-        Returns the ids of all the given jobs, in order. Interrupted jobs are requeued;
-        failed ones only with `retry_failed`.
-        """
+        """Insert (variant, tag, seed, recipe_id, recipe, run_dir) rows, skipping known
+        ones. Returns the ids of all the given jobs, in order. Interrupted jobs are
+        requeued; failed ones only with `retry_failed`."""
         ids = []
         now = time.time()
         with self._tx():
-            for variant, seed, recipe_id, recipe, run_dir in jobs:
+            for variant, tag, seed, recipe_id, recipe, run_dir in jobs:
                 self.db.execute(
-                    "INSERT OR IGNORE INTO jobs (variant, seed, recipe_id, recipe, run_dir,"
-                    " created) VALUES (?, ?, ?, ?, ?, ?)",
-                    (variant, seed, recipe_id, json.dumps(recipe, sort_keys=True), run_dir, now))
+                    "INSERT OR IGNORE INTO jobs (variant, tag, seed, recipe_id, recipe, run_dir,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (variant, tag, seed, recipe_id, json.dumps(recipe, sort_keys=True), run_dir,
+                     now))
                 row = self.db.execute(
-                    "SELECT id, status FROM jobs WHERE variant=? AND seed=? AND recipe_id=?",
-                    (variant, seed, recipe_id)).fetchone()
-                ids.append(row[0])
-                if row[1] == "interrupted" or (retry_failed and row[1] == "failed"):
-                    self.db.execute("UPDATE jobs SET status='queued', error=NULL WHERE id=?",
-                                    (row[0],))
+                    "SELECT id, status FROM jobs WHERE variant=? AND tag=? AND seed=? AND"
+                    " recipe_id=?", (variant, tag, seed, recipe_id)).fetchone()
+                ids.append(row["id"])
+                if row["status"] == JobState.INTERRUPTED or (
+                        retry_failed and row["status"] == JobState.FAILED):
+                    self.db.execute("UPDATE jobs SET status=?, error=NULL WHERE id=?",
+                                    (JobState.QUEUED, row["id"]))
         return ids
 
     def claim(self, ids: list[int], worker: str) -> JobRow | None:
@@ -151,17 +178,20 @@ class JobQueue:
         with self._tx():
             rows = self.db.execute(
                 f"SELECT id, status, host, pid, pid_start, heartbeat FROM jobs WHERE id IN"
-                f" ({marks}) AND status IN ('queued', 'running') ORDER BY id", ids).fetchall()
-            for job_id, status, host, pid, pid_start, heartbeat in rows:
-                if status == "running" and not self._orphaned(host, pid, pid_start, heartbeat):
+                f" ({marks}) AND status IN (?, ?) ORDER BY id",
+                (*ids, JobState.QUEUED, JobState.RUNNING)).fetchall()
+            for r in rows:
+                if r["status"] == JobState.RUNNING and not self._orphaned(
+                        r["host"], r["pid"], r["pid_start"], r["heartbeat"]):
                     continue
                 now = time.time()
                 self.db.execute(
-                    "UPDATE jobs SET status='running', attempts=attempts+1, worker=?, host=?,"
+                    "UPDATE jobs SET status=?, attempts=attempts+1, worker=?, host=?,"
                     " pid=?, pid_start=?, heartbeat=?, started=?, finished=NULL, error=NULL"
                     " WHERE id=?",
-                    (worker, self.host, self.pid, self.pid_start, now, now, job_id))
-                return self.get(job_id)
+                    (JobState.RUNNING, worker, self.host, self.pid, self.pid_start, now, now,
+                     r["id"]))
+                return self.get(r["id"])
         return None
 
     def _orphaned(self, host: str | None, pid: int | None, pid_start: str | None,
@@ -176,13 +206,12 @@ class JobQueue:
         ids = list(ids)
         if ids:
             self.db.execute(
-                f"UPDATE jobs SET heartbeat=? WHERE status='running' AND pid=? AND host=?"
+                f"UPDATE jobs SET heartbeat=? WHERE status=? AND pid=? AND host=?"
                 f" AND id IN ({','.join('?' * len(ids))})",
-                (time.time(), self.pid, self.host, *ids))
+                (time.time(), JobState.RUNNING, self.pid, self.host, *ids))
 
-    def finish(self, job_id: int, status: str, error: str | None = None) -> None:
-        if status not in STATES:
-            raise ValueError(status)
+    def finish(self, job_id: int, status: JobState, error: str | None = None) -> None:
+        status = JobState(status)  # a typo is a bug: ValueError
         self.db.execute("UPDATE jobs SET status=?, error=?, finished=?, heartbeat=NULL"
                         " WHERE id=?", (status, error, time.time(), job_id))
 
@@ -195,10 +224,10 @@ class JobQueue:
         return self._rows("ORDER BY id", ())
 
     def _rows(self, where: str, args: tuple) -> list[JobRow]:
-        cur = self.db.execute(
-            "SELECT id, variant, seed, recipe_id, recipe, run_dir, status, attempts, worker,"
-            f" host, pid, heartbeat, created, started, finished, error FROM jobs {where}", args)
-        return [JobRow(*r[:4], json.loads(r[4]), *r[5:]) for r in cur.fetchall()]
+        names = [f.name for f in fields(JobRow)]
+        cur = self.db.execute(f"SELECT {', '.join(names)} FROM jobs {where}", args)
+        return [JobRow(**{**dict(r), "recipe": json.loads(r["recipe"]),
+                          "status": JobState(r["status"])}) for r in cur.fetchall()]
 
     @contextlib.contextmanager
     def _tx(self):

@@ -1,170 +1,287 @@
-"""One builder for every registry row.
+"""One builder for every variant, and the residual units it is built from.
 
 The network is written once, as calls on an *ops* object (conv, bn, relu, add, ...).
 Two interpreters run it:
 
 * `KerasOps` makes the real Keras functional model (`build_model`);
-* `CountOps` only tracks channel counts, so `count_params` gives exact parameter
-  counts and depth for resnet152 in microseconds, without allocating 57M weights.
-  Because both run the same graph code, the counts cannot drift from the models;
-  a test checks them against built models anyway.
+* `CountOps` only tracks shapes, so `count_params` gives exact parameter counts, depth
+  and multiply-adds for resnet152 in microseconds, without allocating 57M weights.
+  Because both run the same graph code, the counts cannot drift from the models; the
+  tests check them against built models anyway. A user's unit runs under both too.
 
-Residual units are looked up by name in `UNITS` (the dict keyed by the registry's
-`unit` / `down_unit` fields), following *Identity Mappings in Deep Residual
-Networks* (He et al. 2016), Fig. 4 a-e, as the blog implemented them:
+A residual unit is a function `(ops, x, block) -> y` (public API, see docs/studies.md),
+looked up by name in `UNITS`. The built-in ones follow *Identity Mappings in Deep
+Residual Networks* (He et al. 2016), Fig. 4 a-e, on a residual branch F that is
+either two 3x3 convs (basic) or 1x1-3x3-1x1 (bottleneck), with BN-ReLU between convs:
 
-* (a) original:            ReLU(BN(conv2(ReLU(BN(conv1(x))))) + S)
-* (b) BN after addition:   ReLU(BN(conv2(ReLU(BN(conv1(x)))) + S))
-* (c) ReLU before add:     ReLU(BN(conv2(ReLU(BN(conv1(x)))))) + S
-* (d) ReLU-only pre-act:   h = ReLU(x);     BN(conv2(ReLU(BN(conv1(h))))) + S, S = x or P(h)
-* (e) full pre-activation: h = ReLU(BN(x)); conv2(ReLU(BN(conv1(h)))) + S,     S = x or P(h)
+* (a) original:            ReLU(BN(F(x)) + S)
+* (b) BN after addition:   ReLU(BN(F(x) + S))
+* (c) ReLU before add:     ReLU(BN(F(x))) + S
+* (d) ReLU-only pre-act:   h = ReLU(x);     BN(F(h)) + S, S = x or P(h)
+* (e) full pre-activation: h = ReLU(BN(x)); F(h) + S,     S = x or P(h)
 
-with S = x, or the 1x1 projection P in downsampling blocks; the `_v2` variants feed
-P the block input x instead of h.
+S is the identity, or where the shape changes either the 1x1 projection P (reading h,
+or the block input x in the blog's `_v2` variants) or the paper's parameter-free
+option A (subsample by the stride, zero-pad the new channels). Basic units are named
+`a`..`e`, bottleneck units `bottleneck_a`..`bottleneck_e`; `bottleneck` (the blog's
+ResNet-50/101/152 unit, form c) and `preact_bottleneck` (resnet34's downsampling
+unit, form e, inner width C/2) keep the blog's defaults.
 
-Deviations from the papers, kept because the blog's parameter counts demand them:
-
-* `resnet34` is the (e) network whose two downsampling blocks are pre-activation
-  bottlenecks (1x1 stride-2, 3x3, 1x1 to 2C; projection from h). The blog shows only
-  a picture; this is the layout consistent with both of its published counts.
-* `resnet50/101/152` halve the map in the first block of *every* stage (32->16->8->4->2)
-  and end each bottleneck with BN -> ReLU before the addition, like (c).
-* the blog's `resnet152` is 3-4-36-3 (the paper has 3-8-36-3): 140 weighted layers.
+Deviations from the papers that the blog's parameter counts demand are documented in
+the README ("Deviations from the papers").
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 from ablation import registry
+from ablation.errors import AblationError
+from ablation.recipe import DEFAULTS
 from ablation.registry import Variant
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-WEIGHT_DECAY = 1e-4
 
 
 @dataclass(frozen=True)
 class Block:
-    """Where a unit sits and what it must produce."""
+    """Where a unit sits and what it must produce (public API: a unit reads these)."""
 
     name: str  # layer-name prefix, e.g. "s2b1"
-    filters: int
+    filters: int  # output width
     stride: int
-    project: bool  # shortcut is a 1x1 projection (downsampling / widening block)
-    projection_input: str  # "preact" or "input"
-    inner: int | None = None
+    project: bool  # the shortcut must change shape (stride or width)
+    projection_input: str  # "preact": P reads h; "input": P reads x (the v2 tweak)
+    inner: int | None = None  # bottleneck inner width, if the stage sets one
+    shortcut: str = "projection"  # how a shape-changing shortcut is made: projection | pad
+    preactivated: bool = False  # the stem already applied this unit's pre-activation
 
 
-# --- residual units: (ops, x, block) -> y ------------------------------------------------
+class UnitError(AblationError):
+    """A unit that does not build: names the unit and the block."""
 
 
-def _shortcut(ops: Any, x: Any, h: Any, b: Block) -> Any:
-    """Identity, or the 1x1 projection reading h (pre-activated) or x (the v2 tweak)."""
-    if not b.project:
+# --- shortcuts and residual branches --------------------------------------------------------
+
+
+def shortcut(ops: Any, x: Any, h: Any, block: Block) -> Any:
+    """The block's shortcut: identity, or where the shape changes the 1x1 projection
+    (reading h, or x when `block.projection_input == "input"`) or option A."""
+    if not block.project:
         return x
-    src = x if b.projection_input == "input" else h
-    return ops.conv(src, b.filters, 1, b.stride, f"{b.name}_proj", main=False)
+    if block.shortcut == "pad":
+        return ops.pad_shortcut(x, block.filters, block.stride, f"{block.name}_short")
+    src = x if block.projection_input == "input" else h
+    return ops.conv(src, block.filters, 1, block.stride, f"{block.name}_proj", main=False)
 
 
-def _two_convs(ops: Any, x: Any, b: Block, bn_after_conv2: bool) -> Any:
+def basic_branch(ops: Any, x: Any, b: Block) -> tuple[Any, int]:
+    """conv3x3 (stride) -> BN -> ReLU -> conv3x3; returns the output and its conv count."""
     y = ops.conv(x, b.filters, 3, b.stride, f"{b.name}_conv1")
     y = ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
-    y = ops.conv(y, b.filters, 3, 1, f"{b.name}_conv2")
-    return ops.bn(y, f"{b.name}_bn2") if bn_after_conv2 else y
+    return ops.conv(y, b.filters, 3, 1, f"{b.name}_conv2"), 2
 
 
-def unit_a(ops: Any, x: Any, b: Block) -> Any:
-    y = _two_convs(ops, x, b, bn_after_conv2=True)
-    return ops.relu(ops.add(y, _shortcut(ops, x, x, b), f"{b.name}_add"), f"{b.name}_out")
-
-
-def unit_b(ops: Any, x: Any, b: Block) -> Any:
-    y = _two_convs(ops, x, b, bn_after_conv2=False)
-    y = ops.add(y, _shortcut(ops, x, x, b), f"{b.name}_add")
-    return ops.relu(ops.bn(y, f"{b.name}_bn2"), f"{b.name}_out")
-
-
-def unit_c(ops: Any, x: Any, b: Block) -> Any:
-    y = ops.relu(_two_convs(ops, x, b, bn_after_conv2=True), f"{b.name}_relu2")
-    return ops.add(y, _shortcut(ops, x, x, b), f"{b.name}_add")
-
-
-def unit_d(ops: Any, x: Any, b: Block) -> Any:
-    h = ops.relu(x, f"{b.name}_preact_relu")
-    y = _two_convs(ops, h, b, bn_after_conv2=True)
-    return ops.add(y, _shortcut(ops, x, h, b), f"{b.name}_add")
-
-
-def unit_e(ops: Any, x: Any, b: Block) -> Any:
-    h = ops.relu(ops.bn(x, f"{b.name}_preact_bn"), f"{b.name}_preact_relu")
-    y = _two_convs(ops, h, b, bn_after_conv2=False)
-    return ops.add(y, _shortcut(ops, x, h, b), f"{b.name}_add")
-
-
-def unit_preact_bottleneck(ops: Any, x: Any, b: Block) -> Any:
-    """resnet34's downsampling block: input width C -> 2C, stride on the first 1x1."""
-    inner = b.inner or b.filters // 2
-    h = ops.relu(ops.bn(x, f"{b.name}_preact_bn"), f"{b.name}_preact_relu")
-    y = ops.conv(h, inner, 1, b.stride, f"{b.name}_conv1")
-    y = ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
-    y = ops.conv(y, inner, 3, 1, f"{b.name}_conv2")
-    y = ops.relu(ops.bn(y, f"{b.name}_bn2"), f"{b.name}_relu2")
-    y = ops.conv(y, b.filters, 1, 1, f"{b.name}_conv3")
-    return ops.add(y, _shortcut(ops, x, h, b), f"{b.name}_add")
-
-
-def unit_bottleneck(ops: Any, x: Any, b: Block) -> Any:
-    """resnet50/101/152: 1x1 (stride) -> 3x3 -> 1x1, BN -> ReLU before the addition."""
-    inner = b.inner or b.filters // 4
+def bottleneck_branch(ops: Any, x: Any, b: Block, ratio: int = 4) -> tuple[Any, int]:
+    """conv1x1 (stride) -> BN-ReLU -> conv3x3 -> BN-ReLU -> conv1x1 to the output width.
+    Inner width: the stage's `inner`, else output width / ratio."""
+    inner = b.inner or b.filters // ratio
     y = ops.conv(x, inner, 1, b.stride, f"{b.name}_conv1")
     y = ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
     y = ops.conv(y, inner, 3, 1, f"{b.name}_conv2")
     y = ops.relu(ops.bn(y, f"{b.name}_bn2"), f"{b.name}_relu2")
-    y = ops.conv(y, b.filters, 1, 1, f"{b.name}_conv3")
-    y = ops.relu(ops.bn(y, f"{b.name}_bn3"), f"{b.name}_relu3")
-    return ops.add(y, _shortcut(ops, x, x, b), f"{b.name}_add")
+    return ops.conv(y, b.filters, 1, 1, f"{b.name}_conv3"), 3
 
 
-UNITS: dict[str, Callable[[Any, Any, Block], Any]] = {
-    "a": unit_a,
-    "b": unit_b,
-    "c": unit_c,
-    "d": unit_d,
-    "e": unit_e,
-    "preact_bottleneck": unit_preact_bottleneck,
-    "bottleneck": unit_bottleneck,
+Branch = Callable[[Any, Any, Block], tuple[Any, int]]
+
+
+# --- the five unit forms --------------------------------------------------------------------
+
+
+def form_a(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    y, k = branch(ops, x, b)
+    y = ops.bn(y, f"{b.name}_bn{k}")
+    return ops.relu(ops.add(y, shortcut(ops, x, x, b), f"{b.name}_add"), f"{b.name}_out")
+
+
+def form_b(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    y, k = branch(ops, x, b)
+    y = ops.add(y, shortcut(ops, x, x, b), f"{b.name}_add")
+    return ops.relu(ops.bn(y, f"{b.name}_bn{k}"), f"{b.name}_out")
+
+
+def form_c(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    y, k = branch(ops, x, b)
+    y = ops.relu(ops.bn(y, f"{b.name}_bn{k}"), f"{b.name}_relu{k}")
+    return ops.add(y, shortcut(ops, x, x, b), f"{b.name}_add")
+
+
+def form_d(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    h = x if b.preactivated else ops.relu(x, f"{b.name}_preact_relu")
+    y, k = branch(ops, h, b)
+    y = ops.bn(y, f"{b.name}_bn{k}")
+    return ops.add(y, shortcut(ops, x, h, b), f"{b.name}_add")
+
+
+def form_e(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    h = x if b.preactivated else ops.relu(ops.bn(x, f"{b.name}_preact_bn"),
+                                          f"{b.name}_preact_relu")
+    y, _ = branch(ops, h, b)
+    return ops.add(y, shortcut(ops, x, h, b), f"{b.name}_add")
+
+
+Unit = Callable[[Any, Any, Block], Any]
+
+BUILTIN_UNITS: dict[str, Unit] = {
+    **{name: partial(form, branch=basic_branch)
+       for name, form in zip("abcde", (form_a, form_b, form_c, form_d, form_e), strict=True)},
+    **{f"bottleneck_{name}": partial(form, branch=bottleneck_branch)
+       for name, form in zip("abcde", (form_a, form_b, form_c, form_d, form_e), strict=True)},
+    # the blog's names: ResNet-50/101/152's unit, and resnet34's downsampling unit
+    "bottleneck": partial(form_c, branch=bottleneck_branch),
+    "preact_bottleneck": partial(form_e, branch=partial(bottleneck_branch, ratio=2)),
 }
+UNITS: dict[str, Unit] = dict(BUILTIN_UNITS)  # plus the user units studies load
+_UNIT_HASHES: dict[str, str] = {}
+
+
+def unit_source_hash(fn: Unit) -> str:
+    """sha256 of a unit's source and of the same module's functions it calls by name,
+    so editing a unit (or a helper it uses) is a new definition."""
+    seen: set[str] = set()
+    parts: list[str] = []
+
+    def visit(f: Any) -> None:
+        f = getattr(f, "func", f)  # functools.partial
+        if not isinstance(f, types.FunctionType) or f.__qualname__ in seen:
+            return
+        seen.add(f.__qualname__)
+        try:
+            parts.append(inspect.getsource(f))
+        except (OSError, TypeError):
+            parts.append(f.__qualname__)
+        for name in f.__code__.co_names:
+            g = f.__globals__.get(name)
+            if isinstance(g, types.FunctionType) and g.__module__ == f.__module__:
+                visit(g)
+
+    visit(fn)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def unit(name: str) -> Callable[[Unit], Unit]:
+    """Decorator that registers a residual unit `(ops, x, block) -> y` under `name`.
+
+    Public API: `from ablation import unit`. A built-in name cannot be redefined;
+    registering the same source again (a study loaded twice) is a no-op.
+    """
+    def register(fn: Unit) -> Unit:
+        if not name or not isinstance(name, str):
+            raise AblationError(f"a unit needs a name, got {name!r}")
+        if name in BUILTIN_UNITS:
+            raise AblationError(f"unit {name!r} clashes with a built-in unit; pick another "
+                                "name")
+        digest = unit_source_hash(fn)
+        if name in UNITS and _UNIT_HASHES.get(name) != digest:
+            raise AblationError(f"unit {name!r} is already defined by other code")
+        UNITS[name] = fn
+        _UNIT_HASHES[name] = digest
+        return fn
+    return register
+
+
+def user_unit_hash(name: str) -> str | None:
+    """The source hash of a user unit; None for built-in units (pinned by the package)."""
+    return _UNIT_HASHES.get(name)
+
+
+# --- stems and heads ------------------------------------------------------------------------
+
+
+def stem_conv(ops: Any, x: Any, v: Variant) -> Any:
+    """The blog's stem: one 3x3 conv, no BN of its own."""
+    return ops.conv(x, v.stem_filters, 3, 1, "stem_conv")
+
+
+def stem_conv_bn_relu(ops: Any, x: Any, v: Variant) -> Any:
+    """The papers' stem: conv3x3 -> BN -> ReLU (for pre-activation units it is the
+    first unit's pre-activation, applied before the split into two paths)."""
+    y = ops.conv(x, v.stem_filters, 3, 1, "stem_conv")
+    return ops.relu(ops.bn(y, "stem_bn"), "stem_relu")
+
+
+def head_bn_relu(ops: Any, x: Any, num_classes: int) -> Any:
+    """The blog's head (and the papers' for pre-activation nets): BN-ReLU-GAP-dense."""
+    x = ops.relu(ops.bn(x, "head_bn"), "head_relu")
+    return ops.dense(ops.pool(x, "head_pool"), num_classes, "head_dense")
+
+
+def head_plain(ops: Any, x: Any, num_classes: int) -> Any:
+    """GAP-dense: for nets whose units end in their own activation (He 2015)."""
+    return ops.dense(ops.pool(x, "head_pool"), num_classes, "head_dense")
+
+
+# name -> (stem, whether it applies the first unit's pre-activation)
+STEMS: dict[str, tuple[Callable[[Any, Any, Variant], Any], bool]] = {
+    "conv": (stem_conv, False),
+    "conv_bn_relu": (stem_conv_bn_relu, True),
+}
+HEADS: dict[str, Callable[[Any, Any, int], Any]] = {
+    "bn_relu": head_bn_relu,
+    "plain": head_plain,
+}
+SHORTCUTS = ("projection", "pad")
+PROJECTION_INPUTS = ("preact", "input")
 
 
 def _network(ops: Any, v: Variant, x: Any, num_classes: int) -> Any:
-    """The one builder: stem, stages of units, BN-ReLU-GAP-Dense head."""
-    x = ops.conv(x, v.stem_filters, 3, 1, "stem_conv")
+    """The one builder: stem, stages of units, head."""
+    stem, activates = STEMS[v.stem]
+    x = stem(ops, x, v)
     width = v.stem_filters
     for i, stage in enumerate(v.stages):
         for j in range(stage.blocks):
             stride = 2 if j == 0 and (i > 0 or v.first_stage_stride == 2) else 1
             project = j == 0 and (stride != 1 or width != stage.width)
-            unit = v.down_unit if (project and v.down_unit) else v.unit
+            name = v.down_unit if (project and v.down_unit) else v.unit
             block = Block(f"s{i + 1}b{j + 1}", stage.width, stride, project,
-                          v.projection_input, stage.inner)
-            x = UNITS[unit](ops, x, block)
+                          v.projection_input, stage.inner, v.shortcut,
+                          preactivated=activates and i == 0 and j == 0)
+            try:
+                x = UNITS[name](ops, x, block)
+            except AblationError:
+                raise
+            except Exception as e:
+                raise UnitError(f"unit {name!r} failed in block {block.name} of {v.name}: "
+                                f"{type(e).__name__}: {e}".splitlines()[0]) from None
             width = stage.width
-    x = ops.relu(ops.bn(x, "head_bn"), "head_relu")
-    x = ops.pool(x, "head_pool")
-    return ops.dense(x, num_classes, "head_dense")
+    return HEADS[v.head](ops, x, num_classes)
 
 
-# --- interpreters ------------------------------------------------------------------------
+# --- interpreters ---------------------------------------------------------------------------
+
+OPS = ("conv", "bn", "relu", "add", "pad_shortcut")  # what a unit may call
 
 
-class KerasOps:
-    """Builds real Keras layers with the blog's settings (Keras 3 by default; the
-    benchmark's Keras-2 baseline passes `tf_keras` to build the same graph)."""
+class _Ops:
+    def __getattr__(self, name: str) -> Any:  # only for names that are not ops
+        raise AttributeError(f"unknown op {name!r} (a unit may call {', '.join(OPS)})")
 
-    def __init__(self, weight_decay: float = WEIGHT_DECAY, fast: bool = False,
+
+class KerasOps(_Ops):
+    """Builds real Keras layers with the blog's settings. `keras_module` defaults to
+    Keras 3; the benchmark's baseline passes `tf_keras` to build the same graph."""
+
+    def __init__(self, weight_decay: float = DEFAULTS.weight_decay, fast: bool = False,
                  keras_module: Any = None):
         if keras_module is None:
             import keras as keras_module
@@ -192,6 +309,20 @@ class KerasOps:
     def add(self, a: Any, b: Any, name: str) -> Any:
         return self.layers.Add(name=name)([a, b])
 
+    def pad_shortcut(self, x: Any, filters: int, stride: int, name: str) -> Any:
+        """Option A: subsample by the stride, zero-pad the channels up to `filters`,
+        from standard layers only (so the .h5 loads without project code)."""
+        if stride > 1:
+            x = self.layers.MaxPooling2D(pool_size=1, strides=stride,
+                                         name=f"{name}_subsample")(x)
+        h, w, c = x.shape[1:]
+        if filters > c:
+            x = self.layers.Reshape((h, w, c, 1), name=f"{name}_expand")(x)
+            x = self.layers.ZeroPadding3D(((0, 0), (0, 0), (0, filters - c)),
+                                          name=f"{name}_pad")(x)
+            x = self.layers.Reshape((h, w, filters), name=f"{name}_squeeze")(x)
+        return x
+
     def pool(self, x: Any, name: str) -> Any:
         return self.layers.GlobalAveragePooling2D(name=name)(x)
 
@@ -200,38 +331,51 @@ class KerasOps:
                                  kernel_regularizer=self.reg, name=name)(x)
 
 
-@dataclass
-class CountOps:
-    """Runs the builder on channel counts alone: exact parameter counts and depth."""
+class Shape(NamedTuple):
+    h: int
+    w: int
+    c: int
 
-    trainable: int = 0
-    non_trainable: int = 0
-    depth: int = 0
 
-    def conv(self, cin: int, filters: int, kernel: int, stride: int, name: str,
-             main: bool = True) -> int:
-        self.trainable += kernel * kernel * cin * filters + filters
+class CountOps(_Ops):
+    """Runs the builder on shapes alone: exact parameter counts, depth, multiply-adds.
+    It also checks what Keras would reject: an addition of different shapes."""
+
+    def __init__(self):
+        self.trainable = self.non_trainable = self.depth = self.macs = 0
+
+    def conv(self, x: Shape, filters: int, kernel: int, stride: int, name: str,
+             main: bool = True) -> Shape:
+        out = Shape(math.ceil(x.h / stride), math.ceil(x.w / stride), filters)
+        self.trainable += kernel * kernel * x.c * filters + filters
+        self.macs += kernel * kernel * x.c * filters * out.h * out.w
         self.depth += int(main)
-        return filters
+        return out
 
-    def bn(self, c: int, name: str) -> int:
-        self.trainable += 2 * c  # gamma, beta
-        self.non_trainable += 2 * c  # moving mean, moving variance
-        return c
+    def bn(self, x: Shape, name: str) -> Shape:
+        self.trainable += 2 * x.c  # gamma, beta
+        self.non_trainable += 2 * x.c  # moving mean, moving variance
+        return x
 
-    def relu(self, c: int, name: str) -> int:
-        return c
+    def relu(self, x: Shape, name: str) -> Shape:
+        return x
 
-    def add(self, a: int, b: int, name: str) -> int:
+    def add(self, a: Shape, b: Shape, name: str) -> Shape:
         if a != b:
-            raise ValueError(f"{name}: adding {a} to {b} channels")
+            raise ValueError(f"{name}: adding {tuple(a)} to {tuple(b)} (h, w, channels)")
         return a
 
-    def pool(self, c: int, name: str) -> int:
-        return c
+    def pad_shortcut(self, x: Shape, filters: int, stride: int, name: str) -> Shape:
+        if filters < x.c:
+            raise ValueError(f"{name}: option A cannot shrink {x.c} channels to {filters}")
+        return Shape(math.ceil(x.h / stride), math.ceil(x.w / stride), filters)
+
+    def pool(self, x: Shape, name: str) -> int:
+        return x.c
 
     def dense(self, c: int, units: int, name: str) -> int:
         self.trainable += c * units + units
+        self.macs += c * units
         self.depth += 1
         return units
 
@@ -244,30 +388,36 @@ class ModelInfo:
     params_total: int
     params_trainable: int
     params_non_trainable: int
+    macs: int  # multiply-adds of one forward pass of one image
 
 
-def count_params(name: str | Variant, num_classes: int = 10, channels: int = 3) -> ModelInfo:
-    """Exact parameter counts and weighted depth (stem + main-path convs + dense)."""
+def count_params(name: str | Variant, num_classes: int = 10,
+                 input_shape: tuple[int, int, int] = (32, 32, 3)) -> ModelInfo:
+    """Exact parameter counts, weighted depth (stem + main-path convs + dense) and
+    multiply-adds per image, without building anything."""
     v = name if isinstance(name, Variant) else registry.get(name)
     ops = CountOps()
-    _network(ops, v, channels, num_classes)
+    _network(ops, v, Shape(*input_shape), num_classes)
     return ModelInfo(ops.depth, ops.trainable + ops.non_trainable, ops.trainable,
-                     ops.non_trainable)
+                     ops.non_trainable, ops.macs)
 
 
 def build_model(name: str | Variant, num_classes: int = 10,
                 input_shape: tuple[int, int, int] = (32, 32, 3),
-                weight_decay: float = WEIGHT_DECAY, fast: bool = False) -> Any:
-    """The uncompiled Keras model of a registry variant (softmax output).
+                weight_decay: float = DEFAULTS.weight_decay, fast: bool = False,
+                keras_module: Any = None) -> Any:
+    """The uncompiled Keras model of a variant (softmax output).
 
     Seed Keras (`keras.utils.set_random_seed`) beforehand for reproducible weights.
     `fast` swaps in the layers of `ablation.layers` (same math, TensorFlow's fused
     kernels) for training speed; graph, names and weights are the same, so its weights
-    load into the standard model, which is what gets saved.
+    load into the standard model, which is what gets saved. `keras_module` builds the
+    same graph on another Keras (the baseline passes `tf_keras`).
     """
-    import keras
+    if keras_module is None:
+        import keras as keras_module
 
     v = name if isinstance(name, Variant) else registry.get(name)
-    inputs = keras.Input(shape=input_shape, name="image")
-    outputs = _network(KerasOps(weight_decay, fast), v, inputs, num_classes)
-    return keras.Model(inputs, outputs, name=v.name)
+    inputs = keras_module.Input(shape=input_shape, name="image")
+    outputs = _network(KerasOps(weight_decay, fast, keras_module), v, inputs, num_classes)
+    return keras_module.Model(inputs, outputs, name=v.name)

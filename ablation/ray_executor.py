@@ -18,18 +18,19 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
+from ablation import argtypes
 from ablation.errors import AblationError
-from ablation.executors import Outcome, outcome_from, pump, train_command
-
-NOT_VISIBLE = 3  # exit code: the worker cannot see the results folder
+from ablation.executors import LineSink, outcome_from, pump, train_command
+from ablation.protocol import Exit, JobState, Outcome
 
 
 def _train_on_worker(run_dir: str, job_id: int, progress) -> tuple[int, list[str]]:
     """Body of the Ray task: run the training process, copy its output into the shared
     train.log, forward progress lines to the driver through a Ray queue."""
     if not (Path(run_dir) / "config.json").is_file():
-        return NOT_VISIBLE, [f"results folder {run_dir} is not visible on worker "
+        return Exit.NOT_VISIBLE, [f"results folder {run_dir} is not visible on worker "
                              f"{socket.gethostname()}: put --results on shared storage"]
     tail: list[str] = []
     proc = subprocess.Popen(train_command(run_dir), stdout=subprocess.PIPE,
@@ -48,7 +49,23 @@ def _train_on_worker(run_dir: str, job_id: int, progress) -> tuple[int, list[str
 
 
 class RayExecutor:
-    """Same five calls as LocalExecutor: capacity, running, submit, poll, cancel."""
+    """The `Executor` protocol on a Ray cluster: one Ray task per job."""
+
+    @staticmethod
+    def add_arguments(parser: Any) -> None:
+        parser.add_argument("--ray-address", help="Ray cluster address, e.g. auto (default: "
+                                                  "start a local Ray instance)")
+        parser.add_argument("--ray-gpus", type=argtypes.number("nonneg"), default=None,
+                            help="GPUs per Ray task (default: 1 if the cluster has GPUs, "
+                                 "else 0)")
+        parser.add_argument("--ray-cpus", type=argtypes.number("pos"), default=1.0,
+                            help="CPUs per Ray task")
+        parser.add_argument("--ray-retries", type=argtypes.integer(0), default=3,
+                            help="Ray retries of a job whose worker died (default 3)")
+
+    @classmethod
+    def from_args(cls, args: Any, sink: LineSink) -> RayExecutor:
+        return cls(args.ray_address, sink, args.ray_gpus, args.ray_cpus, args.ray_retries)
 
     def __init__(self, address: str | None = None, sink=None, gpus_per_job: float | None = None,
                  cpus_per_job: float = 1.0, max_retries: int = 3):
@@ -117,14 +134,14 @@ class RayExecutor:
             try:
                 code, tail = ray.get(ref)
             except ray.exceptions.TaskCancelledError:
-                done.append(Outcome(job_id, "interrupted", "cancelled"))
+                done.append(Outcome(job_id, JobState.INTERRUPTED, "cancelled"))
                 continue
             except ray.exceptions.RayError as e:  # worker lost after all retries, ...
                 reason = str(e).strip().splitlines()[0][:300]
-                done.append(Outcome(job_id, "failed", f"Ray: {reason}"))
+                done.append(Outcome(job_id, JobState.FAILED, f"Ray: {reason}"))
                 continue
-            if code == NOT_VISIBLE:
-                done.append(Outcome(job_id, "failed", tail[-1]))
+            if code == Exit.NOT_VISIBLE:
+                done.append(Outcome(job_id, JobState.FAILED, tail[-1]))
             else:
                 done.append(outcome_from(job_id, run_dir, code, tail))
         return done
@@ -138,7 +155,7 @@ class RayExecutor:
                 code, tail = self.ray.get(ref, timeout=grace)
                 out.append(outcome_from(job_id, run_dir, code, tail))
             except Exception:
-                out.append(Outcome(job_id, "interrupted", "cancelled"))
+                out.append(Outcome(job_id, JobState.INTERRUPTED, "cancelled"))
             self.refs.pop(ref, None)
         return out
 

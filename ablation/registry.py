@@ -1,15 +1,20 @@
-"""The variant registry: every network of the study is a data row fed to one builder.
+"""The variant registry: every network is a data row fed to one builder.
 
-A variant says *what* to build (unit type, stage layout, widths, where the projection
-reads from); `ablation.models` says *how*. Adding a variant to a study is one
-`register(Variant(...))` call, never a new builder function.
+A variant says *what* to build (unit type, stage layout, widths, stem, head, where
+the projection reads from); `ablation.models` says *how*. Variants come from studies
+(`ablation.studies`): the built-in ones ship as TOML files in the package, a user's
+from their own file, by the same mechanism. This module only stores them:
+register / get / variants (glob) / select, with a clear error for an unknown name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ablation.errors import AblationError
 
@@ -25,18 +30,45 @@ class Stage:
 
 @dataclass(frozen=True)
 class Variant:
-    """A registry row. `unit` names an entry of `ablation.models.UNITS`."""
+    """A registry row. `unit` / `down_unit` name entries of `ablation.models.UNITS`,
+    `stem` and `head` entries of `STEMS` and `HEADS`."""
 
     name: str
-    label: str  # the blog's name for it
+    label: str  # the blog's (or the paper's) name for it
     unit: str
     stages: tuple[Stage, ...]
     stem_filters: int = 16
-    down_unit: str | None = None  # unit used for downsampling blocks, if different
+    down_unit: str | None = None  # unit used for shape-changing blocks, if different
     projection_input: str = "preact"  # "preact": P reads h (d/e); "input": P reads x (v2)
     first_stage_stride: int = 1
     description: str = ""
     reference_params: tuple[int, int, int] | None = field(default=None, compare=False)
+    stem: str = "conv"  # conv | conv_bn_relu
+    head: str = "bn_relu"  # bn_relu | plain
+    shortcut: str = "projection"  # projection (1x1 conv) | pad (option A, no parameters)
+    # recipe fields this network is always trained with (He 2015's ResNet-110 warm-up)
+    recipe: tuple[tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON/TOML-like): stages as [blocks, width(, inner)] lists."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["stages"] = [[s.blocks, s.width] + ([s.inner] if s.inner else []) for s in self.stages]
+        d["reference_params"] = list(self.reference_params) if self.reference_params else None
+        d["recipe"] = dict(self.recipe)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Variant:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["stages"] = tuple(Stage(*s) for s in d["stages"])
+        if kw.get("reference_params"):
+            kw["reference_params"] = tuple(kw["reference_params"])
+        kw["recipe"] = tuple(sorted(dict(d.get("recipe") or {}).items()))
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> Variant:
+        return dataclasses.replace(self, **changes)
 
 
 class UnknownVariantError(AblationError, KeyError):
@@ -57,6 +89,10 @@ def register(variant: Variant) -> Variant:
     return variant
 
 
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
 def get(name: str) -> Variant:
     """Look a variant up by exact name, suggesting close matches on a miss."""
     try:
@@ -65,79 +101,34 @@ def get(name: str) -> Variant:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownVariantError(
-            f"unknown variant {name!r}{hint} (`ablation list` shows all "
-            f"{len(_REGISTRY)})"
-        ) from None
+            f"unknown variant {name!r}{hint} (`ablation list` shows them)") from None
 
 
-def variants(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell glob, in registry order."""
-    return [n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)]
+def variants(pattern: str = "*", names: Iterable[str] | None = None) -> list[str]:
+    """Names matching a shell glob, in order: all registered ones, or among `names`."""
+    pool = list(_REGISTRY) if names is None else list(names)
+    return [n for n in pool if fnmatch.fnmatchcase(n, pattern)]
 
 
-def select(patterns: list[str]) -> list[str]:
-    """Expand names and globs from the command line, keeping registry order.
+def select(patterns: list[str], names: Iterable[str] | None = None) -> list[str]:
+    """Expand names and globs from the command line, keeping the pool's order.
 
-    A plain name that is not registered raises UnknownVariantError; a glob that
+    A plain name that is not in the pool raises UnknownVariantError; a glob that
     matches nothing raises too, because silently running nothing is never wanted.
     """
+    pool = list(_REGISTRY) if names is None else list(names)
     chosen: set[str] = set()
     for pat in patterns:
         if any(c in pat for c in "*?["):
-            hits = variants(pat)
+            hits = variants(pat, pool)
             if not hits:
                 raise UnknownVariantError(f"no variant matches {pat!r} (`ablation list`)")
             chosen.update(hits)
+        elif pat in pool:
+            chosen.add(pat)
         else:
-            chosen.add(get(pat).name)
-    return [n for n in _REGISTRY if n in chosen]
-
-
-# --- the study's twelve networks -------------------------------------------------------
-# 32-layer family: three stages of n=5 basic blocks, 16/32/64 filters (depth 6n+2).
-_CIFAR32 = (Stage(5, 16), Stage(5, 32), Stage(5, 64))
-_A_TO_D = (470_410, 468_042, 2_368)
-_E = (470_218, 467_946, 2_272)
-
-
-def _bottleneck(blocks: tuple[int, int, int, int]) -> tuple[Stage, ...]:
-    widths = ((64, 256), (128, 512), (256, 1024), (512, 2048))
-    return tuple(Stage(n, out, inner) for n, (inner, out) in zip(blocks, widths, strict=True))
-
-
-for _row in (
-    Variant("resnet32", "my_resnet_32", "e", _CIFAR32, reference_params=_E,
-            description="The blog's first, hand-unrolled ResNet-32; structure (e)."),
-    Variant("resnet32_a", "resnet_32_a", "a", _CIFAR32, reference_params=_A_TO_D,
-            description="(a) original unit: ReLU after the addition."),
-    Variant("resnet32_b", "resnet_32_b", "b", _CIFAR32, reference_params=_A_TO_D,
-            description="(b) BN after the addition."),
-    Variant("resnet32_c", "resnet_32_c", "c", _CIFAR32, reference_params=_A_TO_D,
-            description="(c) ReLU before the addition."),
-    Variant("resnet32_d", "resnet_32_d", "d", _CIFAR32, reference_params=_A_TO_D,
-            description="(d) ReLU-only pre-activation; projection reads ReLU(x)."),
-    Variant("resnet32_e", "resnet_32_e", "e", _CIFAR32, reference_params=_E,
-            description="(e) full pre-activation; projection reads ReLU(BN(x))."),
-    Variant("resnet32_d_v2", "resnet_32_d_v2", "d", _CIFAR32, projection_input="input",
-            reference_params=_A_TO_D,
-            description="(d) with the projection reading the block input x."),
-    Variant("resnet32_e_v2", "resnet_32_e_v2", "e", _CIFAR32, projection_input="input",
-            reference_params=_E,
-            description="(e) with the projection reading the block input x."),
-    Variant("resnet34", "my_resnet_34", "e", _CIFAR32, down_unit="preact_bottleneck",
-            reference_params=(416_458, 414_186, 2_272),
-            description="resnet32 with pre-activation bottleneck downsampling blocks."),
-    Variant("resnet50", "resnet_50", "bottleneck", _bottleneck((3, 4, 6, 3)), stem_filters=64,
-            first_stage_stride=2, reference_params=(23_593_098, 23_543_690, 49_408),
-            description="Bottleneck 3-4-6-3 for 32x32 input, ReLU before addition."),
-    Variant("resnet101", "resnet_101", "bottleneck", _bottleneck((3, 4, 23, 3)),
-            stem_filters=64, first_stage_stride=2,
-            reference_params=(42_663_562, 42_561_930, 101_632),
-            description="Bottleneck 3-4-23-3 for 32x32 input, ReLU before addition."),
-    Variant("resnet152", "resnet_152", "bottleneck", _bottleneck((3, 4, 36, 3)),
-            stem_filters=64, first_stage_stride=2,
-            reference_params=(57_246_858, 57_105_290, 141_568),
-            description="The blog's '152': 3-4-36-3 (140 weighted layers, not the "
-                        "paper's 3-8-36-3)."),
-):
-    register(_row)
+            close = difflib.get_close_matches(pat, pool, n=4, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownVariantError(f"unknown variant {pat!r}{hint} (`ablation list` "
+                                      "shows them)")
+    return [n for n in pool if n in chosen]

@@ -3,8 +3,9 @@ and how they are read back for reports.
 
     results/
       queue.sqlite                      job states (ablation.jobqueue)
-      runs/<recipe id>/<variant>-s<seed>/
+      runs/<recipe id>/<variant>[-<definition tag>]-s<seed>/
         config.json   summary.json   history.csv   model.h5   train.log
+        responses.csv (ablation analyze)   code.diff (dirty checkout)   units.py
         backup/ (while training)      tensorboard/
 
 Files the harness writes itself are written atomically (temp file, fsync, rename):
@@ -14,6 +15,7 @@ a crash leaves the old version or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import json
 import math
@@ -27,9 +29,34 @@ from ablation.errors import AblationError
 RUNS = "runs"
 
 
-def run_dir(results: Path, recipe_id: str, variant: str, seed: int) -> Path:
-    """One folder per (recipe, variant, seed), named so a person can find it."""
-    return Path(results) / RUNS / recipe_id / f"{variant}-s{seed}"
+def run_dir(results: Path, recipe_id: str, variant: str, seed: int, tag: str = "") -> Path:
+    """One folder per (recipe, variant definition, seed), named so a person can find
+    it; `tag` is a user variant's definition hash (ablation.study.folder_tag)."""
+    return Path(results) / RUNS / recipe_id / f"{variant}{'-' + tag if tag else ''}-s{seed}"
+
+
+def read_history(path: Path) -> list[dict]:
+    """history.csv as rows of strings (CSVLogger's file); [] if it does not exist yet.
+    A damaged file raises AblationError naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise AblationError(f"damaged file {path}: {e}") from None
+    if rows and "epoch" not in rows[0]:
+        raise AblationError(f"damaged file {path}: no epoch column")
+    return rows
+
+
+def duration(seconds: float | None) -> str:
+    """A duration for people: '45 s', '3.5 min', '1.2 h'; '?' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def clean(obj: Any) -> Any:

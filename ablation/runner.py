@@ -7,43 +7,58 @@ never stops for one bad job. The command exits non-zero at the end if any failed
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablation import results
+from ablation import results, study
+from ablation.executors import Executor, LineSink
 from ablation.jobqueue import JobQueue
+from ablation.protocol import EpochRecord, Exit, JobConfig, JobState
 from ablation.recipe import Recipe
-from ablation.training import Job
+from ablation.registry import Variant
 
 HEARTBEAT_SECONDS = 15.0
 
 
+@dataclass(frozen=True)
+class PlannedJob:
+    variant: Variant
+    seed: int
+    tag: str  # definition tag in the run folder's name ("" for built-in variants)
+    run_dir: Path
+
+
 @dataclass
 class Plan:
-    variants: list[str]
+    variants: list[Variant]
     seeds: int
     recipe: Recipe
     results: Path
     data_dir: str | None
     keep_model: bool = True
     retry_failed: bool = False
+    study: str | None = None
 
-    def jobs(self) -> list[tuple[str, int]]:
-        return [(v, s) for v in self.variants for s in range(self.seeds)]
+    def jobs(self) -> list[PlannedJob]:
+        out = []
+        for v in self.variants:
+            tag = study.folder_tag(v)
+            for s in range(self.seeds):
+                out.append(PlannedJob(v, s, tag, results.run_dir(
+                    self.results, self.recipe.id, v.name, s, tag)))
+        return out
 
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = round(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+    def config(self, job: PlannedJob, index: int, total: int) -> JobConfig:
+        """What the training process of `job` is told (its config.json)."""
+        return JobConfig(job.variant.name, job.seed, self.recipe, self.data_dir,
+                         self.keep_model, index, total, job.variant.to_dict(),
+                         study.definition_hash(job.variant), study.unit_records(job.variant),
+                         self.study)
 
 
 class Progress:
@@ -79,46 +94,43 @@ class Progress:
             self.left.pop(job_id, None)
 
     def line(self, job_id: int, payload: str) -> None:
-        try:
-            p = json.loads(payload)
-        except ValueError:
+        p = EpochRecord.parse(payload)
+        if p is None:
             return
         with self.lock:
-            v = p["variant"]
-            self.variant_of[job_id] = v
+            self.variant_of[job_id] = p.variant
             # the first epoch of a process includes graph tracing: used only until a
             # steady epoch of that variant is seen
-            self.epoch_s.setdefault(v, []).append((bool(p.get("first")), p["seconds"]))
-            self.left[job_id] = p["epochs"] - p["epoch"]
+            self.epoch_s.setdefault(p.variant, []).append((p.first, p.seconds))
+            self.left[job_id] = p.epochs - p.epoch
             eta_q = self.queue_eta()
 
-        def f(key: str, spec: str) -> str:
-            return format(p[key], spec) if p.get(key) is not None else "nan"
+        def f(v: float | None, spec: str) -> str:
+            return format(v, spec) if v is not None else "nan"
 
-        print(f"[job {p['job']}/{p['of']}] {v} s{p['seed']}  epoch {p['epoch']}/{p['epochs']}"
-              f"  loss {f('loss', '.4f')} acc {f('accuracy', '.4f')}"
-              f" val_acc {f('val_accuracy', '.4f')} lr {f('lr', 'g')}"
-              f"  {p['seconds']:.1f}s  ETA job {fmt_duration(p['eta_job'])}"
-              f" queue {fmt_duration(eta_q)}", file=self.out, flush=True)
+        print(f"[job {p.job}/{p.of}] {p.variant} s{p.seed}  epoch {p.epoch}/{p.epochs}"
+              f"  loss {f(p.loss, '.4f')} acc {f(p.accuracy, '.4f')}"
+              f" val_acc {f(p.val_accuracy, '.4f')} lr {f(p.lr, 'g')}"
+              f"  {p.seconds:.1f}s  ETA job {results.duration(p.eta_job)}"
+              f" queue {results.duration(eta_q)}", file=self.out, flush=True)
 
 
-def prepare_jobs(plan: Plan, queue: JobQueue) -> list[int]:
-    """Insert the plan's jobs, write each run's config.json, return the job ids."""
+def prepare_jobs(plan: Plan, queue: JobQueue) -> tuple[list[int], dict[int, PlannedJob]]:
+    """Insert the plan's jobs; return their ids and what each id stands for."""
     rid = plan.recipe.id
-    rows = []
-    for variant, seed in plan.jobs():
-        rd = results.run_dir(plan.results, rid, variant, seed)
-        rows.append((variant, seed, rid, plan.recipe.to_dict(), str(rd)))
-    return queue.add(rows, retry_failed=plan.retry_failed)
+    jobs = plan.jobs()
+    ids = queue.add([(j.variant.name, j.tag, j.seed, rid, plan.recipe.to_dict(), str(j.run_dir))
+                     for j in jobs], retry_failed=plan.retry_failed)
+    return ids, dict(zip(ids, jobs, strict=True))
 
 
-def run(plan: Plan, executor_factory, out=sys.stdout) -> int:
+def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.stdout) -> int:
     """Run the plan to completion. Returns the process exit code (0, 1 or 130)."""
     results.prepare_results(plan.results)
     with JobQueue(plan.results) as queue:
-        ids = prepare_jobs(plan, queue)
+        ids, planned = prepare_jobs(plan, queue)
         status = {r.id: r.status for r in queue.all()}
-        todo = [i for i in ids if status[i] != "done"]
+        todo = [i for i in ids if status[i] != JobState.DONE]
         skipped = len(ids) - len(todo)
         progress = Progress({i: plan.recipe.epochs for i in todo}, 1, out)
         executor = executor_factory(progress.line)
@@ -135,18 +147,16 @@ def run(plan: Plan, executor_factory, out=sys.stdout) -> int:
                     if job is None:
                         break
                     pending.remove(job.id)
-                    rd = Path(job.run_dir)
-                    cfg = Job.config(job.variant, job.seed, plan.recipe, plan.data_dir,
-                                     plan.keep_model, index[job.id], len(ids))
-                    results.atomic_write_json(rd / "config.json", cfg)
-                    executor.submit(job.id, rd)
+                    cfg = plan.config(planned[job.id], index[job.id], len(ids))
+                    results.atomic_write_json(Path(job.run_dir) / "config.json", cfg.to_dict())
+                    executor.submit(job.id, Path(job.run_dir))
                 if not executor.running():
                     break  # nothing left we may claim: done, failed, or another runner's
                 for o in executor.poll(timeout=1.0):
                     queue.finish(o.job_id, o.status, o.error)
                     progress.forget(o.job_id)
                     job = queue.get(o.job_id)
-                    msg = (f"[job {index[o.job_id]}/{len(ids)}] {job.variant} s{job.seed}:"
+                    msg = (f"[job {index[o.job_id]}/{len(ids)}] {job.label} s{job.seed}:"
                            f" {o.status}")
                     print(msg + (f" ({o.error})" if o.error else ""), file=out, flush=True)
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
@@ -157,29 +167,33 @@ def run(plan: Plan, executor_factory, out=sys.stdout) -> int:
                   file=out, flush=True)
             running = executor.running()
             # a job that finished while stopping stays done; anything else is interrupted
-            done = {o.job_id for o in executor.cancel() if o.status == "done"}
+            done = {o.job_id for o in executor.cancel() if o.status == JobState.DONE}
             for job_id in running:
-                status = "done" if job_id in done else "interrupted"
-                queue.finish(job_id, status, None if status == "done" else
-                             "interrupted by Ctrl-C; rerun the same command to resume")
+                if job_id in done:
+                    queue.finish(job_id, JobState.DONE)
+                else:
+                    queue.finish(job_id, JobState.INTERRUPTED,
+                                 "interrupted by Ctrl-C; rerun the same command to resume")
             executor.shutdown()
             print(f"{len(running)} job(s) marked interrupted; rerun the same command to resume",
                   file=out, flush=True)
-            return 130
+            return Exit.INTERRUPTED
         executor.shutdown()
         return _report(queue, ids, skipped, out)
 
 
 def _report(queue: JobQueue, ids: list[int], skipped: int, out) -> int:
     rows = [queue.get(i) for i in ids]
-    by = {s: [r for r in rows if r.status == s] for s in ("done", "failed", "running")}
-    print(f"finished: {len(by['done'])} done ({skipped} from earlier runs), "
-          f"{len(by['failed'])} failed, {len(by['running'])} still running elsewhere",
+    by = {s: [r for r in rows if r.status == s]
+          for s in (JobState.DONE, JobState.FAILED, JobState.RUNNING)}
+    failed = by[JobState.FAILED]
+    print(f"finished: {len(by[JobState.DONE])} done ({skipped} from earlier runs), "
+          f"{len(failed)} failed, {len(by[JobState.RUNNING])} still running elsewhere",
           file=out, flush=True)
-    for r in by["failed"]:
-        print(f"  FAILED {r.variant} s{r.seed}: {r.error} (log: {r.run_dir}/train.log)",
+    for r in failed:
+        print(f"  FAILED {r.label} s{r.seed}: {r.error} (log: {r.run_dir}/train.log)",
               file=out, flush=True)
-    if by["failed"]:
+    if failed:
         print("rerun with --retry-failed to try the failed jobs again", file=out, flush=True)
-        return 1
-    return 0
+        return Exit.FAILED
+    return Exit.DONE

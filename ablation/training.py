@@ -1,16 +1,15 @@
 """Train one job (variant, seed, recipe) into its run folder, resumably.
 
 Run as its own process (`python -m ablation.training RUN_DIR`), one per job, so a
-crash or an out-of-memory kill takes down one job, never the queue. The heavy
-lifting is Keras': `BackupAndRestore` (made atomic below), `CSVLogger`,
-`LearningRateScheduler`, `TerminateOnNaN`, `TensorBoard`.
+crash or an out-of-memory kill takes down one job, never the queue. What it is told
+and what it answers are `ablation.protocol` (config.json, progress lines, exit code).
+The heavy lifting is Keras': `CSVLogger`, `LearningRateScheduler`, `TerminateOnNaN`,
+`TensorBoard`, and an atomic version of `BackupAndRestore` written on public calls.
 
 Exactly-once history: callbacks run in list order at each epoch end, so the CSV row
 is flushed before the backup is taken; on resume, rows at or after the restored
 epoch are dropped before training goes on. The data stream is a pure function of
 (seed, epoch, batch), so a resumed job sees the same batches as an unbroken one.
-
-Exit codes: 0 done, 1 failed (reason in summary.json), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 import os
 import resource
@@ -33,13 +31,22 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ablation import results
-from ablation.errors import AblationError
-from ablation.recipe import Recipe
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-PROGRESS = "@@epoch "  # prefix of machine-readable progress lines on stdout
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
-_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+import keras
+
+from ablation import data, environment, models, registry, results, study
+from ablation.errors import AblationError
+from ablation.protocol import (
+    HELD_MARKER,
+    HOLD_ENV,
+    EpochRecord,
+    Exit,
+    JobConfig,
+    JobState,
+)
+from ablation.recipe import PRECISION_POLICIES, Recipe, compile_sgd
+from ablation.registry import Variant
 
 
 def init_seed(variant: str, seed: int) -> int:
@@ -47,161 +54,21 @@ def init_seed(variant: str, seed: int) -> int:
     return zlib.crc32(f"{variant}:{seed}".encode()) & 0x7FFFFFFF
 
 
-def _keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    return keras
-
-
-# --- callbacks -----------------------------------------------------------------------------
-
-
-def _make_backup_class(keras):
-    class AtomicBackup(keras.callbacks.BackupAndRestore):
-        """Keras' BackupAndRestore, each snapshot made atomic.
-
-        Stock BackupAndRestore writes the weights, then the epoch, as two files: a kill
-        between them pairs new weights with an old epoch, and one epoch is trained
-        twice. Here each snapshot (weights + optimizer + epoch) goes into its own
-        folder, renamed into place, then a one-line LATEST pointer is swapped
-        atomically. A snapshot of a NaN epoch is never taken.
-        """
-
-        def __init__(self, root: Path):
-            self.root = Path(root)
-            super().__init__(str(self.root / "pending"), delete_checkpoint=False)
-
-        @staticmethod
-        def restored_epoch(root: Path) -> int:
-            latest = Path(root) / "LATEST"
-            try:
-                name = latest.read_text().strip()
-                meta = results.read_json(Path(root) / name / "training_metadata.json")
-                return int(meta["epoch"])
-            except (OSError, AblationError, KeyError, ValueError):
-                return 0
-
-        def _point_at(self, folder: Path) -> None:
-            self.backup_dir = str(folder)
-            self._weights_path = str(folder / "latest.weights.h5")
-            self._training_metadata_path = str(folder / "training_metadata.json")
-
-        def on_train_begin(self, logs=None):
-            latest = self.root / "LATEST"
-            if latest.exists():
-                self._point_at(self.root / latest.read_text().strip())
-                self._load_model()
-
-        def on_epoch_end(self, epoch, logs=None):
-            if logs and not all(math.isfinite(float(v)) for v in logs.values()
-                                if isinstance(v, int | float)):
-                return
-            super().on_epoch_end(epoch, logs)
-
-        def _save_model(self):
-            name = f"epoch-{self._current_epoch:04d}"
-            tmp = self.root / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self._point_at(tmp)
-            super()._save_model()
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            final = self.root / name
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            results.atomic_write_text(self.root / "LATEST", name + "\n")
-            for old in self.root.glob("epoch-*"):
-                if old.name != name:
-                    shutil.rmtree(old, ignore_errors=True)
-
-    return AtomicBackup
-
-
-def _make_recorder_class(keras):
-    class Recorder(keras.callbacks.Callback):
-        """Adds `lr`, `epoch_seconds` and training images/s to the epoch logs (before
-        CSVLogger sees them), prints one progress line per epoch, and keeps
-        summary.json current so reports can show runs still going."""
-
-        def __init__(self, job: Job, stream, start_epoch: int):
-            super().__init__()
-            self.job, self.stream, self.start_epoch = job, stream, start_epoch
-            self.n_train = len(stream.ds.y_train)
-            self.train_rates: list[float] = []
-            self.nan = False
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-            self.t_train = None
-
-        def on_test_begin(self, logs=None):
-            self.t_train = time.perf_counter() - self.t0
-
-        def on_train_batch_end(self, batch, logs=None):
-            if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
-                self.nan = True
-                self.stream.stop()  # let the generator end, so fit can return cleanly
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            seconds = time.perf_counter() - self.t0
-            train_s = self.t_train or seconds
-            logs.pop("learning_rate", None)  # Keras' float32 echo of what we set
-            logs["lr"] = self.job.recipe.learning_rate(epoch)
-            logs["epoch_seconds"] = round(seconds, 3)
-            logs["images_per_second"] = round(self.n_train / train_s, 1)
-            self.train_rates.append(self.n_train / train_s)
-            done = epoch + 1
-            left = self.job.recipe.epochs - done
-            record = {"job": self.job.index, "of": self.job.total, "variant": self.job.variant,
-                      "seed": self.job.seed, "epoch": done, "epochs": self.job.recipe.epochs,
-                      "seconds": seconds, "eta_job": seconds * left,
-                      "first": epoch == self.start_epoch,
-                      **{k: _num(logs.get(k)) for k in
-                         ("loss", "accuracy", "val_loss", "val_accuracy", "lr")}}
-            print(PROGRESS + json.dumps(results.clean(record)), flush=True)
-
-    return Recorder
-
-
-def _num(v: Any) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def training_model(variant: str, recipe: Recipe, num_classes: int):
+def training_model(variant: str | Variant, recipe: Recipe, num_classes: int) -> Any:
     """The compiled model `run` and `bench` train: the registry graph on the fused
     layers of ablation.layers (same math, faster on TensorFlow), under the recipe's
     precision."""
-    keras = _keras()
-    from ablation import models
-
-    keras.mixed_precision.set_global_policy(_POLICIES[recipe.precision])
-    model = models.build_model(variant, num_classes=num_classes,
-                               weight_decay=recipe.weight_decay, fast=True)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=recipe.lr, momentum=recipe.momentum,
-                                       nesterov=recipe.nesterov),
-        loss="categorical_crossentropy", metrics=["accuracy"])
-    return model
+    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[recipe.precision])
+    return compile_sgd(models.build_model(variant, num_classes=num_classes,
+                                          weight_decay=recipe.weight_decay, fast=True),
+                       recipe, keras)
 
 
-def standard_copy(model, variant: str, recipe: Recipe, num_classes: int):
+def standard_copy(model: Any, variant: str | Variant, recipe: Recipe, num_classes: int) -> Any:
     """The same trained network as plain Keras layers, optimizer state included, so the
     saved .h5 loads with `keras.models.load_model` and no project code."""
-    keras = _keras()
-    from ablation import models
-
-    std = models.build_model(variant, num_classes=num_classes,
-                             weight_decay=recipe.weight_decay)
-    std.compile(optimizer=keras.optimizers.SGD(learning_rate=recipe.lr,
-                                               momentum=recipe.momentum,
-                                               nesterov=recipe.nesterov),
-                loss="categorical_crossentropy", metrics=["accuracy"])
+    std = compile_sgd(models.build_model(variant, num_classes=num_classes,
+                                         weight_decay=recipe.weight_decay), recipe, keras)
     std.set_weights(model.get_weights())
     std.optimizer.build(std.trainable_variables)
     if not model.optimizer.built:
@@ -211,32 +78,160 @@ def standard_copy(model, variant: str, recipe: Recipe, num_classes: int):
     return std
 
 
+# --- callbacks -----------------------------------------------------------------------------
+
+
+def _finite(logs: dict | None) -> bool:
+    return not logs or all(math.isfinite(float(v)) for v in logs.values()
+                           if isinstance(v, int | float))
+
+
+class AtomicBackup(keras.callbacks.Callback):
+    """Keras' BackupAndRestore, made atomic, on public calls only.
+
+    Stock BackupAndRestore writes the weights, then the epoch, as two files: a kill
+    between them pairs new weights with an old epoch, and one epoch is trained twice.
+    Here each snapshot (`model.save_weights`, which holds the optimizer's variables,
+    plus the epoch) goes into its own folder, renamed into place, then a one-line
+    LATEST pointer is swapped atomically. A snapshot of a NaN epoch is never taken.
+    The caller passes `restored_epoch()` as `fit(initial_epoch=...)`.
+    """
+
+    WEIGHTS, META = "latest.weights.h5", "training_metadata.json"
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = Path(root)
+
+    @classmethod
+    def _latest(cls, root: Path) -> Path | None:
+        try:
+            return Path(root) / (Path(root) / "LATEST").read_text().strip()
+        except OSError:
+            return None
+
+    @classmethod
+    def restored_epoch(cls, root: Path) -> int:
+        """Epochs already trained by the last snapshot (0 when there is none)."""
+        folder = cls._latest(root)
+        try:
+            return int(results.read_json(folder / cls.META)["epoch"]) if folder else 0
+        except (OSError, AblationError, KeyError, ValueError):
+            return 0
+
+    def restore(self) -> None:
+        folder = self._latest(self.root)
+        if folder is None or not (folder / self.WEIGHTS).is_file():
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(folder / self.WEIGHTS))
+
+    def on_train_begin(self, logs=None):
+        self.restore()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _finite(logs):
+            return
+        name = f"epoch-{epoch + 1:04d}"
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_weights(str(tmp / self.WEIGHTS))
+        results.atomic_write_json(tmp / self.META, {"epoch": epoch + 1})
+        with open(tmp / self.WEIGHTS, "rb") as fh:
+            os.fsync(fh.fileno())
+        final = self.root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        results.atomic_write_text(self.root / "LATEST", name + "\n")
+        for old in self.root.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+class Recorder(keras.callbacks.Callback):
+    """Adds `lr`, `epoch_seconds` and training images/s to the epoch logs (before
+    CSVLogger sees them) and prints one progress record per epoch."""
+
+    def __init__(self, cfg: JobConfig, recipe: Recipe, stream: data.TrainStream,
+                 start_epoch: int):
+        super().__init__()
+        self.cfg, self.recipe, self.stream, self.start_epoch = cfg, recipe, stream, start_epoch
+        self.n_train = len(stream.ds.y_train)
+        self.train_rates: list[float] = []
+        self.nan = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+        self.t_train = None
+
+    def on_test_begin(self, logs=None):
+        self.t_train = time.perf_counter() - self.t0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
+            self.nan = True
+            self.stream.stop()  # let the generator end, so fit can return cleanly
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        seconds = time.perf_counter() - self.t0
+        train_s = self.t_train or seconds
+        logs.pop("learning_rate", None)  # Keras' float32 echo of what we set
+        logs["lr"] = self.recipe.learning_rate(epoch)
+        logs["epoch_seconds"] = round(seconds, 3)
+        logs["images_per_second"] = round(self.n_train / train_s, 1)
+        self.train_rates.append(self.n_train / train_s)
+        done = epoch + 1
+        record = EpochRecord(
+            job=self.cfg.index, of=self.cfg.total, variant=self.cfg.variant, seed=self.cfg.seed,
+            epoch=done, epochs=self.recipe.epochs, seconds=seconds,
+            eta_job=seconds * (self.recipe.epochs - done), first=epoch == self.start_epoch,
+            **{k: _num(logs.get(k)) for k in ("loss", "accuracy", "val_loss", "val_accuracy",
+                                              "lr")})
+        print(record.line(), flush=True)
+
+
+class SummaryKeeper(keras.callbacks.Callback):
+    """Keeps summary.json current after every epoch, so reports show runs still going."""
+
+    def __init__(self, write):
+        super().__init__()
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.write(JobState.RUNNING)
+
+
+class HoldForTest(keras.callbacks.Callback):
+    """The protocol's test hook (HOLD_ENV): after the N-th finished epoch, whose backup
+    is already taken, mark the run folder and wait until a signal ends the process."""
+
+    def __init__(self, run_dir: Path, after: int):
+        super().__init__()
+        self.marker, self.after = Path(run_dir) / HELD_MARKER, after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            results.atomic_write_text(self.marker, f"{epoch + 1}\n")
+            while True:
+                time.sleep(3600)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 # --- job -----------------------------------------------------------------------------------
-
-
-class Job:
-    """What a training process is told, read from the run folder's config.json."""
-
-    def __init__(self, cfg: dict):
-        self.variant: str = cfg["variant"]
-        self.seed: int = int(cfg["seed"])
-        self.recipe = Recipe.from_dict(cfg["recipe"])
-        self.data_dir: str | None = cfg.get("data_dir")
-        self.keep_model: bool = bool(cfg.get("keep_model", True))
-        self.index: int = int(cfg.get("index", 1))
-        self.total: int = int(cfg.get("total", 1))
-
-    @staticmethod
-    def config(variant: str, seed: int, recipe: Recipe, data_dir: str | None,
-               keep_model: bool, index: int = 1, total: int = 1) -> dict:
-        return {"variant": variant, "seed": seed, "recipe": recipe.to_dict(),
-                "recipe_id": recipe.id, "data_dir": data_dir, "keep_model": keep_model,
-                "index": index, "total": total}
 
 
 def _truncate_history(path: Path, epochs: int) -> list[dict]:
     """Keep only rows of epochs < `epochs` (the ones the restored backup includes)."""
-    rows = _read_history(path)
+    rows = results.read_history(path)
     kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < epochs]
     if len(kept) != len(rows):
         if kept:
@@ -266,13 +261,6 @@ def _history_stats(rows: list[dict]) -> dict:
     }
 
 
-def _read_history(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _watch_parent() -> None:
     """Exit if the runner that started us dies (SIGKILL leaves no chance to tell us),
     so an orphan never trains on while another runner reclaims the job."""
@@ -282,46 +270,68 @@ def _watch_parent() -> None:
         while True:
             time.sleep(2)
             if os.getppid() != parent:
-                os._exit(EXIT_INTERRUPTED)
+                os._exit(Exit.INTERRUPTED)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def _variant(cfg: JobConfig) -> Variant:
+    """The definition the job was queued with (older configs: the registry's)."""
+    study.check_units(cfg.units)
+    if cfg.definition:
+        return Variant.from_dict(cfg.definition)
+    return registry.get(cfg.variant)
+
+
+def _provenance(run_dir: Path, cfg: JobConfig) -> dict:
+    """airbench's lesson: keep the code beside the numbers. A dirty checkout's diff and
+    the user units' source go into the run folder."""
+    out = {}
+    diff = environment.git_diff()
+    if diff:
+        results.atomic_write_text(run_dir / "code.diff", diff)
+        out["code_diff"] = "code.diff"
+    sources = sorted({u["source"] for u in cfg.units if u.get("source", "").endswith(".py")})
+    if sources:
+        results.atomic_write_text(run_dir / "units.py", "\n".join(
+            f"# --- {s}\n{Path(s).read_text(encoding='utf-8')}" for s in sources))
+        out["units_file"] = "units.py"
+    return out
 
 
 def train(run_dir: Path) -> int:
     """Train the job described by run_dir/config.json. Returns the exit code."""
     run_dir = Path(run_dir)
-    job = Job(results.read_json(run_dir / "config.json"))
+    cfg = JobConfig.from_dict(results.read_json(run_dir / "config.json"))
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         try:
-            if results.read_json(summary_path).get("status") == "done":
-                print(f"{job.variant} seed {job.seed}: already done", flush=True)
-                return 0
+            if results.read_json(summary_path).get("status") == JobState.DONE:
+                print(f"{cfg.variant} seed {cfg.seed}: already done", flush=True)
+                return Exit.DONE
         except AblationError:
             pass  # a damaged summary is rewritten below
+    (run_dir / HELD_MARKER).unlink(missing_ok=True)
 
-    keras = _keras()
-    from ablation import data, environment, models
-
-    recipe = job.recipe
-    ds = data.load(recipe.dataset, job.data_dir, recipe.train_limit, recipe.test_limit)
-    keras.utils.set_random_seed(init_seed(job.variant, job.seed))
-    model = training_model(job.variant, recipe, ds.num_classes)
+    variant = _variant(cfg)
+    recipe = cfg.recipe.replace(**dict(variant.recipe))  # the variant's own fixed fields
+    ds = data.load(recipe.dataset, cfg.data_dir, recipe.train_limit, recipe.test_limit)
+    keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
+    model = training_model(variant, recipe, ds.num_classes)
 
     backup_root = run_dir / "backup"
-    Backup = _make_backup_class(keras)
-    start = Backup.restored_epoch(backup_root)
+    start = AtomicBackup.restored_epoch(backup_root)
     history_path = run_dir / "history.csv"
     _truncate_history(history_path, start)
-    stream = data.TrainStream(ds, recipe.batch_size, job.seed, recipe.augment, start_epoch=start,
-                              epochs=recipe.epochs)
-    recorder = _make_recorder_class(keras)(job, stream, start)
+    stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
+                              start_epoch=start, epochs=recipe.epochs)
+    recorder = Recorder(cfg, recipe, stream, start)
     callbacks = [
         keras.callbacks.LearningRateScheduler(recipe.learning_rate),
         recorder,
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
-        Backup(backup_root),
+        AtomicBackup(backup_root),
     ]
     env = environment.describe()
     tb_note = None
@@ -335,22 +345,26 @@ def train(run_dir: Path) -> int:
         tb_note = "TensorBoard logs skipped: TensorFlow/TensorBoard is not installed"
         print(tb_note, flush=True)
 
-    info = models.count_params(job.variant, ds.num_classes)
+    info = models.count_params(variant, ds.num_classes)
     base = {
-        "variant": job.variant, "seed": job.seed, "dataset": recipe.dataset,
-        "recipe": recipe.to_dict(), "recipe_id": recipe.id,
+        "variant": cfg.variant, "seed": cfg.seed, "dataset": recipe.dataset,
+        "recipe": cfg.recipe.to_dict(), "recipe_id": cfg.recipe.id,
         "epochs_planned": recipe.epochs, "params_total": info.params_total,
         "params_trainable": info.params_trainable,
         "params_non_trainable": info.params_non_trainable, "depth": info.depth,
-        "train_images": len(ds.y_train), "test_images": len(ds.y_test),
+        "macs": info.macs, "train_images": len(ds.y_train), "test_images": len(ds.y_test),
         "data_checksum": ds.checksum(), "data_source": ds.source,
-        "init_seed": init_seed(job.variant, job.seed), **env,
+        "init_seed": init_seed(cfg.variant, cfg.seed),
+        "definition": study.definition(variant),
+        "definition_hash": study.definition_hash(variant), "study": cfg.study,
+        **({"train_recipe": recipe.to_dict()} if recipe != cfg.recipe else {}),
+        **_provenance(run_dir, cfg), **env,
     }
     if tb_note:
         base["note"] = tb_note
 
-    def write_summary(status: str, **extra) -> dict:
-        rows = _read_history(history_path)
+    def write_summary(status: JobState, **extra) -> dict:
+        rows = results.read_history(history_path)
         rates = recorder.train_rates[1:] or recorder.train_rates  # skip tracing epoch
         s = {**base, **_history_stats(rows), "status": status,
              "images_per_second": round(statistics.median(rates), 1) if rates else None,
@@ -359,13 +373,11 @@ def train(run_dir: Path) -> int:
         results.atomic_write_json(summary_path, s)
         return s
 
-    # keep the summary current after every epoch (reports show runs still going)
-    class _Progress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            write_summary("running")
-
-    callbacks.append(_Progress())
-    print(f"job {job.index}/{job.total}: {job.variant} seed {job.seed}, recipe {recipe.id}, "
+    callbacks.append(SummaryKeeper(write_summary))
+    hold = os.environ.get(HOLD_ENV)
+    if hold:
+        callbacks.append(HoldForTest(run_dir, int(hold)))
+    print(f"job {cfg.index}/{cfg.total}: {cfg.variant} seed {cfg.seed}, recipe {cfg.recipe.id}, "
           f"{'resuming after epoch ' + str(start) if start else 'starting'}; "
           f"{len(ds.y_train)} train / {len(ds.y_test)} test images; {env['device']}",
           flush=True)
@@ -374,39 +386,40 @@ def train(run_dir: Path) -> int:
                   initial_epoch=start, validation_data=data.test_batches(ds, recipe.batch_size),
                   callbacks=callbacks, verbose=0, shuffle=False)
     else:  # trained to the end, then killed before saving: restore, then only save
-        restore = Backup(backup_root)
+        restore = AtomicBackup(backup_root)
         restore.set_model(model)
-        restore.on_train_begin()
+        restore.restore()
 
-    rows = _read_history(history_path)
+    rows = results.read_history(history_path)
     if recorder.nan or len(rows) < recipe.epochs:
         why = (f"loss became NaN in epoch {len(rows)}/{recipe.epochs} (TerminateOnNaN stopped it)"
                if recorder.nan else f"training stopped after {len(rows)} of {recipe.epochs} epochs")
-        write_summary("failed", error=why)
+        write_summary(JobState.FAILED, error=why)
         print(f"FAILED: {why}", flush=True)
-        return EXIT_FAILED
+        return Exit.FAILED
 
     h5 = run_dir / "model.h5"
     tmp = run_dir / ".model.tmp.h5"
     try:
         # legacy HDF5, optimizer included, as the blog saved it
-        standard_copy(model, job.variant, recipe, ds.num_classes).save(str(tmp))
+        standard_copy(model, variant, recipe, ds.num_classes).save(str(tmp))
         os.replace(tmp, h5)
     except OSError as e:
         raise results.disk_error(e, h5) from None
     h5_bytes = h5.stat().st_size
-    if not job.keep_model:
+    if not cfg.keep_model:
         h5.unlink()
-    write_summary("done", h5_bytes=h5_bytes, model_file=h5.name if job.keep_model else None)
+    write_summary(JobState.DONE, h5_bytes=h5_bytes,
+                  model_file=h5.name if cfg.keep_model else None)
     shutil.rmtree(backup_root, ignore_errors=True)
-    return 0
+    return Exit.DONE
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m ablation.training RUN_DIR", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     _watch_parent()
     # SIGTERM (from the runner on Ctrl-C, or Ray cancelling) unwinds like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -415,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         return train(run_dir)
     except KeyboardInterrupt:
         print("interrupted; the last finished epoch is backed up", flush=True)
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
     except AblationError as e:
         return _fail(run_dir, str(e))
     except Exception as e:  # OOM, a bug, a bad variant: the queue goes on
@@ -430,14 +443,14 @@ def _fail(run_dir: Path, reason: str) -> int:
         s = results.read_json(path) if path.exists() else {}
     except AblationError:
         s = {}
-    s.update(status="failed", error=reason)
+    s.update(status=JobState.FAILED, error=reason)
     with contextlib.suppress(AblationError):
         results.atomic_write_json(path, s)
-    return EXIT_FAILED
+    return Exit.FAILED
 
 
 if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)  # skip interpreter teardown: TF's data threads can stall it
+    os._exit(int(code))  # skip interpreter teardown: TF's data threads can stall it

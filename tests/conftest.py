@@ -1,16 +1,22 @@
-"""Shared fixtures: where the real CIFAR-10 lives, and a CLI runner."""
+"""Shared fixtures and helpers: where the real CIFAR-10 lives, a CLI runner, tiny job
+flags, run-folder readers, and race-free ways to stop a job mid-training."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
+
+# the smallest real training job: 4 steps of 32 images, 2 epochs, 64 test images
+TINY = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
 
 
 def find_cifar10() -> Path | None:
@@ -30,9 +36,77 @@ def cifar_dir() -> Path:
     return found
 
 
+@pytest.fixture
+def isolated_registry():
+    """Studies loaded inside a test register variants and units for this process only
+    for the test's duration, so no other test sees them."""
+    from ablation import study
+
+    state = study.snapshot()
+    yield
+    study.restore(state)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `ablation ...` as a user would, in a fresh process."""
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "ablation.cli", *args], cwd=cwd or ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start `ablation ...` in its own process group (a terminal's foreground job)."""
+    return subprocess.Popen([sys.executable, "-m", "ablation.cli", *args], cwd=ROOT,
+                            env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def hold_after(epochs: int) -> dict:
+    """Environment for a job that stops after `epochs` finished epochs and waits for a
+    signal (ablation.protocol.HOLD_ENV): a signal sent once it is held always finds
+    the job with work left, however fast or slow the machine is."""
+    from ablation.protocol import HOLD_ENV
+
+    return {HOLD_ENV: str(epochs)}
+
+
+def wait_for(pred, what: str, proc: subprocess.Popen | None = None,
+             timeout: float = 300.0) -> None:
+    """Poll `pred` until true; fail naming `what` on timeout, or at once (with its
+    output) if `proc` exits first."""
+    t0 = time.monotonic()
+    while not pred():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process exited ({proc.returncode}) before {what}:\n"
+                        f"{proc.communicate()[0]}")
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def finish(proc: subprocess.Popen, what: str, timeout: float = 300.0) -> str:
+    """Wait for a process to exit; fail naming `what` on timeout. Returns its output."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n"
+                    f"{proc.communicate()[0]}")
+
+
+def run_dirs(results: Path) -> list[Path]:
+    return sorted(p for p in (results / "runs").glob("*/*") if p.is_dir())
+
+
+def history(run: Path) -> list[dict]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]

@@ -18,7 +18,7 @@ def test_real_cifar10_loads_with_the_blog_statistics(cifar_dir):
     ds = data.load("cifar10", cifar_dir)
     assert ds.x_train.shape == (50000, 32, 32, 3) and ds.x_train.dtype == np.uint8
     assert ds.x_test.shape == (10000, 32, 32, 3)
-    assert ds.y_train[0] == 6 and ds.y_test[0] == 3  # frog, cat (SOURCE.md)
+    assert ds.y_train[0] == 6 and ds.y_test[0] == 3  # frog, cat: the official files' first labels
     mean = ds.x_train.reshape(-1, 3).mean(0)
     np.testing.assert_allclose(mean, data.CIFAR10_MEAN, atol=0.01)
     # the dataset folder itself is accepted too

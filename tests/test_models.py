@@ -1,5 +1,6 @@
 """Graph structure: each unit puts BN, ReLU, the addition and the projection's input
-where SPEC.md says, checked on one-block-per-stage builds."""
+where He et al. 2016 (Fig. 4) and the blog put them, checked on one-block-per-stage
+builds."""
 
 from __future__ import annotations
 
@@ -23,8 +24,21 @@ def small(name: str):
 
 
 def parents(model, layer: str) -> list[str]:
-    node = model.get_layer(layer)._inbound_nodes[0]
-    return [n.operation.name for n in node.parent_nodes]
+    """The layers feeding `layer`, read from the public model config."""
+    cfg = next(c for c in model.get_config()["layers"] if c["name"] == layer)
+
+    def walk(x):
+        if isinstance(x, dict):
+            if "keras_history" in x.get("config", {}):
+                yield x["config"]["keras_history"][0]
+            else:
+                for v in x.values():
+                    yield from walk(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                yield from walk(v)
+
+    return list(walk(cfg["inbound_nodes"][0]["args"]))
 
 
 # For each unit: the layer that is a block's output, and the expected wiring of the

@@ -9,15 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, TINY, finish, hold_after, run_cli, start_cli, wait_for
+
+from ablation.protocol import HELD_MARKER
 
 pytest.importorskip("ray")
-
-TINY = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
 
 
 def run_dirs(results: Path) -> dict[str, Path]:
@@ -48,24 +47,20 @@ def test_ray_runs_jobs_and_isolates_a_failure(tmp_path, cifar_dir):
 
 
 def test_killed_ray_worker_is_retried_and_resumes(tmp_path, cifar_dir):
+    """The job holds after epoch 1 (conftest.hold_after), so the worker is always killed
+    mid-job; Ray's retry resumes from that epoch and no longer holds."""
     res = tmp_path / "results"
-    p = subprocess.Popen([sys.executable, "-m", "ablation.cli", "run", "resnet32_d",
-                          "--epochs", "4", "--train-limit", "128", "--test-limit", "64",
-                          "--batch-size", "32", "--data-dir", str(cifar_dir), "--results",
-                          str(res), "--executor", "ray"], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    latest = res / "runs"
-    t0 = time.monotonic()
-    while not list(latest.glob("*/*/backup/LATEST")):
-        assert p.poll() is None, p.communicate()[0]
-        assert time.monotonic() - t0 < 300, "no epoch finished"
-        time.sleep(0.5)
+    p = start_cli("run", "resnet32_d", "--epochs", "4", "--train-limit", "128",
+                  "--test-limit", "64", "--batch-size", "32", "--data-dir", str(cifar_dir),
+                  "--results", str(res), "--executor", "ray", env=hold_after(1))
+    wait_for(lambda: bool(list((res / "runs").glob(f"*/*/{HELD_MARKER}"))),
+             "the Ray job to finish epoch 1 and hold", p)
     pids = subprocess.run(["pgrep", "-f", "ray::_train_on_worker"], capture_output=True,
                           text=True).stdout.split()
     assert pids, "no Ray worker found running the job"
     for pid in pids:
         os.kill(int(pid), signal.SIGKILL)  # the node's worker dies mid-job
-    out, _ = p.communicate(timeout=400)
+    out = finish(p, "the Ray run to retry and finish the job", timeout=400)
     assert p.returncode == 0, out
     run = next(iter(run_dirs(res).values()))
     log = (run / "train.log").read_text()
@@ -85,7 +80,8 @@ def test_without_ray_the_flag_is_a_one_line_error(tmp_path):
 
 
 def test_worker_that_cannot_see_the_results_folder_says_so(tmp_path):
-    from ablation.ray_executor import NOT_VISIBLE, _train_on_worker
+    from ablation.protocol import Exit
+    from ablation.ray_executor import _train_on_worker
 
     code, tail = _train_on_worker(str(tmp_path / "elsewhere"), 1, None)
-    assert code == NOT_VISIBLE and "put --results on shared storage" in tail[-1]
+    assert code == Exit.NOT_VISIBLE and "put --results on shared storage" in tail[-1]

@@ -15,7 +15,7 @@ from ablation.recipe import Recipe
 
 def test_blog_schedule_at_200_epochs():
     r = Recipe()
-    assert r.milestones() == (81, 122)
+    assert r.lr_drops() == (81, 122)
     assert [r.learning_rate(e) for e in (0, 80, 81, 121, 122, 199)] == [
         0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
 
@@ -43,7 +43,7 @@ def test_bad_recipes_are_refused(bad):
 
 
 def _jobs(n):
-    return [("resnet32", s, "rid", {}, f"/tmp/x{s}") for s in range(n)]
+    return [("resnet32", "", s, "rid", {}, f"/tmp/x{s}") for s in range(n)]
 
 
 def test_claims_are_exclusive_and_done_jobs_skipped(tmp_path):
@@ -65,13 +65,16 @@ def test_claims_are_exclusive_and_done_jobs_skipped(tmp_path):
 def test_dead_runner_is_reclaimed_live_one_is_not(tmp_path):
     # a runner process that claims a job and then dies
     code = ("import sys; from ablation.jobqueue import JobQueue; q = JobQueue(sys.argv[1]);"
-            "ids = q.add([('resnet32', 0, 'rid', {}, '/tmp/x')]); print(q.claim(ids, 'w').id)")
+            "ids = q.add([('resnet32', '', 0, 'rid', {}, '/tmp/x')]);"
+            "print(q.claim(ids, 'w').id, flush=True)")
     dead = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                           text=True, check=True)
     job_id = int(dead.stdout)
     (tmp_path / "live").mkdir()
-    live = subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(60)",
-                             str(tmp_path / "live")], stdout=subprocess.PIPE, text=True)
+    # the live runner blocks on its stdin until the test closes it: no sleep to outlast
+    live = subprocess.Popen([sys.executable, "-c", code + "; sys.stdin.read()",
+                             str(tmp_path / "live")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
         live_id = int(live.stdout.readline())
         with JobQueue(tmp_path) as q:
@@ -83,7 +86,8 @@ def test_dead_runner_is_reclaimed_live_one_is_not(tmp_path):
             q.db.execute("UPDATE jobs SET host='elsewhere', heartbeat=0 WHERE id=?", (live_id,))
             assert q.claim([live_id], "me") is not None
     finally:
-        live.kill()
+        live.stdin.close()
+        live.wait()
 
 
 def test_damaged_database_is_a_one_line_error(tmp_path):

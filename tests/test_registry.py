@@ -14,7 +14,7 @@ from ablation.registry import UnknownVariantError
 TWELVE = ["resnet32", "resnet32_a", "resnet32_b", "resnet32_c", "resnet32_d", "resnet32_e",
           "resnet32_d_v2", "resnet32_e_v2", "resnet34", "resnet50", "resnet101", "resnet152"]
 
-# SPEC.md section 1: (total, trainable, non-trainable), typed from the blog, not derived
+# The blog's published (total, trainable, non-trainable), typed here, not derived
 BLOG = {
     **dict.fromkeys(["resnet32", "resnet32_e", "resnet32_e_v2"], (470_218, 467_946, 2_272)),
     **dict.fromkeys(["resnet32_a", "resnet32_b", "resnet32_c", "resnet32_d", "resnet32_d_v2"],

@@ -1,43 +1,20 @@
-"""`ablation run` end to end on tiny real-data jobs: recording, resume after SIGKILL,
-Ctrl-C, two runners at once, failure isolation, bad input, and the JAX backend."""
+"""`ablation run` end to end on tiny real-data jobs: recording, failure isolation, bad
+input, and the JAX backend. (Interrupting and resuming: test_resume.py.)"""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
-
-TINY = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
+from conftest import TINY, history, one_line_error, run_cli, run_dirs
 
 
 def tiny_run(results: Path, cifar: Path, *args: str, env: dict | None = None):
     return run_cli("run", *args, *TINY, "--data-dir", str(cifar), "--results", str(results),
                    env=env)
-
-
-def run_dirs(results: Path) -> list[Path]:
-    return sorted(p for p in (results / "runs").glob("*/*") if p.is_dir())
-
-
-def history(run: Path) -> list[dict]:
-    with open(run / "history.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def test_run_records_everything(tmp_path, cifar_dir):
@@ -80,81 +57,6 @@ def test_run_records_everything(tmp_path, cifar_dir):
     assert again.returncode == 0 and "2 already done, 0 to run" in again.stdout
     st = run_cli("status", "--results", str(res))
     assert st.returncode == 0 and st.stdout.count(" done ") == 2
-
-
-def _wait_for(pred, timeout=240.0):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.5)
-    return False
-
-
-def _start(res: Path, cifar: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablation.cli", "run", *args,
-                             "--data-dir", str(cifar), "--results", str(res)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-
-
-def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir):
-    res = tmp_path / "results"
-    args = ["resnet32_a", "--epochs", "4", "--train-limit", "128", "--test-limit", "64",
-            "--batch-size", "32"]
-    p = _start(res, cifar_dir, *args)
-    hist = lambda: [h for r in run_dirs(res) if (r / "history.csv").exists()  # noqa: E731
-                    for h in history(r)]
-    assert _wait_for(lambda: len(hist()) >= 2 and (run_dirs(res)[0] / "backup" / "LATEST")
-                     .exists()), p.communicate()[0] if p.poll() is not None else "timeout"
-    os.killpg(p.pid, signal.SIGKILL)  # the runner and its training process, no warning
-    p.wait()
-    before = hist()
-    assert 2 <= len(before) < 4
-    r = run_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "resuming after epoch" in (run_dirs(res)[0] / "train.log").read_text()
-    after = hist()
-    assert [row["epoch"] for row in after] == ["0", "1", "2", "3"]
-    # the epochs finished before the kill were kept, not retrained
-    assert after[0] == before[0]
-    st = run_cli("status", "--results", str(res))
-    assert " done " in st.stdout
-
-
-def test_ctrl_c_marks_interrupted_and_rerun_resumes(tmp_path, cifar_dir):
-    res = tmp_path / "results"
-    args = ["resnet32_b", "--epochs", "3", "--train-limit", "128", "--test-limit", "64",
-            "--batch-size", "32"]
-    p = _start(res, cifar_dir, *args)
-    assert _wait_for(lambda: run_dirs(res) and (run_dirs(res)[0] / "backup" / "LATEST")
-                     .exists())
-    os.killpg(p.pid, signal.SIGINT)  # what the terminal sends to the foreground group
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 130, out
-    assert "interrupted" in out and "Traceback" not in out
-    st = run_cli("status", "--results", str(res))
-    assert "interrupted" in st.stdout
-    r = run_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert [row["epoch"] for row in history(run_dirs(res)[0])] == ["0", "1", "2"]
-
-
-def test_two_runners_never_run_a_job_twice(tmp_path, cifar_dir):
-    res = tmp_path / "results"
-    args = ["resnet32_c", "resnet32_d", *TINY]
-    a = _start(res, cifar_dir, *args)
-    time.sleep(1.0)
-    b = _start(res, cifar_dir, *args)
-    out_a, _ = a.communicate(timeout=400)
-    out_b, _ = b.communicate(timeout=400)
-    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
-    for run in run_dirs(res):
-        log = (run / "train.log").read_text()
-        assert log.count("--- attempt started") == 1, run
-        assert json.loads((run / "summary.json").read_text())["status"] == "done"
-    st = run_cli("status", "--results", str(res))
-    assert st.stdout.count(" done ") == 2
 
 
 def test_a_failing_job_does_not_stop_the_queue(tmp_path, cifar_dir):

@@ -1,11 +1,13 @@
 """The blog's own training path, for `ablation bench --baseline`: Keras 2 (`tf_keras`),
-the ResNet-32 built with Keras 2 layers (the same graph as the registry's, by running
-ablation's one builder on tf_keras layers), fed by `ImageDataGenerator` with the blog's
-flip + 4-px shift, SGD 0.1 Nesterov, categorical cross-entropy.
+the network built with Keras 2 layers (the same graph as the registry's: ablation's
+one builder run on `tf_keras`), fed by `ImageDataGenerator` with the blog's flip +
+4-px shift, SGD 0.1 Nesterov, categorical cross-entropy.
 
-Prints one JSON line: {"images_per_second": ...} over `--steps` steady-state steps
-(a warm-up epoch of the same length is run first and not counted).
-Needs the optional extra: pip install -e '.[baseline]'.
+Deliberately free of ablation's training path (ablation.training, ablation.layers):
+it is what that path is compared with. Run as `python -m ablation.baseline`; prints
+one JSON line, {"images_per_second": ...}, over `--steps` steady-state steps (a
+warm-up epoch of the same length is run first and not counted).
+Needs the optional extra: pip install 'ablation[baseline]'.
 """
 
 from __future__ import annotations
@@ -20,24 +22,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
+    from ablation.recipe import DEFAULTS, PRECISION_POLICIES, compile_sgd
+
+    p = argparse.ArgumentParser(prog="python -m ablation.baseline")
     p.add_argument("--variant", default="resnet32_e")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--precision", choices=list(PRECISION_POLICIES), default="fp32")
     p.add_argument("--data-dir")
     a = p.parse_args()
     try:
         import tf_keras
         from tf_keras.preprocessing.image import ImageDataGenerator
     except ImportError:
-        print(json.dumps({"error": "the baseline needs tf_keras: pip install -e '.[baseline]'"}))
+        print(json.dumps({"error": "the baseline needs tf_keras: pip install "
+                                   "'ablation[baseline]'"}))
         return 2
 
-    from ablation import data, models, registry
+    from ablation import build_model, data
+    from ablation.study import builtin_home, load_study
 
-    policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-    tf_keras.mixed_precision.set_global_policy(policy[a.precision])
+    home = builtin_home(a.variant)
+    variant = load_study(home).select([a.variant])[0] if home else a.variant
+    tf_keras.mixed_precision.set_global_policy(PRECISION_POLICIES[a.precision])
     n = a.steps * a.batch_size
     if a.data_dir:
         ds = data.load("cifar10", a.data_dir, train_limit=n, test_limit=10)
@@ -48,14 +55,8 @@ def main() -> int:
     y = data.one_hot(ds.y_train, ds.num_classes)
     gen = ImageDataGenerator(width_shift_range=0.125, height_shift_range=0.125,
                              horizontal_flip=True, fill_mode="constant", cval=0.0)
-    v = registry.get(a.variant)
-    inputs = tf_keras.Input(shape=(32, 32, 3))
-    outputs = models._network(models.KerasOps(keras_module=tf_keras), v, inputs,
-                              ds.num_classes)
-    model = tf_keras.Model(inputs, outputs)
-    model.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.1, momentum=0.9,
-                                                    nesterov=True),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+    model = build_model(variant, num_classes=ds.num_classes, keras_module=tf_keras)
+    compile_sgd(model, DEFAULTS, tf_keras)  # the blog's recipe, as the blog ran it
 
     class Timer(tf_keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

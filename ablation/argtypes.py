@@ -1,0 +1,49 @@
+"""argparse types shared by the CLI and the executors' own options: each rejects a bad
+value with a message argparse turns into one line (`--epochs: must be at least 1`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def integer(lo: int) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
+        return v
+    return parse
+
+
+def number(kind: str) -> Callable[[str], float]:
+    """kind: 'pos' (> 0), 'nonneg' (>= 0) or 'unit' (0 <= x < 1); finite."""
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not math.isfinite(v) or (kind == "pos" and not v > 0):
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+        if kind in ("nonneg", "unit") and v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+        if kind == "unit" and v >= 1:
+            raise argparse.ArgumentTypeError(f"must be below 1, got {s}")
+        return v
+    return parse
+
+
+def milestones(s: str) -> tuple[float, ...]:
+    """'82,123' (epochs) or '0.5,0.75' (fractions of the run)."""
+    try:
+        vals = tuple(float(x) if "." in x else int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+    if not vals or not all(v > 0 and (v < 1 or float(v).is_integer()) for v in vals):
+        raise argparse.ArgumentTypeError(
+            f"expected epochs (integers >= 1) or fractions (0 < x < 1), got {s!r}")
+    return tuple(int(v) if v >= 1 else v for v in vals)

@@ -1,0 +1,139 @@
+"""What the runner and a training process tell each other, in one place.
+
+The runner (and its executors) and `python -m ablation.training RUN_DIR` share only
+files and a pipe: the job's `config.json` (a `JobConfig`), one progress line per
+epoch on stdout (an `EpochRecord` behind `PROGRESS_PREFIX`), the exit code (`Exit`),
+and the state the runner then records in the queue (`JobState`). Ray Tune keeps its
+trial states the same way: as named constants in one small module, never as strings
+repeated across files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from ablation.recipe import Recipe
+
+
+class JobState(StrEnum):
+    """A job's state in the queue: queued -> running -> done | failed | interrupted."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+NEW = "new"  # `--dry-run`'s word for a job the queue has not seen yet
+
+
+class Exit(IntEnum):
+    """Exit codes of a training process (and of `ablation run` itself)."""
+
+    DONE = 0
+    FAILED = 1
+    USAGE = 2  # bad input: one line on stderr, nothing run
+    NOT_VISIBLE = 3  # a Ray worker cannot see the results folder
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM: the last finished epoch is kept
+
+
+PROGRESS_PREFIX = "@@epoch "  # machine-readable progress lines on a job's stdout
+
+# Test hook: a training process whose environment sets this to N stops after its N-th
+# finished epoch (its backup and history already written), creates HELD_MARKER in its
+# run folder, and waits there until a signal ends it. Tests that interrupt or kill a job
+# wait for the marker, so the job always has work left when the signal lands.
+HOLD_ENV = "ABLATION_HOLD_AFTER_EPOCH"
+HELD_MARKER = "HELD"
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+@dataclass
+class EpochRecord:
+    """One finished epoch, as the training process reports it to the runner."""
+
+    job: int
+    of: int
+    variant: str
+    seed: int
+    epoch: int  # epochs finished so far (1-based)
+    epochs: int
+    seconds: float
+    eta_job: float
+    first: bool  # the first epoch of this process (includes graph tracing)
+    loss: float | None = None
+    accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    lr: float | None = None
+
+    def line(self) -> str:
+        d = {k: (_num(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return PROGRESS_PREFIX + json.dumps(d)
+
+    @classmethod
+    def parse(cls, payload: str) -> EpochRecord | None:
+        """The record behind a progress line (prefix already removed), or None."""
+        try:
+            d = json.loads(payload)
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass
+class Outcome:
+    """How a job ended, as an executor reports it to the runner."""
+
+    job_id: int
+    status: JobState
+    error: str | None = None
+
+
+@dataclass
+class JobConfig:
+    """What a training process is told: the run folder's config.json.
+
+    `definition` is the variant's full, resolved definition (a `Variant` as a dict) and
+    `units` the user units it needs, each with the hash of its source, so a job trains
+    exactly what was queued even after the study file changed.
+    """
+
+    variant: str
+    seed: int
+    recipe: Recipe
+    data_dir: str | None = None
+    keep_model: bool = True
+    index: int = 1
+    total: int = 1
+    definition: dict | None = None
+    definition_hash: str | None = None
+    units: list[dict] = field(default_factory=list)
+    study: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["recipe"] = self.recipe.to_dict()
+        d["recipe_id"] = self.recipe.id
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JobConfig:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["recipe"] = Recipe.from_dict(d["recipe"])
+        kw["seed"] = int(d["seed"])
+        return cls(**kw)

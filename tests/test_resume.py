@@ -1,0 +1,85 @@
+"""Interrupting `ablation run`: resume after SIGKILL, Ctrl-C, two runners at once.
+
+No test here can lose a race: a job that is to be signalled runs with the protocol's
+hold hook (conftest.hold_after), so it stops after a known epoch, with its backup
+written, and waits; the test signals only once the job says it is held. A job can
+therefore neither finish before the signal nor be signalled before its first backup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from conftest import finish, history, hold_after, run_cli, run_dirs, start_cli, wait_for
+
+from ablation.protocol import HELD_MARKER
+
+TINY4 = ["--epochs", "4", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
+
+
+def _held(res):
+    return lambda: any((r / HELD_MARKER).exists() for r in run_dirs(res)) if (
+        res / "runs").exists() else False
+
+
+def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir):
+    res = tmp_path / "results"
+    args = ["resnet32_a", *TINY4]
+    p = start_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res),
+                  env=hold_after(2))
+    wait_for(_held(res), "the job to finish epoch 2 and hold", p)
+    hist = lambda: [h for r in run_dirs(res) if (r / "history.csv").exists()  # noqa: E731
+                    for h in history(r)]
+    os.killpg(p.pid, signal.SIGKILL)  # the runner and its training process, no warning
+    p.wait()
+    before = hist()
+    assert 2 <= len(before) < 4
+    r = run_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming after epoch" in (run_dirs(res)[0] / "train.log").read_text()
+    after = hist()
+    assert [row["epoch"] for row in after] == ["0", "1", "2", "3"]
+    # the epochs finished before the kill were kept, not retrained
+    assert after[0] == before[0]
+    st = run_cli("status", "--results", str(res))
+    assert " done " in st.stdout
+
+
+def test_ctrl_c_marks_interrupted_and_rerun_resumes(tmp_path, cifar_dir):
+    res = tmp_path / "results"
+    args = ["resnet32_b", "--epochs", "3", "--train-limit", "128", "--test-limit", "64",
+            "--batch-size", "32"]
+    p = start_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res),
+                  env=hold_after(1))
+    wait_for(_held(res), "the job to finish epoch 1 and hold", p)
+    os.killpg(p.pid, signal.SIGINT)  # what the terminal sends to the foreground group
+    out = finish(p, "`ablation run` to exit after Ctrl-C", timeout=120)
+    assert p.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    st = run_cli("status", "--results", str(res))
+    assert "interrupted" in st.stdout
+    r = run_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [row["epoch"] for row in history(run_dirs(res)[0])] == ["0", "1", "2"]
+
+
+def test_two_runners_never_run_a_job_twice(tmp_path, cifar_dir):
+    """Whatever the interleaving (one runner may even find everything done), each job is
+    attempted once and both runners exit 0."""
+    res = tmp_path / "results"
+    args = ["run", "resnet32_c", "resnet32_d", "--epochs", "2", "--train-limit", "128",
+            "--test-limit", "64", "--batch-size", "32", "--data-dir", str(cifar_dir),
+            "--results", str(res)]
+    a = start_cli(*args)
+    b = start_cli(*args)
+    out_a = finish(a, "the first runner")
+    out_b = finish(b, "the second runner")
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    for run in run_dirs(res):
+        log = (run / "train.log").read_text()
+        assert log.count("--- attempt started") == 1, run
+        assert json.loads((run / "summary.json").read_text())["status"] == "done"
+    st = run_cli("status", "--results", str(res))
+    assert st.stdout.count(" done ") == 2
