@@ -75,12 +75,13 @@ def response_points(model) -> list[tuple[str, str, str]]:
     return points
 
 
-def _where(name: str) -> tuple[str, str]:
-    """Stage and block from the builder's layer names (s2b3_conv1), '' where unknown."""
+def _where(name: str) -> tuple[int | None, int | None]:
+    """Stage and block from the builder's layer names (s2b3_conv1; the stem is stage 0,
+    block 0); None where a user's unit named its layers otherwise."""
     m = re.match(r"s(\d+)b(\d+)_", name)
     if m:
-        return m.group(1), m.group(2)
-    return ("0", "stem") if name.startswith("stem") else ("", "")
+        return int(m.group(1)), int(m.group(2))
+    return (0, 0) if name.startswith("stem") else (None, None)
 
 
 def measure(h5: Path, x: np.ndarray) -> pd.DataFrame:
@@ -95,7 +96,7 @@ def measure(h5: Path, x: np.ndarray) -> pd.DataFrame:
     points = response_points(model)
     if not points:
         raise AblationError(f"{h5} has no 3x3 convolution")
-    probe = keras.Model(model.inputs, [model.get_layer(p[1]).output for p in points])
+    probe = keras.Model(model.inputs[0], [model.get_layer(p[1]).output for p in points])
     n = np.zeros(len(points))
     mean = np.zeros(len(points))
     m2 = np.zeros(len(points))
@@ -172,5 +173,6 @@ def main(results_dir: Path, variants: list[str], images: int = 1000, force: bool
         df.to_csv(buf, index=False)
         results.atomic_write_text(csv_path, buf.getvalue())
         print(f"{name}: {len(df)} 3x3 layers, response std {df['std'].iloc[0]:.3g} (first) "
-              f"→ {df['std'].iloc[-1]:.3g} (last) -> {csv_path}", file=out, flush=True)
+              f"to {df['std'].iloc[-1]:.3g} (last); written to {csv_path}", file=out,
+              flush=True)
     return Exit.FAILED if failed else Exit.DONE

@@ -360,7 +360,10 @@ class _Loader:
                 raise self.fail(f"{where}unknown base {base_name!r} (a built-in variant or "
                                 "one defined above in this file)")
             d = registry.get(base_name).to_dict()
-            d.update(label="", description="", reference_params=None)
+            changed = ", ".join(k for k in fields_ if k not in ("name", "label", "description"))
+            d.update(label="", reference_params=None,
+                     description=f"{base_name}" + (f" with its {changed} changed" if changed
+                                                   else ""))
         else:
             missing = [k for k in ("unit", "stages") if k not in fields_]
             if missing:

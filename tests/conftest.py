@@ -4,6 +4,7 @@ flags, run-folder readers, and race-free ways to stop a job mid-training."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import subprocess
 import sys
@@ -34,6 +35,24 @@ def cifar_dir() -> Path:
         pytest.skip("real CIFAR-10 not found: set ABLATION_DATA_DIR to the folder holding "
                     "cifar-10-batches-py/ (or place it at ../shared/data)")
     return found
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory, worker_id, cifar_dir) -> Path:
+    """resnet32 and resnet32_e, two seeds each, TINY recipe, model.h5 kept: trained once
+    per test session and shared by every xdist worker (the first to ask trains, the
+    others wait on a lock). Treat as read-only: copy it before changing anything."""
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent  # one per session
+    folder = root / "tiny-results"
+    with open(root / "tiny-results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "DONE").exists():
+            r = run_cli("run", "resnet32", "resnet32_e", "--seeds", "2", "--workers", "2",
+                        *TINY, "--data-dir", str(cifar_dir), "--results", str(folder))
+            assert r.returncode == 0, r.stdout + r.stderr
+            (folder / "DONE").write_text(r.stdout)
+    return folder
 
 
 @pytest.fixture

@@ -13,17 +13,11 @@ from conftest import run_cli
 
 from ablation import report
 
-TINY = ["--epochs", "2", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
-
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, cifar_dir):
-    res = tmp_path_factory.mktemp("report") / "results"
-    r = run_cli("run", "resnet32", "resnet32_e", "--seeds", "2", "--workers", "2", *TINY,
-                "--data-dir",
-                str(cifar_dir), "--results", str(res))
-    assert r.returncode == 0, r.stdout + r.stderr
-    return res
+def results(tiny_results):
+    """resnet32 and resnet32_e, two seeds each (conftest.tiny_results)."""
+    return tiny_results
 
 
 def test_report_tables_and_figures(results, tmp_path):

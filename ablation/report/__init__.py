@@ -46,8 +46,9 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
 
     published = dict(cmp.published_error)
     summary = stats.summarise(present, published)
+    label = "blog label" if study.name == studies.DEFAULT else "label"
     out += [markdown.table(markdown.comparison_table(summary, cmp, recipe["epochs"],
-                                                     bool(published))), "",
+                                                     bool(published), label)), "",
             "✓ = equals the reference (published) count. Accuracy: mean ± std over seeds "
             "(sample std). 'Best' is the maximum over epochs of the test accuracy, picked on "
             "the test set as the blog did — optimistic; 'final' is the last epoch.", ""]

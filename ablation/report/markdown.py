@@ -103,7 +103,7 @@ def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
 
 
 def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int,
-                     published: bool) -> pd.DataFrame:
+                     published: bool, label: str = "blog label") -> pd.DataFrame:
     """The comparison's table: parameters (✓ = the reference count), size, seeds,
     accuracy, time; the published error beside ours where the study has one."""
     rows = []
@@ -112,7 +112,7 @@ def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int
         ref = v.reference_params or (None, None, None)
         row = {
             "variant": s.variant,
-            "blog label": v.label if v.label != v.name else "",
+            label: v.label if v.label != v.name else "",
             "params": _mark(s.params_total, ref[0]),
             "trainable": _mark(s.params_trainable, ref[1]),
             "non-trainable": _mark(s.params_non_trainable, ref[2]),

@@ -1,0 +1,106 @@
+"""`ablation analyze`: layer responses of tiny trained runs, checked against an
+independent NumPy computation; reruns, --force, damaged and missing models; the
+report's figure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+IMAGES = "100"
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_results, tmp_path_factory):
+    """A copy of the tiny runs, one more whose model.h5 is damaged and one trained with
+    --no-keep-model, analysed once."""
+    res = tmp_path_factory.mktemp("analyze") / "results"
+    shutil.copytree(tiny_results, res)
+    runs = sorted((res / "runs").glob("*/*"))
+    damaged = runs[0].parent / "resnet32_e-s7"
+    shutil.copytree(runs[-1], damaged)
+    s = json.loads((damaged / "summary.json").read_text())
+    (damaged / "summary.json").write_text(json.dumps({**s, "seed": 7}))
+    (damaged / "model.h5").write_bytes(b"not an HDF5 file")
+    no_model = runs[0].parent / "resnet32_e-s8"
+    shutil.copytree(runs[-1], no_model)
+    (no_model / "summary.json").write_text(json.dumps({**s, "seed": 8}))
+    (no_model / "model.h5").unlink()
+    r = run_cli("analyze", "--results", str(res), "--images", IMAGES)
+    return res, r
+
+
+def test_one_row_per_3x3_conv_in_network_order(analysed):
+    res, r = analysed
+    assert r.returncode == 1, r.stdout + r.stderr  # the damaged run failed, the rest went on
+    for run in ("resnet32-s0", "resnet32-s1", "resnet32_e-s0", "resnet32_e-s1"):
+        df = pd.read_csv(next((res / "runs").glob(f"*/{run}")) / "responses.csv")
+        # ResNet-32: the 3x3 stem and the 30 3x3 convs of its 15 units
+        assert len(df) == 31 and list(df["index"]) == list(range(31))
+        assert df["layer"].iloc[0] == "stem_conv" and df["layer"].iloc[-1] == "s3b5_conv2"
+        assert np.isfinite(df["std"]).all() and (df["std"] > 0).all()
+        assert (df["images"] == int(IMAGES)).all()
+        # (e): conv1 is read after its BN; conv2 feeds the addition, so its own output
+        conv1 = df[df["layer"].str.endswith("_conv1")]
+        conv2 = df[df["layer"].str.endswith("_conv2")]
+        assert (conv1["point"] == "after BN").all() and (conv2["point"] == "conv output").all()
+        assert list(df.loc[df["layer"] == "s2b3_conv1", ["stage", "block"]].iloc[0]) == [2, 3]
+
+
+def test_damaged_and_missing_models_are_one_line_each(analysed):
+    res, r = analysed
+    lines = r.stdout.splitlines()
+    bad = [line for line in lines if "resnet32_e s7" in line]
+    assert len(bad) == 1 and "FAILED: cannot load" in bad[0] and "model.h5" in bad[0]
+    missing = [line for line in lines if "resnet32_e s8" in line]
+    assert len(missing) == 1 and "skipped, no model.h5" in missing[0]
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_std_equals_an_independent_numpy_computation(analysed, cifar_dir):
+    """The after-BN response of s2b1_conv1, recomputed: the conv's output from Keras,
+    then BN in NumPy from the layer's own weights."""
+    import keras
+
+    from ablation import data
+
+    res, _ = analysed
+    run = next((res / "runs").glob("*/resnet32_e-s0"))
+    model = keras.models.load_model(str(run / "model.h5"), compile=False)
+    ds = data.load("cifar10", cifar_dir, train_limit=10, test_limit=int(IMAGES))
+    x = data.normalise(ds.x_test, ds.mean, ds.std)
+    conv = keras.Model(model.inputs[0], model.get_layer("s2b1_conv1").output)
+    y = np.asarray(conv(x, training=False), dtype=np.float64)
+    bn = model.get_layer("s2b1_bn1")
+    gamma, beta, mean, var = (np.asarray(w, dtype=np.float64) for w in bn.get_weights())
+    z = (y - mean) / np.sqrt(var + bn.epsilon) * gamma + beta
+    df = pd.read_csv(run / "responses.csv").set_index("layer")
+    assert df.loc["s2b1_conv1", "std"] == pytest.approx(np.std(z), rel=1e-4)
+
+
+def test_reruns_skip_and_force_recomputes(analysed):
+    res, _ = analysed
+    r = run_cli("analyze", "resnet32", "--results", str(res), "--images", IMAGES)
+    assert r.stdout.count("already analysed") == 2, r.stdout
+    path = next((res / "runs").glob("*/resnet32-s0")) / "responses.csv"
+    path.write_text("damaged")
+    r = run_cli("analyze", "resnet32", "--results", str(res), "--images", IMAGES, "--force")
+    assert r.returncode == 0 and "31 3x3 layers" in r.stdout, r.stdout + r.stderr
+    assert len(pd.read_csv(path)) == 31
+
+
+def test_report_adds_the_response_figure(analysed, tmp_path):
+    res, _ = analysed
+    out = tmp_path / "reports"
+    r = run_cli("report", "--results", str(res), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    md = (out / "README.md").read_text()
+    block = md.split("### 2.")[1].split("### 3.")[0]
+    assert "2-refactor-responses.png" in block
+    assert "resnet32: " in block and "with depth (slope" in block
+    assert next(out.rglob("2-refactor-responses.png")).stat().st_size > 10_000
