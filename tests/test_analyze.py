@@ -104,3 +104,28 @@ def test_report_adds_the_response_figure(analysed, tmp_path):
     assert "2-refactor-responses.png" in block
     assert "resnet32: " in block and "with depth (slope" in block
     assert next(out.rglob("2-refactor-responses.png")).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name,count", [
+    ("resnet32_a", 31), ("resnet32_b", 31), ("resnet32_d", 31), ("resnet34", 29),
+    ("resnet50", 17), ("resnet152", 47)])
+def test_3x3_layers_are_found_from_the_graph(name, count):
+    """The stem, then one or two 3x3 convs per unit (one in a bottleneck), by kernel size;
+    read after BN exactly where a BN is the conv's only consumer."""
+    import keras
+
+    from ablation import build_model
+    from ablation.analyze import AFTER_BN, response_points
+
+    m = build_model(name)
+    points = response_points(m)
+    assert len(points) == count
+    assert [p[0] for p in points] == [layer.name for layer in m.layers if isinstance(
+        layer, keras.layers.Conv2D) and layer.kernel_size == (3, 3)]
+    for _, measured, point in points:
+        assert (point == AFTER_BN) == isinstance(m.get_layer(measured),
+                                                 keras.layers.BatchNormalization)
+    if name == "resnet32_b":  # conv2 feeds the addition; BN comes after the sum
+        assert dict((p[0], p[2]) for p in points)["s2b1_conv2"] == "conv output"
+    if name == "resnet32_a":  # conv2 feeds its BN
+        assert dict((p[0], p[1]) for p in points)["s2b1_conv2"] == "s2b1_bn2"

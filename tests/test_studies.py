@@ -202,6 +202,13 @@ def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, cifar_dir):
                             capture_output=True, text=True, cwd="/", check=True)
     assert loaded.stdout.split()[-2:] == ["472458", "SGD"]
 
+    # the user unit's 3x3 convs are found from the graph; its conv2 is read after bn2
+    r = run_cli("analyze", "--study", str(path), "resnet32_f", "--results", str(res),
+                "--images", "50")
+    assert r.returncode == 0, r.stdout + r.stderr
+    resp = __import__("pandas").read_csv(f_old / "responses.csv")
+    assert len(resp) == 31 and (resp["point"] == "after BN").sum() == 30
+
     # redefine (f): a changed line in the unit is a new definition
     (path.parent / "my_units.py").write_text(UNITS.replace("_relu1\")", "_relu1\")  # v2"))
     plan = run_cli("run", "--study", str(path), "resnet32_f", *flags, "--dry-run")
