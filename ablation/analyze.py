@@ -26,6 +26,7 @@ import pandas as pd
 
 from ablation import data, results
 from ablation.errors import AblationError
+from ablation.models import layer_inputs
 from ablation.protocol import Exit, JobState
 from ablation.report.load import RESPONSES, Run, load_runs
 
@@ -34,26 +35,11 @@ BATCH = 100
 
 
 def _consumers(model) -> dict[str, list[str]]:
-    """layer name -> names of the layers that read its output (from the public config)."""
+    """layer name -> names of the layers that read its output."""
     out: dict[str, list[str]] = {}
-
-    def inputs_of(x):
-        if isinstance(x, dict):
-            hist = x.get("config", {}).get("keras_history") if isinstance(
-                x.get("config"), dict) else None
-            if hist:
-                yield hist[0]
-            else:
-                for v in x.values():
-                    yield from inputs_of(v)
-        elif isinstance(x, list | tuple):
-            for v in x:
-                yield from inputs_of(v)
-
-    for layer in model.get_config()["layers"]:
-        for node in layer.get("inbound_nodes", []):
-            for src in inputs_of(node.get("args", [])):
-                out.setdefault(src, []).append(layer["name"])
+    for layer, sources in layer_inputs(model).items():
+        for src in sources:
+            out.setdefault(src, []).append(layer)
     return out
 
 

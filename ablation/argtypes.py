@@ -8,12 +8,16 @@ import math
 from collections.abc import Callable
 
 
+def _convert(s: str, kind: type, what: str):
+    try:
+        return kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+
+
 def integer(lo: int) -> Callable[[str], int]:
     def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        v = _convert(s, int, "an integer")
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
         return v
@@ -23,10 +27,7 @@ def integer(lo: int) -> Callable[[str], int]:
 def number(kind: str) -> Callable[[str], float]:
     """kind: 'pos' (> 0), 'nonneg' (>= 0) or 'unit' (0 <= x < 1); finite."""
     def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        v = _convert(s, float, "a number")
         if not math.isfinite(v) or (kind == "pos" and not v > 0):
             raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
         if kind in ("nonneg", "unit") and v < 0:

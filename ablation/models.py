@@ -380,6 +380,26 @@ class CountOps(_Ops):
         return units
 
 
+def layer_inputs(model: Any) -> dict[str, list[str]]:
+    """layer name -> the layers whose outputs it reads, from the public model config
+    (works for any functional Keras model, a user's units included)."""
+    def sources(x: Any):
+        if isinstance(x, dict):
+            config = x.get("config")
+            if isinstance(config, dict) and "keras_history" in config:
+                yield config["keras_history"][0]
+            else:
+                for v in x.values():
+                    yield from sources(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                yield from sources(v)
+
+    return {layer["name"]: [src for node in layer.get("inbound_nodes", [])
+                            for src in sources(node.get("args", []))]
+            for layer in model.get_config()["layers"]}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Analytic facts about a variant, from the same graph code as the model."""

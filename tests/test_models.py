@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ablation import build_model, registry
+from ablation.models import layer_inputs
 from ablation.registry import Stage
 
 FAMILY = ["resnet32", "resnet32_a", "resnet32_b", "resnet32_c", "resnet32_d", "resnet32_e",
@@ -25,20 +26,7 @@ def small(name: str):
 
 def parents(model, layer: str) -> list[str]:
     """The layers feeding `layer`, read from the public model config."""
-    cfg = next(c for c in model.get_config()["layers"] if c["name"] == layer)
-
-    def walk(x):
-        if isinstance(x, dict):
-            if "keras_history" in x.get("config", {}):
-                yield x["config"]["keras_history"][0]
-            else:
-                for v in x.values():
-                    yield from walk(v)
-        elif isinstance(x, list | tuple):
-            for v in x:
-                yield from walk(v)
-
-    return list(walk(cfg["inbound_nodes"][0]["args"]))
+    return layer_inputs(model)[layer]
 
 
 # For each unit: the layer that is a block's output, and the expected wiring of the

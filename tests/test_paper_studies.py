@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, run_cli, run_dirs
 
 from ablation import build_model, count_params, load_study, registry
+from ablation.models import layer_inputs
 from ablation.registry import Stage
 
 HE = ["he_resnet20", "he_resnet32", "he_resnet44", "he_resnet56", "he_resnet110"]
@@ -36,10 +37,7 @@ def small(name: str):
 
 
 def parents(model, layer: str) -> list[str]:
-    cfg = next(c for c in model.get_config()["layers"] if c["name"] == layer)
-    args = cfg["inbound_nodes"][0]["args"]
-    items = args[0] if isinstance(args[0], list | tuple) else args
-    return [a["config"]["keras_history"][0] for a in items]
+    return layer_inputs(model)[layer]
 
 
 def test_option_a_has_no_parameters_and_pads_with_zeros():
