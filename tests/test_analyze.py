@@ -102,7 +102,7 @@ def test_report_adds_the_response_figure(analysed, tmp_path):
     md = (out / "README.md").read_text()
     block = md.split("### 2.")[1].split("### 3.")[0]
     assert "2-refactor-responses.png" in block
-    assert "resnet32: " in block and "with depth (slope" in block
+    assert "resnet32: " in block and "with depth (slope" in block and "over 31 layers" in block
     assert next(out.rglob("2-refactor-responses.png")).stat().st_size > 10_000
 
 

@@ -94,3 +94,32 @@ def test_damaged_database_is_a_one_line_error(tmp_path):
     (tmp_path / "queue.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(AblationError, match="damaged queue database"):
         JobQueue(tmp_path)
+
+
+def test_a_queue_of_the_first_version_is_migrated_keeping_its_jobs(tmp_path):
+    """Version 0 keyed jobs on (variant, seed, recipe): its done jobs stay done."""
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "queue.sqlite")
+    old.executescript("""
+        CREATE TABLE jobs (id INTEGER PRIMARY KEY, variant TEXT NOT NULL,
+            seed INTEGER NOT NULL, recipe_id TEXT NOT NULL, recipe TEXT NOT NULL,
+            run_dir TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'queued',
+            attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, host TEXT, pid INTEGER,
+            pid_start TEXT, heartbeat REAL, created REAL NOT NULL, started REAL,
+            finished REAL, error TEXT, UNIQUE (variant, seed, recipe_id));
+        INSERT INTO jobs (variant, seed, recipe_id, recipe, run_dir, status, attempts,
+            created) VALUES ('resnet32', 0, 'rid', '{}', '/tmp/x0', 'done', 1, 0);
+    """)
+    old.commit()
+    old.close()
+    with JobQueue(tmp_path) as q:
+        (row,) = q.all()
+        assert (row.variant, row.tag, row.status, row.attempts) == ("resnet32", "", "done", 1)
+        assert q.add(_jobs(1)) == [row.id]  # the same job, still done
+        assert q.get(row.id).status == "done"
+        # a second definition of one variant is a second job
+        other = q.add([("resnet32", "0a1b2c3d", 0, "rid", {}, "/tmp/y0")])
+        assert other != [row.id] and q.get(other[0]).status == "queued"
+    with JobQueue(tmp_path) as q:  # opening again changes nothing
+        assert len(q.all()) == 2

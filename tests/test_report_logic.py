@@ -119,6 +119,8 @@ def test_response_trend_gives_the_sign_of_the_slope():
     assert t.loc["deep", "slope"] == pytest.approx(-0.1)
     assert t.loc["deep", "seeds"] == 2 and t.loc["deep", "layers"] == 10
     assert t.loc["flat", "slope"] == pytest.approx(0.0, abs=1e-12)
+    assert (t.loc["deep", "trend"], t.loc["flat", "trend"]) == ("falls", "flat")
+    assert t.loc["deep", "change"] == pytest.approx(-0.9 / 1.55)
 
 
 def test_build_writes_the_study_and_is_deterministic(results, tmp_path):

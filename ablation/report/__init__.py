@@ -95,14 +95,15 @@ def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir) 
     trend = stats.response_trend(resp)
     says = []
     for t in trend.itertuples():
-        direction = "falls" if t.slope < 0 else "rises" if t.slope > 0 else "stays flat"
+        direction = {"flat": "about flat", "falls": "falls", "rises": "rises"}.get(t.trend, "?")
         says.append(f"{t.variant}: {direction} with depth (slope {t.slope:+.3g} per layer, "
-                    f"{t.first:.3g} → {t.last:.3g} over {t.layers} layers, "
-                    f"{t.seeds} seed(s))")
+                    f"{t.change:+.0%} over {t.layers} layers; first {t.first:.3g}, last "
+                    f"{t.last:.3g}; {t.seeds} seed(s))")
     return [f"![{cmp.title}: layer responses]({rel}/{base}-responses.png)", "",
             "Std of each 3x3 layer's response (after its BN, before ReLU or addition; where "
-            "the conv feeds the addition directly, its own output), by a least-squares line "
-            "over layer index: " + "; ".join(says) + ".", ""]
+            "the conv feeds anything but a BN, its own output, marked x), by a least-squares "
+            "line over layer index (under ±5 % over the network: about flat): "
+            + "; ".join(says) + ".", ""]
 
 
 def _recipe_order(item: tuple[str, list[Run]]) -> tuple:

@@ -120,6 +120,10 @@ def plot_responses(path: Path, responses: pd.DataFrame, title: str,
         order = np.argsort(-m, kind="stable")
         bottom.plot(np.arange(1, len(m) + 1), m[order], color=col[v], lw=1.4, marker=".",
                     label=label)
+        if "point" in g.columns:  # raw conv outputs (feeding an addition) as crosses
+            raw = g[g["point"] == "conv output"]["index"].unique()
+            keep = np.isin(per_seed.index.to_numpy(), raw)
+            top.plot(x[keep], m[keep], ls="none", marker="x", ms=7, color=col[v])
         if per_seed.shape[1] > 1:
             top.fill_between(x, m - s, m + s, color=col[v], alpha=0.2, lw=0)
             bottom.fill_between(np.arange(1, len(m) + 1), (m - s)[order], (m + s)[order],
@@ -131,6 +135,6 @@ def plot_responses(path: Path, responses: pd.DataFrame, title: str,
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     top.legend(loc="upper right", fontsize=8)
-    top.set_title(f"{title}: layer responses (after BN, before ReLU/addition; a conv "
-                  "feeding the addition directly: its output)", fontsize=10)
+    top.set_title(f"{title}: layer responses\n(after BN, before ReLU or addition; "
+                  "x: a conv feeding anything but a BN, its own output)", fontsize=10)
     _save(fig, path)

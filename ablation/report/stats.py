@@ -14,6 +14,7 @@ import pandas as pd
 from ablation.report.load import Run
 
 ALPHA = 0.05
+FLAT = 0.05  # a fitted change below 5 % of the mean response over the network is "flat"
 
 
 def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
@@ -100,15 +101,21 @@ def welch(finals: dict[str, list[float]]) -> pd.DataFrame:
 
 
 def response_trend(responses: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: the layer-response std by layer index (mean and std over seeds),
-    and the slope of a least-squares line of std on layer index."""
+    """Per variant: the slope of a least-squares line of the layer-response std (mean
+    over seeds) on layer index, the change it fits over the whole network relative to
+    the mean response, and the trend that says: falls, rises, or flat (under 5 %)."""
     rows = []
     for v, g in responses.groupby("variant", sort=False):
         by_layer = g.groupby("index")["std"]
         mean = by_layer.mean()
         slope = float(np.polyfit(mean.index.to_numpy(float), mean.to_numpy(float), 1)[0]) \
             if len(mean) > 1 else math.nan
+        # the fitted change over the whole network, relative to the mean response
+        change = slope * (len(mean) - 1) / float(mean.mean()) if len(mean) > 1 else math.nan
+        trend = ("flat" if abs(change) < FLAT else "falls" if change < 0 else "rises") \
+            if not math.isnan(change) else "?"
         rows.append({"variant": v, "layers": len(mean), "seeds": g["seed"].nunique(),
                      "first": float(mean.iloc[0]), "last": float(mean.iloc[-1]),
-                     "slope": slope})
-    return pd.DataFrame(rows, columns=["variant", "layers", "seeds", "first", "last", "slope"])
+                     "slope": slope, "change": change, "trend": trend})
+    return pd.DataFrame(rows, columns=["variant", "layers", "seeds", "first", "last", "slope",
+                                       "change", "trend"])
