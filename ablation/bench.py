@@ -102,17 +102,19 @@ def _theirs(variant, steps, batch_size, data_dir) -> float:
 
 
 def project_studies(measured: dict[str, float]) -> list[str]:
-    """Whole-study costs (one seed) from the measured variants, each other variant's
-    speed scaled by multiply-adds from the measured variant of its study closest in
-    size; and on the blog's GPU, from its ResNet-32 epoch time scaled the same way."""
+    """Whole-study costs (one seed) from the measured variants: each variant's speed
+    scaled by multiply-adds from the measured variant of its study closest to it in
+    multiply-adds; and on the blog's GPU, from its ResNet-32 epoch time scaled the
+    same way. Studies none of whose variants was measured are left out."""
     from ablation.models import count_params
-    from ablation.study import builtin_names, load_study
+    from ablation.study import load_builtins
 
+    studies = load_builtins()
     macs = {n: count_params(n).macs for n in measured}
     ref_macs = count_params(GPU_REF_VARIANT).macs
     lines = []
-    for name in builtin_names():
-        s = load_study(name)
+    for s in studies:
+        name = s.name
         here = [n for n in measured if n in s.variant_names]
         if not here:
             continue
@@ -120,7 +122,7 @@ def project_studies(measured: dict[str, float]) -> list[str]:
         cpu = gpu = 0.0
         for v in s.variant_names:
             m = count_params(v).macs
-            ref = min(here, key=lambda n, m=m: abs(macs[n] - m))
+            ref = min(measured, key=lambda n, m=m: (n not in here, abs(macs[n] - m)))
             epochs = recipe.replace(**dict(registry.get(v).recipe)).epochs
             cpu += epochs * TRAIN_IMAGES[recipe.dataset] / (measured[ref] * macs[ref] / m)
             gpu += epochs * GPU_RESNET32_EPOCH_S * m / ref_macs

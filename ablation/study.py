@@ -467,17 +467,24 @@ class _Loader:
             raise self.fail(f"[[published]] needs {e.args[0]}") from None
 
 
+def _units_modules() -> dict:
+    return {k: v for k, v in sys.modules.items() if k.startswith("ablation_units_")}
+
+
 def snapshot() -> tuple:
-    """The loaded state (registry, units, studies), for tests to restore."""
+    """The loaded state (registry, units and their modules, studies), for tests."""
     return (dict(registry._REGISTRY), dict(models.UNITS), dict(models._UNIT_HASHES),
-            dict(_PINNED), dict(_UNIT_SOURCES), dict(_LOADED))
+            dict(_PINNED), dict(_UNIT_SOURCES), dict(_LOADED), _units_modules())
 
 
 def restore(state: tuple) -> None:
+    *tables, modules = state
     for target, saved in zip((registry._REGISTRY, models.UNITS, models._UNIT_HASHES,
-                              _PINNED, _UNIT_SOURCES, _LOADED), state, strict=True):
+                              _PINNED, _UNIT_SOURCES, _LOADED), tables, strict=True):
         target.clear()
         target.update(saved)
+    for name in set(_units_modules()) - set(modules):
+        del sys.modules[name]
 
 
 load_study(DEFAULT)  # the default study's variants are always registered
