@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,22 +38,45 @@ def cifar_dir() -> Path:
     return found
 
 
-@pytest.fixture(scope="session")
-def tiny_results(tmp_path_factory, worker_id, cifar_dir) -> Path:
-    """resnet32 and resnet32_e, two seeds each, TINY recipe, model.h5 kept: trained once
-    per test session and shared by every xdist worker (the first to ask trains, the
-    others wait on a lock). Treat as read-only: copy it before changing anything."""
+def _shared_once(tmp_path_factory, worker_id, name: str, make) -> Path:
+    """A folder made once per test session and shared by every xdist worker: the first
+    to ask makes it (`make(folder)`), the others wait on a lock."""
     base = tmp_path_factory.getbasetemp()
     root = base if worker_id == "master" else base.parent  # one per session
-    folder = root / "tiny-results"
-    with open(root / "tiny-results.lock", "w") as lock:
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "DONE").exists():
-            r = run_cli("run", "resnet32", "resnet32_e", "--seeds", "2", "--workers", "2",
-                        *TINY, "--data-dir", str(cifar_dir), "--results", str(folder))
-            assert r.returncode == 0, r.stdout + r.stderr
-            (folder / "DONE").write_text(r.stdout)
+            make(folder)
+            (folder / "DONE").touch()
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_e_results(tmp_path_factory, worker_id, cifar_dir) -> tuple[Path, str]:
+    """`ablation run resnet32_e --seeds 2` with TINY flags: the run folder and what the
+    command printed. Shared (conftest._shared_once); read-only: copy before changing."""
+    def make(folder: Path) -> None:
+        r = run_cli("run", "resnet32_e", "--seeds", "2", *TINY, "--data-dir", str(cifar_dir),
+                    "--results", str(folder / "results"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        (folder / "stdout.txt").write_text(r.stdout)
+
+    folder = _shared_once(tmp_path_factory, worker_id, "tiny-e", make)
+    return folder / "results", (folder / "stdout.txt").read_text()
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory, worker_id, cifar_dir, tiny_e_results) -> Path:
+    """resnet32 and resnet32_e, two seeds each, TINY recipe, model.h5 kept (the runs of
+    tiny_e_results plus resnet32's). Shared; read-only: copy before changing."""
+    def make(folder: Path) -> None:
+        shutil.copytree(tiny_e_results[0], folder, dirs_exist_ok=True)
+        r = run_cli("run", "resnet32", "--seeds", "2", "--workers", "2", *TINY,
+                    "--data-dir", str(cifar_dir), "--results", str(folder))
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    return _shared_once(tmp_path_factory, worker_id, "tiny-results", make)
 
 
 @pytest.fixture

@@ -4,12 +4,14 @@ counts, runs, reports and definitions that never mix; bad study files are one li
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import one_line_error, run_cli, run_dirs
+from conftest import TINY, one_line_error, run_cli, run_dirs
 
 import ablation
 from ablation import study
@@ -167,24 +169,34 @@ def test_bad_study_files_are_one_line_and_queue_nothing(tmp_path, text, units, n
     assert not res.exists()
 
 
-def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, cifar_dir):
-    """Train the example study, report it, load its .h5 without project code; then edit
-    the unit: the old run is neither reused as done nor pooled with the new one."""
-    path = write_study(tmp_path / "mystudy")
+def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, tiny_results, cifar_dir):
+    """Train a user study, report it, analyse it, load its .h5 without project code; then
+    edit the unit: the old run is neither reused as done nor pooled with the new one.
+
+    The example's variants at one block per stage (resnet8_f, resnet8_e) keep it quick;
+    the built-in resnet32_e comes from the shared tiny runs, as a user's would from the
+    blog study's: same definition, same folder, not trained again."""
+    text = (STUDY.replace("resnet32_f", "resnet8_f").replace("resnet56_e", "resnet8_e")
+            .replace("[[9, 16], [9, 32], [9, 64]]", "[[1, 16], [1, 32], [1, 64]]")
+            .replace('unit = "f"', 'unit = "f"\nstages = [[1, 16], [1, 32], [1, 64]]'))
+    path = write_study(tmp_path / "mystudy", text)
     res = tmp_path / "results"
-    flags = ["--epochs", "1", "--train-limit", "128", "--test-limit", "64", "--batch-size",
-             "32", "--data-dir", str(cifar_dir), "--results", str(res)]
+    shutil.copytree(tiny_results, res)
+    flags = [*TINY, "--data-dir", str(cifar_dir), "--results", str(res)]
     r = run_cli("run", "--study", str(path), "--all", *flags)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 done" in r.stdout
+    assert "3 job(s): 1 already done, 2 to run" in r.stdout and "3 done" in r.stdout
     runs = {p.name: p for p in run_dirs(res)}
-    f_old = next(p for n, p in runs.items() if n.startswith("resnet32_f-"))
+    f_old = next(p for n, p in runs.items() if n.startswith("resnet8_f-"))
     assert "resnet32_e-s0" in runs  # a built-in keeps its plain folder name
     cfg = json.loads((f_old / "config.json").read_text())
     assert cfg["definition"]["unit"] == "f" and cfg["units"][0]["name"] == "f"
     summary = json.loads((f_old / "summary.json").read_text())
     assert summary["definition_hash"] == cfg["definition_hash"]
-    assert (summary["params_total"], summary["depth"]) == (472_458, 32)
+    listed = {row["name"]: row for row in json.loads(
+        run_cli("list", "--study", str(path), "--json").stdout)}
+    total = listed["resnet8_f"]["params_total"]
+    assert (summary["params_total"], summary["depth"]) == (total, 8)
     assert "def unit_f" in (f_old / "units.py").read_text()
 
     out = tmp_path / "report"
@@ -192,7 +204,7 @@ def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, cifar_dir):
     assert r.returncode == 0, r.stderr
     md = (out / "README.md").read_text()
     assert "### 1. (e) vs (f) vs deeper (e)" in md
-    for name in ("resnet32_e", "resnet32_f", "resnet56_e"):
+    for name in ("resnet32_e", "resnet8_f", "resnet8_e"):
         assert f"| {name} " in md
     assert len(list(out.rglob("1-e-vs-f-vs-deeper-e-*.png"))) == 3  # curves, zoom, sizes
 
@@ -200,25 +212,25 @@ def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, cifar_dir):
             "print(m.count_params(), m.optimizer.__class__.__name__)")
     loaded = subprocess.run([sys.executable, "-c", code, str(f_old / "model.h5")],
                             capture_output=True, text=True, cwd="/", check=True)
-    assert loaded.stdout.split()[-2:] == ["472458", "SGD"]
+    assert loaded.stdout.split()[-2:] == [str(total), "SGD"]
 
     # the user unit's 3x3 convs are found from the graph; its conv2 is read after bn2
-    r = run_cli("analyze", "--study", str(path), "resnet32_f", "--results", str(res),
+    r = run_cli("analyze", "--study", str(path), "resnet8_f", "--results", str(res),
                 "--images", "50")
     assert r.returncode == 0, r.stdout + r.stderr
-    resp = __import__("pandas").read_csv(f_old / "responses.csv")
-    assert len(resp) == 31 and (resp["point"] == "after BN").sum() == 30
+    resp = pd.read_csv(f_old / "responses.csv")
+    assert len(resp) == 7 and (resp["point"] == "after BN").sum() == 6
 
     # redefine (f): a changed line in the unit is a new definition
-    (path.parent / "my_units.py").write_text(UNITS.replace("_relu1\")", "_relu1\")  # v2"))
-    plan = run_cli("run", "--study", str(path), "resnet32_f", *flags, "--dry-run")
+    (path.parent / "my_units.py").write_text(UNITS.replace('_relu1")', '_relu1")  # v2'))
+    plan = run_cli("run", "--study", str(path), "resnet8_f", *flags, "--dry-run")
     assert "[new]" in plan.stdout and f_old.name not in plan.stdout
-    r = run_cli("run", "--study", str(path), "resnet32_f", *flags)
+    r = run_cli("run", "--study", str(path), "resnet8_f", *flags)
     assert r.returncode == 0 and "0 already done, 1 to run" in r.stdout, r.stdout + r.stderr
-    f_dirs = sorted(p for p in run_dirs(res) if p.name.startswith("resnet32_f-"))
+    f_dirs = sorted(p for p in run_dirs(res) if p.name.startswith("resnet8_f-"))
     assert len(f_dirs) == 2 and f_old in f_dirs
     r = run_cli("report", "--study", str(path), "--results", str(res), "--out", str(out))
-    assert "1 run(s) of an earlier definition of resnet32_f left out" in r.stderr
-    frame = __import__("pandas").read_csv(out / "runs.csv")
-    f_rows = frame[frame["variant"] == "resnet32_f"]
+    assert "1 run(s) of an earlier definition of resnet8_f left out" in r.stderr
+    frame = pd.read_csv(out / "runs.csv")
+    f_rows = frame[frame["variant"] == "resnet8_f"]
     assert len(f_rows) == 1 and f_rows["run_dir"].iloc[0] != str(f_old)
