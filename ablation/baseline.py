@@ -40,10 +40,9 @@ def main() -> int:
         return 2
 
     from ablation import build_model, data
-    from ablation.study import builtin_home, load_study
+    from ablation.study import load_builtins
 
-    home = builtin_home(a.variant)
-    variant = load_study(home).select([a.variant])[0] if home else a.variant
+    load_builtins()  # any built-in study's variant
     tf_keras.mixed_precision.set_global_policy(PRECISION_POLICIES[a.precision])
     n = a.steps * a.batch_size
     if a.data_dir:
@@ -55,7 +54,7 @@ def main() -> int:
     y = data.one_hot(ds.y_train, ds.num_classes)
     gen = ImageDataGenerator(width_shift_range=0.125, height_shift_range=0.125,
                              horizontal_flip=True, fill_mode="constant", cval=0.0)
-    model = build_model(variant, num_classes=ds.num_classes, keras_module=tf_keras)
+    model = build_model(a.variant, num_classes=ds.num_classes, keras_module=tf_keras)
     compile_sgd(model, DEFAULTS, tf_keras)  # the blog's recipe, as the blog ran it
 
     class Timer(tf_keras.callbacks.Callback):

@@ -30,12 +30,12 @@ from ablation.recipe import TRAIN_IMAGES
 GPU_NAME, GPU_RESNET32_EPOCH_S, GPU_REF_VARIANT = "GTX 1080 Ti", 20.0, "resnet32"
 
 
-def _home_study(variant: str):
-    """The study that defines a variant: a built-in one, else the one loaded for it."""
+def _study_of(variant: str, study: str | None):
+    """The study whose recipe a variant is benched under: the one named, else the
+    built-in study that defines it (all built-in studies are loaded)."""
     from ablation.study import builtin_home, load_study
 
-    home = builtin_home(variant)
-    return load_study(home) if home else None
+    return load_study(study or builtin_home(variant))
 
 
 def measure(variant: str, precision: str, steps: int, batch_size: int,
@@ -45,12 +45,8 @@ def measure(variant: str, precision: str, steps: int, batch_size: int,
 
     from ablation import data, training
     from ablation.recipe import Recipe
-    from ablation.study import load_study
 
-    if study:
-        load_study(study)
-    else:
-        _home_study(variant)
+    _study_of(variant, study)  # registers the variant
     recipe = Recipe(precision=precision, batch_size=batch_size)
     n = steps * batch_size
     ds = (data.load("cifar10", data_dir, train_limit=n, test_limit=10) if data_dir
@@ -137,7 +133,6 @@ def main(variants: list[str], precision: str = "fp32", steps: int = 30,
          batch_size: int = 128, baseline: bool = False, data_dir: str | None = None,
          repeats: int = 3, study: str | None = None) -> int:
     from ablation import data
-    from ablation.study import load_study
 
     if data_dir:
         folder = data.resolve_data_dir("cifar10", data_dir)
@@ -150,8 +145,7 @@ def main(variants: list[str], precision: str = "fp32", steps: int = 30,
           "each figure from a fresh process after a warm-up epoch", flush=True)
     measured: dict[str, float] = {}
     for v in variants:
-        home = load_study(study) if study else (_home_study(v) or load_study())
-        epochs = home.recipe().replace(**dict(registry.get(v).recipe)).epochs
+        epochs = _study_of(v, study).recipe().replace(**dict(registry.get(v).recipe)).epochs
         ours, theirs, ratios = [], [], []
         for k in range(repeats if baseline else 1):
             ours.append(_ours(v, precision, steps, batch_size, data_dir, study))

@@ -97,7 +97,7 @@ def _recipe_overrides(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from ablation import data, results, runner
+    from ablation import data, runner
     from ablation.executors import EXECUTORS
     from ablation.jobqueue import DB_NAME, JobQueue
 
@@ -127,7 +127,6 @@ def cmd_run(args) -> int:
         return 0
     if data_dir is not None:
         data.check(recipe.dataset, data_dir)
-    results.prepare_results(plan.results)
     executor = EXECUTORS[args.executor]()
     return runner.run(plan, lambda sink: executor.from_args(args, sink))
 
@@ -188,17 +187,15 @@ def cmd_analyze(args) -> int:
 
 def cmd_bench(args) -> int:
     from ablation import bench
-    from ablation.study import builtin_home, load_study
+    from ablation.study import load_builtins, load_study
 
     if args.study:
         study = load_study(args.study)
         names = study.select(args.variants) if args.variants else study.variants()
-    else:  # a name of any built-in study
-        names = []
-        for pattern in args.variants or ["resnet32_e"]:
-            home = builtin_home(pattern) if not any(c in pattern for c in "*?[") else None
-            names += load_study(home).select([pattern])
-    return bench.main(list(dict.fromkeys(names)), precision=args.precision, steps=args.steps,
+    else:  # any built-in study's variants
+        names = registry.select(args.variants or ["resnet32_e"],
+                                [n for s in load_builtins() for n in s.variant_names])
+    return bench.main(names, precision=args.precision, steps=args.steps,
                       batch_size=args.batch_size, baseline=args.baseline,
                       data_dir=args.data_dir, repeats=args.repeats, study=args.study)
 

@@ -85,10 +85,8 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
 def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir) -> list[str]:
     resp = responses_frame([r for rs in present.values() for r in rs])
     if not len(resp):
-        where = [] if study.name == studies.DEFAULT else [
-            "--study", study.name if study.builtin else str(study.path)]
         res = [] if str(results_dir) == "results" else ["--results", str(results_dir)]
-        cmd = " ".join(["ablation analyze", *where, *res, *present])
+        cmd = " ".join(["ablation analyze", *markdown.study_flag(study), *res, *present])
         return [f"Layer responses (He et al. 2015, Fig. 7): not measured yet; `{cmd}` adds "
                 "them to this report.", ""]
     figures.plot_responses(fig_dir / f"{base}-responses.png", resp, cmp.title, col)
@@ -129,8 +127,7 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
         raise AblationError(f"no readable runs in {results_dir}; run `ablation run` first")
     runs = for_study(every, study)
     if not runs:
-        cmd = "ablation run --all" if study.name == studies.DEFAULT else (
-            f"ablation run --study {study.name if study.builtin else study.path} --all")
+        cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all"])
         raise AblationError(f"no runs of study {study.name!r} in {results_dir}; run "
                             f"`{cmd}` first")
     groups: dict[str, list[Run]] = {}

@@ -49,9 +49,15 @@ def command(study: studies.Study, recipe: dict, variants: list[str], seeds: int)
             flags.append(f"{flag} {','.join(map(str, value))}")
         else:
             flags.append(f"{flag} {value}")
-    where = [] if study.name == studies.DEFAULT else [
-        "--study", study.name if study.builtin else str(study.path)]
-    return " ".join(["ablation run", *where, *variants, f"--seeds {max(1, seeds)}", *flags])
+    return " ".join(["ablation run", *study_flag(study), *variants,
+                     f"--seeds {max(1, seeds)}", *flags])
+
+
+def study_flag(study: studies.Study) -> list[str]:
+    """What a command needs to name this study: nothing for the default one."""
+    if study.name == studies.DEFAULT:
+        return []
+    return ["--study", study.name if study.builtin else str(study.path)]
 
 
 def pairwise_tests(finals: dict[str, list[float]]) -> list[list[str]]:
