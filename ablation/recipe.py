@@ -51,7 +51,7 @@ class Recipe:
     batch_size: int = _f(128, "int1", "images per step")
     lr: float = _f(0.1, "pos", "initial SGD learning rate")
     momentum: float = _f(0.9, "unit", "SGD momentum")
-    nesterov: bool = _f(True, "bool", "Nesterov momentum (the blog: on; the papers: off)")
+    nesterov: bool = _f(True, "bool", "Nesterov momentum (the papers: off)")
     weight_decay: float = _f(1e-4, "nonneg", "L2 coefficient on every conv and dense kernel")
     augment: str = _f("blog", "choice", "blog: flip + continuous 4-px shift; crop: "
                       "pad 4, random 32x32 crop, flip", choices=AUGMENTS)
@@ -61,7 +61,7 @@ class Recipe:
     milestones: tuple[float, ...] = _f(
         (0.405, 0.61), "milestones",
         "epochs (0-based) where lr is divided by 10; values below 1 are fractions of "
-        "--epochs, rounded up (default 0.405,0.61: epochs 81 and 122 of 200)")
+        "--epochs, rounded up (0.405,0.61: epochs 81 and 122 of 200)")
     warmup_epochs: int = _f(0, "int0", "epochs at --warmup-lr before the schedule starts")
     warmup_lr: float = _f(0.01, "pos", "learning rate during the warm-up epochs")
 
