@@ -122,12 +122,13 @@ class Recipe:
 
     def describe(self) -> str:
         """One line for reports: the optimiser and its schedule."""
-        drops = " and ".join(map(str, self.lr_drops()))
+        drops = (f"lr ×0.1 from epochs {' and '.join(map(str, self.lr_drops()))} (0-based)"
+                 if self.milestones else "constant lr")
         warm = (f", warm-up {self.warmup_epochs} epoch(s) at lr {self.warmup_lr:g}"
                 if self.warmup_epochs else "")
         return (f"{self.epochs} epochs, batch {self.batch_size}, SGD lr {self.lr:g} "
                 f"(momentum {self.momentum:g}{', Nesterov' if self.nesterov else ''}), "
-                f"lr ×0.1 from epochs {drops} (0-based){warm}, L2 {self.weight_decay:g}, "
+                f"{drops}{warm}, L2 {self.weight_decay:g}, "
                 f"augmentation `{self.augment}`, precision {self.precision}")
 
 

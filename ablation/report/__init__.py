@@ -60,8 +60,9 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
     figures.plot_curves(fig_dir / f"{base}-curves.png", present, cmp.title, col)
     out += [f"![{cmp.title}: curves]({rel}/{base}-curves.png)", ""]
     if cmp.zoom:
-        start = Recipe.from_dict(recipe).lr_drops()[-1]  # after the last lr drop
+        drops = Recipe.from_dict(recipe).lr_drops()
         last = max(len(r.history) for rs in present.values() for r in rs)
+        start = drops[-1] if drops else last // 2  # after the last lr drop
         start = start if last > start else max(0, last // 2)
         figures.plot_zoom(fig_dir / f"{base}-zoom.png", present, cmp.title, start, col)
         out += [f"![{cmp.title}: zoomed test accuracy]({rel}/{base}-zoom.png)", ""]
