@@ -43,6 +43,7 @@ def _study(args):
 
 def cmd_list(args) -> int:
     from ablation.models import count_params
+    from ablation.study import DEFAULT as DEFAULT_STUDY
 
     study = _study(args)
     names = study.select(args.patterns) if args.patterns else study.variants()
@@ -62,8 +63,8 @@ def cmd_list(args) -> int:
     print(tabulate([[r["name"], r["label"], r["depth"], f"{r['params_total']:,}",
                      f"{r['params_trainable']:,}", f"{r['params_non_trainable']:,}",
                      r["description"]] for r in rows],
-                   headers=["name", "label", "depth", "params", "trainable",
-                            "non-trainable", "description"],
+                   headers=["name", "blog label" if study.name == DEFAULT_STUDY else "label",
+                            "depth", "params", "trainable", "non-trainable", "description"],
                    colalign=("left", "left", "right", "right", "right", "right", "left")))
     print(f"\nstudy {study.name}: {study.description}" if study.description else "")
     print("depth = weighted layers on the main path (stem, residual-branch convs, dense)"
