@@ -7,6 +7,7 @@ import csv
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -98,11 +99,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def _as_in_a_terminal() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and
+    # children inherit that (a CI runner may start the tests so): give the process a
+    # terminal's default Ctrl-C, whatever the test runner inherited.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """Start `ablation ...` in its own process group (a terminal's foreground job)."""
+    """Start `ablation ...` in its own process group, with Ctrl-C as a terminal has it
+    (a terminal's foreground job)."""
     return subprocess.Popen([sys.executable, "-m", "ablation.cli", *args], cwd=ROOT,
                             env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_as_in_a_terminal)
 
 
 def hold_after(epochs: int) -> dict:
