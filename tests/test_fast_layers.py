@@ -76,12 +76,39 @@ def test_a_training_step_on_the_fast_model_equals_the_standard_one():
     assert lf["loss"] == pytest.approx(ls["loss"], rel=1e-5)
     after_f = np.concatenate([w.ravel() for w in fast.get_weights()])
     after_s = np.concatenate([w.ravel() for w in std.get_weights()])
-    # float round-off only: op order differs, so compare the updates as vectors
+    # float round-off only: op order differs, so compare the updates as vectors, and
+    # bound the worst element against the largest update, not against a constant: how
+    # far round-off gets through 32 layers depends on the CPU's thread count (measured
+    # 4e-5 of it with two threads, 9e-5 with one, where a fixed 1e-4 had failed)
     uf, us = after_f - before, after_s - before
     assert np.dot(uf, us) / (np.linalg.norm(uf) * np.linalg.norm(us)) > 0.9999
-    assert np.abs(after_f - after_s).max() < 1e-4
+    assert np.abs(uf - us).max() < 1e-3 * np.abs(us).max()
     np.testing.assert_allclose(fast.predict(x, verbose=0), std.predict(x, verbose=0),
                                rtol=1e-3, atol=1e-5)
+
+
+def test_training_state_is_built_before_fit_and_starts_as_a_plain_builds():
+    """training_model creates the optimizer's and the metrics' variables eagerly, so
+    TensorFlow traces the train step once, not twice; the weights are a plain build's,
+    the optimizer has taken no step and the metrics hold nothing."""
+    from ablation.recipe import Recipe
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only TensorFlow traces the train step twice without it")
+    recipe = Recipe(epochs=2)
+    keras.utils.set_random_seed(3)
+    model = training_model("resnet32_e", recipe, 10)
+    keras.utils.set_random_seed(3)
+    plain = build_model("resnet32_e", fast=True, weight_decay=recipe.weight_decay)
+    for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the zero image in inference moved nothing
+    assert model.optimizer.built and int(model.optimizer.iterations) == 0
+    momenta = [v for v in model.optimizer.variables if v.name.endswith("_momentum")]
+    assert len(momenta) == len(model.trainable_variables)
+    assert not any(np.any(np.asarray(v)) for v in momenta)
+    metric_vars = model.metrics_variables
+    assert len(metric_vars) >= 4  # loss (total, count) and accuracy (total, count)
+    assert not any(np.any(np.asarray(v)) for v in metric_vars)
 
 
 def test_the_registry_model_is_unchanged_by_the_fast_path():
