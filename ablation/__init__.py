@@ -15,7 +15,7 @@ Keras is imported only when a model is built, so listing, status and reports sta
 from ablation.models import Block, build_model, count_params, shortcut, unit
 from ablation.study import Study, load_study
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["Block", "Study", "__version__", "build_model", "count_params", "load_study",
            "shortcut", "unit", "variants"]
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from ablation import argtypes, registry
+from ablation import argtypes, registry, verdict
 from ablation.errors import AblationError
 from ablation.protocol import NEW, Exit, JobState
 from ablation.recipe import DEFAULTS, PRECISIONS, Recipe
@@ -104,13 +104,19 @@ def cmd_run(args) -> int:
 
     if args.all and args.variants:
         raise AblationError("give variant names/globs or --all, not both")
+    if args.until_decided and args.seeds is not None:
+        raise AblationError("--until-decided chooses the seeds itself (in looks, up to "
+                            "--max-seeds); drop --seeds")
+    if args.max_seeds is not None and not args.until_decided:
+        raise AblationError("--max-seeds only goes with --until-decided")
     if not args.all and not args.variants:
         raise AblationError("name the variants to train (names or globs), or pass --all")
     study = _study(args)
     names = study.variants() if args.all else study.select(args.variants)
     recipe = study.recipe(_recipe_overrides(args))
     data_dir = data.resolve_data_dir(recipe.dataset, args.data_dir)
-    plan = runner.Plan([registry.get(n) for n in names], args.seeds, recipe, Path(args.results),
+    plan = runner.Plan([registry.get(n) for n in names], args.seeds or 1, recipe,
+                       Path(args.results),
                        str(data_dir.resolve()) if data_dir else None,
                        keep_model=not args.no_keep_model, retry_failed=args.retry_failed,
                        study=study.name if study.builtin else str(study.path))
@@ -129,7 +135,14 @@ def cmd_run(args) -> int:
     if data_dir is not None:
         data.check(recipe.dataset, data_dir)
     executor = EXECUTORS[args.executor]()
-    return runner.run(plan, lambda sink: executor.from_args(args, sink))
+    factory = lambda sink: executor.from_args(args, sink)  # noqa: E731
+    if args.until_decided:
+        from ablation import sequential, verdict
+
+        return sequential.run_until_decided(
+            plan, study, args.max_seeds or verdict.LOOKS[-1],
+            study.analysis.replace(margin=args.margin), factory)
+    return runner.run(plan, factory)
 
 
 # --- status -------------------------------------------------------------------------------
@@ -169,7 +182,8 @@ def cmd_report(args) -> int:
     from ablation import report
 
     out = report.build(Path(args.results), Path(args.out) if args.out else None,
-                       recipe=args.recipe, epochs=args.epochs, study=_study(args))
+                       recipe=args.recipe, epochs=args.epochs, study=_study(args),
+                       margin=args.margin)
     print(f"report written to {out}")
     return 0
 
@@ -224,6 +238,13 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, type=parse[kind], default=None, help=help_)
 
 
+def _add_margin(p) -> None:
+    p.add_argument("--margin", type=argtypes.number("pos"), default=None, metavar="PP",
+                   help=f"{verdict.Settings.__dataclass_fields__['margin'].metadata['help']} "
+                        f"(default: the study's [analysis] margin, else "
+                        f"{verdict.Settings().margin:g})")
+
+
 def _add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", metavar="NAME|FILE",
                    help="a built-in study (`ablation studies`) or a study TOML file "
@@ -250,8 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB")
     s.add_argument("--all", action="store_true", help="every variant of the study")
     _add_study(s)
-    s.add_argument("--seeds", type=argtypes.integer(1), default=1,
+    s.add_argument("--seeds", type=argtypes.integer(1), default=None,
                    help="seeds 0..N-1 (default 1)")
+    g = s.add_argument_group("more seeds only where undecided (docs/statistics.md)")
+    g.add_argument("--until-decided", action="store_true",
+                   help="run seeds in looks (3, 5, 8, 12, ...) and add seeds only to the "
+                        "variants of pairs still undecided")
+    g.add_argument("--max-seeds", type=argtypes.integer(verdict.LOOKS[0]), default=None,
+                   help=f"the last look (default {verdict.LOOKS[-1]})")
+    _add_margin(g)
     _add_recipe_flags(s)
     s.add_argument("--data-dir", help="folder holding cifar-10-batches-py (or that folder); "
                                       "default $ABLATION_DATA_DIR, else keras.datasets download")
@@ -276,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="default reports/ (the blog), reports/<study> otherwise")
     s.add_argument("--recipe", help="only this recipe id (or a prefix of it)")
     s.add_argument("--epochs", type=argtypes.integer(1), help="only recipes with this many epochs")
+    _add_margin(s)
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("analyze", help="layer responses of trained runs (He et al. 2015, "

@@ -3,6 +3,7 @@ and how they are read back for reports.
 
     results/
       queue.sqlite                      job states (ablation.jobqueue)
+      designs.json                      sequential designs of `run --until-decided`
       runs/<recipe id>/<variant>[-<definition tag>]-s<seed>/
         config.json   summary.json   history.csv   model.h5   train.log
         responses.csv (ablation analyze)   code.diff (dirty checkout)   units.py
@@ -27,6 +28,7 @@ from typing import Any
 from ablation.errors import AblationError
 
 RUNS = "runs"
+DESIGNS = "designs.json"
 
 
 def run_dir(results: Path, recipe_id: str, variant: str, seed: int, tag: str = "") -> Path:
@@ -143,3 +145,23 @@ def prepare_results(results: Path) -> Path:
 def iter_summaries(results: Path) -> list[Path]:
     """Every run's summary.json under a results folder, in a stable order."""
     return sorted((Path(results) / RUNS).glob("*/*/summary.json"))
+
+
+def design_key(study: str, recipe_id: str) -> str:
+    return f"{study}|{recipe_id}"
+
+
+def read_designs(results: Path) -> dict:
+    """The sequential designs recorded by `ablation run --until-decided`, by
+    design_key; {} when there are none. A damaged file raises AblationError."""
+    try:
+        return read_json(Path(results) / DESIGNS)
+    except FileNotFoundError:
+        return {}
+
+
+def record_design(results: Path, key: str, design: dict) -> None:
+    """Record (or replace) one study's design under one recipe, atomically."""
+    designs = read_designs(results)
+    designs[key] = design
+    atomic_write_json(Path(results) / DESIGNS, designs)

@@ -20,11 +20,11 @@ import json
 import re
 import sys
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ablation import models, registry
+from ablation import models, registry, verdict
 from ablation.errors import AblationError
 from ablation.recipe import Recipe
 from ablation.registry import Variant
@@ -32,8 +32,8 @@ from ablation.registry import Variant
 BUILTIN_DIR = Path(__file__).resolve().parent / "studies"
 DEFAULT = "blog"
 
-_TOP_KEYS = {"name", "title", "description", "units", "recipe", "variant", "comparison",
-             "published"}
+_TOP_KEYS = {"name", "title", "description", "units", "recipe", "analysis", "variant",
+             "comparison", "published"}
 _VARIANT_KEYS = {f.name for f in fields(Variant)} | {"base"}
 _COMPARISON_KEYS = {"key", "title", "variants", "zoom", "sizes", "question", "references",
                     "published_source", "published_error"}
@@ -90,6 +90,7 @@ class Study:
     published: tuple[Published, ...]
     units: tuple[str, ...]  # user units the study's file brought
     units_source: str | None  # where they came from (absolute path or module)
+    analysis: verdict.Settings = field(default_factory=verdict.Settings)  # [analysis]
 
     def variants(self, pattern: str = "*") -> list[str]:
         return registry.variants(pattern, self.variant_names)
@@ -294,6 +295,15 @@ class _Loader:
         except AblationError as e:
             raise self.fail(f"[recipe] {e}") from None
 
+        analysis = doc.get("analysis", {})
+        if not isinstance(analysis, dict):
+            raise self.fail("[analysis] must be a table")
+        self.unknown(analysis, set(verdict.SETTINGS_KEYS), "[analysis] key")
+        try:
+            settings = verdict.Settings(**analysis)
+        except AblationError as e:
+            raise self.fail(f"[analysis] {e}") from None
+
         own = self.variants(doc.get("variant", []))
         comparisons = self.comparisons(doc.get("comparison", []), own)
         used = [v for c in comparisons for v in c.variants if v not in own]
@@ -305,7 +315,7 @@ class _Loader:
             variant_names=tuple(dict.fromkeys([*own, *used])),
             comparisons=tuple(comparisons),
             recipe_defaults=tuple(recipe.items()), published=published,
-            units=tuple(units), units_source=units_source)
+            units=tuple(units), units_source=units_source, analysis=settings)
 
     # --- pieces ---
 

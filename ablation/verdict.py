@@ -92,6 +92,7 @@ class Pair:
     verdict: str = UNDECIDED
     seeds_needed: int | None = None
     look: int | None = None  # 1-based look that decided it (sequential designs)
+    design: str = "fixed"  # or "sequential": judged by the looks of --until-decided
     note: str = ""
 
 
@@ -237,12 +238,12 @@ def seeds_needed(sd: float, margin: float, alpha: float, power: float = 0.8) -> 
 
 def fill_seeds_needed(pairs: list[Pair], spread: Spread | None, settings: Settings,
                       m: int) -> None:
-    """Seeds needed for each undecided pair of a comparison of m testable pairs: at least
-    one more than it has."""
+    """Seeds needed for each undecided pair of a comparison of m pairs that has runs of
+    both variants: at least one more than it has."""
     if spread is None:
         return
     for p in pairs:
-        if p.verdict == UNDECIDED:
+        if p.verdict == UNDECIDED and p.n:
             need = seeds_needed(spread.upper, settings.margin, settings.alpha / max(1, m),
                                 settings.power)
             p.seeds_needed = max(need, p.n + 1)
@@ -351,7 +352,7 @@ def sequential(finals: dict[str, dict[int, float]],
             pr = compare(cut, ps, settings, alpha=alphas[(k or 1) - 1])[ps.index(pair)]
             if not k:
                 pr.verdict, pr.note = UNDECIDED, f"look 1 ({looks[0]} seeds) not complete"
-            pr.look = k or None
+            pr.look, pr.design = k or None, "sequential"
             out[c].append(pr)
     open_v = sorted({v for ps in out.values() for p in ps if p.verdict == UNDECIDED
                      for v in (p.a, p.b)})

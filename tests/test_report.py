@@ -9,7 +9,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import TINY, one_line_error, run_cli
 
 from ablation import report
 
@@ -37,7 +37,9 @@ def test_report_tables_and_figures(results, tmp_path):
         assert cells[2] == "470,218 ✓" and cells[3] == "467,946 ✓" and cells[4] == "2,272 ✓"
         assert cells[6] == "2" and cells[7] == "2/2"
         assert "±" in cells[8] and "±" in cells[9]
-    assert "Welch" in block and "| resnet32 | resnet32_e |" in re.sub(" +", " ", block)
+    assert "Paired t-test" in block and "| resnet32 | resnet32_e | 2 |" in re.sub(" +", " ", block)
+    verdicts = pd.read_csv(out / "comparisons.csv")
+    assert verdicts.set_index("comparison").loc["refactor", "n"] == 2
     # comparison 1 carries the VGG19 reference row; 3 is pending with a command
     assert "39,002,738" in md.split("### 2.")[0]
     assert "Missing**: resnet34" in md and "ablation run resnet34 --seeds 2 --epochs 2" in md
@@ -97,11 +99,26 @@ def test_recipe_filters(results, tmp_path):
     assert r.returncode != 0 and "no runs match" in r.stderr
 
 
-def test_holm_and_welch():
-    assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    rows = report.pairwise_tests({"a": [0.90, 0.91, 0.905], "b": [0.50, 0.51, 0.505],
-                                  "c": [0.9]})
-    ab = next(r for r in rows if r[:2] == ["a", "b"])
-    assert ab[5].startswith("**yes**")
-    ac = next(r for r in rows if r[:2] == ["a", "c"])
-    assert ac[5] == "needs ≥ 2 seeds each"
+def test_until_decided_runs_looks_reports_them_and_resumes(results, tmp_path, cifar_dir):
+    """resnet32 vs resnet32_e (comparison 2) to a single look of 3 seeds: the two seeds
+    already run are reused, the verdict comes from the recorded design, a rerun trains
+    nothing and decides the same, and a changed design is refused."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    cmd = ["run", "resnet32", "resnet32_e", "--until-decided", "--max-seeds", "3", *TINY,
+           "--workers", "2", "--data-dir", str(cifar_dir), "--results", str(copy)]
+    r = run_cli(*cmd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "looks at 3 seeds" in r.stdout and "6 job(s): 4 already done, 2 to run" in r.stdout
+    look = next(line for line in r.stdout.splitlines() if line.startswith("look 1/1 (3 seeds)"))
+    r = run_cli("report", "--results", str(copy), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(tmp_path / "out" / "comparisons.csv").set_index("comparison")
+    assert df.loc["refactor", "n"] == 3 and df.loc["refactor", "design"] == "sequential"
+    assert df.loc["refactor", "verdict"] in ("better", "worse", "equivalent", "undecided")
+    assert "**Design**: sequential" in (tmp_path / "out" / "README.md").read_text()
+    again = run_cli(*cmd)
+    assert again.returncode == 0 and "6 job(s): 6 already done, 0 to run" in again.stdout
+    assert look in again.stdout.splitlines()
+    changed = run_cli(*cmd, "--margin", "0.2")
+    assert "different --until-decided design" in one_line_error(changed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -69,18 +70,6 @@ def test_summaries_are_mean_and_sample_std_over_seeds(results):
     assert (df.loc["resnet32", "epochs_min"], df.loc["resnet32", "epochs_max"]) == (3, 3)
 
 
-def test_welch_separates_real_gaps_from_noise():
-    df = stats.welch({"a": [0.90, 0.91, 0.905], "b": [0.50, 0.51, 0.505],
-                      "c": [0.90, 0.91, 0.906], "d": [0.7]})
-    row = df.set_index(["a", "b"])
-    assert bool(row.loc[("a", "b"), "real"]) is True
-    assert row.loc[("a", "b"), "diff_pp"] == pytest.approx(40.0)
-    assert row.loc[("a", "c"), "real"] is False or not row.loc[("a", "c"), "real"]
-    assert row.loc[("a", "d"), "real"] is None and math.isnan(row.loc[("a", "d"), "p"])
-    tested = df["p"].notna()
-    assert list(df.loc[tested, "p_holm"]) == pytest.approx(stats.holm(list(df.loc[tested, "p"])))
-
-
 def test_comparison_table_marks_reference_counts(results):
     runs = load.load_runs(results)
     by = {v: [r for r in runs if r.variant == v] for v in ("resnet32", "resnet32_e")}
@@ -130,8 +119,118 @@ def test_build_writes_the_study_and_is_deterministic(results, tmp_path):
     md = a.read_text()
     assert md.count("### ") == 6
     block = md.split("### 2.")[1].split("### 3.")[0]
-    assert "**yes**, beyond seed spread" in block  # 61 % vs 31 %, three seeds each
+    assert "| resnet32 | resnet32_e | 3 | +30.00 |" in re.sub(" +", " ", block)
+    assert "**better**" in block  # 61 % vs 31 %, three seeds each
     assert f"ablation analyze --results {results} resnet32 resnet32_e" in block
     frame = pd.read_csv(tmp_path / "a" / "runs.csv")
     assert sorted(frame["variant"].unique()) == ["resnet32", "resnet32_e"] and len(frame) == 6
     assert (tmp_path / "a" / RECIPE.id / "2-refactor-curves.png").stat().st_size > 10_000
+
+
+REQUIRED = ["comparison", "recipe_id", "a", "b", "n", "delta", "ci_low", "ci_high",
+            "p_adjusted", "verdict", "seeds_needed"]
+
+
+def test_comparisons_csv_holds_one_verdict_per_pair_and_recipe(results, tmp_path):
+    report.build(results, tmp_path / "r")
+    df = pd.read_csv(tmp_path / "r" / "comparisons.csv")
+    assert set(REQUIRED) <= set(df.columns)
+    row = df[(df.comparison == "refactor")].iloc[0]
+    assert (row.a, row.b, row.n, row.verdict, row.design) == ("resnet32", "resnet32_e", 3,
+                                                              "better", "fixed")
+    assert row.delta == pytest.approx(30.0) and row.ci_low > 0 and math.isnan(row.seeds_needed)
+    assert bool(row.same_network) and row.recipe_id == RECIPE.id
+    # a comparison whose variants have no runs: pairs listed, n = 0, undecided
+    units = df[df.comparison == "units"]
+    assert len(units) == 10 and (units.n == 0).all() and (units.verdict == "undecided").all()
+
+
+def close_runs(res: Path, deltas: list[float], **extra) -> None:
+    """resnet32 vs resnet32_e differing by `deltas` points at seeds 0..n-1, with a shared
+    seed effect."""
+    for s_, d in enumerate(deltas):
+        base = 0.60 + 0.01 * ((s_ * 7) % 5)
+        make_run(res, "resnet32", s_, [0.2, 0.3, base + d / 100], **extra)
+        make_run(res, "resnet32_e", s_, [0.2, 0.3, base], **extra)
+
+
+def test_equivalent_undecided_seeds_needed_and_the_margin(tmp_path):
+    res = tmp_path / "results"
+    close_runs(res, [0.10, -0.10, 0.05, 0.0, -0.05, 0.02])
+    report.build(res, tmp_path / "a")
+    md = (tmp_path / "a" / "README.md").read_text()
+    block = md.split("### 2.")[1].split("### 3.")[0]
+    assert "equivalent: no difference beyond ±0.5" in block
+    assert "A/A pair: resnet32 and resnet32_e are one network built twice" in block
+    # 50 test images: one accuracy's standard error is about 7 points
+    assert "**the margin ±0.5 is below what this test set can resolve**" in md
+    report.build(res, tmp_path / "b", margin=0.01)
+    md = (tmp_path / "b" / "README.md").read_text()
+    block = md.split("### 2.")[1].split("### 3.")[0]
+    df = pd.read_csv(tmp_path / "b" / "comparisons.csv").set_index("comparison")
+    need = int(df.loc["refactor", "seeds_needed"])
+    assert df.loc["refactor", "verdict"] == "undecided" and need > 6
+    assert df.loc["refactor", "margin"] == 0.01
+    assert f"ablation run resnet32 resnet32_e --seeds {need} --epochs 3" in block
+    assert "--until-decided" in block and "no difference" not in block
+
+
+def test_unfinished_runs_are_never_pooled_into_a_verdict(results, tmp_path):
+    make_run(results, "resnet32", 3, [0.1], status="running")
+    make_run(results, "resnet32_e", 3, [0.2, 0.3, 0.9], status="failed")
+    report.build(results, tmp_path / "r")
+    df = pd.read_csv(tmp_path / "r" / "comparisons.csv").set_index("comparison")
+    assert df.loc["refactor", "n"] == 3 and df.loc["refactor", "unmatched"] == 0
+    md = (tmp_path / "r" / "README.md").read_text()
+    assert "Left out of the verdicts: 2 unfinished run(s)" in md
+
+
+def test_a_recorded_sequential_design_is_replayed_by_the_report(results, tmp_path):
+    from ablation import results as res_mod
+
+    res_mod.record_design(results, res_mod.design_key("blog", RECIPE.id), {
+        "study": "blog", "recipe_id": RECIPE.id, "looks": [3, 5], "spending": "pocock",
+        "variants": ["resnet32", "resnet32_e"],
+        "margin": 0.5, "alpha": 0.05, "power": 0.8})
+    report.build(results, tmp_path / "r")
+    md = (tmp_path / "r" / "README.md").read_text()
+    assert "**Design**: sequential (`--until-decided`), looks at 3, 5 seeds" in md
+    df = pd.read_csv(tmp_path / "r" / "comparisons.csv").set_index("comparison")
+    assert df.loc["refactor", "design"] == "sequential" and df.loc["refactor", "look"] == 1
+    assert df.loc["refactor", "verdict"] == "better"
+    # the look spent only part of alpha: a wider interval than the fixed design's
+    assert df.loc["refactor", "ci_level"] > 0.95
+
+
+def test_a_study_sets_its_margin_and_bad_analysis_tables_are_one_line(tmp_path,
+                                                                       isolated_registry):
+    from ablation.errors import AblationError
+
+    assert study.load_study("blog").analysis.margin == 0.5
+    assert study.load_study("he2015").analysis.margin == 0.3
+    good = tmp_path / "good.toml"
+    good.write_text('name = "good"\n[analysis]\nmargin = 0.2\n[[comparison]]\n'
+                    'title = "t"\nvariants = ["resnet32_a", "resnet32_b"]\n')
+    assert study.load_study(good).analysis.margin == 0.2
+    for body, says in (("[analysis]\nmargin = -1\n", "margin must be"),
+                       ("[analysis]\nmargn = 1\n", "unknown [analysis] key 'margn'"),
+                       ('analysis = "x"\n', "[analysis] must be a table")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text('name = "bad"\n' + body)
+        study._LOADED.pop(bad.resolve(), None)
+        with pytest.raises(AblationError, match=re.escape(says)):
+            study.load_study(bad)
+
+
+def test_until_decided_flags_are_checked_before_anything_runs(tmp_path):
+    from conftest import one_line_error, run_cli
+
+    base = ["run", "resnet32", "resnet32_e", "--results", str(tmp_path / "r")]
+    for extra, says in ((["--until-decided", "--seeds", "3"], "drop --seeds"),
+                        (["--max-seeds", "5"], "--max-seeds only goes with --until-decided"),
+                        (["--until-decided", "--max-seeds", "2"], "must be at least 3"),
+                        (["--until-decided", "--margin", "0"], "must be a positive number")):
+        assert says in one_line_error(run_cli(*base, *extra))
+    one = run_cli("run", "resnet32", "--until-decided", "--results", str(tmp_path / "r"))
+    assert "needs two variants of one of the study's comparisons" in one_line_error(one)
+    assert not (tmp_path / "r" / "queue.sqlite").exists()

@@ -20,14 +20,15 @@ from ablation.errors import AblationError
 from ablation.recipe import Recipe
 from ablation.report import figures, markdown, stats
 from ablation.report.load import Run, for_study, load_runs, responses_frame, runs_frame
-from ablation.report.markdown import pairwise_tests
-from ablation.report.stats import holm
 
-__all__ = ["Run", "build", "holm", "load_runs", "pairwise_tests", "runs_frame"]
+__all__ = ["COMPARISONS_CSV", "Run", "build", "load_runs", "runs_frame"]
+
+COMPARISONS_CSV = "comparisons.csv"  # one row per pair and recipe: docs/statistics.md
 
 
 def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, runs: list[Run],
-                      fig_dir: Path, rel: str, col: dict, results_dir: Path) -> list[str]:
+                      fig_dir: Path, rel: str, col: dict, results_dir: Path,
+                      judged: stats.Verdicts) -> list[str]:
     by_variant = {v: sorted([r for r in runs if r.variant == v and len(r.history)],
                             key=lambda r: r.seed) for v in cmp.variants}
     present = {v: rs for v, rs in by_variant.items() if rs}
@@ -72,14 +73,14 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
         out += [f"![{cmp.title}: .h5 sizes]({rel}/{base}-sizes.png)", ""]
     out += _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir)
     if len(present) > 1:
-        finals = {v: [r.summary["final_val_accuracy"] for r in rs
-                      if r.summary.get("final_val_accuracy") is not None]
-                  for v, rs in present.items()}
-        out += ["Is the difference in final test accuracy larger than the seed-to-seed "
-                "spread? (Welch's t-test, Holm-corrected within this comparison)", "",
-                markdown.table(pd.DataFrame(
-                    pairwise_tests(finals), columns=["A", "B", "A − B", "p", "p (Holm)",
-                                                     "real difference?"])), ""]
+        pairs = [p for p in judged.pairs[cmp.key] if p.a in present and p.b in present]
+        members = [r for rs in present.values() for r in rs]
+        left_out = len(members) - len(stats.finished(members))
+        out += ["Which differences in final test accuracy are real, which are absent, and "
+                "which are still open?", "",
+                markdown.table(markdown.verdict_table(pairs, judged.settings.margin)), "",
+                *markdown.verdict_notes(study, recipe, pairs, judged.settings.margin,
+                                        left_out)]
     return out
 
 
@@ -113,9 +114,11 @@ def _recipe_order(item: tuple[str, list[Run]]) -> tuple:
 
 
 def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = None,
-          epochs: int | None = None, study: studies.Study | None = None) -> Path:
-    """Write README.md, runs.csv and the figures of a study (default: the blog's);
-    return the README's path."""
+          epochs: int | None = None, study: studies.Study | None = None,
+          margin: float | None = None) -> Path:
+    """Write README.md, runs.csv, comparisons.csv and the figures of a study (default:
+    the blog's); return the README's path. `margin` overrides the study's equivalence
+    margin (points)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,19 +164,33 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
                      f"{rs[0].summary['recipe']['epochs']} | {len(rs)} | "
                      f"{len({r.variant for r in rs})} |")
     lines.append("")
+    designs = results.read_designs(Path(results_dir))
+    verdict_rows = []
     for rid, rs in ordered:
         fig_dir = out_dir / rid
         fig_dir.mkdir(exist_ok=True)
-        lines += markdown.recipe_header(rid, rs)
+        design = designs.get(results.design_key(study.name, rid))
+        settings = study.analysis.replace(margin=margin)
+        if design and margin is None:
+            settings = settings.replace(margin=design.get("margin"))
+        judged = stats.verdicts(study, rs, settings, design)
+        lines += markdown.recipe_header(rid, rs)[:-1]
+        lines += [*markdown.verdict_header(judged, stats.resolution(rs)), ""]
         for n, cmp in enumerate(study.comparisons, 1):
-            lines += _comparison_block(study, cmp, n, rs, fig_dir, rid, col, results_dir)
+            lines += _comparison_block(study, cmp, n, rs, fig_dir, rid, col, results_dir,
+                                       judged)
+            verdict_rows += markdown.verdict_rows(cmp.key, rid, judged.pairs[cmp.key], judged)
     if study.published:
         lines += ["## Published numbers (context, not measured here)", "",
                   markdown.table(pd.DataFrame(
                       [(p.source, p.network, p.metric, p.value) for p in study.published],
                       columns=["source", "network", "metric", "value"])), ""]
-    lines += ["`runs.csv` beside this file holds one row per run with every summary field.", ""]
+    lines += ["`runs.csv` beside this file holds one row per run with every summary field; "
+              f"`{COMPARISONS_CSV}` one row per pair of variants and recipe with its verdict "
+              "(columns: docs/statistics.md).", ""]
     runs_frame(selected).to_csv(out_dir / "runs.csv", index=False)
+    pd.DataFrame(verdict_rows, columns=markdown.COLUMNS).to_csv(
+        out_dir / COMPARISONS_CSV, index=False, float_format="%.6g")
     readme = out_dir / "README.md"
     results.atomic_write_text(readme, "\n".join(lines))
     return readme

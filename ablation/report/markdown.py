@@ -8,7 +8,7 @@ from dataclasses import fields
 
 import pandas as pd
 
-from ablation import registry, results
+from ablation import registry, results, verdict
 from ablation import study as studies
 from ablation.recipe import Recipe
 from ablation.report import stats
@@ -35,7 +35,8 @@ def _mark(value, reference) -> str:
 
 def command(study: studies.Study, recipe: dict, variants: list[str], seeds: int) -> str:
     """The `ablation run` command that trains `variants` under `recipe` in `study`:
-    a flag for each recipe field that differs from the study's defaults."""
+    a flag for each recipe field that differs from the study's defaults (`seeds` 0:
+    no --seeds flag)."""
     base, target = study.recipe(), Recipe.from_dict(recipe)
     flags = []
     for f in fields(Recipe):
@@ -50,7 +51,7 @@ def command(study: studies.Study, recipe: dict, variants: list[str], seeds: int)
         else:
             flags.append(f"{flag} {value}")
     return " ".join(["ablation run", *study_flag(study), *variants,
-                     f"--seeds {max(1, seeds)}", *flags])
+                     *([f"--seeds {seeds}"] if seeds else []), *flags])
 
 
 def study_flag(study: studies.Study) -> list[str]:
@@ -60,18 +61,120 @@ def study_flag(study: studies.Study) -> list[str]:
     return ["--study", study.name if study.builtin else str(study.path)]
 
 
-def pairwise_tests(finals: dict[str, list[float]]) -> list[list[str]]:
-    """The Welch table as text rows: A, B, A − B, p, p (Holm), verdict."""
+VERDICT_TEXT = {
+    verdict.BETTER: "**better**", verdict.WORSE: "**worse**",
+    verdict.EQUIVALENT: "equivalent: no difference beyond ±{m:g}",
+    verdict.UNDECIDED: "undecided",
+}
+
+
+def _pp(x: float, signed: bool = True) -> str:
+    if x is None or math.isnan(x):
+        return "–"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def verdict_table(pairs: list[verdict.Pair], margin: float) -> pd.DataFrame:
+    """One row per pair: seeds, A − B, its interval, Holm p, correlation, P(A>B), the
+    verdict and the seeds a decision needs."""
     rows = []
-    for r in stats.welch(finals).itertuples():
-        diff = "–" if math.isnan(r.diff_pp) else f"{r.diff_pp:+.2f} pp"
-        if r.real is None:
-            rows.append([r.a, r.b, diff, "–", "–", "needs ≥ 2 seeds each"])
-        else:
-            rows.append([r.a, r.b, diff, f"{r.p:.3g}", f"{r.p_holm:.3g}",
-                         "**yes**, beyond seed spread" if r.real
-                         else "no: within seed-to-seed noise"])
-    return rows
+    for p in pairs:
+        interval = ("–" if math.isnan(p.ci_low) else
+                    f"[{_pp(p.ci_low)}, {_pp(p.ci_high)}] ({100 * p.ci_level:.4g} %)")
+        beats = "–" if math.isnan(p.p_a_beats_b) else (
+            f"{p.p_a_beats_b:.2f}" + ("*" if p.n < verdict.RELIABLE_N else ""))
+        said = VERDICT_TEXT[p.verdict].format(m=margin)
+        if p.note and p.verdict == verdict.UNDECIDED:
+            said += f" ({p.note})"
+        if p.look:
+            said += f", look {p.look}"
+        rows.append([p.a, p.b, str(p.n) + (f" (+{p.unmatched} unmatched)" if p.unmatched
+                                           else ""),
+                     _pp(p.delta), interval,
+                     "–" if math.isnan(p.p_adjusted) else f"{p.p_adjusted:.3g}",
+                     "–" if math.isnan(p.correlation) else f"{p.correlation:+.2f}",
+                     beats, said, "" if p.seeds_needed is None else str(p.seeds_needed)])
+    return pd.DataFrame(rows, columns=["A", "B", "seeds", "A − B (pp)", "interval",
+                                       "p (Holm)", "r", "P(A>B)", "verdict", "seeds needed"])
+
+
+def verdict_notes(study: studies.Study, recipe: dict, pairs: list[verdict.Pair],
+                  margin: float, left_out: int) -> list[str]:
+    """What the verdict table means, the A/A pairs, and the command that decides the
+    undecided pairs."""
+    lines = ["Paired t-test over the seeds both variants have (at one seed every variant "
+             "sees the same data order and augmentation); each interval is at 1 − α/m, so "
+             "all of this comparison's m intervals hold together with 95 % confidence. "
+             "**better**/**worse**: the interval excludes 0 (A against B); **equivalent**: "
+             f"it lies within ±{margin:g} points, the margin (a TOST); **undecided**: neither, "
+             "so far — not evidence that the two are alike. r: correlation of A's and B's "
+             "runs over the matched seeds (what pairing removes); P(A>B): share of matched "
+             "seeds where A won (* fewer than 10 seeds: unreliable). See docs/statistics.md.", ""]
+    if left_out:
+        lines += [f"Left out of the verdicts: {left_out} unfinished run(s) (partial, running, "
+                  "interrupted or failed); only finished runs are paired.", ""]
+    for p in pairs:
+        if _same_network(p.a, p.b) and not math.isnan(p.sd):
+            lines += [f"A/A pair: {p.a} and {p.b} are one network built twice, so their "
+                      f"deltas measure seed-to-seed noise alone: std {p.sd:.2f} points over "
+                      f"{p.n} seeds. A better/worse verdict here is a false positive.", ""]
+    open_ = [p for p in pairs if p.seeds_needed is not None]
+    if open_:
+        need = max(p.seeds_needed for p in open_)
+        names = list(dict.fromkeys(v for p in open_ for v in (p.a, p.b)))
+        lines += [f"To decide the undecided pairs (80 % power at a true difference of "
+                  f"{margin:g} points, from the pooled spread of the deltas): "
+                  f"`{command(study, recipe, names, need)}`, or let the seeds grow only where "
+                  f"needed: `{command(study, recipe, names, 0)} --until-decided`.", ""]
+    return lines
+
+
+def _same_network(a: str, b: str) -> bool:
+    return studies.definition_hash(registry.get(a)) == studies.definition_hash(registry.get(b))
+
+
+def verdict_header(v: stats.Verdicts, res: tuple[float, int, float] | None) -> list[str]:
+    """The recipe's verdict settings: margin, design, the test set's resolution."""
+    s = v.settings
+    lines = [f"- **Verdicts**: α = {s.alpha:g} per comparison, equivalence margin "
+             f"±{s.margin:g} points of test accuracy"]
+    if v.design:
+        looks = ", ".join(map(str, v.design["looks"]))
+        spent = ", ".join(f"{a:.4f}" for a in verdict.spending(v.design["looks"], s.alpha))
+        lines.append(f"- **Design**: sequential (`--until-decided`), looks at {looks} seeds, "
+                     f"α spent {spent} (Pocock-type spending); {v.looks_done} look(s) "
+                     "complete; each pair's numbers are from the look that decided it")
+    if v.spread is not None:
+        lines.append(f"- **Seed noise**: std of the per-seed deltas {v.spread.sd:.2f} points, "
+                     f"pooled over the comparisons (upper 80 % limit {v.spread.upper:.2f}, "
+                     f"about {v.spread.df} degrees of freedom)")
+    if res is not None:
+        se, n, acc = res
+        line = (f"- **Test-set resolution**: one accuracy's binomial standard error is "
+                f"{se:.2f} points ({n:,} test images at {100 * acc:.1f} %)")
+        if s.margin < se:
+            line += (f" — **the margin ±{s.margin:g} is below what this test set can "
+                     "resolve**")
+        lines.append(line)
+    return lines
+
+
+COLUMNS = ["comparison", "recipe_id", "a", "b", "n", "unmatched", "delta", "sd", "ci_low",
+           "ci_high", "ci_level", "p", "p_adjusted", "p_equivalence", "margin", "correlation",
+           "p_a_beats_b", "verdict", "seeds_needed", "design", "look", "same_network"]
+
+
+def verdict_rows(key: str, recipe_id: str, pairs: list[verdict.Pair],
+                 v: stats.Verdicts) -> list[dict]:
+    """comparisons.csv rows (docs/statistics.md documents the columns)."""
+    return [{"comparison": key, "recipe_id": recipe_id, "a": p.a, "b": p.b, "n": p.n,
+             "unmatched": p.unmatched, "delta": p.delta, "sd": p.sd, "ci_low": p.ci_low,
+             "ci_high": p.ci_high, "ci_level": p.ci_level, "p": p.p,
+             "p_adjusted": p.p_adjusted, "p_equivalence": p.p_equivalence,
+             "margin": v.settings.margin, "correlation": p.correlation,
+             "p_a_beats_b": p.p_a_beats_b, "verdict": p.verdict,
+             "seeds_needed": p.seeds_needed, "design": p.design,
+             "look": p.look, "same_network": _same_network(p.a, p.b)} for p in pairs]
 
 
 def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:

@@ -1,19 +1,21 @@
-"""Statistics over runs: per-variant summaries (mean ± std over seeds), Welch's t-test
-between variants with Holm's correction, and the layer-response trend. Everything
-returns numbers in DataFrames; ablation.report.markdown formats them."""
+"""Statistics over runs: per-variant summaries (mean ± std over seeds), the verdicts of
+each comparison's pairs (ablation.verdict, on finished runs only), the test set's
+resolution, and the layer-response trend. ablation.report.markdown formats them."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from ablation import study as studies
+from ablation import verdict
+from ablation.protocol import JobState
 from ablation.report.load import Run
 
-ALPHA = 0.05
 FLAT = 0.05  # a fitted change below 5 % of the mean response over the network is "flat"
 
 
@@ -60,44 +62,73 @@ def _std(values: list[float]) -> float:
     return float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone)."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    adjusted = [0.0] * len(pvalues)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
+def finished(runs: list[Run]) -> list[Run]:
+    """Runs that trained every planned epoch and ended `done`: the only ones a verdict
+    pools (partial, running, interrupted and failed runs never are)."""
+    return [r for r in runs if r.summary.get("status") == JobState.DONE
+            and (r.summary.get("epochs_done") or 0) >= r.summary["recipe"]["epochs"]
+            and r.summary.get("final_val_accuracy") is not None]
 
 
-def welch(finals: dict[str, list[float]]) -> pd.DataFrame:
-    """Welch's t-test on final test accuracy for each pair, Holm-corrected.
+def finals_by_variant(runs: list[Run]) -> dict[str, dict[int, float]]:
+    """variant -> {seed: final test accuracy} over finished runs."""
+    out: dict[str, dict[int, float]] = {}
+    for r in finished(runs):
+        out.setdefault(r.variant, {})[r.seed] = float(r.summary["final_val_accuracy"])
+    return out
 
-    Columns: a, b, diff_pp (A − B in points), p, p_holm (NaN where either side has
-    fewer than two seeds), real (p_holm < 0.05, or None when untestable).
-    """
-    from scipy import stats
 
-    rows = []
-    for a, b in itertools.combinations(finals, 2):
-        xa, xb = finals[a], finals[b]
-        diff = (np.mean(xa) - np.mean(xb)) * 100 if xa and xb else math.nan
-        p = math.nan
-        if len(xa) >= 2 and len(xb) >= 2:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                p = float(stats.ttest_ind(xa, xb, equal_var=False).pvalue)
-            if math.isnan(p):  # zero spread on both sides
-                p = 0.0 if diff != 0 else 1.0
-        rows.append({"a": a, "b": b, "diff_pp": diff, "p": p})
-    df = pd.DataFrame(rows, columns=["a", "b", "diff_pp", "p"])
-    tested = df["p"].notna()
-    df["p_holm"] = math.nan
-    if tested.any():
-        df.loc[tested, "p_holm"] = holm(df.loc[tested, "p"].tolist())
-    df["real"] = [None if math.isnan(q) else bool(q < ALPHA) for q in df["p_holm"]]
-    return df
+def comparison_pairs(cmp: studies.Comparison) -> list[tuple[str, str]]:
+    return list(itertools.combinations(cmp.variants, 2))
+
+
+@dataclass
+class Verdicts:
+    """A recipe's verdicts: per comparison key, its pairs; and how they were reached."""
+
+    pairs: dict[str, list[verdict.Pair]]
+    settings: verdict.Settings
+    spread: verdict.Spread | None
+    design: dict | None  # the sequential design, when `--until-decided` recorded one
+    looks_done: int = 0
+
+
+def verdicts(study: studies.Study, runs: list[Run], settings: verdict.Settings,
+             design: dict | None = None) -> Verdicts:
+    """Every comparison's pairs judged on the recipe's finished runs: at one look of all
+    matched seeds, or by replaying the recorded sequential design; seeds needed from the
+    spread of the deltas pooled over all of them."""
+    finals = finals_by_variant(runs)
+    comparisons = {c.key: comparison_pairs(c) for c in study.comparisons}
+    done = 0
+    pairs = {k: verdict.compare(finals, ps, settings) for k, ps in comparisons.items()}
+    if design:  # the design's own pairs by its looks; any others at one look
+        chosen = set(design.get("variants") or [v for ps in comparisons.values()
+                                                 for p in ps for v in p])
+        mine = {k: [p for p in ps if set(p) <= chosen] for k, ps in comparisons.items()}
+        seq = verdict.sequential(finals, {k: ps for k, ps in mine.items() if ps},
+                                 list(design["looks"]), settings)
+        done = seq.looks_done
+        for k, judged in seq.pairs.items():
+            by_pair = {(p.a, p.b): p for p in judged}
+            pairs[k] = [by_pair.get((p.a, p.b), p) for p in pairs[k]]
+    spread = verdict.pooled_spread([p for ps in pairs.values() for p in ps])
+    for ps in pairs.values():
+        verdict.fill_seeds_needed(ps, spread, settings, len(ps))
+    return Verdicts(pairs, settings, spread, design, done)
+
+
+def resolution(runs: list[Run]) -> tuple[float, int, float] | None:
+    """The binomial standard error, in points, of one final test accuracy: (SE, test
+    images, mean accuracy) over the finished runs."""
+    done = finished(runs)
+    if not done:
+        return None
+    n = int(done[0].summary.get("test_images") or 0)
+    acc = float(np.mean([r.summary["final_val_accuracy"] for r in done]))
+    if n <= 0:
+        return None
+    return 100 * math.sqrt(acc * (1 - acc) / n), n, acc
 
 
 def response_trend(responses: pd.DataFrame) -> pd.DataFrame:

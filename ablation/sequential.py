@@ -1,0 +1,110 @@
+"""`ablation run --until-decided`: more seeds only where a comparison is still undecided.
+
+Seeds are run in looks fixed in advance (ablation.verdict.LOOKS, up to --max-seeds).
+After each look the verdicts are replayed from the run folders (ablation.verdict.
+sequential, the rule the report applies too); only the variants of pairs still
+undecided get the next look's seeds. α is spent over the looks, so looking after each
+does not inflate false positives (docs/statistics.md). The design is recorded in the
+results folder, so `ablation report` judges these runs by the same looks, and a
+Ctrl-C or a crash resumes like any run: rerunning the command replays the finished
+looks (same data, same decisions) and goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, replace
+
+from ablation import registry, results, verdict
+from ablation import study as studies
+from ablation.errors import AblationError
+from ablation.executors import Executor, LineSink
+from ablation.protocol import Exit
+from ablation.report import stats
+from ablation.report.load import for_study, load_runs
+from ablation.runner import Plan, run
+
+
+def pairs_among(study: studies.Study, names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """The study's comparison pairs whose two variants are both selected."""
+    chosen = set(names)
+    out = {c.key: [p for p in stats.comparison_pairs(c) if set(p) <= chosen]
+           for c in study.comparisons}
+    return {k: ps for k, ps in out.items() if ps}
+
+
+def replay(plan: Plan, study: studies.Study, comparisons: dict[str, list[tuple[str, str]]],
+           looks: list[int], settings: verdict.Settings) -> verdict.Sequential:
+    """The design's verdicts on what the results folder holds now."""
+    runs = [r for r in for_study(load_runs(plan.results, warn=lambda _msg: None), study)
+            if r.summary.get("recipe_id") == plan.recipe.id]
+    return verdict.sequential(stats.finals_by_variant(runs), comparisons, looks, settings)
+
+
+def _describe(p: verdict.Pair) -> str:
+    if math.isnan(p.ci_low):  # no interval yet
+        return f"{p.a} vs {p.b}"
+    return f"{p.a} vs {p.b} ({p.delta:+.2f}, [{p.ci_low:+.2f}, {p.ci_high:+.2f}])"
+
+
+def run_until_decided(plan: Plan, study: studies.Study, max_seeds: int,
+                      settings: verdict.Settings,
+                      executor_factory: Callable[[LineSink], Executor],
+                      out=sys.stdout) -> int:
+    """Run the looks until every pair among the plan's variants is decided, or the
+    last look is done. Returns the exit code (a look that fails or is interrupted
+    returns the runner's code; rerun the same command to go on)."""
+    looks = verdict.looks_for(max_seeds)
+    comparisons = pairs_among(study, [v.name for v in plan.variants])
+    if not comparisons:
+        raise AblationError("--until-decided needs two variants of one of the study's "
+                            "comparisons among those selected")
+    results.prepare_results(plan.results)
+    key = results.design_key(study.name, plan.recipe.id)
+    design = {"study": study.name, "recipe_id": plan.recipe.id, "looks": looks,
+              "spending": "pocock", "variants": sorted(v.name for v in plan.variants),
+              **asdict(settings)}
+    known = results.read_designs(plan.results).get(key)
+    if known is not None and known != design:
+        raise AblationError(
+            f"{plan.results} already holds a different --until-decided design for study "
+            f"{study.name!r} under this recipe (looks {known.get('looks')}, margin "
+            f"{known.get('margin')}, alpha {known.get('alpha')}): a design is fixed before "
+            "the first look; rerun with the same --max-seeds/--margin, or use another "
+            "--results folder")
+    results.record_design(plan.results, key, design)
+    n_pairs = sum(len(ps) for ps in comparisons.values())
+    todo = sorted({v for ps in comparisons.values() for p in ps for v in p})
+    print(f"--until-decided: {n_pairs} pair(s) of {len(todo)} variant(s); looks at "
+          f"{', '.join(map(str, looks))} seeds; α {settings.alpha:g} spent as "
+          f"{', '.join(f'{a:.4f}' for a in verdict.spending(looks, settings.alpha))}; "
+          f"margin ±{settings.margin:g} points", file=out, flush=True)
+    for k, n in enumerate(looks, 1):
+        print(f"look {k}/{len(looks)}: {n} seeds of {', '.join(todo)}", file=out, flush=True)
+        code = run(replace(plan, variants=[registry.get(v) for v in todo], seeds=n),
+                   executor_factory, out)
+        if code != Exit.DONE:
+            print(f"look {k} did not finish; rerun the same command to go on from it",
+                  file=out, flush=True)
+            return code
+        seq = replay(plan, study, comparisons, looks, settings)
+        pairs = [p for ps in seq.pairs.values() for p in ps]
+        now = [p for p in pairs if p.look == k and p.verdict != verdict.UNDECIDED]
+        still = [p for p in pairs if p.verdict == verdict.UNDECIDED]
+        print(f"look {k}/{len(looks)} ({n} seeds): {len(pairs) - len(still)} of {len(pairs)} "
+              f"pair(s) decided" + (f", {len(now)} now: " + "; ".join(
+                  f"{p.a} {p.verdict} than {p.b}" if p.verdict != verdict.EQUIVALENT
+                  else f"{p.a} equivalent to {p.b}" for p in now) if now else ""),
+              file=out, flush=True)
+        if not still:
+            print("every pair is decided; `ablation report` shows the verdicts", file=out,
+                  flush=True)
+            return Exit.DONE
+        print(f"  open: {'; '.join(_describe(p) for p in still)}", file=out, flush=True)
+        todo = seq.open_variants
+    print(f"stopped at --max-seeds {max_seeds}: {len(still)} pair(s) still undecided; "
+          "`ablation report` shows them with the seeds a decision would need", file=out,
+          flush=True)
+    return Exit.DONE
