@@ -97,20 +97,27 @@ def _theirs(variant, steps, batch_size, data_dir) -> float:
     return _child(cmd)["images_per_second"]
 
 
-def project_studies(measured: dict[str, float]) -> list[str]:
-    """Whole-study costs (one seed) from the measured variants: each variant's speed
-    scaled by multiply-adds from the measured variant of its study closest to it in
-    multiply-adds; and on the blog's GPU, from its ResNet-32 epoch time scaled the
-    same way. Studies none of whose variants was measured are left out."""
+def median_ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median of the pairwise ratios ours[k] / theirs[k]: each pair ran back to back,
+    so a machine that slows down for a while slows both sides of a pair alike."""
+    if not ours or len(ours) != len(theirs):
+        raise ValueError("need one baseline figure per figure of ours")
+    return statistics.median(o / t for o, t in zip(ours, theirs, strict=True))
+
+
+def project(measured: dict[str, float]) -> dict[str, tuple[float, float, list[str]]]:
+    """Whole-study training seconds (one seed) per built-in study with a measured
+    variant: (here, on the blog's GPU, the measured variants used). Each variant's speed
+    is the measured speed of its study's variant closest in multiply-adds, scaled by
+    multiply-adds; the GPU figure scales the blog's ResNet-32 epoch time the same way."""
     from ablation.models import count_params
     from ablation.study import load_builtins
 
     studies = load_builtins()
     macs = {n: count_params(n).macs for n in measured}
     ref_macs = count_params(GPU_REF_VARIANT).macs
-    lines = []
+    out = {}
     for s in studies:
-        name = s.name
         here = [n for n in measured if n in s.variant_names]
         if not here:
             continue
@@ -122,10 +129,21 @@ def project_studies(measured: dict[str, float]) -> list[str]:
             epochs = recipe.replace(**dict(registry.get(v).recipe)).epochs
             cpu += epochs * TRAIN_IMAGES[recipe.dataset] / (measured[ref] * macs[ref] / m)
             gpu += epochs * GPU_RESNET32_EPOCH_S * m / ref_macs
+        out[s.name] = (cpu, gpu, here)
+    return out
+
+
+def project_studies(measured: dict[str, float]) -> list[str]:
+    """`project` as lines for the console."""
+    from ablation.study import load_study
+
+    lines = []
+    for name, (cpu, gpu, here) in project(measured).items():
+        s = load_study(name)
         lines.append(f"study {name} ({len(s.variant_names)} variants, one seed, "
-                     f"{recipe.epochs} epochs): ≈ {results.duration(cpu)} of training here, "
-                     f"≈ {results.duration(gpu)} on a {GPU_NAME} (scaled by multiply-adds "
-                     f"from {', '.join(here)})")
+                     f"{s.recipe().epochs} epochs): ≈ {results.duration(cpu)} of training "
+                     f"here, ≈ {results.duration(gpu)} on a {GPU_NAME} (scaled by "
+                     f"multiply-adds from {', '.join(here)})")
     return lines
 
 
@@ -146,15 +164,14 @@ def main(variants: list[str], precision: str = "fp32", steps: int = 30,
     measured: dict[str, float] = {}
     for v in variants:
         epochs = _study_of(v, study).recipe().replace(**dict(registry.get(v).recipe)).epochs
-        ours, theirs, ratios = [], [], []
+        ours, theirs = [], []
         for k in range(repeats if baseline else 1):
             ours.append(_ours(v, precision, steps, batch_size, data_dir, study))
             line = f"  {v} run {k + 1}: ablation {ours[-1]:.0f} img/s"
             if baseline:
                 theirs.append(_theirs(v, steps, batch_size, data_dir))
-                ratios.append(ours[-1] / theirs[-1])
                 line += (f", blog Keras-2 path (fp32) {theirs[-1]:.0f} img/s, "
-                         f"ratio {ratios[-1]:.2f}")
+                         f"ratio {ours[-1] / theirs[-1]:.2f}")
             print(line, flush=True)
         ips = statistics.median(ours)
         measured[v] = ips
@@ -163,7 +180,7 @@ def main(variants: list[str], precision: str = "fp32", steps: int = 30,
                f"{results.duration(projected)} of training here (evaluation not included)")
         if baseline:
             msg += (f"; blog path (fp32) {statistics.median(theirs):.0f} img/s; "
-                    f"median ratio ablation/blog = {statistics.median(ratios):.2f}")
+                    f"median ratio ablation/blog = {median_ratio(ours, theirs):.2f}")
         print(msg, flush=True)
     if not study:
         for line in project_studies(measured):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -44,12 +45,25 @@ class Exit(IntEnum):
 
 PROGRESS_PREFIX = "@@epoch "  # machine-readable progress lines on a job's stdout
 
-# Test hook: a training process whose environment sets this to N stops after its N-th
-# finished epoch (its backup and history already written), creates HELD_MARKER in its
-# run folder, and waits there until a signal ends it. Tests that interrupt or kill a job
-# wait for the marker, so the job always has work left when the signal lands.
+# Test hook: a training process whose environment sets this to N (or N,M,...) stops
+# after its N-th finished epoch (its backup and history already written), writes
+# HELD_MARKER in its run folder (`held_line`), and waits there until a signal ends it.
+# Tests that interrupt or kill a job wait for the marker, so the job always has work
+# left when the signal lands, and read from it which processes are the job's own.
 HOLD_ENV = "ABLATION_HOLD_AFTER_EPOCH"
 HELD_MARKER = "HELD"
+
+
+def held_line(epoch: int) -> str:
+    """The marker's text: the epoch held after, this process's pid and its parent's
+    (the runner, or the Ray worker that started it)."""
+    return f"{epoch} {os.getpid()} {os.getppid()}\n"
+
+
+def read_held(text: str) -> tuple[int, int, int]:
+    """(epoch, pid, parent pid) from a marker's text."""
+    epoch, pid, parent = (int(v) for v in text.split())
+    return epoch, pid, parent
 
 
 def _num(v: Any) -> float | None:

@@ -44,6 +44,7 @@ from ablation.protocol import (
     Exit,
     JobConfig,
     JobState,
+    held_line,
 )
 from ablation.recipe import PRECISION_POLICIES, Recipe, compile_sgd
 from ablation.registry import Variant
@@ -105,49 +106,94 @@ def _finite(logs: dict | None) -> bool:
                            if isinstance(v, int | float))
 
 
+class DamagedSnapshot(AblationError):
+    """A snapshot that cannot be trusted whole: the job fails, the files stay."""
+
+
 class AtomicBackup(keras.callbacks.Callback):
-    """Keras' BackupAndRestore, made atomic, on public calls only.
+    """Keras' BackupAndRestore, made atomic and checked, on public calls only.
 
     Stock BackupAndRestore writes the weights, then the epoch, as two files: a kill
     between them pairs new weights with an old epoch, and one epoch is trained twice.
     Here each snapshot (`model.save_weights`, which holds the optimizer's variables,
-    plus the epoch) goes into its own folder, renamed into place, then a one-line
-    LATEST pointer is swapped atomically. A snapshot of a NaN epoch is never taken.
-    The caller passes `restored_epoch()` as `fit(initial_epoch=...)`.
+    plus a metadata file: epoch, variant, recipe, definition) goes into its own folder,
+    renamed into place, then a one-line LATEST pointer is swapped atomically. A snapshot
+    of a NaN epoch is never taken.
+
+    A snapshot is trusted whole or not at all (`resume`): weights, optimizer state and
+    epoch must all be there, readable, agree with each other (the optimizer's step
+    count is the epoch's), and belong to this job. Anything else — a missing or damaged
+    weights file, missing or damaged metadata, a LATEST pointing nowhere, another job's
+    snapshot — fails the job in one line and keeps the files for inspection; it never
+    trains on. Deleting the run's `backup/` folder starts the job again from epoch 0.
     """
 
     WEIGHTS, META = "latest.weights.h5", "training_metadata.json"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, identity: dict | None = None):
         super().__init__()
         self.root = Path(root)
+        self.identity = dict(identity or {})
 
-    @classmethod
-    def _latest(cls, root: Path) -> Path | None:
-        try:
-            return Path(root) / (Path(root) / "LATEST").read_text().strip()
-        except OSError:
+    def _damaged(self, what: str) -> DamagedSnapshot:
+        return DamagedSnapshot(
+            f"damaged snapshot in {self.root}: {what}; the files are kept for inspection. "
+            f"Delete {self.root} to start this job again from epoch 0, then rerun with "
+            "--retry-failed")
+
+    def snapshot(self) -> tuple[Path, int] | None:
+        """The latest snapshot's folder and epoch, checked; None when there is none."""
+        pointer = self.root / "LATEST"
+        if not pointer.exists():
             return None
-
-    @classmethod
-    def restored_epoch(cls, root: Path) -> int:
-        """Epochs already trained by the last snapshot (0 when there is none)."""
-        folder = cls._latest(root)
         try:
-            return int(results.read_json(folder / cls.META)["epoch"]) if folder else 0
-        except (OSError, AblationError, KeyError, ValueError):
+            folder = self.root / pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise self._damaged(f"unreadable LATEST ({e})") from None
+        if not folder.name or not folder.is_dir():
+            raise self._damaged(f"LATEST points to {folder.name or 'nothing'}, which is "
+                                "not there")
+        try:
+            meta = results.read_json(folder / self.META)
+        except FileNotFoundError:
+            raise self._damaged(f"no {self.META} in {folder.name}") from None
+        except AblationError:
+            raise self._damaged(f"unreadable {self.META} in {folder.name}") from None
+        epoch = meta.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise self._damaged(f"no valid epoch in {folder.name}/{self.META}")
+        for key, want in self.identity.items():
+            if key in meta and meta[key] != want:
+                raise self._damaged(f"it belongs to another job ({key} {meta[key]!r}, "
+                                    f"this job's is {want!r})")
+        if not (folder / self.WEIGHTS).is_file():
+            raise self._damaged(f"no {self.WEIGHTS} in {folder.name}")
+        return folder, epoch
+
+    def resume(self, model: Any, steps_per_epoch: int) -> int:
+        """Load the latest snapshot into `model` (built, with its optimizer) and return
+        its epoch; 0 when there is none. Raises DamagedSnapshot when it cannot be
+        trusted whole."""
+        found = self.snapshot()
+        if found is None:
             return 0
-
-    def restore(self) -> None:
-        folder = self._latest(self.root)
-        if folder is None or not (folder / self.WEIGHTS).is_file():
-            return
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(str(folder / self.WEIGHTS))
-
-    def on_train_begin(self, logs=None):
-        self.restore()
+        folder, epoch = found
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(str(folder / self.WEIGHTS))
+        except Exception as e:  # truncated, not HDF5, another network's weights
+            raise self._damaged(f"cannot load {folder.name}/{self.WEIGHTS} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                                ) from None
+        steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        # loss scaling (fp16) skips the steps whose gradients overflowed: at most that
+        scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        if not (0 < steps <= epoch * steps_per_epoch if scaled
+                else steps == epoch * steps_per_epoch):
+            raise self._damaged(f"its optimizer state is at step {steps}, not at the end of "
+                                f"epoch {epoch} (step {epoch * steps_per_epoch})")
+        return epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if not _finite(logs):
@@ -157,7 +203,7 @@ class AtomicBackup(keras.callbacks.Callback):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.model.save_weights(str(tmp / self.WEIGHTS))
-        results.atomic_write_json(tmp / self.META, {"epoch": epoch + 1})
+        results.atomic_write_json(tmp / self.META, {"epoch": epoch + 1, **self.identity})
         with open(tmp / self.WEIGHTS, "rb") as fh:
             os.fsync(fh.fileno())
         final = self.root / name
@@ -224,16 +270,17 @@ class SummaryKeeper(keras.callbacks.Callback):
 
 
 class HoldForTest(keras.callbacks.Callback):
-    """The protocol's test hook (HOLD_ENV): after the N-th finished epoch, whose backup
-    is already taken, mark the run folder and wait until a signal ends the process."""
+    """The protocol's test hook (HOLD_ENV): after each listed finished epoch, whose backup
+    is already taken, write the marker (`protocol.held_line`: the epoch, this process and
+    its parent, so a test signals only its own job) and wait until a signal ends it."""
 
-    def __init__(self, run_dir: Path, after: int):
+    def __init__(self, run_dir: Path, after: set[int]):
         super().__init__()
         self.marker, self.after = Path(run_dir) / HELD_MARKER, after
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.after:
-            results.atomic_write_text(self.marker, f"{epoch + 1}\n")
+        if epoch + 1 in self.after:
+            results.atomic_write_text(self.marker, held_line(epoch + 1))
             while True:
                 time.sleep(3600)
 
@@ -338,19 +385,22 @@ def train(run_dir: Path) -> int:
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
     model = training_model(variant, recipe, ds.num_classes)
 
-    backup_root = run_dir / "backup"
-    start = AtomicBackup.restored_epoch(backup_root)
+    backup = AtomicBackup(run_dir / "backup", {
+        "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
+        "definition_hash": study.definition_hash(variant)})
+    stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
+                              epochs=recipe.epochs)
+    start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
+    stream.start_epoch = start
     history_path = run_dir / "history.csv"
     _truncate_history(history_path, start)
-    stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
-                              start_epoch=start, epochs=recipe.epochs)
     recorder = Recorder(cfg, recipe, stream, start)
     callbacks = [
         keras.callbacks.LearningRateScheduler(recipe.learning_rate),
         recorder,
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
-        AtomicBackup(backup_root),
+        backup,
     ]
     env = environment.describe()
     tb_note = None
@@ -395,19 +445,15 @@ def train(run_dir: Path) -> int:
     callbacks.append(SummaryKeeper(write_summary))
     hold = os.environ.get(HOLD_ENV)
     if hold:
-        callbacks.append(HoldForTest(run_dir, int(hold)))
+        callbacks.append(HoldForTest(run_dir, {int(e) for e in hold.split(",")}))
     print(f"job {cfg.index}/{cfg.total}: {cfg.variant} seed {cfg.seed}, recipe {cfg.recipe.id}, "
           f"{'resuming after epoch ' + str(start) if start else 'starting'}; "
           f"{len(ds.y_train)} train / {len(ds.y_test)} test images; {env['device']}",
           flush=True)
-    if start < recipe.epochs:
+    if start < recipe.epochs:  # (else: trained to the end, killed before saving: save)
         model.fit(iter(stream), steps_per_epoch=stream.steps_per_epoch, epochs=recipe.epochs,
                   initial_epoch=start, validation_data=data.test_batches(ds, recipe.batch_size),
                   callbacks=callbacks, verbose=0, shuffle=False)
-    else:  # trained to the end, then killed before saving: restore, then only save
-        restore = AtomicBackup(backup_root)
-        restore.set_model(model)
-        restore.restore()
 
     rows = results.read_history(history_path)
     if recorder.nan or len(rows) < recipe.epochs:
@@ -430,7 +476,7 @@ def train(run_dir: Path) -> int:
         h5.unlink()
     write_summary(JobState.DONE, h5_bytes=h5_bytes,
                   model_file=h5.name if cfg.keep_model else None)
-    shutil.rmtree(backup_root, ignore_errors=True)
+    shutil.rmtree(backup.root, ignore_errors=True)
     return Exit.DONE
 
 

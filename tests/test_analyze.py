@@ -63,24 +63,35 @@ def test_damaged_and_missing_models_are_one_line_each(analysed):
 
 
 def test_std_equals_an_independent_numpy_computation(analysed, cifar_dir):
-    """The after-BN response of s2b1_conv1, recomputed: the conv's output from Keras,
-    then BN in NumPy from the layer's own weights."""
+    """The after-BN response of s2b1_conv1 over 250 images — three batches of the
+    analyser's 100, the last one short, so its running merge is checked — recomputed
+    over all images at once: the conv's output from Keras, then BN in NumPy from the
+    layer's own weights. The CLI's own figure (one batch) is checked the same way."""
     import keras
 
-    from ablation import data
+    from ablation import analyze, data
 
     res, _ = analysed
     run = next((res / "runs").glob("*/resnet32_e-s0"))
     model = keras.models.load_model(str(run / "model.h5"), compile=False)
-    ds = data.load("cifar10", cifar_dir, train_limit=10, test_limit=int(IMAGES))
+    ds = data.load("cifar10", cifar_dir, train_limit=10, test_limit=250)
     x = data.normalise(ds.x_test, ds.mean, ds.std)
+    assert len(x) > 2 * analyze.BATCH and len(x) % analyze.BATCH
     conv = keras.Model(model.inputs[0], model.get_layer("s2b1_conv1").output)
-    y = np.asarray(conv(x, training=False), dtype=np.float64)
     bn = model.get_layer("s2b1_bn1")
     gamma, beta, mean, var = (np.asarray(w, dtype=np.float64) for w in bn.get_weights())
-    z = (y - mean) / np.sqrt(var + bn.epsilon) * gamma + beta
-    df = pd.read_csv(run / "responses.csv").set_index("layer")
-    assert df.loc["s2b1_conv1", "std"] == pytest.approx(np.std(z), rel=1e-4)
+
+    def by_numpy(images):
+        y = np.asarray(conv(images, training=False), dtype=np.float64)
+        return np.std((y - mean) / np.sqrt(var + bn.epsilon) * gamma + beta)
+
+    ours = analyze.measure(run / "model.h5", x).set_index("layer")
+    assert ours.loc["s2b1_conv1", "std"] == pytest.approx(by_numpy(x), rel=1e-4)
+    assert ours.loc["s2b1_conv1", "images"] == 250
+    small = data.load("cifar10", cifar_dir, train_limit=10, test_limit=int(IMAGES))
+    cli = pd.read_csv(run / "responses.csv").set_index("layer")
+    assert cli.loc["s2b1_conv1", "std"] == pytest.approx(
+        by_numpy(data.normalise(small.x_test, small.mean, small.std)), rel=1e-4)
 
 
 def test_reruns_skip_and_force_recomputes(analysed):

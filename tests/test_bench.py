@@ -33,3 +33,39 @@ def test_bench_bad_input_is_one_line():
     assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("bench", "--steps", "1")
     assert r.returncode == 2 and "--steps: must be at least 2" in r.stderr
+
+
+def test_median_ratio_pairs_each_figure_with_its_own_baseline():
+    from ablation.bench import median_ratio
+
+    # pairwise ratios 2.0, 1.0, 1.5: median 1.5; the ratio of medians would say 1.33
+    assert median_ratio([200, 100, 300], [100, 100, 200]) == pytest.approx(1.5)
+    assert median_ratio([90], [100]) == pytest.approx(0.9)
+    with pytest.raises(ValueError):
+        median_ratio([1, 2], [1])
+
+
+def test_study_cost_projection_scales_by_multiply_adds():
+    from ablation import registry
+    from ablation.bench import GPU_REF_VARIANT, GPU_RESNET32_EPOCH_S, project
+    from ablation.models import count_params
+    from ablation.study import load_study
+
+    got = project({"resnet32_e": 100.0, "he_resnet20": 200.0})
+    assert set(got) == {"blog", "he2015"}  # identity2016 has no measured variant
+    # the blog: 200 epochs of 50,000 images per variant at 100 img/s x macs(32e)/macs(v)
+    blog = load_study("blog")
+    ref = count_params("resnet32_e").macs
+    want = sum(200 * 50_000 * count_params(v).macs / (100.0 * ref) for v in blog.variant_names)
+    assert got["blog"][0] == pytest.approx(want) and got["blog"][2] == ["resnet32_e"]
+    assert got["blog"][1] == pytest.approx(sum(
+        200 * GPU_RESNET32_EPOCH_S * count_params(v).macs / count_params(GPU_REF_VARIANT).macs
+        for v in blog.variant_names))
+    # he2015 from its own variant, with ResNet-110's own recipe (its warm-up epoch)
+    he = load_study("he2015")
+    r20 = count_params("he_resnet20").macs
+    want = sum(he.recipe().replace(**dict(registry.get(v).recipe)).epochs * 50_000
+               * count_params(v).macs / (200.0 * r20) for v in he.variant_names)
+    assert got["he2015"][0] == pytest.approx(want)
+    # twice the speed, half the time
+    assert project({"resnet32_e": 200.0})["blog"][0] == pytest.approx(got["blog"][0] / 2)

@@ -74,17 +74,47 @@ def test_blog_shift_matches_scipy_constant_mode():
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
-def test_crop_is_a_zero_padded_window():
+def test_crop_is_an_exact_window_of_the_padded_image_with_its_flip():
+    """Every output is the 32x32 window at some offset (0..8 each way) of the image
+    zero-padded by 4, flipped or not; flips and many offsets occur."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(64, 32, 32, 3)).astype(np.float32) + 10  # never 0 inside
     out = data.augment_crop(x, np.random.default_rng(3))
     assert out.shape == x.shape
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    seen = set()
     for i in range(64):
-        img = out[i]
-        inside = img[np.any(img != 0, axis=2)]
-        # every non-zero pixel is an original pixel (possibly flipped), shifted <= 4 px
-        rows = np.flatnonzero(np.any(img != 0, axis=(1, 2)))
-        assert 28 <= len(rows) <= 32 and len(inside) >= 28 * 28
+        found = [(oy, ox, flip) for oy in range(9) for ox in range(9) for flip in (0, 1)
+                 if np.array_equal(out[i], (lambda w, f: w[:, ::-1] if f else w)(
+                     padded[i, oy:oy + 32, ox:ox + 32], flip))]
+        assert len(found) == 1, f"image {i} is not one exact crop: {found}"
+        seen.add(found[0])
+    assert {f for _, _, f in seen} == {0, 1}
+    assert len({(oy, ox) for oy, ox, _ in seen}) >= 20
+
+
+def _labelled(n: int, num_classes: int = 10) -> data.Dataset:
+    """Image i is the constant value i (i < 256), its label a fixed shuffle of classes:
+    any batch tells which images it holds and whether their labels travelled with them."""
+    x = np.repeat(np.arange(n, dtype=np.uint8), 32 * 32 * 3).reshape(n, 32, 32, 3)
+    y = np.random.default_rng(9).integers(0, num_classes, n)
+    return data.Dataset("ids", x, y, x[:4], y[:4], num_classes, (0.0, 0.0, 0.0),
+                        (1.0, 1.0, 1.0), "generated")
+
+
+@pytest.mark.parametrize("augment", ["blog", "crop"])
+def test_stream_keeps_labels_with_their_images_and_shows_each_once_per_epoch(augment):
+    ds = _labelled(200)
+    stream = data.TrainStream(ds, 32, seed=4, augment=augment, epochs=2)
+    per_epoch: list[list[int]] = [[], []]
+    for k, (xb, yb) in enumerate(stream):
+        ids = np.rint(xb[:, 16, 16, 0]).astype(int)  # the centre pixel survives a 4-px shift
+        assert np.array_equal(yb.argmax(1), ds.y_train[ids])
+        assert np.allclose(yb.sum(1), 1.0)
+        per_epoch[k // stream.steps_per_epoch].extend(ids.tolist())
+    for ids in per_epoch:
+        assert sorted(ids) == list(range(200))  # every image once per epoch
+    assert per_epoch[0] != per_epoch[1]  # a new order each epoch
 
 
 def test_stream_replays_exactly_from_any_epoch():

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli, run_dirs
+from conftest import ROOT, need, run_cli, run_dirs
 
 from ablation import build_model, count_params, load_study, registry
 from ablation.models import layer_inputs
@@ -161,7 +161,7 @@ def test_he_resnet20_trains_and_reports_beside_the_published_error(tmp_path, cif
 
 
 def test_option_a_builds_saves_and_trains_on_jax(tmp_path):
-    pytest.importorskip("jax")
+    need("jax")
     code = f"""
 import numpy as np, keras
 from ablation import build_model, load_study
@@ -179,3 +179,81 @@ print(keras.backend.backend(), np.isfinite(loss), m2.count_params())
                        env={**__import__("os").environ, "KERAS_BACKEND": "jax"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-3:] == ["jax", "True", "271786"]
+
+
+# Identity Mappings' nets, counted by hand (as the blog's counts are typed in): a conv
+# k x k from a to b channels with bias has k*k*a*b + b weights; a BN of c channels 4c
+# (2c trainable, 2c moving statistics).
+def _conv(k: int, a: int, b: int) -> int:
+    return k * k * a * b + b
+
+
+def _hand_110(unit: str) -> tuple[int, int]:
+    """ResNet-110: stem conv3x3 3->16 + BN(16); 3 stages of 18 basic units (two 3x3
+    convs, two BNs), widths 16/32/64, a 1x1 projection where the width doubles; dense
+    64->10. (d), (e) add the head's BN(64); (e) moves each unit's first BN before conv1
+    (on the unit's input width) and drops the very first one (the stem's BN-ReLU is it)."""
+    total, bn = _conv(3, 3, 16) + 4 * 16, 16
+    c_in = 16
+    for width in (16, 32, 64):
+        for block in range(18):
+            a = c_in if block == 0 else width
+            total += _conv(3, a, width) + _conv(3, width, width)
+            if block == 0 and a != width:
+                total += _conv(1, a, width)
+            first = 0 if (unit == "e" and width == 16 and block == 0) else (
+                a if unit == "e" else width)
+            bn += first + width
+            total += 4 * (first + width)
+        c_in = width
+    total += 64 * 10 + 10
+    if unit in ("d", "e"):
+        total, bn = total + 4 * 64, bn + 64
+    return total, 2 * bn
+
+
+def _hand_164(unit: str) -> tuple[int, int]:
+    """ResNet-164: the same stem; 3 stages of 18 bottleneck units (1x1 to the inner
+    width, 3x3, 1x1 to 4x it; three BNs), inner 16/32/64, a 1x1 projection in each
+    stage's first unit; dense 256->10. (d), (e) add the head's BN(256); (e)'s BNs sit
+    before each conv (input width, inner, inner), the very first dropped."""
+    total, bn = _conv(3, 3, 16) + 4 * 16, 16
+    c_in = 16
+    for inner in (16, 32, 64):
+        out = 4 * inner
+        for block in range(18):
+            a = c_in if block == 0 else out
+            total += _conv(1, a, inner) + _conv(3, inner, inner) + _conv(1, inner, out)
+            if block == 0:
+                total += _conv(1, a, out)
+            if unit == "e":
+                channels = (0 if (inner == 16 and block == 0) else a) + 2 * inner
+            else:
+                channels = 2 * inner + out
+            bn += channels
+            total += 4 * channels
+        c_in = out
+    total += 256 * 10 + 10
+    if unit in ("d", "e"):
+        total, bn = total + 4 * 256, bn + 256
+    return total, 2 * bn
+
+
+# The hand counts, written out: (total, non-trainable)
+IM_BY_HAND = {
+    "im_resnet110_a": (1_742_762, 8_096), "im_resnet110_b": (1_742_762, 8_096),
+    "im_resnet110_c": (1_742_762, 8_096), "im_resnet110_d": (1_743_018, 8_224),
+    "im_resnet110_e": (1_742_762, 8_096),
+    "im_resnet164_a": (1_740_042, 24_224), "im_resnet164_b": (1_740_042, 24_224),
+    "im_resnet164_c": (1_740_042, 24_224), "im_resnet164_d": (1_741_066, 24_736),
+    "im_resnet164_e": (1_740_042, 24_224),
+}
+
+
+@pytest.mark.parametrize("name", IM)
+def test_identity2016_counts_equal_totals_derived_by_hand(name):
+    depth, unit = name.split("_")[1], name[-1]
+    by_hand = (_hand_110 if depth == "resnet110" else _hand_164)(unit)
+    assert by_hand == IM_BY_HAND[name]
+    info = count_params(name)
+    assert (info.params_total, info.params_non_trainable) == IM_BY_HAND[name]

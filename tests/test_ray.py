@@ -11,12 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from conftest import ROOT, TINY, finish, hold_after, run_cli, start_cli, wait_for
+from conftest import ROOT, TINY, finish, hold_after, need, run_cli, start_cli, wait_for
 
-from ablation.protocol import HELD_MARKER
-
-pytest.importorskip("ray")
+from ablation.protocol import HELD_MARKER, read_held
 
 
 def run_dirs(results: Path) -> dict[str, Path]:
@@ -24,6 +21,7 @@ def run_dirs(results: Path) -> dict[str, Path]:
 
 
 def test_ray_runs_jobs_and_isolates_a_failure(tmp_path, cifar_dir):
+    need("ray")
     res = tmp_path / "results"
     jobs = ["resnet32_c", "resnet32_e", "resnet34"]
     plan = run_cli("run", *jobs, *TINY, "--data-dir", str(cifar_dir), "--results", str(res),
@@ -46,25 +44,42 @@ def test_ray_runs_jobs_and_isolates_a_failure(tmp_path, cifar_dir):
     assert st.count(" done ") == 2 and st.count(" failed ") == 1
 
 
-def test_killed_ray_worker_is_retried_and_resumes(tmp_path, cifar_dir):
-    """The job holds after epoch 1 (conftest.hold_after), so the worker is always killed
-    mid-job; Ray's retry resumes from that epoch and no longer holds."""
+def _kill_own_worker(res: Path, epoch: int, proc) -> None:
+    """Wait until the job holds after `epoch`, then SIGKILL the Ray worker running it
+    (the training process's parent, named in the marker): no other process on the host."""
+    def held() -> bool:
+        markers = list((res / "runs").glob(f"*/*/{HELD_MARKER}"))
+        return bool(markers) and read_held(markers[0].read_text())[0] == epoch
+
+    wait_for(held, f"the Ray job to finish epoch {epoch} and hold", proc)
+    marker = next((res / "runs").glob(f"*/*/{HELD_MARKER}"))
+    _, _, worker = read_held(marker.read_text())
+    cmdline = Path(f"/proc/{worker}/cmdline").read_bytes().decode(errors="replace")
+    assert "ray" in cmdline.lower(), f"process {worker} is not a Ray worker: {cmdline!r}"
+    os.kill(worker, signal.SIGKILL)  # the node's worker dies mid-job
+
+
+def test_killed_ray_worker_is_retried_resumes_and_runs_out_of_retries(tmp_path, cifar_dir):
+    """Held after epoch 1 and killed, Ray retries the job, which resumes from epoch 1;
+    held after epoch 2 and killed again, the one retry is spent: the job fails naming
+    Ray. Rerunning with --retry-failed resumes from epoch 2; each epoch is trained once."""
+    need("ray")
     res = tmp_path / "results"
-    p = start_cli("run", "resnet32_d", "--epochs", "4", "--train-limit", "128",
-                  "--test-limit", "64", "--batch-size", "32", "--data-dir", str(cifar_dir),
-                  "--results", str(res), "--executor", "ray", env=hold_after(1))
-    wait_for(lambda: bool(list((res / "runs").glob(f"*/*/{HELD_MARKER}"))),
-             "the Ray job to finish epoch 1 and hold", p)
-    pids = subprocess.run(["pgrep", "-f", "ray::_train_on_worker"], capture_output=True,
-                          text=True).stdout.split()
-    assert pids, "no Ray worker found running the job"
-    for pid in pids:
-        os.kill(int(pid), signal.SIGKILL)  # the node's worker dies mid-job
-    out = finish(p, "the Ray run to retry and finish the job", timeout=400)
-    assert p.returncode == 0, out
+    args = ["run", "resnet32_d", "--epochs", "4", "--train-limit", "128", "--test-limit", "64",
+            "--batch-size", "32", "--data-dir", str(cifar_dir), "--results", str(res),
+            "--executor", "ray", "--ray-retries", "1"]
+    p = start_cli(*args, env=hold_after(1, 2))
+    _kill_own_worker(res, 1, p)
+    _kill_own_worker(res, 2, p)
+    out = finish(p, "the Ray run to give up on the job", timeout=400)
+    assert p.returncode == 1, out
+    assert "FAILED resnet32_d s0: Ray:" in out
     run = next(iter(run_dirs(res).values()))
     log = (run / "train.log").read_text()
-    assert log.count("--- attempt started") == 2 and "resuming after epoch" in log
+    assert log.count("--- attempt started") == 2 and "resuming after epoch 1" in log
+    r = run_cli(*args, "--retry-failed")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming after epoch 2" in (run / "train.log").read_text()
     with open(run / "history.csv") as f:
         assert [line.split(",")[0] for line in f][1:] == ["0", "1", "2", "3"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 from conftest import finish, history, hold_after, run_cli, run_dirs, start_cli, wait_for
@@ -41,8 +42,8 @@ def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir):
     assert "resuming after epoch" in (run_dirs(res)[0] / "train.log").read_text()
     after = hist()
     assert [row["epoch"] for row in after] == ["0", "1", "2", "3"]
-    # the epochs finished before the kill were kept, not retrained
-    assert after[0] == before[0]
+    # the epochs finished before the kill were kept, not retrained: the whole prefix
+    assert after[:len(before)] == before
     st = run_cli("status", "--results", str(res))
     assert " done " in st.stdout
 
@@ -83,3 +84,32 @@ def test_two_runners_never_run_a_job_twice(tmp_path, cifar_dir):
         assert json.loads((run / "summary.json").read_text())["status"] == "done"
     st = run_cli("status", "--results", str(res))
     assert st.stdout.count(" done ") == 2
+
+
+def test_a_damaged_snapshot_fails_the_job_and_a_fresh_start_trains_each_epoch_once(
+        tmp_path, cifar_dir):
+    """The weights of the latest snapshot are lost after a kill (a full disk, a cleaner):
+    the rerun refuses to train on, in one line, keeping the files and the history; with
+    the backup deleted, --retry-failed trains from epoch 0, each epoch once."""
+    res = tmp_path / "results"
+    args = ["resnet32_c", "--epochs", "3", "--train-limit", "128", "--test-limit", "64",
+            "--batch-size", "32", "--data-dir", str(cifar_dir), "--results", str(res)]
+    p = start_cli("run", *args, env=hold_after(2))
+    wait_for(_held(res), "the job to finish epoch 2 and hold", p)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    run = run_dirs(res)[0]
+    latest = run / "backup" / (run / "backup" / "LATEST").read_text().strip()
+    (latest / "latest.weights.h5").unlink()
+    kept = history(run)
+    r = run_cli("run", *args)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "damaged snapshot" in r.stdout and "no latest.weights.h5" in r.stdout
+    assert history(run) == kept and (latest / "training_metadata.json").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "damaged snapshot" in summary["error"]
+    assert "damaged snapshot" in run_cli("status", "--results", str(res)).stdout
+    shutil.rmtree(run / "backup")  # what the message says to do
+    r = run_cli("run", *args, "--retry-failed")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [row["epoch"] for row in history(run)] == ["0", "1", "2"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, history, one_line_error, run_cli, run_dirs
+from conftest import TINY, history, need, one_line_error, run_cli, run_dirs
 
 
 def tiny_run(results: Path, cifar: Path, *args: str, env: dict | None = None):
@@ -124,7 +124,7 @@ def test_damaged_data_dir_is_one_line(tmp_path):
 
 
 def test_jax_backend_trains_a_tiny_job(tmp_path, cifar_dir):
-    pytest.importorskip("jax")
+    need("jax")
     res = tmp_path / "results"
     r = tiny_run(res, cifar_dir, "resnet32_e", env={"KERAS_BACKEND": "jax"})
     assert r.returncode == 0, r.stdout + r.stderr
