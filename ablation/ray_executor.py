@@ -84,6 +84,10 @@ class RayExecutor:
                     kwargs["address"] = address
                 else:  # a local instance, sized for a workstation
                     kwargs["object_store_memory"] = 200 * 1024 * 1024
+                    # Ray runs workers at nice 15 by default, as if they were background
+                    # work: the training jobs are the work, and niced they starve behind
+                    # anything else on the machine (a cluster's raylets keep their own)
+                    os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise AblationError(f"cannot connect to Ray at {address or 'a new local instance'}:"
