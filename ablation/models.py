@@ -139,6 +139,20 @@ def form_e(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
     return ops.add(y, shortcut(ops, x, h, b), f"{b.name}_add")
 
 
+def plain(ops: Any, x: Any, b: Block) -> Any:
+    """The unit without its shortcut (He 2015's plain nets, Fig. 6; VGG's conv pairs):
+    conv3x3 (stride) -> BN -> ReLU -> conv3x3 -> BN -> ReLU."""
+    y, k = basic_branch(ops, x, b)
+    return ops.relu(ops.bn(y, f"{b.name}_bn{k}"), f"{b.name}_relu{k}")
+
+
+def conv_bn_relu(ops: Any, x: Any, b: Block) -> Any:
+    """One conv3x3 (stride) -> BN -> ReLU: VGG's layer, a stage of n of them VGG's
+    stage of n convs."""
+    y = ops.conv(x, b.filters, 3, b.stride, f"{b.name}_conv1")
+    return ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
+
+
 Unit = Callable[[Any, Any, Block], Any]
 
 BUILTIN_UNITS: dict[str, Unit] = {
@@ -149,6 +163,8 @@ BUILTIN_UNITS: dict[str, Unit] = {
     # the blog's names: ResNet-50/101/152's unit, and resnet34's downsampling unit
     "bottleneck": partial(form_c, branch=bottleneck_branch),
     "preact_bottleneck": partial(form_e, branch=partial(bottleneck_branch, ratio=2)),
+    "plain": plain,
+    "conv_bn_relu": conv_bn_relu,
 }
 UNITS: dict[str, Unit] = dict(BUILTIN_UNITS)  # plus the user units studies load
 _UNIT_HASHES: dict[str, str] = {}
@@ -219,38 +235,72 @@ def stem_conv_bn_relu(ops: Any, x: Any, v: Variant) -> Any:
     return ops.relu(ops.bn(y, "stem_bn"), "stem_relu")
 
 
-def head_bn_relu(ops: Any, x: Any, num_classes: int) -> Any:
+def stem_none(ops: Any, x: Any, v: Variant) -> Any:
+    """No stem: the first unit reads the image (VGG)."""
+    return x
+
+
+def head_bn_relu(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
     """The blog's head (and the papers' for pre-activation nets): BN-ReLU-GAP-dense."""
     x = ops.relu(ops.bn(x, "head_bn"), "head_relu")
     return ops.dense(ops.pool(x, "head_pool"), num_classes, "head_dense")
 
 
-def head_plain(ops: Any, x: Any, num_classes: int) -> Any:
+def head_plain(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
     """GAP-dense: for nets whose units end in their own activation (He 2015)."""
     return ops.dense(ops.pool(x, "head_pool"), num_classes, "head_dense")
+
+
+def _hidden_dense(ops: Any, x: Any, v: Variant) -> Any:
+    x = ops.flatten(x, "head_flatten")
+    for i, width in enumerate(v.head_widths, 1):
+        x = ops.dense(x, width, f"head_fc{i}", activation=None)
+        x = ops.relu(ops.bn(x, f"head_fc{i}_bn"), f"head_fc{i}_relu")
+        if v.dropout:
+            x = ops.dropout(x, v.dropout, f"head_fc{i}_dropout")
+    return x
+
+
+def head_dense(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
+    """Flatten, then dense layers of `head_widths` (each with BN, ReLU and optional
+    dropout), then a softmax dense layer."""
+    return ops.dense(_hidden_dense(ops, x, v), num_classes, "head_dense")
+
+
+def head_dense_bn(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
+    """As `dense`, with BN between the last dense layer and its softmax: the blog's VGG19
+    (its 27,412 non-trainable parameters count a BN of the 10 outputs)."""
+    x = ops.dense(_hidden_dense(ops, x, v), num_classes, "head_dense", activation=None)
+    return ops.softmax(ops.bn(x, "head_dense_bn"), "head_softmax")
 
 
 # name -> (stem, whether it applies the first unit's pre-activation)
 STEMS: dict[str, tuple[Callable[[Any, Any, Variant], Any], bool]] = {
     "conv": (stem_conv, False),
     "conv_bn_relu": (stem_conv_bn_relu, True),
+    "none": (stem_none, False),
 }
-HEADS: dict[str, Callable[[Any, Any, int], Any]] = {
+HEADS: dict[str, Callable[[Any, Any, int, Variant], Any]] = {
     "bn_relu": head_bn_relu,
     "plain": head_plain,
+    "dense": head_dense,
+    "dense_bn": head_dense_bn,
 }
 SHORTCUTS = ("projection", "pad")
 PROJECTION_INPUTS = ("preact", "input")
+DOWNSAMPLES = ("stride", "pool")
 
 
-def _network(ops: Any, v: Variant, x: Any, num_classes: int) -> Any:
-    """The one builder: stem, stages of units, head."""
+def _network(ops: Any, v: Variant, x: Any, num_classes: int, channels: int = 3) -> Any:
+    """The one builder: stem, stages of units (halving the map by a strided first unit,
+    or by a max-pool after the stage), head."""
     stem, activates = STEMS[v.stem]
     x = stem(ops, x, v)
-    width = v.stem_filters
+    width = channels if v.stem == "none" else v.stem_filters
+    pool = v.downsample == "pool"
     for i, stage in enumerate(v.stages):
         for j in range(stage.blocks):
-            stride = 2 if j == 0 and (i > 0 or v.first_stage_stride == 2) else 1
+            stride = 2 if not pool and j == 0 and (i > 0 or v.first_stage_stride == 2) else 1
             project = j == 0 and (stride != 1 or width != stage.width)
             name = v.down_unit if (project and v.down_unit) else v.unit
             block = Block(f"s{i + 1}b{j + 1}", stage.width, stride, project,
@@ -264,12 +314,17 @@ def _network(ops: Any, v: Variant, x: Any, num_classes: int) -> Any:
                 raise UnitError(f"unit {name!r} failed in block {block.name} of {v.name}: "
                                 f"{type(e).__name__}: {e}".splitlines()[0]) from None
             width = stage.width
-    return HEADS[v.head](ops, x, num_classes)
+        if pool:
+            x = ops.maxpool(x, f"s{i + 1}_pool")
+    return HEADS[v.head](ops, x, num_classes, v)
 
 
 # --- interpreters ---------------------------------------------------------------------------
 
-OPS = ("conv", "bn", "relu", "add", "pad_shortcut")  # what a unit may call
+# what a unit (and a head) may call; maxpool, flatten, dense, dropout and softmax were
+# added in 0.3 (additions to the stable ops API, docs/studies.md)
+OPS = ("conv", "bn", "relu", "add", "pad_shortcut", "maxpool", "pool", "flatten", "dense",
+       "dropout", "softmax")
 
 
 class _Ops:
@@ -326,9 +381,21 @@ class KerasOps(_Ops):
     def pool(self, x: Any, name: str) -> Any:
         return self.layers.GlobalAveragePooling2D(name=name)(x)
 
-    def dense(self, x: Any, units: int, name: str) -> Any:
-        return self.layers.Dense(units, activation="softmax", kernel_initializer="he_normal",
+    def maxpool(self, x: Any, name: str) -> Any:
+        return self.layers.MaxPooling2D(pool_size=2, strides=2, name=name)(x)
+
+    def flatten(self, x: Any, name: str) -> Any:
+        return self.layers.Flatten(name=name)(x)
+
+    def dense(self, x: Any, units: int, name: str, activation: str | None = "softmax") -> Any:
+        return self.layers.Dense(units, activation=activation, kernel_initializer="he_normal",
                                  kernel_regularizer=self.reg, name=name)(x)
+
+    def dropout(self, x: Any, rate: float, name: str) -> Any:
+        return self.layers.Dropout(rate, name=name)(x)
+
+    def softmax(self, x: Any, name: str) -> Any:
+        return self.layers.Activation("softmax", name=name)(x)
 
 
 class Shape(NamedTuple):
@@ -352,9 +419,10 @@ class CountOps(_Ops):
         self.depth += int(main)
         return out
 
-    def bn(self, x: Shape, name: str) -> Shape:
-        self.trainable += 2 * x.c  # gamma, beta
-        self.non_trainable += 2 * x.c  # moving mean, moving variance
+    def bn(self, x: Shape | int, name: str) -> Shape | int:
+        c = x if isinstance(x, int) else x.c  # a dense layer's output is its width
+        self.trainable += 2 * c  # gamma, beta
+        self.non_trainable += 2 * c  # moving mean, moving variance
         return x
 
     def relu(self, x: Shape, name: str) -> Shape:
@@ -373,11 +441,25 @@ class CountOps(_Ops):
     def pool(self, x: Shape, name: str) -> int:
         return x.c
 
-    def dense(self, c: int, units: int, name: str) -> int:
+    def maxpool(self, x: Shape, name: str) -> Shape:
+        if x.h < 2 or x.w < 2:
+            raise ValueError(f"{name}: cannot halve a {x.h}x{x.w} map")
+        return Shape(x.h // 2, x.w // 2, x.c)
+
+    def flatten(self, x: Shape, name: str) -> int:
+        return x.h * x.w * x.c
+
+    def dense(self, c: int, units: int, name: str, activation: str | None = "softmax") -> int:
         self.trainable += c * units + units
         self.macs += c * units
         self.depth += 1
         return units
+
+    def dropout(self, x: int, rate: float, name: str) -> int:
+        return x
+
+    def softmax(self, x: int, name: str) -> int:
+        return x
 
 
 def layer_inputs(model: Any) -> dict[str, list[str]]:
@@ -417,7 +499,7 @@ def count_params(name: str | Variant, num_classes: int = 10,
     multiply-adds per image, without building anything."""
     v = name if isinstance(name, Variant) else registry.get(name)
     ops = CountOps()
-    _network(ops, v, Shape(*input_shape), num_classes)
+    _network(ops, v, Shape(*input_shape), num_classes, input_shape[-1])
     return ModelInfo(ops.depth, ops.trainable + ops.non_trainable, ops.trainable,
                      ops.non_trainable, ops.macs)
 
@@ -439,5 +521,34 @@ def build_model(name: str | Variant, num_classes: int = 10,
 
     v = name if isinstance(name, Variant) else registry.get(name)
     inputs = keras_module.Input(shape=input_shape, name="image")
-    outputs = _network(KerasOps(weight_decay, fast, keras_module), v, inputs, num_classes)
+    outputs = _network(KerasOps(weight_decay, fast, keras_module), v, inputs, num_classes,
+                       input_shape[-1])
     return keras_module.Model(inputs, outputs, name=v.name)
+
+
+def load_pretrained(model: Any, source: str) -> int:
+    """Start the model's convolutions from Keras' VGG19 (`keras.applications.VGG19`,
+    include_top=False): `source` is "imagenet" (downloaded once, then cached by Keras)
+    or the path of a weights file in that layout. The 16 convs are matched by order and
+    shape. Returns how many convs were loaded."""
+    import keras
+
+    try:
+        ref = keras.applications.VGG19(weights=source, include_top=False,
+                                       input_shape=(32, 32, 3))
+    except Exception as e:  # offline, a damaged or foreign file
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else \
+            type(e).__name__
+        raise AblationError(
+            f"cannot load the pretrained VGG19 weights {source!r} ({why}); on a machine "
+            "without internet, fetch them once elsewhere (keras caches them in "
+            "~/.keras/models) or train the from-scratch variant instead") from None
+    theirs = [layer for layer in ref.layers if isinstance(layer, keras.layers.Conv2D)]
+    ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    shapes = [tuple(w.shape for w in layer.weights) for layer in ours]
+    if shapes != [tuple(w.shape for w in layer.weights) for layer in theirs]:
+        raise AblationError(f"pretrained VGG19 weights fit only VGG19's 16 convs; "
+                            f"{model.name} has {len(ours)} convs of other shapes")
+    for mine, src in zip(ours, theirs, strict=True):
+        mine.set_weights(src.get_weights())
+    return len(ours)

@@ -18,6 +18,9 @@ from typing import Any
 
 from ablation.errors import AblationError
 
+# Variant fields added after 0.2, with the default that leaves a definition unchanged
+ADDED_FIELDS = {"downsample": "stride", "head_widths": [], "dropout": 0.0, "pretrained": None}
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -48,6 +51,12 @@ class Variant:
     shortcut: str = "projection"  # projection (1x1 conv) | pad (option A, no parameters)
     # recipe fields this network is always trained with (He 2015's ResNet-110 warm-up)
     recipe: tuple[tuple[str, Any], ...] = ()
+    # --- added in 0.3 (non-residual families); at their defaults they leave a variant's
+    # definition, and so its hash and run folders, exactly as before (ADDED_FIELDS)
+    downsample: str = "stride"  # stride: first block of a stage strides; pool: 2x2 max-pool
+    head_widths: tuple[int, ...] = ()  # hidden dense layers of the dense heads
+    dropout: float = 0.0  # after each hidden dense layer's ReLU (dense heads)
+    pretrained: str | None = None  # "imagenet" or a VGG19 weights file: the convs start there
 
     def to_dict(self) -> dict:
         """Plain data (JSON/TOML-like): stages as [blocks, width(, inner)] lists."""
@@ -55,6 +64,7 @@ class Variant:
         d["stages"] = [[s.blocks, s.width] + ([s.inner] if s.inner else []) for s in self.stages]
         d["reference_params"] = list(self.reference_params) if self.reference_params else None
         d["recipe"] = dict(self.recipe)
+        d["head_widths"] = list(self.head_widths)
         return d
 
     @classmethod
@@ -65,6 +75,7 @@ class Variant:
         if kw.get("reference_params"):
             kw["reference_params"] = tuple(kw["reference_params"])
         kw["recipe"] = tuple(sorted(dict(d.get("recipe") or {}).items()))
+        kw["head_widths"] = tuple(d.get("head_widths") or ())
         return cls(**kw)
 
     def replace(self, **changes: Any) -> Variant:

@@ -129,6 +129,9 @@ def definition(v: Variant) -> dict:
     d = v.to_dict()
     for cosmetic in ("name", "label", "description", "reference_params"):
         d.pop(cosmetic)
+    for key, default in registry.ADDED_FIELDS.items():  # earlier definitions stay valid
+        if d.get(key) == default:
+            d.pop(key)
     d["unit_sources"] = {u: h for u in (v.unit, v.down_unit)
                          if u and (h := models.user_unit_hash(u))}
     return d
@@ -403,6 +406,20 @@ class _Loader:
                 raise self.fail(f"{where}{key} must be a positive integer")
         if d.get("first_stage_stride", 1) not in (1, 2):
             raise self.fail(f"{where}first_stage_stride must be 1 or 2")
+        if d.get("downsample", "stride") not in models.DOWNSAMPLES:
+            raise self.fail(f"{where}unknown downsample {d['downsample']!r} (known: "
+                            f"{', '.join(models.DOWNSAMPLES)})")
+        widths = d.get("head_widths", [])
+        if not (isinstance(widths, list | tuple) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in widths)):
+            raise self.fail(f"{where}head_widths must be a list of positive integers")
+        rate = d.get("dropout", 0.0)
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
+            raise self.fail(f"{where}dropout must be a number from 0 to below 1")
+        if d.get("pretrained") is not None and not isinstance(d["pretrained"], str):
+            raise self.fail(f"{where}pretrained must be \"imagenet\" or a weights file path")
+        if isinstance(d.get("pretrained"), str) and d["pretrained"] != "imagenet":
+            d["pretrained"] = str((self.path.parent / d["pretrained"]).resolve())
         ref = d.get("reference_params")
         if ref is not None and not (isinstance(ref, list) and len(ref) == 3
                                     and all(isinstance(n, int) for n in ref)):

@@ -201,11 +201,15 @@ class AtomicBackup(keras.callbacks.Callback):
         name = f"epoch-{epoch + 1:04d}"
         tmp = self.root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_weights(str(tmp / self.WEIGHTS))
+        try:  # VGG19's snapshot is ~310 MB (weights and momenta): a full disk is likely
+            tmp.mkdir(parents=True)
+            self.model.save_weights(str(tmp / self.WEIGHTS))
+            with open(tmp / self.WEIGHTS, "rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # the last good snapshot stays
+            raise results.disk_error(e, tmp / self.WEIGHTS) from None
         results.atomic_write_json(tmp / self.META, {"epoch": epoch + 1, **self.identity})
-        with open(tmp / self.WEIGHTS, "rb") as fh:
-            os.fsync(fh.fileno())
         final = self.root / name
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -391,6 +395,10 @@ def train(run_dir: Path) -> int:
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
                               epochs=recipe.epochs)
     start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
+    pretrained = {}
+    if start == 0 and variant.pretrained:
+        pretrained = {"pretrained": variant.pretrained,
+                      "pretrained_convs": models.load_pretrained(model, variant.pretrained)}
     stream.start_epoch = start
     history_path = run_dir / "history.csv"
     _truncate_history(history_path, start)
@@ -427,7 +435,7 @@ def train(run_dir: Path) -> int:
         "definition": study.definition(variant),
         "definition_hash": study.definition_hash(variant), "study": cfg.study,
         **({"train_recipe": recipe.to_dict()} if recipe != cfg.recipe else {}),
-        **_provenance(run_dir, cfg), **env,
+        **_provenance(run_dir, cfg), **env, **pretrained,
     }
     if tb_note:
         base["note"] = tb_note

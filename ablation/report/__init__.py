@@ -56,6 +56,11 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
     if published:
         out += [f"Published error: {cmp.published_source or 'published'} — set beside ours, "
                 "never pooled with it; ours is 100 − final test accuracy.", ""]
+    started = sorted({f"{v} from {r.summary['pretrained']!r} weights" for v, rs in present.items()
+                      for r in rs if r.summary.get("pretrained")})
+    if started:
+        out += [f"Pretrained: {'; '.join(started)} (its convolutions); every other run here "
+                "trained from scratch.", ""]
 
     base = f"{n}-{cmp.key}"
     figures.plot_curves(fig_dir / f"{base}-curves.png", present, cmp.title, col)
