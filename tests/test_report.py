@@ -40,8 +40,10 @@ def test_report_tables_and_figures(results, tmp_path):
     assert "Paired t-test" in block and "| resnet32 | resnet32_e | 2 |" in re.sub(" +", " ", block)
     verdicts = pd.read_csv(out / "comparisons.csv")
     assert verdicts.set_index("comparison").loc["refactor", "n"] == 2
-    # comparison 1 carries the VGG19 reference row; 3 is pending with a command
-    assert "39,002,738" in md.split("### 2.")[0]
+    # comparison 1 is ResNet-32 vs VGG19, whose runs are missing; 3 has its command
+    first = md.split("### 2.")[0]
+    assert "ResNet-32 vs VGG19" in first and "Missing**: vgg19_pretrain, vgg19" in first
+    assert "ablation run vgg19_pretrain vgg19 --seeds 2 --epochs 2" in first
     assert "Missing**: resnet34" in md and "ablation run resnet34 --seeds 2 --epochs 2" in md
     assert "**Pending**" in md.split("### 6.")[1]
     # published numbers kept apart

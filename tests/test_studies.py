@@ -130,7 +130,7 @@ from ablation import unit
 
 @unit("g")
 def unit_g(ops, x, block):
-    return ops.dropout(x, 0.5)
+    return ops.attention(x, 8)
 '''
 
 
@@ -155,7 +155,7 @@ def _g(units: str) -> tuple[str, str]:
      "cannot import units"),
     (*_g(BROKEN_UNIT), "unit 'g' failed in block s2b1 of mine_g"),
     (*_g(RAISING_UNIT), "unit 'g' failed in block s1b1 of mine_g: ValueError"),
-    (*_g(UNKNOWN_OP_UNIT), "unknown op 'dropout'"),
+    (*_g(UNKNOWN_OP_UNIT), "unknown op 'attention'"),
     ('[[variant]]\nname = "mine"\nbase = "resnet32"\nstage = [[1, 16]]\n', UNITS,
      "unknown key 'stage'"),
     ('[recipe]\nepochs = 0\n', UNITS, "[recipe] epochs must be at least 1"),
