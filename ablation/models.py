@@ -40,6 +40,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from ablation import registry
@@ -533,16 +534,20 @@ def load_pretrained(model: Any, source: str) -> int:
     shape. Returns how many convs were loaded."""
     import keras
 
+    remedy = ("without internet, fetch them once where it is reachable (Keras caches them "
+              "in ~/.keras/models) or point `pretrained` at a local copy; or train the "
+              "from-scratch variant")
+    if source != "imagenet" and not Path(source).is_file():
+        raise AblationError(f"cannot load the pretrained VGG19 weights {source!r}: no such "
+                            f"file; {remedy}")
     try:
         ref = keras.applications.VGG19(weights=source, include_top=False,
                                        input_shape=(32, 32, 3))
     except Exception as e:  # offline, a damaged or foreign file
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else \
             type(e).__name__
-        raise AblationError(
-            f"cannot load the pretrained VGG19 weights {source!r} ({why}); on a machine "
-            "without internet, fetch them once elsewhere (keras caches them in "
-            "~/.keras/models) or train the from-scratch variant instead") from None
+        raise AblationError(f"cannot load the pretrained VGG19 weights {source!r} ({why}); "
+                            f"{remedy}") from None
     theirs = [layer for layer in ref.layers if isinstance(layer, keras.layers.Conv2D)]
     ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     shapes = [tuple(w.shape for w in layer.weights) for layer in ours]
