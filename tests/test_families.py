@@ -166,8 +166,8 @@ def test_a_study_of_plain_and_vgg_nets_trains_reports_and_fails_offline_in_one_l
     study.write_text(PLAIN)
     res = tmp_path / "results"
     r = run_cli("run", "--study", str(study), "plain20", "vgg19", "vgg_local", "vgg_offline",
-                "--epochs", "1", "--train-limit", "64", "--test-limit", "32", "--batch-size",
-                "32", "--data-dir", str(cifar_dir), "--results", str(res))
+                "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size",
+                "16", "--data-dir", str(cifar_dir), "--results", str(res))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "3 done" in r.stdout and "FAILED vgg_offline" in r.stdout
     assert "cannot load the pretrained VGG19 weights" in r.stdout and "no such file" in r.stdout
