@@ -344,12 +344,15 @@ def sequential(finals: dict[str, dict[int, float]],
     out: dict[str, list[Pair]] = {}
     for c, ps in comparisons.items():
         at = {p: int(state[(c, p)][0][0]) or done for p in ps}
-        out[c] = []
-        for pair in ps:
-            k = at[pair]
+        judged: dict[int, list[Pair]] = {}  # look -> the comparison judged at that look
+        for k in sorted(set(at.values())):
             n = looks[k - 1] if k else looks[0]
             cut = {v: {s_: a for s_, a in f.items() if s_ < n} for v, f in finals.items()}
-            pr = compare(cut, ps, settings, alpha=alphas[(k or 1) - 1])[ps.index(pair)]
+            judged[k] = compare(cut, ps, settings, alpha=alphas[(k or 1) - 1])
+        out[c] = []
+        for i, pair in enumerate(ps):
+            k = at[pair]
+            pr = judged[k][i]
             if not k:
                 pr.verdict, pr.note = UNDECIDED, f"look 1 ({looks[0]} seeds) not complete"
             pr.look, pr.design = k or None, "sequential"
