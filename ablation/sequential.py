@@ -27,14 +27,6 @@ from ablation.report.load import for_study, load_runs
 from ablation.runner import Plan, run
 
 
-def pairs_among(study: studies.Study, names: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """The study's comparison pairs whose two variants are both selected."""
-    chosen = set(names)
-    out = {c.key: [p for p in stats.comparison_pairs(c) if set(p) <= chosen]
-           for c in study.comparisons}
-    return {k: ps for k, ps in out.items() if ps}
-
-
 def replay(plan: Plan, study: studies.Study, comparisons: dict[str, list[tuple[str, str]]],
            looks: list[int], settings: verdict.Settings) -> verdict.Sequential:
     """The design's verdicts on what the results folder holds now."""
@@ -57,7 +49,7 @@ def run_until_decided(plan: Plan, study: studies.Study, max_seeds: int,
     last look is done. Returns the exit code (a look that fails or is interrupted
     returns the runner's code; rerun the same command to go on)."""
     looks = verdict.looks_for(max_seeds)
-    comparisons = pairs_among(study, [v.name for v in plan.variants])
+    comparisons = stats.pairs_among(study, [v.name for v in plan.variants])
     if not comparisons:
         raise AblationError("--until-decided needs two variants of one of the study's "
                             "comparisons among those selected")

@@ -131,15 +131,18 @@ def interval_verdicts(xa: np.ndarray, xb: np.ndarray, level: float, margin: floa
         flat = ~(np.nanstd(d, axis=-1) > 0) | np.isnan(d).any(axis=-1)
     p = np.where(flat, np.nan, res.pvalue)
     lo, hi = np.where(flat, np.nan, ci.low), np.where(flat, np.nan, ci.high)
-    code = np.select([lo > 0, hi < 0, (-margin < lo) & (hi < margin)], [1, 2, 3], 0)
-    return p, lo, hi, code
+    return p, lo, hi, _code(lo, hi, margin)
+
+
+def _code(lo, hi, margin: float) -> np.ndarray:
+    """The verdict codes intervals give (vectorised): excludes 0 -> better/worse;
+    inside ±margin -> equivalent; otherwise (or NaN) undecided."""
+    return np.select([lo > 0, hi < 0, (-margin < lo) & (hi < margin)], [1, 2, 3], 0)
 
 
 def classify(ci_low: float, ci_high: float, margin: float) -> str:
-    """The verdict an interval gives: excludes 0 -> better/worse; inside ±margin ->
-    equivalent; otherwise (or NaN) undecided."""
-    return _CODES[int(np.select([ci_low > 0, ci_high < 0,
-                                 (-margin < ci_low) & (ci_high < margin)], [1, 2, 3], 0))]
+    """The verdict one interval gives, as a word."""
+    return _CODES[int(_code(ci_low, ci_high, margin))]
 
 
 def compare(finals: dict[str, dict[int, float]], pairs: list[tuple[str, str]],

@@ -82,6 +82,15 @@ def comparison_pairs(cmp: studies.Comparison) -> list[tuple[str, str]]:
     return list(itertools.combinations(cmp.variants, 2))
 
 
+def pairs_among(study: studies.Study, names) -> dict[str, list[tuple[str, str]]]:
+    """The study's comparison pairs whose two variants are both among `names`, by
+    comparison key (comparisons with none left out)."""
+    chosen = set(names)
+    out = {c.key: [p for p in comparison_pairs(c) if set(p) <= chosen]
+           for c in study.comparisons}
+    return {k: ps for k, ps in out.items() if ps}
+
+
 @dataclass
 class Verdicts:
     """A recipe's verdicts: per comparison key, its pairs; and how they were reached."""
@@ -103,11 +112,9 @@ def verdicts(study: studies.Study, runs: list[Run], settings: verdict.Settings,
     done = 0
     pairs = {k: verdict.compare(finals, ps, settings) for k, ps in comparisons.items()}
     if design:  # the design's own pairs by its looks; any others at one look
-        chosen = set(design.get("variants") or [v for ps in comparisons.values()
-                                                 for p in ps for v in p])
-        mine = {k: [p for p in ps if set(p) <= chosen] for k, ps in comparisons.items()}
-        seq = verdict.sequential(finals, {k: ps for k, ps in mine.items() if ps},
-                                 list(design["looks"]), settings)
+        chosen = design.get("variants") or study.variant_names
+        seq = verdict.sequential(finals, pairs_among(study, chosen), list(design["looks"]),
+                                 settings)
         done = seq.looks_done
         for k, judged in seq.pairs.items():
             by_pair = {(p.a, p.b): p for p in judged}
