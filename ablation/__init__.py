@@ -10,10 +10,15 @@ Public API (stable; docs/studies.md):
   `shortcut(ops, x, h, block)`: the block's shortcut, for use inside a unit.
 
 Keras is imported only when a model is built, so listing, status and reports stay fast.
+Its backend is KERAS_BACKEND when set, else TensorFlow, else JAX (ablation.backend).
 """
 
+from ablation import backend as _backend
 from ablation.models import Block, build_model, count_params, shortcut, unit
 from ablation.study import Study, load_study
+
+# TensorFlow not installed, JAX installed: Keras must load JAX (ablation.backend)
+_backend.prefer_installed()
 
 __version__ = "0.3.0"
 __all__ = ["Block", "Study", "__version__", "build_model", "count_params", "load_study",

@@ -1,8 +1,10 @@
 """`ablation bench`: what a user checks before committing a GPU-day.
 
 Times steady-state training steps of the exact model, optimizer and input pipeline
-that `ablation run` uses, each measurement in a fresh process; prints images/s per
-variant and the projected wall time of its study's recipe, and, scaled by
+that `ablation run` uses (compiled as a job on this device would be), each
+measurement in a fresh process. Without `--steps`, the timed part grows until it
+lasts MIN_SECONDS, so a GPU's figure is not 0.1 s of noise and a CPU's not an hour.
+It prints images/s per variant and the projected wall time of its study's recipe, and, scaled by
 multiply-adds from the variants measured, of each whole study on this machine and on
 the blog's GPU (its ~20 s per ResNet-32 epoch on a GTX 1080 Ti). `--baseline` also
 times the blog's own Keras-2 path (`python -m ablation.baseline`, needs the
@@ -28,6 +30,9 @@ from ablation.recipe import TRAIN_IMAGES
 # The blog's reference GPU figure: a Keras ResNet-32 epoch of this recipe in about 20 s
 # on a GTX 1080 Ti (a public reproduction; docs/performance.md).
 GPU_NAME, GPU_RESNET32_EPOCH_S, GPU_REF_VARIANT = "GTX 1080 Ti", 20.0, "resnet32"
+MIN_SECONDS = 10.0  # the timed steps of a figure last at least this long (auto steps)
+FIRST_STEPS, MAX_STEPS = 10, 100_000
+POOL_BATCHES = 50  # distinct batches of images cycled through (a time-sized run)
 
 
 def _study_of(variant: str, study: str | None):
@@ -38,39 +43,63 @@ def _study_of(variant: str, study: str | None):
     return load_study(study or builtin_home(variant))
 
 
-def measure(variant: str, precision: str, steps: int, batch_size: int,
+def measure(variant: str, precision: str, steps: int | None, batch_size: int,
             data_dir: str | None, study: str | None = None) -> dict:
-    """In this process: time `steps` training steps after a warm-up epoch of as many."""
+    """In this process: time `steps` training steps after a warm-up of as many (of
+    FIRST_STEPS when `steps` is None; then the timed steps grow until they last
+    MIN_SECONDS)."""
+    from ablation import backend
+
+    name = backend.choose()
     import keras
 
-    from ablation import data, training
+    from ablation import data, devices, training
     from ablation.recipe import Recipe
 
     _study_of(variant, study)  # registers the variant
     recipe = Recipe(precision=precision, batch_size=batch_size)
-    n = steps * batch_size
+    on_gpu = backend.gpus_seen(name) > 0
+    matmul = backend.set_matmul_precision(name, precision)
+    # whole executions only: k is always a multiple of the steps per execution
+    spe = backend.steps_per_execution(on_gpu, steps or backend.GPU_STEPS_PER_EXECUTION)
+    k = steps or max(FIRST_STEPS, spe)
+    n = min(k, POOL_BATCHES) * batch_size
     ds = (data.load("cifar10", data_dir, train_limit=n, test_limit=10) if data_dir
           else data.synthetic(n_train=n, n_test=10))
     keras.utils.set_random_seed(0)
-    model = training.training_model(variant, recipe, ds.num_classes)
-    stream = data.TrainStream(ds, batch_size, seed=0, augment="blog", epochs=2)
+    model = training.training_model(variant, recipe, ds.num_classes,
+                                    backend.jit_compile(name, on_gpu), spe)
+    stream = iter(data.TrainStream(ds, batch_size, seed=0, augment="blog", epochs=MAX_STEPS,
+                                   threads=devices.loader_threads(1)))
 
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
+    def timed(k: int) -> float:
+        t0 = time.perf_counter()
+        model.fit(stream, steps_per_epoch=k, epochs=1, verbose=0, shuffle=False)
+        return time.perf_counter() - t0
 
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds = time.perf_counter() - self.t0
-
-    timer = Timer()
-    model.fit(iter(stream), steps_per_epoch=stream.steps_per_epoch, epochs=2, verbose=0,
-              callbacks=[timer], shuffle=False)
-    return {"images_per_second": n / timer.seconds, "seconds": timer.seconds,
-            "backend": keras.backend.backend(), "variant": variant, "precision": precision}
+    timed(k)  # warm-up: tracing, compilation, the first allocations
+    seconds = timed(k)
+    while steps is None and seconds < MIN_SECONDS and k < MAX_STEPS:
+        k = min(MAX_STEPS, max(2 * k, int(k * 1.2 * MIN_SECONDS / max(seconds, 1e-3))))
+        k = -(-k // spe) * spe
+        seconds = timed(k)
+    return {"images_per_second": k * batch_size / seconds, "seconds": seconds, "steps": k,
+            "steps_per_execution": spe,
+            "backend": name, "device": "GPU" if on_gpu else "CPU", "matmul_precision": matmul,
+            "variant": variant, "precision": precision}
 
 
 def _child(cmd: list[str]) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    """Run one measurement process. It may run beside training jobs: one GPU (the
+    first), memory as needed (ablation.devices)."""
+    from ablation import devices
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **devices.shared_process_env())
+    gpus = devices.list_gpus()
+    if gpus.ids and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = gpus.ids[0]
+        if gpus.pci_order:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -82,14 +111,15 @@ def _child(cmd: list[str]) -> dict:
     raise AblationError(f"benchmark process failed: {tail}")
 
 
-def _ours(variant, precision, steps, batch_size, data_dir, study) -> float:
-    cmd = [sys.executable, "-m", "ablation.bench", variant, precision, str(steps),
+def _ours(variant, precision, steps, batch_size, data_dir, study) -> dict:
+    cmd = [sys.executable, "-m", "ablation.bench", variant, precision, str(steps or 0),
            str(batch_size), data_dir or "", study or ""]
-    return _child(cmd)["images_per_second"]
+    return _child(cmd)
 
 
 def _theirs(variant, steps, batch_size, data_dir) -> float:
-    """The blog's path as the blog ran it: float32 (it predates mixed precision)."""
+    """The blog's path as the blog ran it: float32 (it predates mixed precision), for
+    as many steps as ours timed."""
     cmd = [sys.executable, "-m", "ablation.baseline", "--variant", variant, "--precision",
            "fp32", "--steps", str(steps), "--batch-size", str(batch_size)]
     if data_dir:
@@ -147,7 +177,7 @@ def project_studies(measured: dict[str, float]) -> list[str]:
     return lines
 
 
-def main(variants: list[str], precision: str = "fp32", steps: int = 30,
+def main(variants: list[str], precision: str = "fp32", steps: int | None = None,
          batch_size: int = 128, baseline: bool = False, data_dir: str | None = None,
          repeats: int = 3, study: str | None = None) -> int:
     from ablation import data
@@ -159,17 +189,20 @@ def main(variants: list[str], precision: str = "fp32", steps: int = 30,
     if baseline and importlib.util.find_spec("tf_keras") is None:
         raise AblationError("--baseline needs tf_keras: pip install 'ablation[baseline]'")
     source = f"real CIFAR-10 ({data_dir})" if data_dir else "generated images"
-    print(f"benchmark: {steps} steps of batch {batch_size}, {precision}, {source}; "
-          "each figure from a fresh process after a warm-up epoch", flush=True)
+    print(f"benchmark: {steps or f'≥ {MIN_SECONDS:g} s of'} steps of batch {batch_size}, "
+          f"{precision}, {source}; each figure from a fresh process after a warm-up",
+          flush=True)
     measured: dict[str, float] = {}
     for v in variants:
         epochs = _study_of(v, study).recipe().replace(**dict(registry.get(v).recipe)).epochs
         ours, theirs = [], []
         for k in range(repeats if baseline else 1):
-            ours.append(_ours(v, precision, steps, batch_size, data_dir, study))
-            line = f"  {v} run {k + 1}: ablation {ours[-1]:.0f} img/s"
+            got = _ours(v, precision, steps, batch_size, data_dir, study)
+            ours.append(got["images_per_second"])
+            line = (f"  {v} run {k + 1}: ablation {ours[-1]:.0f} img/s ({got['steps']} steps, "
+                    f"{got['backend']} on {got['device']}, matmul {got['matmul_precision']})")
             if baseline:
-                theirs.append(_theirs(v, steps, batch_size, data_dir))
+                theirs.append(_theirs(v, got["steps"], batch_size, data_dir))
                 line += (f", blog Keras-2 path (fp32) {theirs[-1]:.0f} img/s, "
                          f"ratio {ours[-1] / theirs[-1]:.2f}")
             print(line, flush=True)
@@ -190,6 +223,7 @@ def main(variants: list[str], precision: str = "fp32", steps: int = 30,
 
 if __name__ == "__main__":  # one measurement, in its own process
     v, prec, st, bs, dd, sref = sys.argv[1:7]
-    print(json.dumps(measure(v, prec, int(st), int(bs), dd or None, sref or None)), flush=True)
+    print(json.dumps(measure(v, prec, int(st) or None, int(bs), dd or None, sref or None)),
+          flush=True)
     sys.stdout.flush()
     os._exit(0)

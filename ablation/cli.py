@@ -167,10 +167,10 @@ def cmd_status(args) -> int:
         except AblationError:
             done = "?"
         table.append([r.id, r.label, r.seed, r.recipe_id, r.status, r.attempts,
-                      f"{done}/{r.recipe.get('epochs')}",
+                      f"{done}/{r.recipe.get('epochs')}", r.worker or "",
                       results.duration(took) if took else "", (r.error or "")[:70]])
     print(tabulate(table, headers=["id", "variant", "seed", "recipe", "status", "tries",
-                                   "epochs", "time", "error"]))
+                                   "epochs", "where", "time", "error"]))
     print("  ".join(f"{s}: {sum(r.status == s for r in rows)}" for s in JobState))
     return 0
 
@@ -189,6 +189,16 @@ def cmd_report(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    from ablation import backend, devices
+
+    # it runs beside training jobs: one GPU, memory as needed, never most of every GPU
+    os.environ.update(devices.shared_process_env())
+    gpus = devices.list_gpus()
+    if gpus.ids and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.ids[0]
+        if gpus.pci_order:
+            os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    backend.choose()
     from ablation import analyze
 
     study = _study(args)
@@ -252,6 +262,8 @@ def _add_study(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ablation import backend, devices
+    from ablation.bench import MIN_SECONDS
     from ablation.executors import EXECUTORS
 
     p = _Parser(prog="ablation", description=__doc__.splitlines()[0])
@@ -290,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
     s.add_argument("--executor", choices=list(EXECUTORS), default="local",
                    help="where jobs run (default: local subprocesses)")
+    g = s.add_argument_group("devices (docs/performance.md; speed only, never the numbers)")
+    g.add_argument("--jobs-per-gpu", type=argtypes.integer(1), default=None, metavar="K",
+                   help="pack K jobs on each GPU, each with 1/K of its memory (default 1)")
+    g.add_argument("--loader-threads", type=argtypes.integer(1), default=None, metavar="N",
+                   help="input-pipeline threads per job (default: the host's cores / its "
+                        f"jobs at once, 1 to {devices.MAX_LOADER_THREADS})")
+    g.add_argument("--steps-per-execution", type=argtypes.integer(1), default=None,
+                   metavar="N", help="most training steps per host-device sync, a divisor "
+                                     "of the epoch's steps (default: "
+                                     f"{backend.GPU_STEPS_PER_EXECUTION} on a GPU, 1 on a CPU)")
     for name, load in EXECUTORS.items():
         load().add_arguments(s.add_argument_group(f"--executor {name}"))
     s.set_defaults(func=cmd_run)
@@ -325,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default resnet32_e; any built-in study's variant")
     _add_study(s)
     s.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision)
-    s.add_argument("--steps", type=argtypes.integer(2), default=30,
-                   help="timed steps (default 30)")
+    s.add_argument("--steps", type=argtypes.integer(2), default=None,
+                   help=f"timed steps (default: as many as last at least {MIN_SECONDS:g} s "
+                        "on this device)")
     s.add_argument("--batch-size", type=argtypes.integer(1), default=DEFAULTS.batch_size)
     s.add_argument("--repeats", type=argtypes.integer(1), default=3,
                    help="alternations of ours and the baseline (with --baseline)")

@@ -233,10 +233,10 @@ def synthetic(n_train: int = 256, n_test: int = 128, num_classes: int = 10,
 
 
 def normalise(x: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 -> float32 (x - mean) / std per channel."""
-    m = np.asarray(mean, np.float32)
-    s = np.asarray(std, np.float32)
-    return (x.astype(np.float32) - m) / s
+    """uint8 -> float32 (x - mean) / std per channel, in one float32 buffer (the same
+    values, bit for bit, as the float32 cast then the two operations)."""
+    out = np.subtract(x, np.asarray(mean, np.float32), dtype=np.float32)
+    return np.divide(out, np.asarray(std, np.float32), out=out)
 
 
 def _shift_axis(x: np.ndarray, shift: np.ndarray, axis: int) -> np.ndarray:
@@ -299,7 +299,8 @@ class TrainStream:
 
     Epoch e uses permutation rng(seed, e) and batch b of it augmentation rng(seed, e, b),
     so starting at `start_epoch` reproduces an uninterrupted run exactly. Batches are
-    prepared `prefetch` ahead on threads (numpy releases the GIL).
+    prepared on `threads` threads (numpy releases the GIL), two per thread ahead; the
+    executor sizes `threads` to the host's cores and the jobs sharing them.
 
     The stream is finite on purpose: TensorFlow's `from_generator` can hang when an
     iterator over a generator is destroyed mid-sequence, so the generator must be
@@ -310,14 +311,16 @@ class TrainStream:
     """
 
     def __init__(self, ds: Dataset, batch_size: int, seed: int, augment: str = "blog",
-                 start_epoch: int = 0, epochs: int = 1, prefetch: int = 4,
+                 start_epoch: int = 0, epochs: int = 1, threads: int = 2,
                  dtype: str = "float32"):
         if augment not in AUGMENTATIONS:
             raise AblationError(f"unknown augmentation {augment!r}; choose blog or crop")
         self.ds, self.batch_size, self.seed = ds, batch_size, seed
         self.augment = AUGMENTATIONS[augment]
         self.start_epoch, self.epochs = start_epoch, epochs
-        self.prefetch = prefetch
+        self.threads = max(1, int(threads))
+        self.prefetch = 2 * self.threads
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
         self.dtype = dtype
         self.steps_per_epoch = -(-len(ds.y_train) // batch_size)
         self._stopped = False
@@ -325,8 +328,18 @@ class TrainStream:
     def stop(self) -> None:
         self._stopped = True
 
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation, computed once per epoch (threads may race to make
+        it: each makes the same one)."""
+        cached = self._order
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(
+                len(self.ds.y_train)))
+            self._order = cached
+        return cached[1]
+
     def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.ds.y_train))
+        order = self.order(epoch)
         idx = order[step * self.batch_size:(step + 1) * self.batch_size]
         x = normalise(self.ds.x_train[idx], self.ds.mean, self.ds.std)
         if self.augment is not None:
@@ -337,7 +350,7 @@ class TrainStream:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         keys = ((e, s) for e in range(self.start_epoch, self.epochs)
                 for s in range(self.steps_per_epoch))
-        pool = ThreadPoolExecutor(max(1, self.prefetch // 2))
+        pool = ThreadPoolExecutor(self.threads)
         pending: deque = deque()
         try:
             for key in keys:

@@ -389,14 +389,17 @@ class KerasOps(_Ops):
         return self.layers.Flatten(name=name)(x)
 
     def dense(self, x: Any, units: int, name: str, activation: str | None = "softmax") -> Any:
+        # a softmax computes in float32 under mixed precision too (the Keras guide's
+        # advice: bf16/fp16 probabilities lose the small ones the loss needs)
+        extra = {"dtype": "float32"} if activation == "softmax" else {}
         return self.layers.Dense(units, activation=activation, kernel_initializer="he_normal",
-                                 kernel_regularizer=self.reg, name=name)(x)
+                                 kernel_regularizer=self.reg, name=name, **extra)(x)
 
     def dropout(self, x: Any, rate: float, name: str) -> Any:
         return self.layers.Dropout(rate, name=name)(x)
 
     def softmax(self, x: Any, name: str) -> Any:
-        return self.layers.Activation("softmax", name=name)(x)
+        return self.layers.Activation("softmax", name=name, dtype="float32")(x)
 
 
 class Shape(NamedTuple):

@@ -40,7 +40,18 @@ class Exit(IntEnum):
     FAILED = 1
     USAGE = 2  # bad input: one line on stderr, nothing run
     NOT_VISIBLE = 3  # a Ray worker cannot see the results folder
+    NO_DEVICE = 4  # given a GPU, the job sees none: the machine's fault, not the job's
     INTERRUPTED = 130  # Ctrl-C / SIGTERM: the last finished epoch is kept
+
+
+class JobEnv(StrEnum):
+    """What an executor tells a training process about where it runs, besides CUDA's own
+    CUDA_VISIBLE_DEVICES and the memory variables (ablation.devices)."""
+
+    GPU = "ABLATION_GPU"  # the GPU(s) it was given: it must see one, or it stops
+    JOBS_PER_GPU = "ABLATION_JOBS_PER_GPU"  # jobs placed on that GPU at once
+    LOADER_THREADS = "ABLATION_LOADER_THREADS"  # input-pipeline threads
+    STEPS_PER_EXECUTION = "ABLATION_STEPS_PER_EXECUTION"  # steps per host-device sync
 
 
 PROGRESS_PREFIX = "@@epoch "  # machine-readable progress lines on a job's stdout
@@ -115,6 +126,9 @@ class Outcome:
     job_id: int
     status: JobState
     error: str | None = None
+    # the machine, not the job, is at fault (Exit.NO_DEVICE): every other job would fail
+    # the same way, so the runner claims no more; the job stays interrupted for a rerun
+    machine: bool = False
 
 
 @dataclass

@@ -23,7 +23,10 @@ from typing import Any
 from ablation.errors import AblationError
 
 # Keras mixed-precision policy of each precision the recipe accepts.
-PRECISION_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# fp32 is true float32, as on the blog's GPU; tf32 lets Ampere-and-later GPUs run float32
+# matmuls and convolutions as TensorFloat-32 (both backends' default there; ablation.backend)
+PRECISION_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16",
+                      "fp16": "mixed_float16"}
 PRECISIONS = tuple(PRECISION_POLICIES)
 AUGMENTS = ("blog", "crop")
 DATASETS = ("cifar10", "cifar100")
@@ -167,10 +170,11 @@ def _check(f: dataclasses.Field, v: Any) -> None:
 DEFAULTS = Recipe()
 
 
-def compile_sgd(model: Any, recipe: Recipe, keras_module: Any) -> Any:
+def compile_sgd(model: Any, recipe: Recipe, keras_module: Any, **compile_args: Any) -> Any:
     """Compile with the recipe's optimiser and loss (SGD with momentum, categorical
-    cross-entropy on the softmax output), on Keras 3 or on the baseline's tf_keras."""
+    cross-entropy on the softmax output), on Keras 3 or on the baseline's tf_keras;
+    `compile_args` (jit_compile, steps_per_execution) change speed, never the numbers."""
     model.compile(optimizer=keras_module.optimizers.SGD(
         learning_rate=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov),
-        loss="categorical_crossentropy", metrics=["accuracy"])
+        loss="categorical_crossentropy", metrics=["accuracy"], **compile_args)
     return model

@@ -140,10 +140,11 @@ def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.st
         index = {job_id: k + 1 for k, job_id in enumerate(ids)}
         last_beat = time.monotonic()
         pending = list(todo)
+        machine: str | None = None  # why jobs cannot start here (then no more are claimed)
         try:
             while True:
-                while executor.capacity and pending:
-                    job = queue.claim(pending, worker=executor.describe)
+                while executor.capacity and pending and machine is None:
+                    job = queue.claim(pending, worker=executor.next_place())
                     if job is None:
                         break
                     pending.remove(job.id)
@@ -155,6 +156,7 @@ def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.st
                 for o in executor.poll(timeout=1.0):
                     queue.finish(o.job_id, o.status, o.error)
                     progress.forget(o.job_id)
+                    machine = machine or (o.error if o.machine else None)
                     job = queue.get(o.job_id)
                     msg = (f"[job {index[o.job_id]}/{len(ids)}] {job.label} s{job.seed}:"
                            f" {o.status}")
@@ -179,7 +181,13 @@ def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.st
                   file=out, flush=True)
             return Exit.INTERRUPTED
         executor.shutdown()
-        return _report(queue, ids, skipped, out)
+        code = _report(queue, ids, skipped, out)
+        if machine is not None:
+            left = sum(queue.get(i).status in (JobState.INTERRUPTED, JobState.QUEUED)
+                       for i in ids)
+            print(f"{left} job(s) not started: {machine}", file=out, flush=True)
+            return Exit.FAILED
+        return code
 
 
 def _report(queue: JobQueue, ids: list[int], skipped: int, out) -> int:

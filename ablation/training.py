@@ -1,8 +1,8 @@
 """Train one job (variant, seed, recipe) into its run folder, resumably.
 
-Run as its own process (`python -m ablation.training RUN_DIR`), one per job, so a
-crash or an out-of-memory kill takes down one job, never the queue. What it is told
-and what it answers are `ablation.protocol` (config.json, progress lines, exit code).
+Runs in the job's own process (`python -m ablation.job RUN_DIR`, which picks the
+backend and checks the device first). What it is told and what it answers are
+`ablation.protocol` (config.json, progress lines, exit code).
 The heavy lifting is Keras': `CSVLogger`, `LearningRateScheduler`, `TerminateOnNaN`,
 `TensorBoard`, and an atomic version of `BackupAndRestore` written on public calls.
 
@@ -14,19 +14,14 @@ epoch are dropped before training goes on. The data stream is a pure function of
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
 import resource
 import shutil
-import signal
 import statistics
-import sys
-import threading
 import time
-import traceback
 import zlib
 from pathlib import Path
 from typing import Any
@@ -35,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 
-from ablation import data, environment, models, registry, results, study
+from ablation import backend, data, devices, environment, models, registry, results, study
 from ablation.errors import AblationError
 from ablation.protocol import (
     HELD_MARKER,
@@ -55,14 +50,16 @@ def init_seed(variant: str, seed: int) -> int:
     return zlib.crc32(f"{variant}:{seed}".encode()) & 0x7FFFFFFF
 
 
-def training_model(variant: str | Variant, recipe: Recipe, num_classes: int) -> Any:
+def training_model(variant: str | Variant, recipe: Recipe, num_classes: int,
+                   jit_compile: bool = False, steps_per_execution: int = 1) -> Any:
     """The compiled model `run` and `bench` train: the registry graph on the fused
     layers of ablation.layers (same math, faster on TensorFlow), under the recipe's
-    precision."""
+    precision, compiled as `ablation.backend` chose for the device."""
     keras.mixed_precision.set_global_policy(PRECISION_POLICIES[recipe.precision])
     model = compile_sgd(models.build_model(variant, num_classes=num_classes,
                                            weight_decay=recipe.weight_decay, fast=True),
-                        recipe, keras)
+                        recipe, keras, jit_compile=jit_compile,
+                        steps_per_execution=steps_per_execution)
     _build_training_state(model, num_classes)
     return model
 
@@ -262,6 +259,47 @@ class Recorder(keras.callbacks.Callback):
         print(record.line(), flush=True)
 
 
+class EpochScalars(keras.callbacks.Callback):
+    """Per-epoch TensorBoard scalars where Keras' TensorBoard callback cannot run: it
+    needs TensorFlow, which a JAX job does not import (so it never touches the GPU).
+    Written with tensorboard's own writer, into the same train/ and validation/ runs
+    and `epoch_*` tags as Keras' callback."""
+
+    def __init__(self, logdir: Path):
+        super().__init__()
+        from tensorboard.summary import Writer
+
+        self.writers = {"train": Writer(str(logdir / "train")),
+                        "validation": Writer(str(logdir / "validation"))}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            v = _num(value)
+            if v is None:
+                continue
+            run, tag = (("validation", key[4:]) if key.startswith("val_") else ("train", key))
+            self.writers[run].add_scalar(f"epoch_{tag}", v, step=epoch)
+        for w in self.writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self.writers.values():
+            w.close()
+
+
+def tensorboard_callback(run_dir: Path) -> tuple[Any | None, str | None]:
+    """Keras' TensorBoard callback on TensorFlow, EpochScalars on other backends, or
+    (None, a note) when the tensorboard package is missing."""
+    try:
+        import tensorboard  # noqa: F401  (TF 2.20+ no longer brings it along)
+    except ImportError:
+        return None, "TensorBoard logs skipped: the tensorboard package is not installed"
+    if keras.backend.backend() == "tensorflow":
+        return keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
+                                           profile_batch=0), None
+    return EpochScalars(run_dir / "tensorboard"), None
+
+
 class SummaryKeeper(keras.callbacks.Callback):
     """Keeps summary.json current after every epoch, so reports show runs still going."""
 
@@ -331,20 +369,6 @@ def _history_stats(rows: list[dict]) -> dict:
     }
 
 
-def _watch_parent() -> None:
-    """Exit if the runner that started us dies (SIGKILL leaves no chance to tell us),
-    so an orphan never trains on while another runner reclaims the job."""
-    parent = os.getppid()
-
-    def watch():
-        while True:
-            time.sleep(2)
-            if os.getppid() != parent:
-                os._exit(Exit.INTERRUPTED)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _variant(cfg: JobConfig) -> Variant:
     """The definition the job was queued with (older configs: the registry's)."""
     study.check_units(cfg.units)
@@ -369,8 +393,9 @@ def _provenance(run_dir: Path, cfg: JobConfig) -> dict:
     return out
 
 
-def train(run_dir: Path) -> int:
-    """Train the job described by run_dir/config.json. Returns the exit code."""
+def train(run_dir: Path, on_gpu: bool = False) -> int:
+    """Train the job described by run_dir/config.json (on a GPU when `on_gpu`: the job's
+    process checked that it sees the one it was given). Returns the exit code."""
     run_dir = Path(run_dir)
     cfg = JobConfig.from_dict(results.read_json(run_dir / "config.json"))
     summary_path = run_dir / "summary.json"
@@ -386,14 +411,23 @@ def train(run_dir: Path) -> int:
     variant = _variant(cfg)
     recipe = cfg.recipe.replace(**dict(variant.recipe))  # the variant's own fixed fields
     ds = data.load(recipe.dataset, cfg.data_dir, recipe.train_limit, recipe.test_limit)
+    name = keras.backend.backend()
+    steps = -(-len(ds.y_train) // recipe.batch_size)
+    execution = {
+        "matmul_precision": backend.set_matmul_precision(name, recipe.precision),
+        "jit_compile": backend.jit_compile(name, on_gpu),
+        "steps_per_execution": backend.steps_per_execution(on_gpu, steps),
+        "loader_threads": backend.loader_threads(),
+    }
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
-    model = training_model(variant, recipe, ds.num_classes)
+    model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
+                           execution["steps_per_execution"])
 
     backup = AtomicBackup(run_dir / "backup", {
         "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
         "definition_hash": study.definition_hash(variant)})
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
-                              epochs=recipe.epochs)
+                              epochs=recipe.epochs, threads=execution["loader_threads"])
     start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
     pretrained = {}
     if start == 0 and variant.pretrained:
@@ -411,16 +445,12 @@ def train(run_dir: Path) -> int:
         backup,
     ]
     env = environment.describe()
-    tb_note = None
-    try:
-        import tensorboard  # noqa: F401  (TF 2.20+ no longer brings it along)
-        import tensorflow  # noqa: F401
-
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
-                                                     write_graph=False, profile_batch=0))
-    except ImportError:
-        tb_note = "TensorBoard logs skipped: TensorFlow/TensorBoard is not installed"
-        print(tb_note, flush=True)
+    board, tb_note = tensorboard_callback(run_dir)
+    if board is not None:
+        callbacks.append(board)
+    notes = [n for n in (backend.note, tb_note) if n]
+    for n in notes:
+        print(n, flush=True)
 
     info = models.count_params(variant, ds.num_classes)
     base = {
@@ -435,10 +465,10 @@ def train(run_dir: Path) -> int:
         "definition": study.definition(variant),
         "definition_hash": study.definition_hash(variant), "study": cfg.study,
         **({"train_recipe": recipe.to_dict()} if recipe != cfg.recipe else {}),
-        **_provenance(run_dir, cfg), **env, **pretrained,
+        **_provenance(run_dir, cfg), **env, **devices.recorded(), **execution, **pretrained,
     }
-    if tb_note:
-        base["note"] = tb_note
+    if notes:
+        base["note"] = "; ".join(notes)
 
     def write_summary(status: JobState, **extra) -> dict:
         rows = results.read_history(history_path)
@@ -456,8 +486,9 @@ def train(run_dir: Path) -> int:
         callbacks.append(HoldForTest(run_dir, {int(e) for e in hold.split(",")}))
     print(f"job {cfg.index}/{cfg.total}: {cfg.variant} seed {cfg.seed}, recipe {cfg.recipe.id}, "
           f"{'resuming after epoch ' + str(start) if start else 'starting'}; "
-          f"{len(ds.y_train)} train / {len(ds.y_test)} test images; {env['device']}",
-          flush=True)
+          f"{len(ds.y_train)} train / {len(ds.y_test)} test images; {env['device']}; "
+          f"{name}, matmul {execution['matmul_precision']}, "
+          f"{execution['steps_per_execution']} step(s) per execution", flush=True)
     if start < recipe.epochs:  # (else: trained to the end, killed before saving: save)
         model.fit(iter(stream), steps_per_epoch=stream.steps_per_epoch, epochs=recipe.epochs,
                   initial_epoch=start, validation_data=data.test_batches(ds, recipe.batch_size),
@@ -486,44 +517,3 @@ def train(run_dir: Path) -> int:
                   model_file=h5.name if cfg.keep_model else None)
     shutil.rmtree(backup.root, ignore_errors=True)
     return Exit.DONE
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m ablation.training RUN_DIR", file=sys.stderr)
-        return Exit.USAGE
-    _watch_parent()
-    # SIGTERM (from the runner on Ctrl-C, or Ray cancelling) unwinds like Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    run_dir = Path(argv[0])
-    try:
-        return train(run_dir)
-    except KeyboardInterrupt:
-        print("interrupted; the last finished epoch is backed up", flush=True)
-        return Exit.INTERRUPTED
-    except AblationError as e:
-        return _fail(run_dir, str(e))
-    except Exception as e:  # OOM, a bug, a bad variant: the queue goes on
-        traceback.print_exc()
-        return _fail(run_dir, f"{type(e).__name__}: {e}".splitlines()[0][:500])
-
-
-def _fail(run_dir: Path, reason: str) -> int:
-    print(f"FAILED: {reason}", flush=True)
-    path = run_dir / "summary.json"
-    try:
-        s = results.read_json(path) if path.exists() else {}
-    except AblationError:
-        s = {}
-    s.update(status=JobState.FAILED, error=reason)
-    with contextlib.suppress(AblationError):
-        results.atomic_write_json(path, s)
-    return Exit.FAILED
-
-
-if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(int(code))  # skip interpreter teardown: TF's data threads can stall it

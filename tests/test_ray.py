@@ -96,7 +96,7 @@ def test_without_ray_the_flag_is_a_one_line_error(tmp_path):
 
 def test_worker_that_cannot_see_the_results_folder_says_so(tmp_path):
     from ablation.protocol import Exit
-    from ablation.ray_executor import _train_on_worker
+    from ablation.executors.ray_cluster import _train_on_worker
 
     code, tail = _train_on_worker(str(tmp_path / "elsewhere"), 1, None)
     assert code == Exit.NOT_VISIBLE and "put --results on shared storage" in tail[-1]

@@ -4,13 +4,14 @@ input, and the JAX backend. (Interrupting and resuming: test_resume.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, history, need, one_line_error, run_cli, run_dirs
+from conftest import TINY, history, need, one_line_error, run_cli, run_dirs, tiny_study
 
 
 def tiny_run(results: Path, cifar: Path, *args: str, env: dict | None = None):
@@ -123,10 +124,36 @@ def test_damaged_data_dir_is_one_line(tmp_path):
     assert "damaged data file" in one_line_error(r)
 
 
-def test_jax_backend_trains_a_tiny_job(tmp_path, cifar_dir):
+def test_without_tensorflow_a_job_trains_on_jax_with_no_flag(tmp_path, cifar_dir):
+    """A GPU image with JAX and no TensorFlow: `import tensorflow` fails (here a package
+    on PYTHONPATH that refuses to import, and counts the tries). With no flag and no
+    KERAS_BACKEND, the job trains on JAX, writes TensorBoard logs without TensorFlow,
+    and `ablation report` reads it."""
     need("jax")
+    blocker = tmp_path / "blocker"
+    (blocker / "tensorflow").mkdir(parents=True)
+    tries = tmp_path / "tries.txt"
+    (blocker / "tensorflow" / "__init__.py").write_text(
+        "import os\n"
+        f"with open({str(tries)!r}, 'a') as f:\n"
+        "    f.write(str(os.getpid()) + '\\n')\n"
+        "raise ImportError('blocked by the test: no TensorFlow in this environment')\n")
+    study = tiny_study(tmp_path)
+    env = {"PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
+           "KERAS_BACKEND": None, "KERAS_HOME": str(tmp_path / "keras-home")}
     res = tmp_path / "results"
-    r = tiny_run(res, cifar_dir, "resnet32_e", env={"KERAS_BACKEND": "jax"})
+    r = tiny_run(res, cifar_dir, "tiny8", "--study", str(study), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    s = json.loads((run_dirs(res)[0] / "summary.json").read_text())
+    run = run_dirs(res)[0]
+    s = json.loads((run / "summary.json").read_text())
     assert s["backend"] == "jax" and s["status"] == "done" and s["epochs_done"] == 2
+    assert "TensorFlow cannot be imported (blocked by the test" in s["note"]
+    assert s["jit_compile"] is True and s["matmul_precision"] == "float32"
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {e.parent.name for e in events} == {"train", "validation"}
+    assert tries.read_text().strip()  # the blocker was in the job's way
+    rep = run_cli("report", "--study", str(study), "--results", str(res),
+                  "--out", str(tmp_path / "report"), env=env)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert "jax" in (tmp_path / "report" / "README.md").read_text()
+    assert "tiny8" in (tmp_path / "report" / "runs.csv").read_text()

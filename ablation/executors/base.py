@@ -1,0 +1,85 @@
+"""What every executor shares: the `Executor` protocol the runner drives, the job's
+command, and turning a finished job's process into a queue outcome.
+
+An executor runs `python -m ablation.job RUN_DIR` and reports the outcome (exit code
++ the run folder's summary.json), so a job's artefacts do not depend on who ran it.
+Only the driver (ablation.runner) touches the queue database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from ablation import results
+from ablation.errors import AblationError
+from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome
+
+LineSink = Callable[[int, str], None]  # (job id, progress payload) -> None
+
+
+class Executor(Protocol):
+    """What the runner needs of a place that runs training processes."""
+
+    size: int  # jobs it can run at once
+    describe: str  # one line for the console
+
+    @property
+    def capacity(self) -> int: ...  # free slots now
+
+    def next_place(self) -> str: ...  # where the next submitted job will run, in words
+
+    def running(self) -> list[int]: ...  # job ids in flight
+
+    def submit(self, job_id: int, run_dir: Path) -> None: ...
+
+    def poll(self, timeout: float = 1.0) -> list[Outcome]: ...  # jobs that ended
+
+    def cancel(self) -> list[Outcome]: ...  # stop all; their outcomes
+
+    def shutdown(self) -> None: ...
+
+
+def train_command(run_dir: str) -> list[str]:
+    return [sys.executable, "-m", "ablation.job", str(run_dir)]
+
+
+def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outcome:
+    """Turn a finished job's process into a queue state."""
+    summary = {}
+    with contextlib.suppress(FileNotFoundError, AblationError):
+        summary = results.read_json(Path(run_dir) / "summary.json")
+    if code == Exit.DONE and summary.get("status") == JobState.DONE:
+        return Outcome(job_id, JobState.DONE)
+    if code in (Exit.INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
+        return Outcome(job_id, JobState.INTERRUPTED, "interrupted; resumes from its last epoch")
+    if code == Exit.NO_DEVICE:
+        return Outcome(job_id, JobState.INTERRUPTED,
+                       summary.get("error") or "given a GPU, it sees none", machine=True)
+    reason = summary.get("error") if summary.get("status") == JobState.FAILED else None
+    if not reason:
+        last = [t for t in tail if t.strip()]
+        reason = f"exit code {code}" + (f": {last[-1].strip()[:300]}" if last else "")
+        if code in (-signal.SIGKILL, 137):
+            reason += " (killed: out of memory?)"
+    return Outcome(job_id, JobState.FAILED, reason)
+
+
+def pump(stream, log_path: Path, job_id: int, sink: LineSink, tail: list[str]) -> None:
+    """Copy a job's output into its train.log; progress lines go to sink."""
+    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+        log.write(f"--- attempt started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+        for raw in stream:
+            line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            if line.startswith(PROGRESS_PREFIX):
+                sink(job_id, line[len(PROGRESS_PREFIX):])
+            else:
+                log.write(line)
+                log.flush()
+                tail.append(line)
+                del tail[:-20]
