@@ -20,7 +20,7 @@ from ablation.study import Study, load_study
 # TensorFlow not installed, JAX installed: Keras must load JAX (ablation.backend)
 _backend.prefer_installed()
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["Block", "Study", "__version__", "build_model", "count_params", "load_study",
            "shortcut", "unit", "variants"]
 

@@ -20,21 +20,21 @@ def run_dirs(results: Path) -> dict[str, Path]:
     return {p.name: p for p in (results / "runs").glob("*/*") if p.is_dir()}
 
 
-def test_ray_runs_jobs_and_isolates_a_failure(tmp_path, cifar_dir):
+def test_ray_runs_jobs_and_isolates_a_failure(tmp_path, cifar_dir, tiny):
     need("ray")
     res = tmp_path / "results"
-    jobs = ["resnet32_c", "resnet32_e", "resnet34"]
+    jobs = ["tiny8", "tiny8_c", "tiny8_b", *tiny]
     plan = run_cli("run", *jobs, *TINY, "--data-dir", str(cifar_dir), "--results", str(res),
                    "--dry-run")
-    bad = next(line.split()[-1] for line in plan.stdout.splitlines() if "resnet34" in line)
+    bad = next(line.split()[-1] for line in plan.stdout.splitlines() if "tiny8_b" in line)
     (Path(bad) / "history.csv").mkdir(parents=True)  # sabotage one job
     r = run_cli("run", *jobs, *TINY, "--data-dir", str(cifar_dir), "--results", str(res),
                 "--executor", "ray")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "with Ray at" in r.stdout and "epoch 2/2" in r.stdout
-    assert "FAILED resnet34 s0" in r.stdout and "2 done" in r.stdout
-    runs = run_dirs(res)
-    for name in ("resnet32_c-s0", "resnet32_e-s0"):
+    assert "FAILED tiny8_b@" in r.stdout and "2 done" in r.stdout
+    runs = {name.split("-")[0]: run for name, run in run_dirs(res).items()}
+    for name in ("tiny8", "tiny8_c"):
         s = json.loads((runs[name] / "summary.json").read_text())
         assert s["status"] == "done" and s["epochs_done"] == 2
         assert s["h5_bytes"] == (runs[name] / "model.h5").stat().st_size
@@ -59,13 +59,14 @@ def _kill_own_worker(res: Path, epoch: int, proc) -> None:
     os.kill(worker, signal.SIGKILL)  # the node's worker dies mid-job
 
 
-def test_killed_ray_worker_is_retried_resumes_and_runs_out_of_retries(tmp_path, cifar_dir):
+def test_killed_ray_worker_is_retried_resumes_and_runs_out_of_retries(tmp_path, cifar_dir,
+                                                                      tiny):
     """Held after epoch 1 and killed, Ray retries the job, which resumes from epoch 1;
     held after epoch 2 and killed again, the one retry is spent: the job fails naming
     Ray. Rerunning with --retry-failed resumes from epoch 2; each epoch is trained once."""
     need("ray")
     res = tmp_path / "results"
-    args = ["run", "resnet32_d", "--epochs", "4", "--train-limit", "128", "--test-limit", "64",
+    args = ["run", "tiny8", *tiny, "--epochs", "4", "--train-limit", "128", "--test-limit", "64",
             "--batch-size", "32", "--data-dir", str(cifar_dir), "--results", str(res),
             "--executor", "ray", "--ray-retries", "1"]
     p = start_cli(*args, env=hold_after(1, 2))
@@ -73,7 +74,7 @@ def test_killed_ray_worker_is_retried_resumes_and_runs_out_of_retries(tmp_path, 
     _kill_own_worker(res, 2, p)
     out = finish(p, "the Ray run to give up on the job", timeout=400)
     assert p.returncode == 1, out
-    assert "FAILED resnet32_d s0: Ray:" in out
+    assert "FAILED tiny8@" in out and " s0: Ray:" in out
     run = next(iter(run_dirs(res).values()))
     log = (run / "train.log").read_text()
     assert log.count("--- attempt started") == 2 and "resuming after epoch 1" in log
@@ -95,8 +96,8 @@ def test_without_ray_the_flag_is_a_one_line_error(tmp_path):
 
 
 def test_worker_that_cannot_see_the_results_folder_says_so(tmp_path):
-    from ablation.protocol import Exit
     from ablation.executors.ray_cluster import _train_on_worker
+    from ablation.protocol import Exit
 
     code, tail = _train_on_worker(str(tmp_path / "elsewhere"), 1, None)
     assert code == Exit.NOT_VISIBLE and "put --results on shared storage" in tail[-1]

@@ -25,9 +25,9 @@ def _held(res):
         res / "runs").exists() else False
 
 
-def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir):
+def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir, tiny):
     res = tmp_path / "results"
-    args = ["resnet32_a", *TINY4]
+    args = ["tiny8", *tiny, *TINY4]
     p = start_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res),
                   env=hold_after(2))
     wait_for(_held(res), "the job to finish epoch 2 and hold", p)
@@ -48,9 +48,9 @@ def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir):
     assert " done " in st.stdout
 
 
-def test_ctrl_c_marks_interrupted_and_rerun_resumes(tmp_path, cifar_dir):
+def test_ctrl_c_marks_interrupted_and_rerun_resumes(tmp_path, cifar_dir, tiny):
     res = tmp_path / "results"
-    args = ["resnet32_b", "--epochs", "3", "--train-limit", "128", "--test-limit", "64",
+    args = ["tiny8", *tiny, "--epochs", "3", "--train-limit", "128", "--test-limit", "64",
             "--batch-size", "32"]
     p = start_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res),
                   env=hold_after(1))
@@ -66,11 +66,11 @@ def test_ctrl_c_marks_interrupted_and_rerun_resumes(tmp_path, cifar_dir):
     assert [row["epoch"] for row in history(run_dirs(res)[0])] == ["0", "1", "2"]
 
 
-def test_two_runners_never_run_a_job_twice(tmp_path, cifar_dir):
+def test_two_runners_never_run_a_job_twice(tmp_path, cifar_dir, tiny):
     """Whatever the interleaving (one runner may even find everything done), each job is
     attempted once and both runners exit 0."""
     res = tmp_path / "results"
-    args = ["run", "resnet32_c", "resnet32_d", "--epochs", "2", "--train-limit", "128",
+    args = ["run", "tiny8", "tiny8_c", *tiny, "--epochs", "2", "--train-limit", "128",
             "--test-limit", "64", "--batch-size", "32", "--data-dir", str(cifar_dir),
             "--results", str(res)]
     a = start_cli(*args)
@@ -87,12 +87,12 @@ def test_two_runners_never_run_a_job_twice(tmp_path, cifar_dir):
 
 
 def test_a_damaged_snapshot_fails_the_job_and_a_fresh_start_trains_each_epoch_once(
-        tmp_path, cifar_dir):
+        tmp_path, cifar_dir, tiny):
     """The weights of the latest snapshot are lost after a kill (a full disk, a cleaner):
     the rerun refuses to train on, in one line, keeping the files and the history; with
     the backup deleted, --retry-failed trains from epoch 0, each epoch once."""
     res = tmp_path / "results"
-    args = ["resnet32_c", "--epochs", "2", "--train-limit", "128", "--test-limit", "64",
+    args = ["tiny8", *tiny, "--epochs", "2", "--train-limit", "128", "--test-limit", "64",
             "--batch-size", "32", "--data-dir", str(cifar_dir), "--results", str(res)]
     p = start_cli("run", *args, env=hold_after(1))
     wait_for(_held(res), "the job to finish epoch 1 and hold", p)

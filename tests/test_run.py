@@ -62,30 +62,31 @@ def test_run_records_everything(tmp_path, cifar_dir, tiny_e_results):
     assert st.returncode == 0 and st.stdout.count(" done ") == 2
 
 
-def test_a_failing_job_does_not_stop_the_queue(tmp_path, cifar_dir):
+def test_a_failing_job_does_not_stop_the_queue(tmp_path, cifar_dir, tiny):
     res = tmp_path / "results"
-    plan = tiny_run(res, cifar_dir, "resnet32_d_v2", "resnet32_e_v2", "--dry-run")
+    jobs = ["tiny8_c", "tiny8", *tiny]
+    plan = tiny_run(res, cifar_dir, *jobs, "--dry-run")
     assert plan.returncode == 0 and "2 job(s); nothing was run" in plan.stdout
     assert not run_dirs(res)
     # sabotage one job: a folder where its history.csv must go
-    bad = next(line.split()[-1] for line in plan.stdout.splitlines() if "resnet32_d_v2" in line)
+    bad = next(line.split()[-1] for line in plan.stdout.splitlines() if "tiny8_c" in line)
     (Path(bad) / "history.csv").mkdir(parents=True)
-    r = tiny_run(res, cifar_dir, "resnet32_d_v2", "resnet32_e_v2")
+    r = tiny_run(res, cifar_dir, *jobs)
     assert r.returncode == 1
-    assert "FAILED resnet32_d_v2 s0" in r.stdout and "1 done" in r.stdout
+    assert "FAILED tiny8_c@" in r.stdout and "1 done" in r.stdout
     st = run_cli("status", "--results", str(res))
     assert "failed" in st.stdout and "done" in st.stdout
     # without --retry-failed the failed job stays failed; with it, it runs again
     (Path(bad) / "history.csv").rmdir()
-    again = tiny_run(res, cifar_dir, "resnet32_d_v2", "resnet32_e_v2")
+    again = tiny_run(res, cifar_dir, *jobs)
     assert again.returncode == 1 and "1 failed" in again.stdout
-    retry = tiny_run(res, cifar_dir, "resnet32_d_v2", "resnet32_e_v2", "--retry-failed")
+    retry = tiny_run(res, cifar_dir, *jobs, "--retry-failed")
     assert retry.returncode == 0, retry.stdout + retry.stderr
 
 
-def test_nan_loss_fails_the_job_with_its_reason(tmp_path, cifar_dir):
+def test_nan_loss_fails_the_job_with_its_reason(tmp_path, cifar_dir, tiny):
     res = tmp_path / "results"
-    r = tiny_run(res, cifar_dir, "resnet32", "--lr", "1e9")
+    r = tiny_run(res, cifar_dir, "tiny8", *tiny, "--lr", "1e9")
     assert r.returncode == 1
     assert "loss became NaN" in r.stdout
     s = json.loads((run_dirs(res)[0] / "summary.json").read_text())
@@ -138,7 +139,7 @@ def test_without_tensorflow_a_job_trains_on_jax_with_no_flag(tmp_path, cifar_dir
         f"with open({str(tries)!r}, 'a') as f:\n"
         "    f.write(str(os.getpid()) + '\\n')\n"
         "raise ImportError('blocked by the test: no TensorFlow in this environment')\n")
-    study = tiny_study(tmp_path)
+    study = tiny_study(tmp_path)  # (its own copy: the report goes beside it)
     env = {"PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
            "KERAS_BACKEND": None, "KERAS_HOME": str(tmp_path / "keras-home")}
     res = tmp_path / "results"
