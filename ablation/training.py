@@ -261,9 +261,9 @@ class Recorder(keras.callbacks.Callback):
 
 class EpochScalars(keras.callbacks.Callback):
     """Per-epoch TensorBoard scalars where Keras' TensorBoard callback cannot run: it
-    needs TensorFlow, which a JAX job does not import (so it never touches the GPU).
-    Written with tensorboard's own writer, into the same train/ and validation/ runs
-    and `epoch_*` tags as Keras' callback."""
+    needs TensorFlow, which a JAX machine may not have (and which a JAX job keeps off
+    the GPU: `backend.keep_tensorflow_off_gpu`). Written with tensorboard's own writer,
+    into the same train/ and validation/ runs and `epoch_*` tags as Keras' callback."""
 
     def __init__(self, logdir: Path):
         super().__init__()
