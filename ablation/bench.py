@@ -105,11 +105,6 @@ def _child(cmd: list[str]) -> dict:
     from ablation import devices
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **devices.shared_process_env())
-    gpus = devices.list_gpus()
-    if gpus.ids and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        env["CUDA_VISIBLE_DEVICES"] = gpus.ids[0]
-        if gpus.pci_order:
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):

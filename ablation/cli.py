@@ -193,11 +193,6 @@ def cmd_analyze(args) -> int:
 
     # it runs beside training jobs: one GPU, memory as needed, never most of every GPU
     os.environ.update(devices.shared_process_env())
-    gpus = devices.list_gpus()
-    if gpus.ids and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.ids[0]
-        if gpus.pci_order:
-            os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     backend.choose()
     from ablation import analyze
 

@@ -180,15 +180,20 @@ def job_env(base: Mapping[str, str], gpu: str | None, sharing: int = 1,
 
 
 def shared_process_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Memory variables for a process that may run beside training jobs on their GPUs
-    (`ablation analyze`, the `bench` children): it takes memory as it needs it, never
-    most of every GPU."""
+    """What a process that may run beside training jobs on their GPUs (`ablation
+    analyze`, the `bench` children) adds to its environment: one GPU (the first, unless
+    CUDA_VISIBLE_DEVICES says), and memory taken as needed, never most of every GPU."""
     env = os.environ if env is None else env
     out = {}
     if TF_GROWTH not in env:
         out[TF_GROWTH] = "true"
     if not any(v in env for v in JAX_MEMORY_VARS):
         out[JAX_PREALLOCATE] = "false"
+    gpus = list_gpus(env)
+    if gpus.ids and "CUDA_VISIBLE_DEVICES" not in env:
+        out["CUDA_VISIBLE_DEVICES"] = gpus.ids[0]
+        if gpus.pci_order:
+            out["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     return out
 
 

@@ -4,9 +4,10 @@ thread calling `batch()` back to back) and in all (its own thread pool), per aug
     python benchmarks/pipeline.py [--threads 1 2] [--batches 60]
     python benchmarks/pipeline.py --compare OTHER_CHECKOUT   # before/after, interleaved
 
-At GPU speed one ResNet-32 job consumes 10-20k img/s, and a packed GPU runs several
-jobs from one host, so this is the number that says how many loader threads a job needs
-(`ablation run --loader-threads`). Uses generated images: no data needed.
+At GPU speed one ResNet-32 job would consume on the order of 10-20k img/s (an
+estimate, not a measurement), and a packed GPU runs several jobs from one host, so
+this is the number that says how many loader threads a job needs (`ablation run
+--loader-threads`). Uses generated images: no data needed.
 """
 
 from __future__ import annotations

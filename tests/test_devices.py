@@ -31,7 +31,8 @@ def fake_nvidia_smi(folder: Path, listing: str = TWO_GPUS) -> Path:
     """A folder holding an `nvidia-smi` that prints `listing` for `-L`."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "nvidia-smi"
-    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + listing + "EOF\n")
+    assert "'" not in listing
+    script.write_text(f"#!/bin/sh\nprintf '%s' '{listing}'\n")  # a builtin: no PATH needed
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return folder
 
@@ -125,11 +126,17 @@ def test_a_packed_jobs_environment():
     assert rec["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225"
 
 
-def test_analyze_and_bench_processes_take_memory_as_needed():
-    assert devices.shared_process_env({}) == {"TF_FORCE_GPU_ALLOW_GROWTH": "true",
-                                              "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    assert devices.shared_process_env({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".2"}) == {
+def test_analyze_and_bench_processes_take_one_gpu_and_memory_as_needed(tmp_path):
+    on_cpu = {"PATH": str(tmp_path)}
+    assert devices.shared_process_env(on_cpu) == {"TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                                                  "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert devices.shared_process_env(dict(on_cpu, XLA_PYTHON_CLIENT_MEM_FRACTION=".2")) == {
         "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    two = {"PATH": str(fake_nvidia_smi(tmp_path / "bin"))}
+    got = devices.shared_process_env(two)
+    assert (got["CUDA_VISIBLE_DEVICES"], got["CUDA_DEVICE_ORDER"]) == ("0", "PCI_BUS_ID")
+    assert "CUDA_DEVICE_ORDER" not in devices.shared_process_env(
+        dict(two, CUDA_VISIBLE_DEVICES="1"))
 
 
 def test_loader_threads_share_the_hosts_cores():
