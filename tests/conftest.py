@@ -67,9 +67,8 @@ def cifar_dir() -> Path:
 # --durations=0`). xdist hands each worker whole files (pyproject's addopts); started
 # first, these never end up last on an already busy worker. Every other file follows in
 # its usual order: a stale list costs minutes, never a test.
-LONGEST_FIRST = ("test_run.py", "test_resume.py", "test_families.py", "test_studies.py",
-                 "test_features.py", "test_ray.py", "test_report.py", "test_devices.py",
-                 "test_paper_studies.py")
+LONGEST_FIRST = ("test_run.py", "test_ray.py", "test_resume.py", "test_studies.py",
+                 "test_features.py", "test_report.py", "test_paper_studies.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
