@@ -184,13 +184,25 @@ def steps_per_execution(on_gpu: bool, steps_per_epoch: int) -> int:
     of the epoch's steps: Keras runs whole executions, so one that crossed an epoch's end
     would train on the next epoch's batches (the blog's 391 steps = 17 × 23: 23). The
     per-epoch records are the same either way."""
-    given = os.environ.get(JobEnv.STEPS_PER_EXECUTION)
-    most = (int(given) if given and given.isdigit() and int(given) >= 1
-            else GPU_STEPS_PER_EXECUTION if on_gpu else 1)
+    most = _env_count(JobEnv.STEPS_PER_EXECUTION) or (GPU_STEPS_PER_EXECUTION if on_gpu else 1)
     return max(k for k in range(1, min(most, steps_per_epoch) + 1) if steps_per_epoch % k == 0)
 
 
 def loader_threads() -> int:
     """Input-pipeline threads: JobEnv.LOADER_THREADS as the executor set it, else 2."""
-    given = os.environ.get(JobEnv.LOADER_THREADS)
-    return int(given) if given and given.isdigit() and int(given) >= 1 else 2
+    return _env_count(JobEnv.LOADER_THREADS) or 2
+
+
+def _env_count(name: str) -> int | None:
+    """A positive whole number from the environment, else None."""
+    given = os.environ.get(name, "")
+    return int(given) if given.isdigit() and int(given) >= 1 else None
+
+
+def compile_settings(backend: str, precision: str, on_gpu: bool, steps_per_epoch: int) -> dict:
+    """What a training process (a job, a bench measurement) sets before it builds the
+    model, under the names its summary records them by: the matmul precision (set here),
+    jit_compile and steps_per_execution."""
+    return {"matmul_precision": set_matmul_precision(backend, precision),
+            "jit_compile": jit_compile(backend, on_gpu),
+            "steps_per_execution": steps_per_execution(on_gpu, steps_per_epoch)}

@@ -59,16 +59,17 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
     _study_of(variant, study)  # registers the variant
     recipe = Recipe(precision=precision, batch_size=batch_size)
     on_gpu = backend.gpus_seen(name) > 0
-    matmul = backend.set_matmul_precision(name, precision)
     # whole executions only: k is always a multiple of the steps per execution
-    spe = backend.steps_per_execution(on_gpu, steps or backend.GPU_STEPS_PER_EXECUTION)
+    settings = backend.compile_settings(name, precision, on_gpu,
+                                        steps or backend.GPU_STEPS_PER_EXECUTION)
+    spe = settings["steps_per_execution"]
     k = steps or max(FIRST_STEPS, spe)
     n = min(k, POOL_BATCHES) * batch_size
     ds = (data.load("cifar10", data_dir, train_limit=n, test_limit=10) if data_dir
           else data.synthetic(n_train=n, n_test=10))
     keras.utils.set_random_seed(0)
     model = training.training_model(variant, recipe, ds.num_classes,
-                                    backend.jit_compile(name, on_gpu), spe)
+                                    settings["jit_compile"], spe)
     stream = iter(data.TrainStream(ds, batch_size, seed=0, augment="blog", epochs=MAX_STEPS,
                                    threads=devices.loader_threads(1)))
 
@@ -94,8 +95,7 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
         k = -(-k // spe) * spe
         seconds = timed(k)
     return {"images_per_second": k * batch_size / seconds, "seconds": seconds, "steps": k,
-            "steps_per_execution": spe,
-            "backend": name, "device": "GPU" if on_gpu else "CPU", "matmul_precision": matmul,
+            **settings, "backend": name, "device": "GPU" if on_gpu else "CPU",
             "variant": variant, "precision": precision}
 
 

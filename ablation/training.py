@@ -413,12 +413,8 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     ds = data.load(recipe.dataset, cfg.data_dir, recipe.train_limit, recipe.test_limit)
     name = keras.backend.backend()
     steps = -(-len(ds.y_train) // recipe.batch_size)
-    execution = {
-        "matmul_precision": backend.set_matmul_precision(name, recipe.precision),
-        "jit_compile": backend.jit_compile(name, on_gpu),
-        "steps_per_execution": backend.steps_per_execution(on_gpu, steps),
-        "loader_threads": backend.loader_threads(),
-    }
+    execution = {**backend.compile_settings(name, recipe.precision, on_gpu, steps),
+                 "loader_threads": backend.loader_threads()}
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
     model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
                            execution["steps_per_execution"])
