@@ -19,8 +19,10 @@ from ablation.study import Study, load_study
 
 # TensorFlow not installed, JAX installed: Keras must load JAX (ablation.backend)
 _backend.prefer_installed()
+# TensorFlow's C++ start-up log lines never reach a user's terminal (ablation.backend)
+_backend.quiet_tensorflow_import()
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = ["Block", "Study", "__version__", "build_model", "count_params", "load_study",
            "shortcut", "unit", "variants"]
 

@@ -74,6 +74,11 @@ def measure(h5: Path, x: np.ndarray) -> pd.DataFrame:
     """The response std of each 3x3 layer of the saved model over images x."""
     import keras
 
+    units = h5.parent / "units.py"
+    if units.is_file():  # the run's copy of its units: it registers their Keras layers
+        from ablation.study import import_units
+
+        import_units(str(units), f"layers of {h5}")
     try:
         model = keras.models.load_model(str(h5), compile=False)
     except Exception as e:  # truncated, not HDF5, not a Keras model

@@ -12,10 +12,14 @@ libraries would otherwise train on the CPU, quietly and about 50x slower.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import importlib.util
 import json
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from ablation.errors import AblationError
@@ -48,6 +52,70 @@ def _configured() -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return name if isinstance(name, str) and name != "tensorflow" else None
+
+
+# What TensorFlow's C++ side logs to stderr while it imports, whatever TF_CPP_MIN_LOG_LEVEL
+# says (absl's INFO and WARNING lines: oneDNN, missing CUDA stubs): noise around the one
+# line a command prints on a mistake
+_IMPORT_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is "
+                           r"called are written to STDERR|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+                           r"|To enable the following instructions: .* rebuild TensorFlow")
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """Hold what is written to file descriptor 2 (C++ included), then write back the
+    lines that are not TensorFlow's import noise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode("utf-8", "replace").splitlines(True)
+                    if not _IMPORT_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports TensorFlow, the first time anything asks for it, with its start-up log
+    lines held back (`_held_stderr`); everything else it prints, and every error, comes
+    through."""
+
+    def __init__(self):
+        self.loader = None
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow" or self.loader is not None:
+            return None
+        sys.meta_path.remove(self)  # once: find the real spec, and never again
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _held_stderr():
+            self.loader.exec_module(module)
+
+
+def quiet_tensorflow_import() -> None:
+    """Hold back TensorFlow's start-up log lines in this process (import-free: only a
+    finder that waits for TensorFlow's import)."""
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
 
 
 def prefer_installed() -> None:

@@ -54,20 +54,30 @@ def cmd_list(args) -> int:
                      "params_total": info.params_total,
                      "params_trainable": info.params_trainable,
                      "params_non_trainable": info.params_non_trainable,
-                     "description": v.description})
+                     "macs": info.macs, "description": v.description})
+    shadows = [f"unit {u!r} of {study.units_source} shadows the built-in unit {u!r} for this "
+               "study's own variants" for u in study.shadowed]
     if args.json:
         print(json.dumps(rows, indent=2))
+        for line in shadows:
+            print(f"note: {line}", file=sys.stderr)
         return 0
     from tabulate import tabulate
 
     print(tabulate([[r["name"], r["label"], r["depth"], f"{r['params_total']:,}",
                      f"{r['params_trainable']:,}", f"{r['params_non_trainable']:,}",
+                     "unknown" if r["macs"] is None else f"{r['macs'] / 1e6:,.1f}M",
                      r["description"]] for r in rows],
                    headers=["name", "blog label" if study.name == DEFAULT_STUDY else "label",
-                            "depth", "params", "trainable", "non-trainable", "description"],
-                   colalign=("left", "left", "right", "right", "right", "right", "left")))
+                            "depth", "params", "trainable", "non-trainable", "MACs",
+                            "description"],
+                   colalign=("left", "left", "right", "right", "right", "right", "right",
+                             "left")))
     print(f"\nstudy {study.name}: {study.description}" if study.description else "")
-    print("depth = weighted layers on the main path (stem, residual-branch convs, dense)"
+    for line in shadows:
+        print(line)
+    print("depth = weighted layers on the main path (stem, residual-branch convs, dense); "
+          "MACs = multiply-adds per image (unknown where a unit uses ops.layer)"
           + ("; resnet152 is the blog's 3-4-36-3, 140 layers." if "resnet152" in names
              else "."))
     return 0

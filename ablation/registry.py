@@ -19,7 +19,8 @@ from typing import Any
 from ablation.errors import AblationError
 
 # Variant fields added after 0.2, with the default that leaves a definition unchanged
-ADDED_FIELDS = {"downsample": "stride", "head_widths": [], "dropout": 0.0, "pretrained": None}
+ADDED_FIELDS = {"downsample": "stride", "head_widths": [], "dropout": 0.0, "pretrained": None,
+                "head_act": "relu"}
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,13 @@ class Stage:
 
 @dataclass(frozen=True)
 class Variant:
-    """A registry row. `unit` / `down_unit` name entries of `ablation.models.UNITS`,
-    `stem` and `head` entries of `STEMS` and `HEADS`."""
+    """A registry row. `unit` / `down_unit` name units (`ablation.models.resolve`: the
+    study's own in `unit_module`, then the built-in ones), `stem` and `head` entries of
+    `STEMS` and `HEADS`."""
 
     name: str
     label: str  # the blog's (or the paper's) name for it
-    unit: str
+    unit: str | tuple[str, ...]  # one unit, or one per stage
     stages: tuple[Stage, ...]
     stem_filters: int = 16
     down_unit: str | None = None  # unit used for shape-changing blocks, if different
@@ -57,6 +59,20 @@ class Variant:
     head_widths: tuple[int, ...] = ()  # hidden dense layers of the dense heads
     dropout: float = 0.0  # after each hidden dense layer's ReLU (dense heads)
     pretrained: str | None = None  # "imagenet" or a VGG19 weights file: the convs start there
+    # --- added in 0.5 (your own designs)
+    head_act: str = "relu"  # the head's activation (BN-ReLU, or BN-SiLU, ...)
+    # where the study's own units live (a module name): they come first for this variant.
+    # Not part of the definition: the units' source hashes are (ablation.study)
+    unit_module: str | None = None
+
+    def stage_unit(self, stage: int) -> str:
+        """The unit of stage `stage` (0-based)."""
+        return self.unit[stage] if isinstance(self.unit, tuple) else self.unit
+
+    def unit_names(self) -> list[str]:
+        """Every unit the network uses, each once."""
+        names = list(self.unit) if isinstance(self.unit, tuple) else [self.unit]
+        return list(dict.fromkeys([*names, *([self.down_unit] if self.down_unit else [])]))
 
     def to_dict(self) -> dict:
         """Plain data (JSON/TOML-like): stages as [blocks, width(, inner)] lists."""
@@ -65,6 +81,8 @@ class Variant:
         d["reference_params"] = list(self.reference_params) if self.reference_params else None
         d["recipe"] = dict(self.recipe)
         d["head_widths"] = list(self.head_widths)
+        if isinstance(self.unit, tuple):
+            d["unit"] = list(self.unit)
         return d
 
     @classmethod
@@ -76,6 +94,8 @@ class Variant:
             kw["reference_params"] = tuple(kw["reference_params"])
         kw["recipe"] = tuple(sorted(dict(d.get("recipe") or {}).items()))
         kw["head_widths"] = tuple(d.get("head_widths") or ())
+        if isinstance(kw.get("unit"), list):
+            kw["unit"] = tuple(kw["unit"])
         return cls(**kw)
 
     def replace(self, **changes: Any) -> Variant:

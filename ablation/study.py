@@ -91,6 +91,7 @@ class Study:
     units: tuple[str, ...]  # user units the study's file brought
     units_source: str | None  # where they came from (absolute path or module)
     analysis: verdict.Settings = field(default_factory=verdict.Settings)  # [analysis]
+    shadowed: tuple[str, ...] = ()  # built-in unit names its own units shadow
 
     def variants(self, pattern: str = "*") -> list[str]:
         return registry.variants(pattern, self.variant_names)
@@ -127,13 +128,14 @@ def definition(v: Variant) -> dict:
     """What decides a variant's network and training: its fields (not its name or
     cosmetic labels) and the source hash of each user unit it uses."""
     d = v.to_dict()
-    for cosmetic in ("name", "label", "description", "reference_params"):
+    # cosmetic, or (unit_module) where the units live: their source hashes below pin them
+    for cosmetic in ("name", "label", "description", "reference_params", "unit_module"):
         d.pop(cosmetic)
     for key, default in registry.ADDED_FIELDS.items():  # earlier definitions stay valid
         if d.get(key) == default:
             d.pop(key)
-    d["unit_sources"] = {u: h for u in (v.unit, v.down_unit)
-                         if u and (h := models.user_unit_hash(u))}
+    d["unit_sources"] = {u: h for u in v.unit_names()
+                         if (h := models.user_unit_hash(u, v.unit_module))}
     return d
 
 
@@ -158,20 +160,22 @@ def unit_records(v: Variant) -> list[dict]:
     """The user units a variant needs, with where they come from and their hashes
     (what a training process must import and check)."""
     out = []
-    for u in dict.fromkeys(x for x in (v.unit, v.down_unit) if x):
-        h = models.user_unit_hash(u)
+    for u in v.unit_names():
+        h = models.user_unit_hash(u, v.unit_module)
         if h:
-            out.append({"name": u, "source": _UNIT_SOURCES.get(u), "sha256": h})
+            out.append({"name": u, "source": _UNIT_SOURCES.get(v.unit_module or ""),
+                        "module": v.unit_module, "sha256": h})
     return out
 
 
 # --- user units -----------------------------------------------------------------------------
 
-_UNIT_SOURCES: dict[str, str] = {}  # user unit name -> file path or module it came from
+_UNIT_SOURCES: dict[str, str] = {}  # units module -> the file path or module it came from
 
 
-def import_units(source: str, where: str = "") -> list[str]:
-    """Import a units file (a path) or module; return the names of the units it defines."""
+def import_units(source: str, where: str = "") -> tuple[str, list[str]]:
+    """Import a units file (a path) or module; return its module name (the namespace
+    of its units) and the names of the units it defines."""
     prefix = f"{where}: " if where else ""
     is_file = source.endswith(".py") or "/" in source or "\\" in source
     if is_file and not Path(source).is_file():
@@ -182,6 +186,8 @@ def import_units(source: str, where: str = "") -> list[str]:
             mod_name = "ablation_units_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
             if mod_name not in sys.modules:
                 spec = importlib.util.spec_from_file_location(mod_name, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"{path} is not a Python file")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[mod_name] = module
                 try:
@@ -195,26 +201,28 @@ def import_units(source: str, where: str = "") -> list[str]:
     except Exception as e:
         raise AblationError(f"{prefix}cannot import units {source}: "
                             f"{type(e).__name__}: {e}".splitlines()[0]) from None
-    found = [n for n, fn in models.UNITS.items() if n not in models.BUILTIN_UNITS
-             and getattr(fn, "__module__", None) == module.__name__]
+    found = models.user_units(module.__name__)
     if not found:
         raise AblationError(f"{prefix}units {source} defines no unit (decorate each with "
                             '`@ablation.unit("name")`)')
-    for n in found:
-        _UNIT_SOURCES[n] = str(path) if is_file else source
-    return found
+    _UNIT_SOURCES[module.__name__] = str(path) if is_file else source
+    return module.__name__, found
 
 
-def check_units(records: list[dict]) -> None:
-    """In a training process: import each user unit and check its source is the one
-    the job was queued with."""
+def check_units(records: list[dict]) -> str | None:
+    """In a training process: import the user units a job needs and check each source
+    is the one the job was queued with. Returns their module (the variant's
+    `unit_module`)."""
+    module = None
     for r in records:
-        if models.user_unit_hash(r["name"]) != r["sha256"] and r.get("source"):
-            import_units(r["source"])
-        if models.user_unit_hash(r["name"]) != r["sha256"]:
+        module = r.get("module") or module
+        if models.user_unit_hash(r["name"], module) != r["sha256"] and r.get("source"):
+            module = import_units(r["source"])[0]
+        if models.user_unit_hash(r["name"], module) != r["sha256"]:
             raise AblationError(f"unit {r['name']!r} in {r.get('source')} changed since this "
                                 "job was queued; run `ablation run` again to queue the new "
                                 "definition")
+    return module
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -282,12 +290,12 @@ class _Loader:
             raise self.fail(f"study name {name!r} clashes with a built-in study")
 
         units: list[str] = []
-        units_source = None
+        units_source = self.module = None
         if "units" in doc:
             src = self.string(doc, "units", "")
             is_file = src.endswith(".py") or "/" in src
             units_source = str((self.path.parent / src).resolve()) if is_file else src
-            units = import_units(units_source, str(self.path))
+            self.module, units = import_units(units_source, str(self.path))
 
         recipe = doc.get("recipe", {})
         if not isinstance(recipe, dict):
@@ -318,7 +326,8 @@ class _Loader:
             variant_names=tuple(dict.fromkeys([*own, *used])),
             comparisons=tuple(comparisons),
             recipe_defaults=tuple(recipe.items()), published=published,
-            units=tuple(units), units_source=units_source, analysis=settings)
+            units=tuple(units), units_source=units_source, analysis=settings,
+            shadowed=tuple(models.shadowed(self.module)))
 
     # --- pieces ---
 
@@ -386,14 +395,21 @@ class _Loader:
         d["name"] = name
         d.setdefault("label", name)
         d["label"] = d["label"] or name
-        for key, allowed in (("unit", models.UNITS), ("down_unit", models.UNITS),
-                             ("stem", models.STEMS), ("head", models.HEADS),
-                             ("shortcut", models.SHORTCUTS),
-                             ("projection_input", models.PROJECTION_INPUTS)):
+        if self.module:  # the study's own units come first for its own variants
+            d["unit_module"] = self.module
+        units = models.units.known(d.get("unit_module"))
+        for key, allowed in (("down_unit", units), ("stem", models.STEMS),
+                             ("head", models.HEADS), ("shortcut", models.SHORTCUTS),
+                             ("projection_input", models.PROJECTION_INPUTS),
+                             ("head_act", models.ACTIVATIONS)):
             value = d.get(key)
             if (value is not None or key != "down_unit") and key in d and value not in allowed:
                 raise self.fail(f"{where}unknown {key} {value!r} (known: "
                                 f"{', '.join(allowed)})")
+        unit = d.get("unit")
+        for u in unit if isinstance(unit, list) else [unit]:
+            if u not in units:
+                raise self.fail(f"{where}unknown unit {u!r} (known: {', '.join(units)})")
         stages = d.get("stages")
         if not (isinstance(stages, list) and stages and all(
                 isinstance(s, list) and len(s) in (2, 3) and all(
@@ -401,6 +417,9 @@ class _Loader:
                 for s in stages)):
             raise self.fail(f"{where}stages must be a list of [blocks, width] or "
                             "[blocks, width, inner], positive integers")
+        if isinstance(unit, list) and len(unit) != len(stages):
+            raise self.fail(f"{where}unit lists {len(unit)} unit(s) for {len(stages)} "
+                            "stage(s): give one unit, or one per stage")
         for key in ("stem_filters",):
             if key in d and not (isinstance(d[key], int) and d[key] > 0):
                 raise self.fail(f"{where}{key} must be a positive integer")
@@ -500,14 +519,14 @@ def _units_modules() -> dict:
 
 def snapshot() -> tuple:
     """The loaded state (registry, units and their modules, studies), for tests."""
-    return (dict(registry._REGISTRY), dict(models.UNITS), dict(models._UNIT_HASHES),
-            dict(_PINNED), dict(_UNIT_SOURCES), dict(_LOADED), _units_modules())
+    return (dict(registry._REGISTRY), dict(models.units._USER), dict(_PINNED),
+            dict(_UNIT_SOURCES), dict(_LOADED), _units_modules())
 
 
 def restore(state: tuple) -> None:
     *tables, modules = state
-    for target, saved in zip((registry._REGISTRY, models.UNITS, models._UNIT_HASHES,
-                              _PINNED, _UNIT_SOURCES, _LOADED), tables, strict=True):
+    for target, saved in zip((registry._REGISTRY, models.units._USER, _PINNED,
+                              _UNIT_SOURCES, _LOADED), tables, strict=True):
         target.clear()
         target.update(saved)
     for name in set(_units_modules()) - set(modules):

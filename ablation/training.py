@@ -371,9 +371,11 @@ def _history_stats(rows: list[dict]) -> dict:
 
 def _variant(cfg: JobConfig) -> Variant:
     """The definition the job was queued with (older configs: the registry's)."""
-    study.check_units(cfg.units)
+    module = study.check_units(cfg.units)
     if cfg.definition:
-        return Variant.from_dict(cfg.definition)
+        v = Variant.from_dict(cfg.definition)
+        # a config of 0.4 names no unit module: its units are the ones just imported
+        return v if v.unit_module or not module else v.replace(unit_module=module)
     return registry.get(cfg.variant)
 
 
@@ -418,6 +420,8 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
     model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
                            execution["steps_per_execution"])
+    info = models.count_params(variant, ds.num_classes)
+    models.check_counts(model, info, cfg.variant)  # what summary.json records is the model's
 
     backup = AtomicBackup(run_dir / "backup", {
         "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
@@ -448,7 +452,6 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     for n in notes:
         print(n, flush=True)
 
-    info = models.count_params(variant, ds.num_classes)
     base = {
         "variant": cfg.variant, "seed": cfg.seed, "dataset": recipe.dataset,
         "recipe": cfg.recipe.to_dict(), "recipe_id": cfg.recipe.id,

@@ -103,8 +103,9 @@ def test_cli_list_study_json(tmp_path):
                 rows[name]["params_non_trainable"], rows[name]["depth"]) == (
             total, trainable, non_trainable, depth)
     assert set(rows["resnet32_e"]) == {"name", "label", "depth", "params_total",
-                                       "params_trainable", "params_non_trainable",
-                                       "description"}
+                                       "params_trainable", "params_non_trainable", "macs",
+                                       "description"}  # macs: added in 0.5
+    assert rows["resnet32_e"]["macs"] == 69_124_736
 
 
 BROKEN_UNIT = '''\

@@ -1,0 +1,285 @@
+"""The one builder: a variant (a registry row) becomes stem, stages of units, head.
+
+It runs on either interpreter of `ablation.models.ops`: `count_params` counts, and
+`build_model` makes the Keras model, from the same calls. Stems and heads are dicts of
+functions, as units are; the variant names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablation import registry
+from ablation.errors import AblationError
+from ablation.models import units as unitlib
+from ablation.models.ops import Builder, Counter, Graph, OpError
+from ablation.models.units import Block, UnitError
+from ablation.recipe import DEFAULTS
+from ablation.registry import Variant
+
+# --- stems and heads ------------------------------------------------------------------------
+
+
+def _act(ops: Any, x: Any, v: Variant, name: str) -> Any:
+    """The variant's head activation: ReLU (the blog's, layer `<name>_relu`) or another
+    Keras activation (layer `<name>_act`)."""
+    if v.head_act == "relu":
+        return ops.relu(x, f"{name}_relu")
+    return ops.act(x, v.head_act, f"{name}_act")
+
+
+def stem_conv(ops: Any, x: Any, v: Variant) -> Any:
+    """The blog's stem: one 3x3 conv, no BN of its own."""
+    return ops.conv(x, v.stem_filters, 3, 1, "stem_conv")
+
+
+def stem_conv_bn_relu(ops: Any, x: Any, v: Variant) -> Any:
+    """The papers' stem: conv3x3 -> BN -> ReLU (for pre-activation units it is the
+    first unit's pre-activation, applied before the split into two paths)."""
+    y = ops.conv(x, v.stem_filters, 3, 1, "stem_conv")
+    return ops.relu(ops.bn(y, "stem_bn"), "stem_relu")
+
+
+def stem_none(ops: Any, x: Any, v: Variant) -> Any:
+    """No stem: the first unit reads the image (VGG)."""
+    return x
+
+
+def head_bn_relu(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
+    """The blog's head (and the papers' for pre-activation nets): BN-ReLU-GAP-dense; the
+    activation is the variant's `head_act`."""
+    x = _act(ops, ops.bn(x, "head_bn"), v, "head")
+    return ops.dense(ops.pool(x, "head_pool"), num_classes, "head_dense")
+
+
+def head_plain(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
+    """GAP-dense: for nets whose units end in their own activation (He 2015)."""
+    return ops.dense(ops.pool(x, "head_pool"), num_classes, "head_dense")
+
+
+def _hidden_dense(ops: Any, x: Any, v: Variant) -> Any:
+    x = ops.flatten(x, "head_flatten")
+    for i, width in enumerate(v.head_widths, 1):
+        x = ops.dense(x, width, f"head_fc{i}", activation=None)
+        x = _act(ops, ops.bn(x, f"head_fc{i}_bn"), v, f"head_fc{i}")
+        if v.dropout:
+            x = ops.dropout(x, v.dropout, f"head_fc{i}_dropout")
+    return x
+
+
+def head_dense(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
+    """Flatten, then dense layers of `head_widths` (each with BN, the head activation and
+    optional dropout), then a softmax dense layer."""
+    return ops.dense(_hidden_dense(ops, x, v), num_classes, "head_dense")
+
+
+def head_dense_bn(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
+    """As `dense`, with BN between the last dense layer and its softmax: the blog's VGG19
+    (its 27,412 non-trainable parameters count a BN of the 10 outputs)."""
+    x = ops.dense(_hidden_dense(ops, x, v), num_classes, "head_dense", activation=None)
+    return ops.softmax(ops.bn(x, "head_dense_bn"), "head_softmax")
+
+
+# name -> (stem, whether it applies the first unit's pre-activation)
+STEMS: dict[str, tuple[Callable[[Any, Any, Variant], Any], bool]] = {
+    "conv": (stem_conv, False),
+    "conv_bn_relu": (stem_conv_bn_relu, True),
+    "none": (stem_none, False),
+}
+HEADS: dict[str, Callable[[Any, Any, int, Variant], Any]] = {
+    "bn_relu": head_bn_relu,
+    "plain": head_plain,
+    "dense": head_dense,
+    "dense_bn": head_dense_bn,
+}
+SHORTCUTS = ("projection", "pad")
+PROJECTION_INPUTS = ("preact", "input")
+DOWNSAMPLES = ("stride", "pool")
+
+_KERAS_HINT = "Only input tensors may be passed"
+
+
+def _run(g: Graph, what: str, fn: Callable, *args: Any, failed: str = "") -> Any:
+    """Run one stem, unit or head (`what`: "unit 'f' in block s2b1 of v"); any failure
+    is one line naming it (`failed`: "unit 'f' failed in block s2b1 of v")."""
+    g.where = what
+    try:
+        return fn(g, *args)
+    except UnitError:
+        raise
+    except Exception as e:
+        text = f"{type(e).__name__}: {e}" if not isinstance(e, OpError) else str(e)
+        text = text.splitlines()[0] if text else type(e).__name__
+        if _KERAS_HINT in text:  # Keras' own message names our counting tensor's class
+            text = ("a Keras layer was called on a tensor directly (a Keras layer in a unit "
+                    "goes through ops.layer(layer, x))")
+        raise UnitError(f"{failed or what + ' failed'}: {text}") from None
+
+
+def _network(g: Graph, v: Variant, num_classes: int, input_shape: tuple[int, ...]) -> Any:
+    """The one builder: stem, stages of units (halving the map by a strided first unit,
+    or by a max-pool after the stage), head."""
+    stem, activates = STEMS[v.stem]
+    x = g.input(input_shape)
+    x = _run(g, f"stem {v.stem!r} of {v.name}", stem, x, v)
+    width = input_shape[-1] if v.stem == "none" else v.stem_filters
+    pool = v.downsample == "pool"
+    total = sum(s.blocks for s in v.stages)
+    position = 0
+    for i, stage in enumerate(v.stages):
+        name = v.stage_unit(i)
+        for j in range(stage.blocks):
+            stride = 2 if not pool and j == 0 and (i > 0 or v.first_stage_stride == 2) else 1
+            project = j == 0 and (stride != 1 or width != stage.width)
+            unit = v.down_unit if (project and v.down_unit) else name
+            block = Block(f"s{i + 1}b{j + 1}", stage.width, stride, project,
+                          v.projection_input, stage.inner, v.shortcut,
+                          preactivated=activates and i == 0 and j == 0, stage=i, index=j,
+                          position=position, blocks=total, stages=len(v.stages))
+            fn = unitlib.resolve(unit, v.unit_module)
+            x = _run(g, f"unit {unit!r} in block {block.name} of {v.name}", fn, x, block,
+                     failed=f"unit {unit!r} failed in block {block.name} of {v.name}")
+            if x is None or not hasattr(x, "shape"):
+                raise UnitError(f"unit {unit!r} in block {block.name} of {v.name} returned "
+                                f"{type(x).__name__}, not a tensor (the output of an op)")
+            width = stage.width
+            position += 1
+        if pool:
+            x = _run(g, f"the pool after stage {i + 1} of {v.name}",
+                     lambda ops, y, k=i: ops.maxpool(y, f"s{k + 1}_pool"), x)
+    out = _run(g, f"head {v.head!r} of {v.name}", HEADS[v.head], x, num_classes, v)
+    try:
+        g.finish(out)
+    except OpError as e:
+        raise UnitError(str(e)) from None
+    return out
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Analytic facts about a variant, from the same graph code as the model."""
+
+    depth: int
+    params_total: int
+    params_trainable: int
+    params_non_trainable: int
+    macs: int | None  # multiply-adds of one forward pass of one image; None: unknown
+    unknown_macs: tuple[str, ...] = ()  # layers without a multiply-add rule (ops.layer)
+
+
+def count_params(name: str | Variant, num_classes: int = 10,
+                 input_shape: tuple[int, int, int] = (32, 32, 3)) -> ModelInfo:
+    """Exact parameter counts, weighted depth (stem + main-path convs + dense) and
+    multiply-adds per image, without building anything."""
+    v = name if isinstance(name, Variant) else registry.get(name)
+    g = Counter()
+    _network(g, v, num_classes, tuple(input_shape))
+    return _info(g)
+
+
+def _info(g: Graph) -> ModelInfo:
+    return ModelInfo(g.depth, g.trainable + g.non_trainable, g.trainable, g.non_trainable,
+                     None if g.unknown_macs else g.macs, tuple(g.unknown_macs))
+
+
+def build_model(name: str | Variant, num_classes: int = 10,
+                input_shape: tuple[int, int, int] = (32, 32, 3),
+                weight_decay: float = DEFAULTS.weight_decay, fast: bool = False,
+                keras_module: Any = None) -> Any:
+    """The uncompiled Keras model of a variant (softmax output).
+
+    Seed Keras (`keras.utils.set_random_seed`) beforehand for reproducible weights.
+    `fast` swaps in the layers of `ablation.layers` (same math, TensorFlow's fused
+    kernels) for training speed; graph, names and weights are the same, so its weights
+    load into the standard model, which is what gets saved. `keras_module` builds the
+    same graph on another Keras (the baseline passes `tf_keras`). The model's parameter
+    counts are checked against the ops' rules (what `count_params` says).
+    """
+    if keras_module is None:
+        import keras as keras_module
+
+    v = name if isinstance(name, Variant) else registry.get(name)
+    overrides = {}
+    if fast:
+        from ablation.layers import BiasAddConv2D, FusedBatchNormalization
+
+        overrides = {"Conv2D": BiasAddConv2D, "BatchNormalization": FusedBatchNormalization}
+    g = Builder(keras_module, weight_decay, overrides)
+    outputs = _network(g, v, num_classes, tuple(input_shape))
+    model = keras_module.Model(g.inputs, outputs, name=v.name)
+    check_counts(model, _info(g), v.name)
+    return model
+
+
+def check_counts(model: Any, info: ModelInfo, name: str) -> None:
+    """The built model's parameters must be what the counting pass said."""
+    def size(ws) -> int:
+        total = 0
+        for w in ws:
+            n = 1
+            for d in w.shape:
+                n *= int(d)
+            total += n
+        return total
+
+    got = (size(model.trainable_weights), size(model.non_trainable_weights))
+    want = (info.params_trainable, info.params_non_trainable)
+    if got != want:
+        raise UnitError(f"{name}: the built model has {got[0]:,} trainable and {got[1]:,} "
+                        f"non-trainable parameters, the counting pass {want[0]:,} and "
+                        f"{want[1]:,}; a layer is shared or not used as its op says")
+
+
+def layer_inputs(model: Any) -> dict[str, list[str]]:
+    """layer name -> the layers whose outputs it reads, from the public model config
+    (works for any functional Keras model, a user's units included)."""
+    def sources(x: Any):
+        if isinstance(x, dict):
+            config = x.get("config")
+            if isinstance(config, dict) and "keras_history" in config:
+                yield config["keras_history"][0]
+            else:
+                for v in x.values():
+                    yield from sources(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                yield from sources(v)
+
+    return {layer["name"]: [src for node in layer.get("inbound_nodes", [])
+                            for src in sources(node.get("args", []))]
+            for layer in model.get_config()["layers"]}
+
+
+def load_pretrained(model: Any, source: str) -> int:
+    """Start the model's convolutions from Keras' VGG19 (`keras.applications.VGG19`,
+    include_top=False): `source` is "imagenet" (downloaded once, then cached by Keras)
+    or the path of a weights file in that layout. The 16 convs are matched by order and
+    shape. Returns how many convs were loaded."""
+    import keras
+
+    remedy = ("without internet, fetch them once where it is reachable (Keras caches them "
+              "in ~/.keras/models) or point `pretrained` at a local copy; or train the "
+              "from-scratch variant")
+    if source != "imagenet" and not Path(source).is_file():
+        raise AblationError(f"cannot load the pretrained VGG19 weights {source!r}: no such "
+                            f"file; {remedy}")
+    try:
+        ref = keras.applications.VGG19(weights=source, include_top=False,
+                                       input_shape=(32, 32, 3))
+    except Exception as e:  # offline, a damaged or foreign file
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else \
+            type(e).__name__
+        raise AblationError(f"cannot load the pretrained VGG19 weights {source!r} ({why}); "
+                            f"{remedy}") from None
+    theirs = [layer for layer in ref.layers if isinstance(layer, keras.layers.Conv2D)]
+    ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    shapes = [tuple(w.shape for w in layer.weights) for layer in ours]
+    if shapes != [tuple(w.shape for w in layer.weights) for layer in theirs]:
+        raise AblationError(f"pretrained VGG19 weights fit only VGG19's 16 convs; "
+                            f"{model.name} has {len(ours)} convs of other shapes")
+    for mine, src in zip(ours, theirs, strict=True):
+        mine.set_weights(src.get_weights())
+    return len(ours)

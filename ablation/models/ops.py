@@ -1,0 +1,589 @@
+"""The ops units, stems and heads are written in: each op defined once.
+
+An op is one function here. It checks its arguments, computes its output shape and
+what it costs (trainable and non-trainable parameters, multiply-adds, whether it is a
+weighted layer of the main path) from its inputs' shapes, and says which Keras layer
+computes it. Two interpreters run the same functions (timm's lesson: parts by name
+from one table, each defined once):
+
+* `Counter` tracks shapes only: exact counts, depth and multiply-adds of ResNet-152 in
+  milliseconds, without Keras and without allocating a weight (`ablation list`);
+* `Builder` makes and applies the Keras layers, and checks every layer's output shape
+  against the op's rule; `build_model` then checks the model's parameter counts
+  against the rules' sums, so a rule that drifts from Keras fails loudly.
+
+Both also record the op graph, so a layer that a unit computes and never uses (which
+Keras would silently drop, leaving counts that are not the model's) is an error that
+names the layer. `ops.layer` takes any Keras layer: the counting pass then asks Keras
+itself for its parameters and output shape, and its multiply-adds are unknown.
+
+The ops and their signatures are public API (docs/studies.md): additions only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ablation.errors import AblationError
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+LN_EPSILON = 1e-6  # LayerNormalization, as ConvNeXt sets it
+GN_EPSILON = 1e-5  # GroupNormalization, as Wu & He 2018 (and PyTorch) set it
+
+# Keras activations by name (`keras.activations.get`), for ops.act, ops.dense and the
+# head's activation: a fixed list, so a typo fails at `ablation list` without importing
+# Keras; tests/test_ops.py checks that Keras resolves every one of them.
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish",
+               "hard_silu", "hard_swish", "mish", "sigmoid", "hard_sigmoid", "log_sigmoid",
+               "tanh", "softplus", "softsign", "linear", "exponential", "softmax")
+
+
+class OpError(AblationError):
+    """A bad op call: names the op and what it accepts (the builder adds the unit,
+    block and variant)."""
+
+
+class UnknownOp(OpError, AttributeError):
+    """A unit called an op that does not exist."""
+
+
+# --- the graph both interpreters record -----------------------------------------------------
+
+
+class Sym:
+    """A tensor of the counting pass: its shape, `(None, ...)` like a Keras tensor's, so
+    a unit may read `x.shape[-1]` under either interpreter."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, dims: tuple[int, ...]):
+        self.shape = (None, *dims)
+
+    def __repr__(self) -> str:
+        return f"<tensor {self.shape}>"
+
+
+class Graph:
+    """What both interpreters share: op lookup with argument checks, the op graph
+    (for unused layers and unique names), and the running totals."""
+
+    counting: bool
+
+    def __init__(self):
+        self.trainable = self.non_trainable = self.depth = self.macs = 0
+        self.unknown_macs: list[str] = []
+        self.where = "the network"  # what the builder is running, for messages
+        self._node: dict[int, int] = {}  # id(tensor) -> node
+        self._keep: list[Any] = []  # the tensors, so an id is never reused
+        self._nodes: list[tuple[str | None, tuple[int, ...], str]] = []  # name, inputs, where
+        self._names: dict[str, str] = {}  # layer name -> where it was made
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not attributes
+        fn = OPS.get(name)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if fn is None:
+            raise UnknownOp(f"unknown op {name!r} (a unit may call {', '.join(sorted(OPS))})")
+        return _bound(fn, self)
+
+    # --- graph bookkeeping
+
+    def track(self, tensor: Any, name: str | None, inputs: list[Any]) -> Any:
+        self._keep.append(tensor)
+        self._node[id(tensor)] = len(self._nodes)
+        self._nodes.append((name, tuple(self._node[id(t)] for t in inputs), self.where))
+        return tensor
+
+    def claim(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise OpError(f"a layer name must be a non-empty string, got {name!r}")
+        if name in self._names:
+            raise OpError(f"layer name {name!r} is used twice (also in "
+                          f"{self._names[name]}); prefix layer names with block.name")
+        self._names[name] = self.where
+
+    def tensor(self, x: Any, op: str, what: str = "x", rank: int | None = None
+               ) -> tuple[int, ...]:
+        """The dims (without the batch) of an input, checked: a tensor of this graph of
+        the rank the op needs."""
+        if id(x) not in self._node:
+            raise OpError(f"ops.{op}: {what} must be a tensor (the unit's input or an op's "
+                          f"output), got {_short(x)}")
+        dims = tuple(x.shape[1:])
+        if rank is not None and len(dims) != rank:
+            want = {3: "an (N, H, W, C) map", 1: "an (N, C) vector"}.get(rank, f"rank {rank}")
+            raise OpError(f"ops.{op}: {what} must be {want}, got shape {_shape(dims)}")
+        return dims
+
+    def finish(self, output: Any) -> None:
+        """Every layer must lead to the output: Keras drops one that does not, and the
+        counts would no longer be the model's."""
+        if not self._nodes:
+            return
+        seen, stack = set(), [self._node[id(output)]]
+        while stack:
+            n = stack.pop()
+            if n not in seen:
+                seen.add(n)
+                stack.extend(self._nodes[n][1])
+        for i, (name, _, where) in enumerate(self._nodes):
+            if i not in seen and name is not None:
+                raise OpError(f"{where} computes layer {name!r} but never uses it: Keras "
+                              "would drop it from the model, so the counts would not be "
+                              "the model's; use it or remove it")
+
+    # --- what each interpreter does with an op
+
+    def emit(self, name: str, inputs: list[Any], dims: tuple[int, ...], make: Callable,
+             trainable: int = 0, non_trainable: int = 0, macs: int = 0,
+             depth: bool = False) -> Any:
+        raise NotImplementedError
+
+    def foreign(self, layer: Any, inputs: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def _add(self, trainable: int, non_trainable: int, macs: int | None, depth: bool,
+             name: str) -> None:
+        self.trainable += trainable
+        self.non_trainable += non_trainable
+        self.depth += int(depth)
+        if macs is None:
+            self.unknown_macs.append(name)
+        else:
+            self.macs += macs
+
+
+class Counter(Graph):
+    """Shapes only: parameters, depth and multiply-adds by each op's rule."""
+
+    counting = True
+    reg = None
+
+    def input(self, dims: tuple[int, ...]) -> Sym:
+        self.inputs = self.track(Sym(tuple(dims)), None, [])
+        return self.inputs
+
+    def emit(self, name, inputs, dims, make, trainable=0, non_trainable=0, macs=0,
+             depth=False):
+        self.claim(name)
+        self._add(trainable, non_trainable, macs, depth, name)
+        return self.track(Sym(tuple(dims)), name, inputs)
+
+    def foreign(self, layer, inputs):
+        import keras
+
+        self.claim(layer.name)
+        probes = [keras.KerasTensor((None, *x.shape[1:])) for x in inputs]
+        out = layer(probes[0] if len(probes) == 1 else probes)
+        t, nt = _weights(layer)
+        self._add(t, nt, None, _weighted(layer), layer.name)
+        return self.track(Sym(tuple(out.shape[1:])), layer.name, inputs)
+
+
+class Builder(Graph):
+    """Real Keras layers with the blog's settings (He-normal, the recipe's L2), applied
+    in order; each layer's output shape is checked against its op's rule."""
+
+    counting = False
+
+    def __init__(self, keras_module: Any, weight_decay: float, overrides: dict | None = None):
+        super().__init__()
+        self.keras = keras_module
+        self.reg = keras_module.regularizers.L2(weight_decay) if weight_decay else None
+        self.layers = _Layers(keras_module.layers, overrides or {})
+
+    def input(self, dims: tuple[int, ...]) -> Any:
+        self.inputs = self.track(self.keras.Input(shape=tuple(dims), name="image"), None, [])
+        return self.inputs
+
+    def emit(self, name, inputs, dims, make, trainable=0, non_trainable=0, macs=0,
+             depth=False):
+        self.claim(name)
+        layer = make(self.layers)
+        y = layer(inputs[0] if len(inputs) == 1 else list(inputs))
+        got = tuple(y.shape[1:])
+        if got != tuple(dims):
+            raise AblationError(f"internal error: {name}: Keras gives shape {_shape(got)}, "
+                                f"the op's rule {_shape(dims)}")
+        self._add(trainable, non_trainable, macs, depth, name)
+        return self.track(y, name, inputs)
+
+    def foreign(self, layer, inputs):
+        self.claim(layer.name)
+        y = layer(inputs[0] if len(inputs) == 1 else list(inputs))
+        t, nt = _weights(layer)
+        self._add(t, nt, None, _weighted(layer), layer.name)
+        return self.track(y, layer.name, inputs)
+
+
+class _Layers:
+    """`keras.layers`, with the training path's speed layers in place of some classes."""
+
+    def __init__(self, module: Any, overrides: dict):
+        self.module, self.overrides = module, overrides
+
+    def __getattr__(self, name: str) -> Any:
+        return self.overrides.get(name) or getattr(self.module, name)
+
+
+def _weights(layer: Any) -> tuple[int, int]:
+    def size(ws) -> int:
+        return sum(math.prod(w.shape) for w in ws)
+
+    return size(layer.trainable_weights), size(layer.non_trainable_weights)
+
+
+def _weighted(layer: Any) -> bool:
+    """A foreign layer counts in depth when it has a kernel (a conv or dense layer)."""
+    return any(w.path.rsplit("/", 1)[-1] in ("kernel", "depthwise_kernel")
+               for w in layer.trainable_weights)
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shape(dims: tuple) -> str:
+    return "(N, " + ", ".join(map(str, dims)) + ")"
+
+
+# --- argument checks -----------------------------------------------------------------------
+
+OPS: dict[str, Callable] = {}
+_SIGNATURES: dict[str, str] = {}
+
+
+def op(fn: Callable) -> Callable:
+    """Register an op under its function's name; its signature (after the graph) is
+    what a unit calls and what an error quotes."""
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[1:]
+    _SIGNATURES[fn.__name__] = f"ops.{fn.__name__}({', '.join(map(str, params))})"
+    OPS[fn.__name__] = fn
+    return fn
+
+
+def signature(name: str) -> str:
+    """The public signature of op `name`, as the docs and errors show it."""
+    return _SIGNATURES[name]
+
+
+def _bound(fn: Callable, g: Graph) -> Callable:
+    sig = inspect.signature(fn)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            sig.bind(g, *args, **kwargs)
+        except TypeError as e:
+            raise OpError(f"{signature(fn.__name__)}: {e}") from None
+        return fn(g, *args, **kwargs)
+
+    call.__name__ = fn.__name__
+    return call
+
+
+def _int(v: Any, op: str, what: str, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise OpError(f"ops.{op}: {what} must be an integer >= {lo}, got {_short(v)}")
+    return v
+
+
+def _rate(v: Any, op: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
+        raise OpError(f"ops.{op}: rate must be a number from 0 to below 1, got {_short(v)}")
+    return float(v)
+
+
+def _activation(v: Any, op: str, what: str = "fn", none: bool = False) -> str | None:
+    if v is None and none:
+        return None
+    if v not in ACTIVATIONS:
+        raise OpError(f"ops.{op}: unknown {what} {v!r} (Keras activations: "
+                      f"{', '.join(ACTIVATIONS)}{', or None' if none else ''})")
+    return v
+
+
+def _out(size: int, stride: int) -> int:
+    return -(-size // stride)  # `same` padding
+
+
+# --- the ops -------------------------------------------------------------------------------
+
+
+@op
+def conv(g, x, filters, kernel, stride, name, main=True, groups=1, dilation=1, bias=True):
+    """2-D convolution, `same` padding, He-normal init, the recipe's L2 on the kernel.
+    Counts k·k·(C/groups)·filters weights (+ filters biases); multiply-adds those weights
+    times the output's H·W; a weighted layer of the main path unless `main=False`."""
+    h, w, c = g.tensor(x, "conv", rank=3)
+    filters = _int(filters, "conv", "filters")
+    kernel = _int(kernel, "conv", "kernel")
+    stride = _int(stride, "conv", "stride")
+    groups = _int(groups, "conv", "groups")
+    dilation = _int(dilation, "conv", "dilation")
+    if c % groups or filters % groups:
+        raise OpError(f"ops.conv: groups {groups} must divide the input's {c} channels and "
+                      f"the {filters} filters")
+    if stride > 1 and dilation > 1:
+        raise OpError("ops.conv: stride and dilation cannot both be above 1 (Keras "
+                      "convolutions support one or the other)")
+    dims = (_out(h, stride), _out(w, stride), filters)
+    weights = kernel * kernel * (c // groups) * filters
+    return g.emit(name, [x], dims, lambda L: L.Conv2D(
+        filters, kernel, strides=stride, padding="same", groups=groups,
+        dilation_rate=dilation, use_bias=bool(bias), kernel_initializer="he_normal",
+        kernel_regularizer=g.reg, name=name),
+        trainable=weights + filters * bool(bias), macs=weights * dims[0] * dims[1],
+        depth=bool(main))
+
+
+@op
+def depthwise(g, x, kernel, stride, name, dilation=1, bias=True):
+    """Depthwise 2-D convolution (one k x k filter per channel), `same` padding,
+    He-normal, the recipe's L2. Counts k·k·C weights (+ C biases); multiply-adds k·k·C
+    times the output's H·W; a weighted layer of the main path."""
+    h, w, c = g.tensor(x, "depthwise", rank=3)
+    kernel = _int(kernel, "depthwise", "kernel")
+    stride = _int(stride, "depthwise", "stride")
+    dilation = _int(dilation, "depthwise", "dilation")
+    if stride > 1 and dilation > 1:
+        raise OpError("ops.depthwise: stride and dilation cannot both be above 1")
+    dims = (_out(h, stride), _out(w, stride), c)
+    return g.emit(name, [x], dims, lambda L: L.DepthwiseConv2D(
+        kernel, strides=stride, padding="same", dilation_rate=dilation, use_bias=bool(bias),
+        depthwise_initializer="he_normal", depthwise_regularizer=g.reg, name=name),
+        trainable=kernel * kernel * c + c * bool(bias), macs=kernel * kernel * c * dims[0]
+        * dims[1], depth=True)
+
+
+@op
+def bn(g, x, name):
+    """BatchNormalization over the last axis (momentum 0.9, epsilon 1e-5): 2·C
+    trainable (gamma, beta) and 2·C non-trainable (moving mean and variance)."""
+    dims = g.tensor(x, "bn")
+    c = dims[-1]
+    return g.emit(name, [x], dims, lambda L: L.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name),
+        trainable=2 * c, non_trainable=2 * c)
+
+
+@op
+def layernorm(g, x, name):
+    """LayerNormalization over the channels (epsilon 1e-6): 2·C trainable."""
+    dims = g.tensor(x, "layernorm")
+    return g.emit(name, [x], dims, lambda L: L.LayerNormalization(
+        axis=-1, epsilon=LN_EPSILON, name=name), trainable=2 * dims[-1])
+
+
+@op
+def groupnorm(g, x, groups, name):
+    """GroupNormalization of the channels in `groups` groups (epsilon 1e-5): 2·C
+    trainable."""
+    dims = g.tensor(x, "groupnorm")
+    groups = _int(groups, "groupnorm", "groups")
+    if dims[-1] % groups:
+        raise OpError(f"ops.groupnorm: groups {groups} must divide the {dims[-1]} channels")
+    return g.emit(name, [x], dims, lambda L: L.GroupNormalization(
+        groups=groups, axis=-1, epsilon=GN_EPSILON, name=name), trainable=2 * dims[-1])
+
+
+@op
+def relu(g, x, name):
+    """ReLU (an Activation layer; no parameters)."""
+    return act(g, x, "relu", name)
+
+
+@op
+def act(g, x, fn, name):
+    """A Keras activation by name (relu, gelu, silu/swish, hard_swish, mish, ...;
+    `ACTIVATIONS`); no parameters."""
+    dims = g.tensor(x, "act")
+    fn = _activation(fn, "act")
+    return g.emit(name, [x], dims, lambda L: L.Activation(fn, name=name))
+
+
+@op
+def softmax(g, x, name):
+    """Softmax over the last axis, computed in float32 under mixed precision."""
+    dims = g.tensor(x, "softmax")
+    return g.emit(name, [x], dims, lambda L: L.Activation("softmax", name=name,
+                                                          dtype="float32"))
+
+
+@op
+def add(g, a, b, name):
+    """Element-wise sum of two tensors of one shape."""
+    da, db = g.tensor(a, "add", "a"), g.tensor(b, "add", "b")
+    if da != db:
+        raise OpError(f"ops.add {name}: adding {_shape(da)} to {_shape(db)}")
+    return g.emit(name, [a, b], da, lambda L: L.Add(name=name))
+
+
+@op
+def multiply(g, a, b, name):
+    """Element-wise product; a (N, C) or (N, 1, 1, C) gate broadcasts over a
+    (N, H, W, C) map (squeeze-and-excitation). A (N, C) gate is first reshaped by a
+    layer named `<name>_gate`."""
+    da, db = g.tensor(a, "multiply", "a"), g.tensor(b, "multiply", "b")
+    if sorted((len(da), len(db))) == [1, 3]:  # a (N, C) gate and a (N, H, W, C) map
+        gate, full = (a, db) if len(da) == 1 else (b, da)
+        c = (da if len(da) == 1 else db)[0]
+        if c != full[-1]:
+            raise OpError(f"ops.multiply {name}: a gate of {c} channels cannot scale a map "
+                          f"of {full[-1]}")
+        shaped = g.emit(f"{name}_gate", [gate], (1, 1, c),
+                        lambda L: L.Reshape((1, 1, c), name=f"{name}_gate"))
+        a, b = (shaped, b) if len(da) == 1 else (a, shaped)
+        da, db = tuple(a.shape[1:]), tuple(b.shape[1:])
+    if len(da) != len(db) or any(p != q and 1 not in (p, q) for p, q in zip(da, db,
+                                                                             strict=True)):
+        raise OpError(f"ops.multiply {name}: cannot multiply {_shape(da)} by {_shape(db)}")
+    dims = tuple(max(p, q) for p, q in zip(da, db, strict=True))
+    return g.emit(name, [a, b], dims, lambda L: L.Multiply(name=name))
+
+
+@op
+def concat(g, xs, name):
+    """Concatenate two or more maps along the channels (their H, W must agree)."""
+    if not isinstance(xs, list | tuple) or len(xs) < 2:
+        raise OpError(f"ops.concat {name}: xs must be a list of two or more tensors, got "
+                      f"{_short(xs)}")
+    dims = [g.tensor(x, "concat", f"xs[{i}]") for i, x in enumerate(xs)]
+    if len({d[:-1] for d in dims}) != 1:
+        raise OpError(f"ops.concat {name}: cannot concatenate "
+                      f"{', '.join(_shape(d) for d in dims)} along the channels")
+    out = (*dims[0][:-1], sum(d[-1] for d in dims))
+    return g.emit(name, list(xs), out, lambda L: L.Concatenate(axis=-1, name=name))
+
+
+@op
+def pad_shortcut(g, x, filters, stride, name):
+    """Option A (He et al. 2015): subsample by the stride, zero-pad the channels up to
+    `filters`; standard layers only (so the .h5 loads without project code), no
+    parameters."""
+    h, w, c = g.tensor(x, "pad_shortcut", rank=3)
+    filters = _int(filters, "pad_shortcut", "filters")
+    stride = _int(stride, "pad_shortcut", "stride")
+    if filters < c:
+        raise OpError(f"ops.pad_shortcut {name}: option A cannot shrink {c} channels to "
+                      f"{filters}")
+    if stride > 1:
+        h, w = _out(h, stride), _out(w, stride)
+        x = g.emit(f"{name}_subsample", [x], (h, w, c), lambda L: L.MaxPooling2D(
+            pool_size=1, strides=stride, name=f"{name}_subsample"))
+    if filters > c:
+        x = g.emit(f"{name}_expand", [x], (h, w, c, 1),
+                   lambda L: L.Reshape((h, w, c, 1), name=f"{name}_expand"))
+        x = g.emit(f"{name}_pad", [x], (h, w, filters, 1), lambda L: L.ZeroPadding3D(
+            ((0, 0), (0, 0), (0, filters - c)), name=f"{name}_pad"))
+        x = g.emit(f"{name}_squeeze", [x], (h, w, filters),
+                   lambda L: L.Reshape((h, w, filters), name=f"{name}_squeeze"))
+    return x
+
+
+def _halve(g, x, op: str, name: str) -> tuple[int, int, int]:
+    h, w, c = g.tensor(x, op, rank=3)
+    if h < 2 or w < 2:
+        raise OpError(f"ops.{op} {name}: cannot halve a {h}x{w} map")
+    return h // 2, w // 2, c
+
+
+@op
+def maxpool(g, x, name):
+    """2x2 max-pooling, stride 2."""
+    dims = _halve(g, x, "maxpool", name)
+    return g.emit(name, [x], dims, lambda L: L.MaxPooling2D(pool_size=2, strides=2, name=name))
+
+
+@op
+def avgpool(g, x, name):
+    """2x2 average pooling, stride 2."""
+    dims = _halve(g, x, "avgpool", name)
+    return g.emit(name, [x], dims, lambda L: L.AveragePooling2D(pool_size=2, strides=2,
+                                                                name=name))
+
+
+@op
+def pool(g, x, name):
+    """Global average pooling: (N, H, W, C) -> (N, C)."""
+    _, _, c = g.tensor(x, "pool", rank=3)
+    return g.emit(name, [x], (c,), lambda L: L.GlobalAveragePooling2D(name=name))
+
+
+@op
+def flatten(g, x, name):
+    """Flatten to (N, H·W·C)."""
+    dims = g.tensor(x, "flatten")
+    return g.emit(name, [x], (math.prod(dims),), lambda L: L.Flatten(name=name))
+
+
+@op
+def dense(g, x, units, name, activation="softmax", main=True):
+    """A dense layer on the last axis, He-normal, the recipe's L2; `activation` a Keras
+    activation or None (linear). A softmax output computes in float32. Counts C·units
+    weights + units biases; multiply-adds C·units per position; a weighted layer of the
+    main path unless `main=False` (a gate beside the branch, as in squeeze-and-excitation)."""
+    dims = g.tensor(x, "dense")
+    units = _int(units, "dense", "units")
+    activation = _activation(activation, "dense", "activation", none=True)
+    # a softmax computes in float32 under mixed precision too (the Keras guide's advice:
+    # bf16/fp16 probabilities lose the small ones the loss needs)
+    extra = {"dtype": "float32"} if activation == "softmax" else {}
+    c = dims[-1]
+    return g.emit(name, [x], (*dims[:-1], units), lambda L: L.Dense(
+        units, activation=activation, kernel_initializer="he_normal",
+        kernel_regularizer=g.reg, name=name, **extra),
+        trainable=c * units + units, macs=c * units * math.prod(dims[:-1]), depth=bool(main))
+
+
+@op
+def dropout(g, x, rate, name):
+    """Dropout of single values at `rate` in training; identity at test time."""
+    dims = g.tensor(x, "dropout")
+    rate = _rate(rate, "dropout")
+    return g.emit(name, [x], dims, lambda L: L.Dropout(rate, name=name))
+
+
+@op
+def drop_path(g, x, rate, name):
+    """Stochastic depth (Huang et al. 2016): in training, drops a whole sample's tensor
+    (a residual branch) with probability `rate` and scales the kept ones by
+    1 / (1 − rate); identity at test time. A standard Keras Dropout whose noise is one
+    value per sample, so the .h5 loads in plain Keras. Apply it to the branch before
+    the addition."""
+    dims = g.tensor(x, "drop_path")
+    rate = _rate(rate, "drop_path")
+    noise = (None, *(1,) * len(dims))
+    return g.emit(name, [x], dims, lambda L: L.Dropout(rate, noise_shape=noise, name=name))
+
+
+@op
+def layer(g, layer, *inputs):
+    """Any Keras layer, applied to `inputs` (one tensor, or several as a list); its own
+    name is the layer name. Its parameters and output shape come from Keras itself; its
+    multiply-adds are unknown; it counts in depth when it has a kernel. Make the layer
+    inside the unit (a layer object reused across blocks would share its weights)."""
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - keras is a dependency
+        raise OpError("ops.layer needs Keras") from None
+    if not isinstance(layer, keras.layers.Layer):
+        raise OpError(f"ops.layer: the first argument must be a Keras layer, got "
+                      f"{_short(layer)}")
+    if not inputs:
+        raise OpError(f"ops.layer {layer.name}: give the tensor(s) it reads")
+    for i, x in enumerate(inputs):
+        g.tensor(x, "layer", f"inputs[{i}]")
+    try:
+        return g.foreign(layer, list(inputs))
+    except OpError:
+        raise
+    except Exception as e:
+        raise OpError(f"ops.layer {layer.name} ({type(layer).__name__}): "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                      ) from None

@@ -1,0 +1,257 @@
+"""Residual units: where a block stands (`Block`), the built-in units, and the units
+studies bring, each study's in a namespace of its own.
+
+A unit is a function `(ops, x, block) -> y` (public API, docs/studies.md). The built-in
+ones follow *Identity Mappings in Deep Residual Networks* (He et al. 2016), Fig. 4 a-e,
+on a residual branch F that is either two 3x3 convs (basic) or 1x1-3x3-1x1
+(bottleneck), with BN-ReLU between convs:
+
+* (a) original:            ReLU(BN(F(x)) + S)
+* (b) BN after addition:   ReLU(BN(F(x) + S))
+* (c) ReLU before add:     ReLU(BN(F(x))) + S
+* (d) ReLU-only pre-act:   h = ReLU(x);     BN(F(h)) + S, S = x or P(h)
+* (e) full pre-activation: h = ReLU(BN(x)); F(h) + S,     S = x or P(h)
+
+S is the identity, or where the shape changes either the 1x1 projection P (reading h,
+or the block input x in the blog's `_v2` variants) or the paper's parameter-free
+option A (subsample by the stride, zero-pad the new channels). Basic units are named
+`a`..`e`, bottleneck units `bottleneck_a`..`bottleneck_e`; `bottleneck` (the blog's
+ResNet-50/101/152 unit, form c) and `preact_bottleneck` (resnet34's downsampling
+unit, form e, inner width C/2) keep the blog's defaults.
+
+Names: a study's own units come first for that study's variants, then the built-in
+ones. So a unit a later version adds to the package never breaks a study file that
+already uses the name for its own unit, and two studies may each have their own `f`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from ablation.errors import AblationError
+
+
+@dataclass(frozen=True)
+class Block:
+    """Where a unit sits and what it must produce (public API: a unit reads these)."""
+
+    name: str  # layer-name prefix, e.g. "s2b1"
+    filters: int  # output width
+    stride: int
+    project: bool  # the shortcut must change shape (stride or width)
+    projection_input: str  # "preact": P reads h; "input": P reads x (the v2 tweak)
+    inner: int | None = None  # bottleneck inner width, if the stage sets one
+    shortcut: str = "projection"  # how a shape-changing shortcut is made: projection | pad
+    preactivated: bool = False  # the stem already applied this unit's pre-activation
+    # --- added in 0.5: where the block stands, so a unit needs no name parsing
+    stage: int = 0  # 0-based stage
+    index: int = 0  # 0-based block within its stage
+    position: int = 0  # 0-based block within the network
+    blocks: int = 1  # blocks in the network (a linear drop-path rate: position / blocks)
+    stages: int = 1  # stages in the network
+
+
+class UnitError(AblationError):
+    """A unit that does not build: names the unit and the block."""
+
+
+Unit = Callable[[Any, Any, Block], Any]
+
+
+# --- shortcuts and residual branches --------------------------------------------------------
+
+
+def shortcut(ops: Any, x: Any, h: Any, block: Block) -> Any:
+    """The block's shortcut: identity, or where the shape changes the 1x1 projection
+    (reading h, or x when `block.projection_input == "input"`) or option A."""
+    if not block.project:
+        return x
+    if block.shortcut == "pad":
+        return ops.pad_shortcut(x, block.filters, block.stride, f"{block.name}_short")
+    src = x if block.projection_input == "input" else h
+    return ops.conv(src, block.filters, 1, block.stride, f"{block.name}_proj", main=False)
+
+
+def basic_branch(ops: Any, x: Any, b: Block) -> tuple[Any, int]:
+    """conv3x3 (stride) -> BN -> ReLU -> conv3x3; returns the output and its conv count."""
+    y = ops.conv(x, b.filters, 3, b.stride, f"{b.name}_conv1")
+    y = ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
+    return ops.conv(y, b.filters, 3, 1, f"{b.name}_conv2"), 2
+
+
+def bottleneck_branch(ops: Any, x: Any, b: Block, ratio: int = 4) -> tuple[Any, int]:
+    """conv1x1 (stride) -> BN-ReLU -> conv3x3 -> BN-ReLU -> conv1x1 to the output width.
+    Inner width: the stage's `inner`, else output width / ratio."""
+    inner = b.inner or b.filters // ratio
+    y = ops.conv(x, inner, 1, b.stride, f"{b.name}_conv1")
+    y = ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
+    y = ops.conv(y, inner, 3, 1, f"{b.name}_conv2")
+    y = ops.relu(ops.bn(y, f"{b.name}_bn2"), f"{b.name}_relu2")
+    return ops.conv(y, b.filters, 1, 1, f"{b.name}_conv3"), 3
+
+
+Branch = Callable[[Any, Any, Block], tuple[Any, int]]
+
+
+# --- the five unit forms --------------------------------------------------------------------
+
+
+def form_a(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    y, k = branch(ops, x, b)
+    y = ops.bn(y, f"{b.name}_bn{k}")
+    return ops.relu(ops.add(y, shortcut(ops, x, x, b), f"{b.name}_add"), f"{b.name}_out")
+
+
+def form_b(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    y, k = branch(ops, x, b)
+    y = ops.add(y, shortcut(ops, x, x, b), f"{b.name}_add")
+    return ops.relu(ops.bn(y, f"{b.name}_bn{k}"), f"{b.name}_out")
+
+
+def form_c(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    y, k = branch(ops, x, b)
+    y = ops.relu(ops.bn(y, f"{b.name}_bn{k}"), f"{b.name}_relu{k}")
+    return ops.add(y, shortcut(ops, x, x, b), f"{b.name}_add")
+
+
+def form_d(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    h = x if b.preactivated else ops.relu(x, f"{b.name}_preact_relu")
+    y, k = branch(ops, h, b)
+    y = ops.bn(y, f"{b.name}_bn{k}")
+    return ops.add(y, shortcut(ops, x, h, b), f"{b.name}_add")
+
+
+def form_e(ops: Any, x: Any, b: Block, branch: Branch = basic_branch) -> Any:
+    h = x if b.preactivated else ops.relu(ops.bn(x, f"{b.name}_preact_bn"),
+                                          f"{b.name}_preact_relu")
+    y, _ = branch(ops, h, b)
+    return ops.add(y, shortcut(ops, x, h, b), f"{b.name}_add")
+
+
+def plain(ops: Any, x: Any, b: Block) -> Any:
+    """The unit without its shortcut (He 2015's plain nets, Fig. 6; VGG's conv pairs):
+    conv3x3 (stride) -> BN -> ReLU -> conv3x3 -> BN -> ReLU."""
+    y, k = basic_branch(ops, x, b)
+    return ops.relu(ops.bn(y, f"{b.name}_bn{k}"), f"{b.name}_relu{k}")
+
+
+def conv_bn_relu(ops: Any, x: Any, b: Block) -> Any:
+    """One conv3x3 (stride) -> BN -> ReLU: VGG's layer, a stage of n of them VGG's
+    stage of n convs."""
+    y = ops.conv(x, b.filters, 3, b.stride, f"{b.name}_conv1")
+    return ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
+
+
+BUILTIN_UNITS: dict[str, Unit] = {
+    **{name: partial(form, branch=basic_branch)
+       for name, form in zip("abcde", (form_a, form_b, form_c, form_d, form_e), strict=True)},
+    **{f"bottleneck_{name}": partial(form, branch=bottleneck_branch)
+       for name, form in zip("abcde", (form_a, form_b, form_c, form_d, form_e), strict=True)},
+    # the blog's names: ResNet-50/101/152's unit, and resnet34's downsampling unit
+    "bottleneck": partial(form_c, branch=bottleneck_branch),
+    "preact_bottleneck": partial(form_e, branch=partial(bottleneck_branch, ratio=2)),
+    "plain": plain,
+    "conv_bn_relu": conv_bn_relu,
+}
+
+
+# --- the units studies bring ----------------------------------------------------------------
+
+# module name -> {unit name -> (function, source hash)}: each units file (or module) is a
+# namespace of its own; a variant names the module its study's units came from
+_USER: dict[str, dict[str, tuple[Unit, str]]] = {}
+
+
+def unit_source_hash(fn: Unit) -> str:
+    """sha256 of a unit's source and of the same module's functions and classes (a Keras
+    layer of the study's own) it uses by name, so editing a unit, or a helper or layer
+    it uses, is a new definition."""
+    seen: set[str] = set()
+    parts: list[str] = []
+
+    def source(f: Any) -> str:
+        try:
+            return inspect.getsource(f)
+        except (OSError, TypeError):
+            return f.__qualname__
+
+    def visit(f: Any) -> None:
+        f = getattr(f, "func", f)  # functools.partial
+        if not isinstance(f, types.FunctionType) or f.__qualname__ in seen:
+            return
+        seen.add(f.__qualname__)
+        parts.append(source(f))
+        for name in f.__code__.co_names:
+            g = f.__globals__.get(name)
+            if getattr(g, "__module__", None) != f.__module__:
+                continue
+            if isinstance(g, types.FunctionType):
+                visit(g)
+            elif isinstance(g, type) and g.__qualname__ not in seen:
+                seen.add(g.__qualname__)
+                parts.append(source(g))
+
+    visit(fn)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def unit(name: str) -> Callable[[Unit], Unit]:
+    """Decorator that registers a residual unit `(ops, x, block) -> y` under `name`, in
+    the namespace of the module that defines it.
+
+    Public API: `from ablation import unit`. A name may be a built-in unit's: the
+    study's own unit then shadows it for that study's variants (`ablation list` says
+    so). Registering the same source again (a study loaded twice) is a no-op.
+    """
+    def register(fn: Unit) -> Unit:
+        if not name or not isinstance(name, str):
+            raise AblationError(f"a unit needs a name, got {name!r}")
+        module = getattr(fn, "__module__", None) or "__main__"
+        digest = unit_source_hash(fn)
+        space = _USER.setdefault(module, {})
+        if name in space and space[name][1] != digest:
+            raise AblationError(f"unit {name!r} is defined twice in {module}")
+        space[name] = (fn, digest)
+        return fn
+    return register
+
+
+def user_units(module: str) -> list[str]:
+    """The units a module defines, in definition order."""
+    return list(_USER.get(module, {}))
+
+
+def user_unit_hash(name: str, module: str | None) -> str | None:
+    """The source hash of a study's own unit; None for a built-in one (pinned by the
+    package) or a name the module does not define."""
+    found = _USER.get(module or "", {}).get(name)
+    return found[1] if found else None
+
+
+def resolve(name: str, module: str | None = None) -> Unit:
+    """The unit `name` for a variant whose study's units are in `module`: the study's
+    own first, then the built-in ones."""
+    found = _USER.get(module or "", {}).get(name)
+    if found:
+        return found[0]
+    try:
+        return BUILTIN_UNITS[name]
+    except KeyError:
+        raise UnitError(f"unknown unit {name!r} (known: {', '.join(known(module))})"
+                        ) from None
+
+
+def known(module: str | None = None) -> list[str]:
+    """Unit names a variant of a study with units in `module` may use."""
+    return list(dict.fromkeys([*user_units(module or ""), *BUILTIN_UNITS]))
+
+
+def shadowed(module: str | None) -> list[str]:
+    """The built-in unit names the module's own units shadow."""
+    return [n for n in user_units(module or "") if n in BUILTIN_UNITS]

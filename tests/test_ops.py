@@ -1,0 +1,262 @@
+"""Your own design: the ops for the blocks labs test today, each with exact counts; any
+Keras layer through ops.layer; the examples; a unit named like a built-in; and the
+errors a unit's author meets, each one line naming the unit, the block and the op."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import need, one_line_error, run_cli, run_dirs
+from designs import DESIGNS, EXAMPLE_NETS, EXAMPLES, MIXED, counts, write_designs
+
+import ablation
+from ablation import models, study
+from ablation.models import ops
+
+
+@pytest.fixture(scope="module")
+def designs(tmp_path_factory):
+    return write_designs(tmp_path_factory.mktemp("designs"))
+
+
+def test_every_activation_name_is_one_keras_resolves():
+    import keras
+
+    for name in ops.ACTIVATIONS:
+        assert callable(keras.activations.get(name)), name
+
+
+def test_the_designs_count_like_independent_keras_models(designs, isolated_registry):
+    s = ablation.load_study(designs)
+    assert s.shadowed == ("plain",)
+    for name, make in DESIGNS.items():
+        info = ablation.count_params(name)
+        assert (info.params_total, info.params_trainable, info.params_non_trainable) == \
+            counts(make()), name
+        built = ablation.build_model(name)  # and the model ablation builds has them too
+        assert counts(built) == counts(make()), name
+    # multiply-adds: by rule where there is one, unknown (never 0) through ops.layer
+    assert ablation.count_params("t_gn").macs is None
+    assert ablation.count_params("t_gn").unknown_macs[0] == "s1b1_preact_gn"
+    e, silu = ablation.count_params("t_e"), ablation.count_params("t_silu")
+    assert e.macs == silu.macs and e.macs > 0
+    # depth: the SE gate's dense layers are beside the branch; ConvNeXt's three convs count
+    assert ablation.count_params("t_se").depth == e.depth == 8
+    assert ablation.count_params("t_convnext").depth == 1 + 3 * 3 + 1
+    # drop-path, by position: linear up to the last block's 0.2 (3 blocks here)
+    m = ablation.build_model("t_droppath")
+    rates = [m.get_layer(f"s{i}b1_droppath").rate for i in (1, 2, 3)]
+    assert rates == pytest.approx([0.2 / 3, 0.4 / 3, 0.2])
+    assert m.get_layer("s3b1_droppath").noise_shape == (None, 1, 1, 1)
+    # dilation only in the last stage, after its strided first block; groups; head act
+    d = ablation.build_model("t_dilated")
+    assert [d.get_layer(f"s3b{j}_conv1").dilation_rate for j in (1, 2)] == [(1, 1), (2, 2)]
+    assert d.get_layer("s2b1_conv1").dilation_rate == (1, 1)
+    assert ablation.build_model("t_resnext").get_layer("s1b1_conv2").groups == 8
+    assert ablation.build_model("t_silu").get_layer("head_act").get_config()[
+        "activation"] == "silu"
+
+
+@pytest.mark.parametrize("example,variant", list(EXAMPLE_NETS))
+def test_examples_count_like_independent_keras_models(example, variant, isolated_registry):
+    s = ablation.load_study(EXAMPLES / example)
+    assert variant in s.variant_names and s.comparisons and s.comparisons[0].question
+    info = ablation.count_params(variant)
+    assert (info.params_total, info.params_trainable, info.params_non_trainable) == \
+        counts(EXAMPLE_NETS[(example, variant)]())
+
+
+def test_drop_path_drops_whole_samples_and_scales_the_kept_ones():
+    import keras
+    import numpy as np
+
+    g = models.ops.Builder(keras, 0.0)
+    x = g.input((3, 3, 2))
+    model = keras.Model(x, g.drop_path(x, 0.5, "dp"))
+    keras.utils.set_random_seed(0)
+    out = np.asarray(model(np.ones((400, 3, 3, 2), "float32"), training=True))
+    per_sample = out.reshape(400, -1)
+    assert set(np.unique(per_sample)) == {0.0, 2.0}  # kept ones are scaled by 1/(1 - rate)
+    assert (per_sample == per_sample[:, :1]).all()  # a whole sample, never single values
+    assert 0.4 < (per_sample[:, 0] == 0).mean() < 0.6
+    assert (np.asarray(model(np.ones((4, 3, 3, 2), "float32"), training=False)) == 1).all()
+
+
+def test_each_op_counts_what_keras_builds():
+    """Every op, alone on a small input, under both interpreters: the counting rule's
+    shape and parameters are the Keras layer's (build_model checks the sums; this checks
+    each op, its settings included)."""
+    import keras
+
+    calls = [
+        ("conv", (16, 3, 1, "c"), {}), ("conv", (32, 3, 2, "c"), {"groups": 4}),
+        ("conv", (8, 3, 1, "c"), {"dilation": 2, "bias": False}),
+        ("conv", (8, 5, 2, "c"), {"main": False}),
+        ("depthwise", (7, 1, "d"), {}), ("depthwise", (3, 2, "d"), {"bias": False}),
+        ("depthwise", (3, 1, "d"), {"dilation": 3}),
+        ("bn", ("b",), {}), ("layernorm", ("l",), {}), ("groupnorm", (4, "g"), {}),
+        ("relu", ("r",), {}), ("act", ("gelu", "a"), {}), ("act", ("hard_swish", "a"), {}),
+        ("maxpool", ("p",), {}), ("avgpool", ("p",), {}), ("pool", ("p",), {}),
+        ("flatten", ("f",), {}), ("dropout", (0.3, "o"), {}), ("drop_path", (0.3, "o"), {}),
+        ("pad_shortcut", (16, 2, "s"), {}), ("softmax", ("s",), {}),
+    ]
+    for op_name, args, kw in calls:
+        results = []
+        for g in (ops.Counter(), ops.Builder(keras, 1e-4)):
+            x = g.input((8, 8, 8))
+            y = getattr(g, op_name)(x, *args, **kw)
+            results.append((tuple(y.shape[1:]), g.trainable, g.non_trainable, g.macs,
+                            g.depth))
+            if not g.counting:
+                m = keras.Model(x, y)
+                assert counts(m)[1:] == (g.trainable, g.non_trainable), op_name
+        assert results[0] == results[1], (op_name, kw, results)
+    for g in (ops.Counter(), ops.Builder(keras, 1e-4)):  # the ops of two or more tensors
+        x = g.input((8, 8, 8))
+        gate = g.dense(g.pool(x, "p"), 8, "d", activation="sigmoid", main=False)
+        y = g.concat([g.multiply(x, gate, "m"), g.add(x, x, "a")], "c")
+        assert tuple(y.shape[1:]) == (8, 8, 16) and g.depth == 0 and g.trainable == 72
+
+
+BAD_UNITS = {
+    "unused": ('''
+@unit("u")
+def u(ops, x, block):
+    n = block.name
+    y = ops.conv(x, block.filters, 3, block.stride, f"{n}_conv1")
+    s = ops.dense(ops.pool(y, f"{n}_se_pool"), 4, f"{n}_se_fc", activation="relu")
+    return ops.relu(y, f"{n}_relu")
+''', "unit 'u' in block s1b1 of mine computes layer 's1b1_se_pool' but never uses it"),
+    "activation": ('''
+@unit("u")
+def u(ops, x, block):
+    y = ops.conv(x, block.filters, 3, block.stride, f"{block.name}_conv1")
+    return ops.dense(ops.pool(y, f"{block.name}_p"), 4, f"{block.name}_d",
+                     activation="swishh")
+''', "unit 'u' failed in block s1b1 of mine: ops.dense: unknown activation 'swishh' "
+     "(Keras activations: relu,"),
+    "keyword": ('''
+@unit("u")
+def u(ops, x, block):
+    return ops.conv(x, block.filters, 3, block.stride, f"{block.name}_c", group=2)
+''', "unit 'u' failed in block s1b1 of mine: ops.conv(x, filters, kernel, stride, name, "
+     "main=True, groups=1, dilation=1, bias=True): got an unexpected keyword argument"),
+    "groups": ('''
+@unit("u")
+def u(ops, x, block):
+    return ops.conv(x, block.filters, 3, block.stride, f"{block.name}_c", groups=3)
+''', "unit 'u' failed in block s1b1 of mine: ops.conv: groups 3 must divide the input's "
+     "16 channels and the 16 filters"),
+    "keras_layer": ('''
+import keras
+
+
+@unit("u")
+def u(ops, x, block):
+    return keras.layers.GroupNormalization(groups=2)(x)
+''', "(a Keras layer in a unit goes through ops.layer(layer, x))"),
+    "returns_none": ('''
+@unit("u")
+def u(ops, x, block):
+    ops.conv(x, block.filters, 3, block.stride, f"{block.name}_c")
+''', "unit 'u' in block s1b1 of mine returned NoneType, not a tensor"),
+    "dilation_and_stride": ('''
+@unit("u")
+def u(ops, x, block):
+    return ops.conv(x, block.filters, 3, 2, f"{block.name}_c", dilation=2)
+''', "ops.conv: stride and dilation cannot both be above 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UNITS))
+def test_a_units_mistake_is_one_line_at_list(tmp_path, case):
+    body, needle = BAD_UNITS[case]
+    (tmp_path / "u.py").write_text("from ablation import unit\n" + body)
+    (tmp_path / "s.toml").write_text('units = "u.py"\n[[variant]]\nname = "mine"\n'
+                                     'base = "resnet32_e"\nunit = "u"\n'
+                                     'stages = [[1, 16], [1, 32], [1, 64]]\n')
+    line = one_line_error(run_cli("list", "--study", str(tmp_path / "s.toml")))
+    assert needle in line, line
+    for internal in ("CountOps", "Counter", "Builder", "Sym"):
+        assert internal not in line, line
+
+
+def test_a_unit_named_like_a_built_in_shadows_it_only_in_its_study(designs,
+                                                                   isolated_registry):
+    ablation.load_study(designs)
+    mine = ablation.registry.get("t_plain")
+    assert models.resolve("plain", mine.unit_module).__module__ == mine.unit_module
+    # everyone else keeps the built-in one
+    assert models.resolve("plain") is models.BUILTIN_UNITS["plain"]
+    assert study.definition_hash(mine) != study.definition_hash(
+        mine.replace(unit_module=None))
+    r = run_cli("list", "--study", str(designs))
+    assert r.returncode == 0, r.stderr
+    assert (f"unit 'plain' of {designs.parent / 'designs_units.py'} shadows the built-in "
+            "unit 'plain' for this study's own variants") in r.stdout
+
+
+def test_the_designs_build_on_jax_with_the_same_counts(designs):
+    """Every op, in the three networks that hold all the designs, builds on JAX."""
+    need("jax")
+    code = ("import json, sys, ablation; ablation.load_study(sys.argv[1]); import keras; "
+            "print(json.dumps({'backend': keras.backend.backend(), **{n: "
+            "ablation.build_model(n).count_params() for n in sys.argv[2:]}}))")
+    out = subprocess.run([sys.executable, "-c", code, str(designs), *MIXED],
+                         capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, KERAS_BACKEND="jax"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got.pop("backend") == "jax"
+    assert got == {n: counts(DESIGNS[n]())[0] for n in MIXED}
+
+
+def test_the_designs_train_report_and_load_in_plain_keras(designs, tmp_path, cifar_dir):
+    """Every design trains one epoch on a subset (three designs a network, a unit per
+    stage), the study reports, and every .h5 loads with plain `keras.models.load_model`:
+    the one with a Keras layer of the study's own (LayerScale) after importing the run
+    folder's copy of the units, as docs/studies.md says."""
+    res = tmp_path / "results"
+    r = run_cli("run", "--study", str(designs), *MIXED, "--epochs", "1", "--train-limit",
+                "64", "--test-limit", "32", "--batch-size", "32", "--workers", "2",
+                "--data-dir", str(cifar_dir), "--results", str(res))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(MIXED)} done" in r.stdout
+    runs = {p.name.split("-")[0]: p for p in run_dirs(res)}
+    assert set(runs) == set(MIXED)
+    summaries = {n: json.loads((p / "summary.json").read_text()) for n, p in runs.items()}
+    assert summaries["mix_c"]["macs"] is None and summaries["mix_a"]["macs"] > 0
+    assert summaries["mix_b"]["definition"]["unit"] == ["e_droppath", "e_silu", "e_dilated"]
+    out = tmp_path / "report"
+    rep = run_cli("report", "--study", str(designs), "--results", str(res), "--out", str(out))
+    assert rep.returncode == 0, rep.stderr
+    md = (out / "README.md").read_text()
+    for name in MIXED:
+        assert f"| {name} " in md
+    code = ("import importlib.util, json, sys, keras\n"
+            "out = {}\n"
+            "for run in sys.argv[1:]:\n"
+            "    name = run.split('/')[-1].split('-')[0]\n"
+            "    if name == 'mix_c':  # LayerScale: Keras must know the class\n"
+            "        spec = importlib.util.spec_from_file_location('units', run + '/units.py')\n"
+            "        spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+            "    out[name] = keras.models.load_model(run + '/model.h5').count_params()\n"
+            "print(json.dumps(out))\n")
+    loaded = subprocess.run([sys.executable, "-c", code, *map(str, runs.values())],
+                            capture_output=True, text=True, cwd="/", timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    got = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert got == {n: s["params_total"] for n, s in summaries.items()}
+
+
+def test_the_docs_table_gives_every_op_with_its_signature():
+    text = (ops_docs := (EXAMPLES.parent / "docs" / "studies.md")).read_text()
+    for name in ops.OPS:
+        assert f"`{ops.signature(name)}`" in text, (name, ops_docs)
+    example = (EXAMPLES / "se_units.py").read_text().split('"""', 2)[2]
+    body = example[example.index("@unit"):]
+    assert body.strip() in text  # the docs show the example in full, as it is
