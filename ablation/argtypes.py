@@ -48,3 +48,25 @@ def milestones(s: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"expected epochs (integers >= 1) or fractions (0 < x < 1), got {s!r}")
     return tuple(int(v) if v >= 1 else v for v in vals)
+
+
+_READ = {"int": (int, "an integer"), "number": (float, "a number"),
+         "milestones": (lambda s: milestones(s), "comma-separated numbers")}
+
+
+def recipe_value(name: str, kind: str) -> Callable[[str], object]:
+    """The parser of recipe field `name`'s flag: the text read by the field's kind, then
+    checked by the recipe's schema (ablation.recipe.check_field), so a flag and a study
+    file's value meet one rule."""
+    from ablation.errors import AblationError
+    from ablation.recipe import check_field
+
+    read, what = _READ[kind]
+
+    def parse(s: str):
+        value = _convert(s, read, what) if kind != "milestones" else read(s)
+        try:
+            return check_field(name, value)
+        except AblationError as e:
+            raise argparse.ArgumentTypeError(f"{e}, got {s}") from None
+    return parse

@@ -22,7 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main() -> int:
-    from ablation.recipe import DEFAULTS, PRECISION_POLICIES, compile_sgd
+    from ablation.recipe import DEFAULTS, PRECISION_POLICIES
+    from ablation.recipe.optimizer import compile_model
 
     p = argparse.ArgumentParser(prog="python -m ablation.baseline")
     p.add_argument("--variant", default="resnet32_e")
@@ -55,7 +56,7 @@ def main() -> int:
     gen = ImageDataGenerator(width_shift_range=0.125, height_shift_range=0.125,
                              horizontal_flip=True, fill_mode="constant", cval=0.0)
     model = build_model(a.variant, num_classes=ds.num_classes, keras_module=tf_keras)
-    compile_sgd(model, DEFAULTS, tf_keras)  # the blog's recipe, as the blog ran it
+    compile_model(model, DEFAULTS, tf_keras)  # the blog's recipe, as the blog ran it
 
     class Timer(tf_keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

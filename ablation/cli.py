@@ -123,7 +123,17 @@ def cmd_run(args) -> int:
         raise AblationError("name the variants to train (names or globs), or pass --all")
     study = _study(args)
     names = study.variants() if args.all else study.select(args.variants)
-    recipe = study.recipe(_recipe_overrides(args))
+    try:
+        recipe = study.recipe(_recipe_overrides(args))
+    except AblationError as e:
+        raise AblationError(f"{e} (the recipe: study {study.name}'s [recipe], then the "
+                            "flags)") from None
+    for n in names:  # what each job trains with: the variant's own fields on top
+        own = dict(registry.get(n).recipe)
+        try:
+            recipe.replace(**own)
+        except AblationError as e:
+            raise AblationError(f"{n} (its recipe sets {own}): {e}") from None
     data_dir = data.resolve_data_dir(recipe.dataset, args.data_dir)
     plan = runner.Plan([registry.get(n) for n in names], args.seeds or 1, recipe,
                        Path(args.results),
@@ -234,12 +244,10 @@ def cmd_bench(args) -> int:
 
 
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per Recipe field, parsed by its kind; the default is the study's."""
-    g = p.add_argument_group("recipe (defaults: the study's [recipe], else the blog's)")
-    parse = {"int1": argtypes.integer(1), "int0": argtypes.integer(0),
-             "limit": argtypes.integer(1), "pos": argtypes.number("pos"),
-             "nonneg": argtypes.number("nonneg"), "unit": argtypes.number("unit"),
-             "milestones": argtypes.milestones}
+    """One flag per Recipe field, parsed by its kind and checked by the recipe's schema
+    (the same rule a study file's value meets); the default is the study's."""
+    g = p.add_argument_group("recipe (defaults: the study's [recipe], else the blog's; "
+                             "docs/studies.md)")
     for f in fields(Recipe):
         kind, flag = f.metadata["kind"], "--" + f.name.replace("_", "-")
         default = getattr(DEFAULTS, f.name)
@@ -250,7 +258,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         elif kind == "choice":
             g.add_argument(flag, choices=f.metadata["choices"], default=None, help=help_)
         else:
-            g.add_argument(flag, type=parse[kind], default=None, help=help_)
+            g.add_argument(flag, type=argtypes.recipe_value(f.name, kind), default=None,
+                           help=help_)
 
 
 def _add_margin(p) -> None:

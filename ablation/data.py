@@ -294,6 +294,39 @@ def augment_crop(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.nd
 AUGMENTATIONS = {"blog": augment_blog, "crop": augment_crop, "none": None}
 
 
+def mix(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, mixup: float = 0.0,
+        cutmix: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) on one batch of images and
+    one-hot labels, with the batch itself in a random order as the partner.
+
+    One weight lam ~ Beta(alpha, alpha) per batch. Mixup blends the images,
+    lam·x + (1 − lam)·x[perm]; CutMix pastes a box of area about (1 − lam) of the image
+    from x[perm], and the labels take the box's exact share. With both on, each batch
+    takes one of the two, at even odds (timm's rule). Labels are mixed with the same
+    weights, so each row still sums to 1. Keras' MixUp and CutMix layers are not used:
+    their randomness comes from a seed generator's state, and this pipeline's must be a
+    pure function of (seed, epoch, batch) so that a resumed job sees the same batches.
+    """
+    if not (mixup or cutmix):
+        return x, y
+    use_cutmix = bool(cutmix) and (not mixup or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    perm = rng.permutation(len(x))
+    if not use_cutmix:
+        return (lam * x + (1 - lam) * x[perm]).astype(x.dtype, copy=False), \
+            (lam * y + (1 - lam) * y[perm]).astype(y.dtype, copy=False)
+    h, w = x.shape[1:3]
+    cut = np.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, h)
+    x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, w)
+    out = x.copy()
+    out[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
+    kept = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)  # the labels' weight: the exact share
+    return out, (kept * y + (1 - kept) * y[perm]).astype(y.dtype, copy=False)
+
+
 class TrainStream:
     """Finite, resumable stream of augmented training batches, epochs start..epochs-1.
 
@@ -312,9 +345,10 @@ class TrainStream:
 
     def __init__(self, ds: Dataset, batch_size: int, seed: int, augment: str = "blog",
                  start_epoch: int = 0, epochs: int = 1, threads: int = 2,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", mixup: float = 0.0, cutmix: float = 0.0):
         if augment not in AUGMENTATIONS:
             raise AblationError(f"unknown augmentation {augment!r}; choose blog or crop")
+        self.mixup, self.cutmix = mixup, cutmix
         self.ds, self.batch_size, self.seed = ds, batch_size, seed
         self.augment = AUGMENTATIONS[augment]
         self.start_epoch, self.epochs = start_epoch, epochs
@@ -345,6 +379,9 @@ class TrainStream:
         if self.augment is not None:
             x = self.augment(x, np.random.default_rng([self.seed, epoch, step]))
         y = one_hot(self.ds.y_train[idx], self.ds.num_classes)
+        if self.mixup or self.cutmix:  # its own stream: the augmentation's is unchanged
+            x, y = mix(x, y, np.random.default_rng([self.seed, epoch, step, 1]), self.mixup,
+                       self.cutmix)
         return x.astype(self.dtype, copy=False), y
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -3,7 +3,8 @@
 Runs in the job's own process (`python -m ablation.job RUN_DIR`, which picks the
 backend and checks the device first). What it is told and what it answers are
 `ablation.protocol` (config.json, progress lines, exit code).
-The heavy lifting is Keras': `CSVLogger`, `LearningRateScheduler`, `TerminateOnNaN`,
+The heavy lifting is Keras': `CSVLogger`, `LearningRateScheduler` (or a schedule in the
+optimizer, where the lr changes within an epoch), `TerminateOnNaN`, `SwapEMAWeights`,
 `TensorBoard`, and an atomic version of `BackupAndRestore` written on public calls.
 
 Exactly-once history: callbacks run in list order at each epoch end, so the CSV row
@@ -41,7 +42,9 @@ from ablation.protocol import (
     JobState,
     held_line,
 )
-from ablation.recipe import PRECISION_POLICIES, Recipe, compile_sgd
+from ablation.recipe import PRECISION_POLICIES, Recipe
+from ablation.recipe.optimizer import compile_model, l2
+from ablation.recipe.schedule import RecipeSchedule
 from ablation.registry import Variant
 
 
@@ -50,16 +53,33 @@ def init_seed(variant: str, seed: int) -> int:
     return zlib.crc32(f"{variant}:{seed}".encode()) & 0x7FFFFFFF
 
 
+def per_step(recipe: Recipe) -> bool:
+    """Whether the lr changes within an epoch (a cosine or linear schedule, a linear
+    warm-up): then the optimizer carries the schedule (`RecipeSchedule`), evaluated at
+    every step; otherwise Keras' `LearningRateScheduler` sets each epoch's lr, as in 0.4
+    (so a snapshot of 0.4 still resumes)."""
+    return recipe.schedule in ("cosine", "linear") or recipe.warmup == "linear"
+
+
 def training_model(variant: str | Variant, recipe: Recipe, num_classes: int,
-                   jit_compile: bool = False, steps_per_execution: int = 1) -> Any:
+                   jit_compile: bool = False, steps_per_execution: int = 1,
+                   steps_per_epoch: int | None = None,
+                   input_shape: tuple[int, int, int] = (32, 32, 3)) -> Any:
     """The compiled model `run` and `bench` train: the registry graph on the fused
     layers of ablation.layers (same math, faster on TensorFlow), under the recipe's
-    precision, compiled as `ablation.backend` chose for the device."""
+    precision, optimizer, loss and schedule, compiled as `ablation.backend` chose for
+    the device. A per-step schedule needs `steps_per_epoch`."""
     keras.mixed_precision.set_global_policy(PRECISION_POLICIES[recipe.precision])
-    model = compile_sgd(models.build_model(variant, num_classes=num_classes,
-                                           weight_decay=recipe.weight_decay, fast=True),
-                        recipe, keras, jit_compile=jit_compile,
-                        steps_per_execution=steps_per_execution)
+    schedule = None
+    if per_step(recipe):
+        if not steps_per_epoch:
+            raise ValueError("a per-step schedule needs steps_per_epoch")
+        schedule = RecipeSchedule(recipe, steps_per_epoch)
+    model = compile_model(models.build_model(variant, num_classes=num_classes,
+                                             input_shape=input_shape,
+                                             weight_decay=l2(recipe), fast=True),
+                          recipe, keras, schedule, jit_compile=jit_compile,
+                          steps_per_execution=steps_per_execution)
     _build_training_state(model, num_classes)
     return model
 
@@ -81,18 +101,29 @@ def _build_training_state(model: Any, num_classes: int) -> None:
     model.reset_metrics()
 
 
-def standard_copy(model: Any, variant: str | Variant, recipe: Recipe, num_classes: int) -> Any:
-    """The same trained network as plain Keras layers, optimizer state included, so the
-    saved .h5 loads with `keras.models.load_model` and no project code."""
-    std = compile_sgd(models.build_model(variant, num_classes=num_classes,
-                                         weight_decay=recipe.weight_decay), recipe, keras)
-    std.set_weights(model.get_weights())
-    std.optimizer.build(std.trainable_variables)
+def standard_copy(model: Any, variant: str | Variant, recipe: Recipe, num_classes: int,
+                  input_shape: tuple[int, int, int] = (32, 32, 3)) -> Any:
+    """The same trained network as plain Keras layers, optimizer state included (its lr a
+    number: the last one trained with), so the saved .h5 loads with
+    `keras.models.load_model` and no project code."""
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    for mine, theirs in zip(std.optimizer.variables, model.optimizer.variables, strict=True):
-        mine.assign(theirs)
+    last = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    std = compile_model(models.build_model(variant, num_classes=num_classes,
+                                           input_shape=input_shape, weight_decay=l2(recipe)),
+                        recipe, keras, last)
+    std.set_weights(model.get_weights())
+    std.optimizer.build(std.trainable_variables)
+    theirs = {_slot(v): v for v in model.optimizer.variables}
+    for mine in std.optimizer.variables:
+        if _slot(mine) in theirs:
+            mine.assign(theirs[_slot(mine)])
     return std
+
+
+def _slot(v: Any) -> str:
+    """An optimizer variable's name without its optimizer's (`sgd_1/x_momentum` -> x_...)."""
+    return v.path.split("/", 1)[-1]
 
 
 # --- callbacks -----------------------------------------------------------------------------
@@ -245,7 +276,7 @@ class Recorder(keras.callbacks.Callback):
         seconds = time.perf_counter() - self.t0
         train_s = self.t_train or seconds
         logs.pop("learning_rate", None)  # Keras' float32 echo of what we set
-        logs["lr"] = self.recipe.learning_rate(epoch)
+        logs["lr"] = self.recipe.learning_rate(epoch, self.stream.steps_per_epoch)
         logs["epoch_seconds"] = round(seconds, 3)
         logs["images_per_second"] = round(self.n_train / train_s, 1)
         self.train_rates.append(self.n_train / train_s)
@@ -419,7 +450,7 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
                  "loader_threads": backend.loader_threads()}
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
     model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
-                           execution["steps_per_execution"])
+                           execution["steps_per_execution"], steps)
     info = models.count_params(variant, ds.num_classes)
     models.check_counts(model, info, cfg.variant)  # what summary.json records is the model's
 
@@ -427,7 +458,8 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
         "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
         "definition_hash": study.definition_hash(variant)})
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
-                              epochs=recipe.epochs, threads=execution["loader_threads"])
+                              epochs=recipe.epochs, threads=execution["loader_threads"],
+                              mixup=recipe.mixup, cutmix=recipe.cutmix)
     start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
     pretrained = {}
     if start == 0 and variant.pretrained:
@@ -438,7 +470,10 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     _truncate_history(history_path, start)
     recorder = Recorder(cfg, recipe, stream, start)
     callbacks = [
-        keras.callbacks.LearningRateScheduler(recipe.learning_rate),
+        *([] if per_step(recipe) else [keras.callbacks.LearningRateScheduler(
+            recipe.learning_rate)]),
+        # the test set sees the averaged weights; training (and the backup) the raw ones
+        *([keras.callbacks.SwapEMAWeights()] if recipe.ema else []),
         recorder,
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
@@ -492,6 +527,8 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
         model.fit(iter(stream), steps_per_epoch=stream.steps_per_epoch, epochs=recipe.epochs,
                   initial_epoch=start, validation_data=data.test_batches(ds, recipe.batch_size),
                   callbacks=callbacks, verbose=0, shuffle=False)
+    elif recipe.ema:  # what fit does at its end: the averaged weights become the model's
+        model.optimizer.finalize_variable_values(model.trainable_variables)
 
     rows = results.read_history(history_path)
     if recorder.nan or len(rows) < recipe.epochs:

@@ -25,9 +25,17 @@ def _held(res):
         res / "runs").exists() else False
 
 
+# a modern recipe (docs/studies.md): what a resume must bring back grows with it
+MODERN = ["--optimizer", "adamw", "--lr", "0.002", "--weight-decay", "0.05", "--schedule",
+          "cosine", "--warmup", "linear", "--warmup-epochs", "1", "--warmup-lr", "0.0001",
+          "--label-smoothing", "0.1", "--mixup", "0.2", "--ema", "0.999"]
+
+
 def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir, tiny):
+    """Under a modern recipe (AdamW, cosine after a linear warm-up, label smoothing,
+    mixup, EMA): killed after epoch 2, resumed, reported with that recipe in words."""
     res = tmp_path / "results"
-    args = ["tiny8", *tiny, *TINY4]
+    args = ["tiny8", *tiny, *TINY4, *MODERN]
     p = start_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res),
                   env=hold_after(2))
     wait_for(_held(res), "the job to finish epoch 2 and hold", p)
@@ -46,6 +54,16 @@ def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir, tiny):
     assert after[:len(before)] == before
     st = run_cli("status", "--results", str(res))
     assert " done " in st.stdout
+    # the lr of each epoch's first step: the warm-up's start, then the cosine's
+    assert [float(row["lr"]) for row in after][:2] == [0.0001, 0.002]
+    assert 0 < float(after[3]["lr"]) < float(after[2]["lr"]) < 0.002
+    out = tmp_path / "report"
+    rep = run_cli("report", *tiny, "--results", str(res), "--out", str(out))
+    assert rep.returncode == 0, rep.stderr
+    md = (out / "README.md").read_text()
+    assert ("AdamW lr 0.002, wd 0.05 decoupled, cosine to 0 (per step) after 1 linear "
+            "warm-up epoch(s) from lr 0.0001, label smoothing 0.1, mixup 0.2, EMA 0.999 (test "
+            "accuracy on the averaged weights)") in md
 
 
 def test_ctrl_c_marks_interrupted_and_rerun_resumes(tmp_path, cifar_dir, tiny):

@@ -18,13 +18,18 @@ from ablation.registry import Variant
 TINY_NET = Variant.from_dict({**registry.get("resnet32_e").to_dict(), "name": "snap_e",
                               "stages": [[1, 16], [1, 32], [1, 64]]})
 RECIPE = Recipe(epochs=3, batch_size=8, train_limit=16, test_limit=8)
+# a modern recipe: AdamW (moments), a cosine schedule after a linear warm-up (evaluated
+# at the optimizer's step), EMA (averaged weights in the optimizer), mixup, smoothing
+MODERN = RECIPE.replace(optimizer="adamw", lr=0.002, weight_decay=0.05, schedule="cosine",
+                        warmup="linear", warmup_epochs=1, warmup_lr=1e-4,
+                        label_smoothing=0.1, mixup=0.2, ema=0.999)
 STEPS = 2  # 16 images, batch 8
 IDENTITY = {"variant": "snap_e", "seed": 0, "recipe_id": RECIPE.id, "definition_hash": "x"}
 
 
-def fresh(seed: int):
+def fresh(seed: int, recipe: Recipe = RECIPE):
     keras.utils.set_random_seed(seed)
-    return training.training_model(TINY_NET, RECIPE, 10)
+    return training.training_model(TINY_NET, recipe, 10, steps_per_epoch=STEPS)
 
 
 def state(model) -> list[np.ndarray]:
@@ -32,22 +37,29 @@ def state(model) -> list[np.ndarray]:
             + [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
 
 
-@pytest.fixture(scope="module")
-def snapshot(tmp_path_factory):
-    """One epoch of training (two SGD steps with momentum), snapshotted."""
-    model = fresh(0)
-    stream = data.TrainStream(data.synthetic(16, 8), 8, seed=0, epochs=1)
+def _snapshot(root, recipe: Recipe):
+    """One epoch of training (two steps), snapshotted."""
+    model = fresh(0, recipe)
+    stream = data.TrainStream(data.synthetic(16, 8), 8, seed=0, epochs=1,
+                              mixup=recipe.mixup, cutmix=recipe.cutmix)
     model.fit(iter(stream), steps_per_epoch=STEPS, epochs=1, verbose=0)
-    root = tmp_path_factory.mktemp("snap") / "backup"
     backup = training.AtomicBackup(root, IDENTITY)
     backup.set_model(model)
     backup.on_epoch_end(0, {"loss": 1.0})
     return root, state(model)
 
 
-def test_resume_restores_weights_optimizer_step_and_momenta_bit_for_bit(snapshot):
-    root, saved = snapshot
-    model = fresh(1)  # other initial weights, an untouched optimizer
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    """The blog's recipe: two SGD steps with momentum, snapshotted."""
+    return _snapshot(tmp_path_factory.mktemp("snap") / "backup", RECIPE)
+
+
+@pytest.mark.parametrize("recipe", [RECIPE, MODERN], ids=["blog", "adamw-cosine-ema"])
+def test_resume_restores_weights_optimizer_step_and_momenta_bit_for_bit(
+        recipe, snapshot, tmp_path):
+    root, saved = snapshot if recipe is RECIPE else _snapshot(tmp_path / "backup", recipe)
+    model = fresh(1, recipe)  # other initial weights, an untouched optimizer
     before = state(model)
     assert not all(np.array_equal(a, b) for a, b in zip(before, saved, strict=True))
     assert training.AtomicBackup(root, IDENTITY).resume(model, STEPS) == 1
@@ -56,8 +68,13 @@ def test_resume_restores_weights_optimizer_step_and_momenta_bit_for_bit(snapshot
     for a, b in zip(after, saved, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == STEPS
-    momenta = [v for v in model.optimizer.variables if "momentum" in v.path]
-    assert momenta and any(np.abs(keras.ops.convert_to_numpy(m)).sum() > 0 for m in momenta)
+    slots = ("momentum", "velocity", "average") if recipe.ema else ("momentum",)
+    for slot in slots:  # every kind of optimizer state came back, and is not all zeros
+        held = [v for v in model.optimizer.variables if v.path.endswith(slot)]
+        assert held and any(np.abs(keras.ops.convert_to_numpy(m)).sum() > 0 for m in held)
+    # the schedule resumes where it stopped: it reads the restored step
+    lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert lr == pytest.approx(recipe.lr_at(STEPS, STEPS), rel=1e-6)
 
 
 def test_a_load_that_silently_does_nothing_is_caught(snapshot, monkeypatch):

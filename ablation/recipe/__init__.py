@@ -1,0 +1,398 @@
+"""The training recipe: every field declared once, with its type, bounds, default, flag
+help; the schedule, optimizer and loss it makes (`schedule`, `optimizer`); a stable id.
+
+airbench's lesson: one table of hyperparameters. The `Recipe` dataclass is that table.
+Each field's annotation is its schema (pydantic validates it: the type, the bounds),
+its metadata says how the command line parses it and what it means. So the CLI's flags
+and defaults, a study's `[recipe]` table, a variant's `recipe` and the report's recipe
+line all derive from it and cannot disagree; a bad value is one line naming the field,
+wherever it came from.
+
+Two runs are comparable (poolable over seeds) exactly when their recipes are equal; the
+recipe id names the results folder, so a 30-epoch study never overwrites a 200-epoch
+one. Fields added after the first release are left out of the id while at their
+defaults, so the blog's and the papers' recipe ids (and run folders) never change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import AfterValidator, ConfigDict
+
+from ablation.errors import AblationError
+
+# Keras mixed-precision policy of each precision the recipe accepts.
+# fp32 is true float32, as on the blog's GPU; tf32 lets Ampere-and-later GPUs run float32
+# matmuls and convolutions as TensorFloat-32 (both backends' default there; ablation.backend)
+PRECISION_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16",
+                      "fp16": "mixed_float16"}
+PRECISIONS = tuple(PRECISION_POLICIES)
+AUGMENTS = ("blog", "crop")
+DATASETS = ("cifar10", "cifar100")
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "rmsprop", "lion")
+DECOUPLED = ("adamw", "lion")  # optimizers whose weight decay is decoupled by definition
+DECAYS = ("auto", "l2", "decoupled")
+SCHEDULES = ("step", "cosine", "linear", "constant")
+WARMUPS = ("constant", "linear")
+
+# bounds a user would expect (docs/studies.md): past them a value is a typo, not a plan
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_LIMIT = 100_000_000
+
+
+# --- the schema's pieces ---------------------------------------------------------------------
+
+
+def _rule(check, why: str) -> AfterValidator:
+    def validate(v):
+        if not check(v):
+            raise ValueError(why)
+        return v
+    return AfterValidator(validate)
+
+
+def _finite(v) -> bool:
+    return math.isfinite(v)
+
+
+Number = int | float  # kept as given (a TOML 0 stays 0: the recipe id is the same as before)
+Int1 = Annotated[int, _rule(lambda v: v >= 1, "must be at least 1")]
+Int0 = Annotated[int, _rule(lambda v: v >= 0, "must be at least 0")]
+Pos = Annotated[Number, _rule(lambda v: _finite(v) and v > 0, "must be a positive number")]
+NonNeg = Annotated[Number, _rule(lambda v: _finite(v) and v >= 0, "must be >= 0")]
+Unit = Annotated[Number, _rule(lambda v: _finite(v) and 0 <= v < 1, "must be in [0, 1)")]
+Beta = Annotated[Number, _rule(lambda v: _finite(v) and 0 < v < 1, "must be in (0, 1)")]
+
+
+def _at_most(top: int) -> AfterValidator:
+    return _rule(lambda v: v is None or v <= top, f"must be at most {top:,}")
+
+
+def _milestone(m) -> bool:
+    return (isinstance(m, int | float) and not isinstance(m, bool) and m > 0
+            and (m < 1 or float(m).is_integer()))
+
+
+Milestones = Annotated[tuple[Number, ...], pydantic.Field(strict=False), _rule(
+    lambda v: all(_milestone(m) for m in v),
+    "must be epochs (integers >= 1) or fractions of the run (0 < x < 1)")]
+
+# what a type mistake says, by the field's kind (the bounds say their own)
+_TYPE_WORDS = {"int": "must be an integer", "number": "must be a number",
+               "bool": "must be true or false", "milestones": "must be a list of numbers"}
+
+
+def _f(default: Any, kind: str, help: str, **extra: Any) -> Any:
+    """A recipe field: its default, how a flag parses it (`kind`), what it means."""
+    return field(default=default, metadata={"kind": kind, "help": help, **extra})
+
+
+def _choice(default: str, choices: tuple[str, ...], help: str) -> Any:
+    return _f(default, "choice", help, choices=choices)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything but the variant and the seed that decides a run's numbers.
+
+    The defaults are the blog's (200 epochs, batch 128, SGD 0.1 Nesterov, lr /10 at
+    40.5% and 61% of training, L2 1e-4, flip + 4-px shift). Fields from `optimizer` on
+    were added in 0.5 (modern recipes); at their defaults they change nothing.
+    """
+
+    dataset: Literal[DATASETS] = _choice("cifar10", DATASETS, "dataset")
+    epochs: Annotated[Int1, _at_most(MAX_EPOCHS)] = _f(200, "int", "epochs to train")
+    batch_size: Annotated[Int1, _at_most(MAX_BATCH)] = _f(128, "int", "images per step")
+    lr: Pos = _f(0.1, "number", "peak learning rate (after any warm-up)")
+    momentum: Unit = _f(0.9, "number", "SGD momentum")
+    nesterov: bool = _f(True, "bool", "Nesterov momentum for SGD (the papers: off)")
+    weight_decay: NonNeg = _f(1e-4, "number", "weight decay: an L2 coefficient on every conv "
+                              "and dense kernel, or decoupled (see --decay)")
+    augment: Literal[AUGMENTS] = _choice("blog", AUGMENTS, "blog: flip + continuous 4-px "
+                                         "shift; crop: pad 4, random 32x32 crop, flip")
+    train_limit: Annotated[Int1, _at_most(MAX_LIMIT)] | None = _f(
+        None, "int", "class-balanced train subset size")
+    test_limit: Annotated[Int1, _at_most(MAX_LIMIT)] | None = _f(
+        None, "int", "class-balanced test subset size")
+    precision: Literal[PRECISIONS] = _choice("fp32", PRECISIONS, "training precision")
+    milestones: Milestones = _f(
+        (0.405, 0.61), "milestones",
+        "epochs (0-based) where the step schedule divides lr by 10; values below 1 are "
+        "fractions of --epochs, rounded up (0.405,0.61: epochs 81 and 122 of 200)")
+    warmup_epochs: Int0 = _f(0, "int", "warm-up epochs before the schedule starts")
+    warmup_lr: Pos = _f(0.01, "number", "learning rate of a constant warm-up, or where a "
+                        "linear warm-up starts")
+    # --- added in 0.5: modern recipes
+    optimizer: Literal[OPTIMIZERS] = _choice(
+        "sgd", OPTIMIZERS, "sgd (momentum, Nesterov), adam, adamw, nadam, rmsprop or lion "
+        "(Keras' optimizers)")
+    beta_1: Beta | None = _f(None, "number", "first-moment decay of adam/adamw/nadam/lion "
+                             "(default: Keras')")
+    beta_2: Beta | None = _f(None, "number", "second-moment decay of adam/adamw/nadam/lion "
+                             "(default: Keras')")
+    epsilon: Pos | None = _f(None, "number", "epsilon of adam/adamw/nadam/rmsprop (default: "
+                             "Keras')")
+    decay: Literal[DECAYS] = _choice(
+        "auto", DECAYS, "weight decay as L2 in the loss (l2) or decoupled from the gradient "
+        "(decoupled); auto: decoupled for adamw and lion, l2 otherwise")
+    schedule: Literal[SCHEDULES] = _choice(
+        "step", SCHEDULES, "lr after the warm-up: step (/10 at --milestones, per epoch), "
+        "cosine or linear (to --min-lr, per step), constant")
+    warmup: Literal[WARMUPS] = _choice(
+        "constant", WARMUPS, "warm-up at --warmup-lr (constant) or rising per step from "
+        "--warmup-lr to --lr (linear)")
+    min_lr: NonNeg = _f(0, "number", "where cosine and linear schedules end")
+    label_smoothing: Unit = _f(0, "number", "label smoothing of the cross-entropy")
+    mixup: NonNeg = _f(0, "number", "mixup alpha (0: off): batches mixed with a "
+                       "Beta(alpha, alpha) weight")
+    cutmix: NonNeg = _f(0, "number", "cutmix alpha (0: off); with mixup, each batch takes "
+                        "one of the two at random")
+    ema: Unit = _f(0, "number", "momentum of an exponential moving average of the weights "
+                   "(0: off); test accuracy is then measured on the averaged weights")
+    grad_clip: NonNeg = _f(0, "number", "clip gradients to this global norm (0: off)")
+
+    def __post_init__(self):
+        values = _validate({f.name: getattr(self, f.name) for f in fields(self)})
+        object.__setattr__(self, "milestones", tuple(values["milestones"]))
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Rules between fields; each broken one is one line naming the flags."""
+        drops = self.lr_drops()
+        if list(drops) != sorted(drops):
+            raise AblationError(f"milestones must increase, got {list(self.milestones)}")
+        if self.schedule == "step":
+            late = [m for m in self.milestones if m >= 1 and m >= self.epochs]
+            if late:
+                raise AblationError(f"milestones: epoch {late[0]:g} is not before the last "
+                                    f"epoch (epochs {self.epochs}); give epochs below it, or "
+                                    "fractions")
+        elif self.milestones != DEFAULTS_MILESTONES:
+            raise AblationError(f"milestones go with the step schedule, not {self.schedule}")
+        if self.warmup_epochs >= self.epochs:
+            raise AblationError(f"warmup-epochs {self.warmup_epochs} leaves no epoch of the "
+                                f"schedule (epochs {self.epochs})")
+        if self.warmup == "linear" and not self.warmup_epochs:
+            raise AblationError("a linear warm-up needs warmup-epochs")
+        if self.warmup == "linear" and self.warmup_lr >= self.lr:
+            raise AblationError(f"a linear warm-up rises from warmup-lr to lr: give a "
+                                f"warmup-lr below lr {self.lr:g} (got {self.warmup_lr:g})")
+        if self.min_lr and self.schedule not in ("cosine", "linear"):
+            raise AblationError(f"min-lr is where a cosine or linear schedule ends; the "
+                                f"{self.schedule} schedule has none")
+        if self.min_lr and self.min_lr >= self.lr:
+            raise AblationError(f"min-lr {self.min_lr:g} must be below lr {self.lr:g}")
+        if self.decay == "l2" and self.optimizer in DECOUPLED:
+            raise AblationError(f"{self.optimizer} decays weights decoupled by definition; "
+                                "for L2 in the loss use adam (or sgd)")
+        if self.optimizer != "sgd":
+            for name in ("momentum", "nesterov"):
+                if getattr(self, name) != getattr(DEFAULTS, name):
+                    raise AblationError(f"{name} is SGD's setting; {self.optimizer} takes "
+                                        "beta-1 and beta-2")
+        allowed = {"sgd": (), "adam": ("beta_1", "beta_2", "epsilon"),
+                   "adamw": ("beta_1", "beta_2", "epsilon"),
+                   "nadam": ("beta_1", "beta_2", "epsilon"), "rmsprop": ("epsilon",),
+                   "lion": ("beta_1", "beta_2")}[self.optimizer]
+        for name in ("beta_1", "beta_2", "epsilon"):
+            if getattr(self, name) is not None and name not in allowed:
+                raise AblationError(f"{name.replace('_', '-')} is not a setting of "
+                                    f"{self.optimizer}" + (f" (it takes {', '.join(allowed)})"
+                                                           if allowed else ""))
+
+    # --- identity and plain data
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "milestones" else v) for k, v in d.items()
+                      if k in known})
+
+    @classmethod
+    def parse(cls, table: dict, allowed: tuple[str, ...] | None = None,
+              base: Recipe | None = None) -> Recipe:
+        """A recipe from a TOML table (`allowed`: the keys it may set; `base`: what it
+        starts from). Unknown keys and bad values raise one line naming the key."""
+        names = [f.name for f in fields(cls)]
+        allowed = tuple(names) if allowed is None else allowed
+        extra = sorted(set(table) - set(allowed))
+        if extra:
+            raise AblationError(f"unknown key {extra[0]!r} (allowed: "
+                                f"{', '.join(sorted(allowed))})")
+        return (base or DEFAULTS).replace(**table)
+
+    def replace(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    def changed(self) -> dict:
+        """The fields that differ from the defaults (what a command line must say)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != getattr(DEFAULTS, f.name)}
+
+    @property
+    def id(self) -> str:
+        """Readable and unique: `cifar10-e200-b128-blog-fp32-3f9a1c`."""
+        ident = self.to_dict()
+        for name in _ID_OPTIONAL:
+            if getattr(self, name) == getattr(DEFAULTS, name):
+                del ident[name]
+        if self.schedule != "step":
+            ident.pop("milestones", None)  # a continuous schedule has none
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
+        parts = [self.dataset, f"e{self.epochs}", f"b{self.batch_size}", self.augment,
+                 self.precision]
+        if self.train_limit or self.test_limit:
+            parts.append(f"sub{self.train_limit or 'all'}-{self.test_limit or 'all'}")
+        return "-".join([*parts, digest.hexdigest()[:6]])
+
+    # --- the schedule
+
+    def lr_drops(self) -> tuple[int, ...]:
+        """The first epoch (0-based) of each lr / 10 step: (81, 122) at E = 200.
+
+        Fractions are exact (Fraction("0.405") * 200 = 81, never 81.00000000000001).
+        """
+        return tuple(math.ceil(Fraction(str(m)) * self.epochs) if m < 1 else int(m)
+                     for m in self.milestones)
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rate of training step `step` (0-based): the warm-up, then the
+        schedule. What `schedule.RecipeSchedule` computes inside the optimizer."""
+        warm = self.warmup_epochs * steps_per_epoch
+        if step < warm:
+            if self.warmup == "constant":
+                return self.warmup_lr
+            return self.warmup_lr + (self.lr - self.warmup_lr) * step / warm
+        if self.schedule == "step":
+            epoch = step // steps_per_epoch
+            return self.lr / 10 ** sum(epoch >= d for d in self.lr_drops())
+        if self.schedule == "constant":
+            return self.lr
+        t = (step - warm) / max(1, self.epochs * steps_per_epoch - warm)
+        if self.schedule == "cosine":
+            return self.min_lr + (self.lr - self.min_lr) * (1 + math.cos(math.pi * t)) / 2
+        return self.lr - (self.lr - self.min_lr) * t  # linear
+
+    def learning_rate(self, epoch: int, steps_per_epoch: int = 1) -> float:
+        """lr at the first step of a 0-based epoch (the whole epoch's, for the step
+        schedule and a constant warm-up)."""
+        return self.lr_at(epoch * steps_per_epoch, steps_per_epoch)
+
+    @property
+    def decoupled(self) -> bool:
+        """Weight decay is applied by the optimizer, not as L2 in the loss."""
+        return self.decay == "decoupled" or (self.decay == "auto"
+                                             and self.optimizer in DECOUPLED)
+
+    def describe(self) -> str:
+        """One line for reports: every field that shapes training, in words."""
+        name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "nadam": "Nadam",
+                "rmsprop": "RMSprop", "lion": "Lion"}[self.optimizer]
+        opt = f"{name} lr {self.lr:g}"
+        if self.optimizer == "sgd":
+            opt += f" (momentum {self.momentum:g}{', Nesterov' if self.nesterov else ''})"
+        betas = [f"{k.replace('_', ' ')} {getattr(self, k):g}"
+                 for k in ("beta_1", "beta_2", "epsilon") if getattr(self, k) is not None]
+        if betas:
+            opt += f" ({', '.join(betas)})"
+        wd = (f"wd {self.weight_decay:g} decoupled" if self.decoupled
+              else f"L2 {self.weight_decay:g}")
+        if self.schedule == "step":
+            sched = (f"lr ×0.1 from epochs {' and '.join(map(str, self.lr_drops()))} (0-based)"
+                     if self.milestones else "constant lr")
+        elif self.schedule == "constant":
+            sched = "constant lr"
+        else:
+            sched = f"{self.schedule} to {self.min_lr:g} (per step)"
+        if self.warmup_epochs:
+            sched += (f" after {self.warmup_epochs} warm-up epoch(s) at lr {self.warmup_lr:g}"
+                      if self.warmup == "constant" else
+                      f" after {self.warmup_epochs} linear warm-up epoch(s) from lr "
+                      f"{self.warmup_lr:g}")
+        extras = [text for on, text in (
+            (self.label_smoothing, f"label smoothing {self.label_smoothing:g}"),
+            (self.mixup, f"mixup {self.mixup:g}"), (self.cutmix, f"cutmix {self.cutmix:g}"),
+            (self.ema, f"EMA {self.ema:g} (test accuracy on the averaged weights)"),
+            (self.grad_clip, f"gradients clipped to norm {self.grad_clip:g}")) if on]
+        return ", ".join([f"{self.epochs} epochs", f"batch {self.batch_size}", opt, wd, sched,
+                          *extras, f"augmentation `{self.augment}`",
+                          f"precision {self.precision}"])
+
+
+# what the run, not the network, decides: the data, its length and its batches; a variant
+# may fix any other field for itself (its `recipe`), e.g. ResNet-110's warm-up
+RUN_FIELDS = ("dataset", "epochs", "batch_size", "augment", "train_limit", "test_limit",
+              "precision")
+VARIANT_FIELDS = tuple(f.name for f in fields(Recipe) if f.name not in RUN_FIELDS)
+
+# Fields added after the first release: left out of the recipe id while at their
+# default, so the ids (and run folders) of earlier runs stay valid.
+_ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1", "beta_2",
+                "epsilon", "decay", "schedule", "warmup", "min_lr", "label_smoothing",
+                "mixup", "cutmix", "ema", "grad_clip")
+DEFAULTS_MILESTONES = (0.405, 0.61)
+
+# the schema: one pydantic model made from the dataclass's own annotations
+_HINTS = typing.get_type_hints(Recipe, include_extras=True)
+_SCHEMA = pydantic.create_model(
+    "RecipeSchema", __config__=ConfigDict(strict=True, extra="forbid"),
+    **{f.name: (_HINTS[f.name], ...) for f in fields(Recipe)})
+_FIELD_ADAPTERS: dict[str, pydantic.TypeAdapter] = {}
+
+
+def _message(e: pydantic.ValidationError) -> str:
+    """A schema error as one line: the field (as its flag is spelled) and what is wrong."""
+    err = e.errors(include_url=False)[0]
+    name = str(err["loc"][0]) if err["loc"] else "?"
+    meta = {f.name: f.metadata for f in fields(Recipe)}.get(name, {})
+    value = err.get("input")
+    if err["type"] == "value_error":
+        why = str(err.get("ctx", {}).get("error") or err["msg"])
+    elif meta.get("kind") == "choice":
+        why = f"must be one of {', '.join(meta['choices'])}"
+    else:
+        why = _TYPE_WORDS.get(meta.get("kind", ""), err["msg"])
+    return f"{name.replace('_', '-')} {why}, got {value!r}"
+
+
+def _validate(values: dict) -> dict:
+    try:
+        return _SCHEMA.model_validate(values).model_dump()
+    except pydantic.ValidationError as e:
+        raise AblationError(_message(e)) from None
+
+
+def check_field(name: str, value: Any) -> Any:
+    """Validate one field's value by the schema (what a command-line flag's parser does);
+    a bad value raises AblationError: "must be at least 1" and the like."""
+    adapter = _FIELD_ADAPTERS.get(name)
+    if adapter is None:
+        adapter = _FIELD_ADAPTERS[name] = pydantic.TypeAdapter(
+            _HINTS[name], config=ConfigDict(strict=True))
+    try:
+        return adapter.validate_python(value)
+    except pydantic.ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        if err["type"] == "value_error":
+            raise AblationError(str(err.get("ctx", {}).get("error") or err["msg"])) from None
+        meta = {f.name: f.metadata for f in fields(Recipe)}[name]
+        raise AblationError(_TYPE_WORDS.get(meta["kind"], err["msg"])) from None
+
+
+DEFAULTS = Recipe()

@@ -1,0 +1,308 @@
+"""Reading a study file: its tables validated by the schema (`ablation.study.schema`),
+then what only the registry can tell (a base, a unit, a comparison's variants), then its
+variants registered, each run once through the counting interpreter so a broken unit
+fails here, in one line naming the file, the unit and the block.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablation import models, registry, verdict
+from ablation.errors import AblationError
+from ablation.recipe import VARIANT_FIELDS, Recipe
+from ablation.registry import Variant
+from ablation.study import definitions, schema
+from ablation.study.units import import_units
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "studies"
+DEFAULT = "blog"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference row in a comparison's table (the blog's VGG19): a name and a size."""
+
+    name: str
+    params: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of a study: its variants' curves, table, tests and figures."""
+
+    key: str
+    title: str
+    variants: tuple[str, ...]
+    zoom: bool = False  # zoomed test-accuracy plot over the last part of training
+    sizes: bool = False  # bar chart of saved .h5 sizes
+    question: str = ""
+    references: tuple[Reference, ...] = ()
+    published_source: str = ""
+    published_error: tuple[tuple[str, float], ...] = ()  # variant -> published error %
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published number set beside ours, in the report's context table."""
+
+    source: str
+    network: str
+    metric: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    description: str
+    path: Path
+    builtin: bool
+    own: tuple[str, ...]  # variants this file defines
+    variant_names: tuple[str, ...]  # own first, then the built-ins its comparisons use
+    comparisons: tuple[Comparison, ...]
+    recipe_defaults: tuple[tuple[str, Any], ...]
+    published: tuple[Published, ...]
+    units: tuple[str, ...]  # user units the study's file brought
+    units_source: str | None  # where they came from (absolute path or module)
+    analysis: verdict.Settings = field(default_factory=verdict.Settings)  # [analysis]
+    shadowed: tuple[str, ...] = ()  # built-in unit names its own units shadow
+
+    def variants(self, pattern: str = "*") -> list[str]:
+        return registry.variants(pattern, self.variant_names)
+
+    def select(self, patterns: list[str]) -> list[str]:
+        """Names and globs among this study's variants; a hint when the name belongs
+        to another built-in study."""
+        try:
+            return registry.select(patterns, self.variant_names)
+        except registry.UnknownVariantError as e:
+            for pat in patterns:
+                home = builtin_home(pat) if pat not in self.variant_names else None
+                if home and home != self.name:
+                    raise AblationError(f"{e}; {pat!r} belongs to the built-in study "
+                                        f"{home!r}: add --study {home}") from None
+            raise
+
+    def recipe(self, overrides: dict | None = None) -> Recipe:
+        """The study's defaults, then `overrides` (command-line flags) on top."""
+        return Recipe(**{**dict(self.recipe_defaults), **(overrides or {})})
+
+    @property
+    def default_out(self) -> str:
+        """Where `ablation report` writes by default: reports/, or reports/<study>."""
+        return "reports" if self.name == DEFAULT else f"reports/{self.name}"
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_LOADED: dict[Path, Study] = {}
+
+
+def builtin_names() -> list[str]:
+    """The built-in studies, the default first."""
+    names = sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+    return sorted(names, key=lambda n: n != DEFAULT)
+
+
+def load_builtins() -> list[Study]:
+    return [load_study(n) for n in builtin_names()]
+
+
+def builtin_home(name: str) -> str | None:
+    """The built-in study that defines variant `name`, if any."""
+    load_builtins()
+    return definitions.pinned(name)
+
+
+def load_study(ref: str | Path | None = None) -> Study:
+    """A built-in study by name, or a study file by path; None is the default study.
+
+    Registers its variants and units; loading the same file again returns the same
+    study. Every problem is one AblationError naming the file.
+    """
+    ref = DEFAULT if ref is None else ref
+    builtin = BUILTIN_DIR / f"{ref}.toml"
+    if isinstance(ref, str) and "/" not in ref and not ref.endswith(".toml") \
+            and builtin.is_file():
+        path, is_builtin = builtin, True
+    else:
+        path, is_builtin = Path(ref).expanduser(), False
+        if path.is_dir():
+            raise AblationError(f"study {str(ref)!r} is a folder; give the study's .toml "
+                                "file in it")
+        if not path.is_file():
+            raise AblationError(f"no study {str(ref)!r}: not a built-in study "
+                                f"({', '.join(builtin_names())}) and no such file")
+    path = path.resolve()
+    if path in _LOADED:
+        return _LOADED[path]
+    if not is_builtin:
+        load_builtins()  # a user study may not redefine, but may use, built-in variants
+    study = _Loader(path, is_builtin).load()
+    _LOADED[path] = study
+    return study
+
+
+class _Loader:
+    """Reads one study file into a Study, registering what it defines."""
+
+    def __init__(self, path: Path, builtin: bool):
+        self.path, self.builtin = path, builtin
+        self.module: str | None = None
+
+    def fail(self, msg: str) -> AblationError:
+        return AblationError(f"{self.path}: {msg}")
+
+    def check(self, model: type, table: Any, where: str = "") -> Any:
+        try:
+            return schema.validate(model, table, where)
+        except AblationError as e:
+            raise self.fail(str(e)) from None
+
+    def load(self) -> Study:
+        try:
+            doc = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise self.fail(f"not valid TOML: {e}") from None
+        except OSError as e:
+            raise self.fail(f"cannot read: {e.strerror}") from None
+        top = self.check(schema.StudyFile, doc)
+        name = top.name or self.path.stem
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise self.fail(f"study name {name!r} must be letters, digits, '.', '_', '-'")
+        if not self.builtin and name in builtin_names():
+            raise self.fail(f"study name {name!r} clashes with a built-in study")
+        self.name = name
+
+        units: list[str] = []
+        units_source = None
+        if top.units is not None:
+            src = top.units
+            is_file = src.endswith(".py") or "/" in src
+            units_source = str((self.path.parent / src).resolve()) if is_file else src
+            self.module, units = import_units(units_source, str(self.path))
+
+        try:
+            Recipe.parse(top.recipe)
+        except AblationError as e:
+            raise self.fail(f"[recipe] {e}") from None
+        extra = sorted(set(top.analysis) - set(verdict.SETTINGS_KEYS))
+        if extra:
+            raise self.fail(f"unknown [analysis] key {extra[0]!r} (allowed: "
+                            f"{', '.join(verdict.SETTINGS_KEYS)})")
+        try:
+            settings = verdict.Settings(**top.analysis)
+        except AblationError as e:
+            raise self.fail(f"[analysis] {e}") from None
+
+        own = self.variants(top.variant)
+        comparisons = self.comparisons(top.comparison, own)
+        used = [v for c in comparisons for v in c.variants if v not in own]
+        published = tuple(Published(**p.model_dump()) for p in top.published)
+        return Study(
+            name=name, title=top.title or f"Ablation report: study {name}",
+            description=top.description, path=self.path, builtin=self.builtin,
+            own=tuple(own), variant_names=tuple(dict.fromkeys([*own, *used])),
+            comparisons=tuple(comparisons), recipe_defaults=tuple(top.recipe.items()),
+            published=published, units=tuple(units), units_source=units_source,
+            analysis=settings, shadowed=tuple(models.shadowed(self.module)))
+
+    # --- variants
+
+    def variants(self, tables: list[dict]) -> list[str]:
+        own: list[str] = []
+        for t in tables:
+            name = t.get("name")
+            where = f"variant {name!r}: " if isinstance(name, str) else "a [[variant]]: "
+            spec = self.check(schema.VariantTable, t, where)
+            if name in own:
+                raise self.fail(f"duplicate variant name {name!r}")
+            if not self.builtin and (home := definitions.pinned(name)):
+                raise self.fail(f"variant {name!r} clashes with a built-in variant of "
+                                f"study {home!r}; pick another name")
+            v = self.variant(spec, where)
+            existing = registry.get(name) if registry.is_registered(name) else None
+            if existing is not None and existing != v:
+                raise self.fail(f"{where}another study already defines {name!r} differently"
+                                " in this process")
+            if existing is None:
+                registry.register(v)
+            if self.builtin:
+                definitions.pin(name, self.name)
+            own.append(name)
+        return own
+
+    def variant(self, spec: schema.VariantTable, where: str) -> Variant:
+        given = spec.model_dump(exclude_unset=True)
+        base_name = given.pop("base", None)
+        if base_name is not None:
+            if not registry.is_registered(base_name):
+                raise self.fail(f"{where}unknown base {base_name!r} (a built-in variant or "
+                                "one defined above in this file)")
+            d = registry.get(base_name).to_dict()
+            changed = ", ".join(k for k in given if k not in ("name", "label", "description"))
+            d.update(label="", reference_params=None,
+                     description=base_name + (f" with its {changed} changed" if changed
+                                              else ""))
+        else:
+            missing = [k for k in ("unit", "stages") if k not in given]
+            if missing:
+                raise self.fail(f"{where}needs {' and '.join(missing)} (or a base)")
+            d = {}
+        d.update(given)
+        d["label"] = d.get("label") or spec.name
+        if self.module:  # the study's own units come first for its own variants
+            d["unit_module"] = self.module
+        units = models.units.known(d.get("unit_module"))
+        unit = d["unit"]
+        for u in [*(unit if isinstance(unit, list) else [unit]), d.get("down_unit")]:
+            if u is not None and u not in units:
+                raise self.fail(f"{where}unknown unit {u!r} (known: {', '.join(units)})")
+        if isinstance(unit, list) and len(unit) != len(d["stages"]):
+            raise self.fail(f"{where}unit lists {len(unit)} unit(s) for {len(d['stages'])} "
+                            "stage(s): give one unit, or one per stage")
+        if isinstance(d.get("pretrained"), str) and d["pretrained"] != "imagenet":
+            d["pretrained"] = str((self.path.parent / d["pretrained"]).resolve())
+        try:
+            Recipe.parse(d.get("recipe") or {}, VARIANT_FIELDS)
+        except AblationError as e:
+            raise self.fail(f"{where}recipe: {e}") from None
+        v = Variant.from_dict(d)
+        try:
+            models.count_params(v)  # runs every unit on shapes: a broken unit fails here
+        except AblationError as e:
+            raise self.fail(str(e)) from None
+        return v
+
+    # --- comparisons
+
+    def comparisons(self, tables: list[dict], own: list[str]) -> list[Comparison]:
+        out: list[Comparison] = []
+        for i, t in enumerate(tables, 1):
+            title = t.get("title")
+            where = f"comparison {i} ({title!r}): " if title else f"comparison {i}: "
+            spec = self.check(schema.ComparisonTable, t, where)
+            for n in spec.variants:
+                if not (n in own or definitions.pinned(n)):
+                    raise self.fail(f"{where}unknown variant {n!r} (its own variants or a "
+                                    "built-in one)")
+            key = spec.key or re.sub(r"[^a-z0-9]+", "-", spec.title.lower()).strip("-")[:40]
+            if any(c.key == key for c in out):
+                raise self.fail(f"{where}duplicate comparison key {key!r}")
+            strays = [k for k in spec.published_error if k not in spec.variants]
+            if strays:
+                raise self.fail(f"{where}published_error names {strays[0]!r}, not one of "
+                                "this comparison's variants")
+            out.append(Comparison(
+                key=key, title=spec.title, variants=tuple(dict.fromkeys(spec.variants)),
+                zoom=spec.zoom, sizes=spec.sizes, question=spec.question,
+                references=tuple(Reference(r.name, r.params) for r in spec.references),
+                published_source=spec.published_source,
+                published_error=tuple((k, float(e)) for k, e in spec.published_error.items())))
+        return out
