@@ -13,9 +13,10 @@ Keras is imported only when a model is built, so listing, status and reports sta
 Its backend is KERAS_BACKEND when set, else TensorFlow, else JAX (ablation.backend).
 """
 
+import importlib
+from typing import Any
+
 from ablation import backend as _backend
-from ablation.models import Block, build_model, count_params, shortcut, unit
-from ablation.study import Study, load_study
 
 # TensorFlow not installed, JAX installed: Keras must load JAX (ablation.backend)
 _backend.prefer_installed()
@@ -26,7 +27,23 @@ __version__ = "0.5.0"
 __all__ = ["Block", "Study", "__version__", "build_model", "count_params", "load_study",
            "shortcut", "unit", "variants"]
 
+# The API's names load their modules on first use (PEP 562), so `import ablation` (and
+# the command line, which installs its signal handling first) starts in milliseconds.
+_LAZY = {"Block": "ablation.models", "build_model": "ablation.models",
+         "count_params": "ablation.models", "shortcut": "ablation.models",
+         "unit": "ablation.models", "Study": "ablation.study", "load_study": "ablation.study"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ablation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 def variants(pattern: str = "*") -> list[str]:
     """The default study's variants matching a shell glob, in the study's order."""
+    from ablation.study import load_study
+
     return load_study().variants(pattern)

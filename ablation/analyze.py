@@ -28,6 +28,7 @@ from ablation import data, results
 from ablation.errors import AblationError
 from ablation.models import layer_inputs
 from ablation.protocol import Exit, JobState
+from ablation.recipe import Recipe
 from ablation.report.load import RESPONSES, Run, load_runs
 
 AFTER_BN, CONV_OUTPUT = "after BN", "conv output"
@@ -116,13 +117,25 @@ def measure(h5: Path, x: np.ndarray) -> pd.DataFrame:
 
 
 def _images(run: Run, images: int, data_dir: str | None, cache: dict) -> np.ndarray:
-    dataset = run.summary.get("dataset", "cifar10")
+    """The first `images` test images of the run's data (class-balanced; all of them when
+    the test split is smaller), normalised as the run trained."""
+    r = run.summary["recipe"]
+    dataset = r.get("dataset", "cifar10")
     source = data_dir or run.summary.get("data_source")
-    if source == "generated" or not source:
+    if source == "generated" or not source or data.is_path(dataset):
         source = None
-    key = (dataset, source, images)
+    key = (dataset, r.get("data_hash"), source, images)
     if key not in cache:
-        ds = data.load(dataset, source, train_limit=1, test_limit=images)
+        try:
+            record = results.read_json(run.folder / "config.json").get("data")
+        except (FileNotFoundError, AblationError):
+            record = None
+        recipe = Recipe.from_dict(r)
+        test = data.describe(data.resolve(dataset), recipe.image_hw).test or images
+        ds = data.load(dataset, source, train_limit=1, test_limit=min(images, test),
+                       image_size=recipe.image_hw, data_hash=recipe.data_hash,
+                       cache=Path(record["cache"]) if record and record.get("cache") else None,
+                       stats=(record["mean"], record["std"]) if record else None)
         cache[key] = data.normalise(ds.x_test, ds.mean, ds.std)
     return cache[key]
 
@@ -158,7 +171,7 @@ def main(results_dir: Path, variants: list[str], images: int = 1000, force: bool
             df = measure(h5, x)
         except AblationError as e:
             failed += 1
-            print(f"{name}: FAILED: {e}", file=out, flush=True)
+            print(f"{name}: FAILED: {e}", file=sys.stderr, flush=True)
             continue
         buf = io.StringIO()
         df.to_csv(buf, index=False)

@@ -15,13 +15,36 @@ def _convert(s: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
 
 
-def integer(lo: int) -> Callable[[str], int]:
+def integer(lo: int, hi: int | None = None) -> Callable[[str], int]:
     def parse(s: str) -> int:
         v = _convert(s, int, "an integer")
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}, got {v}")
         return v
     return parse
+
+
+def path(s: str) -> str:
+    """A file or folder argument: never empty (an empty --results would be the working
+    folder, silently)."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return s
+
+
+class Switch(argparse.BooleanOptionalAction):
+    """--flag / --no-flag, each at most once: both in one command is a mistake, not 'the
+    last one wins'."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = not option_string.startswith("--no-")
+        old = getattr(namespace, self.dest, None)
+        if old is not None and old != new:
+            raise argparse.ArgumentError(self, f"give {self.option_strings[0]} or "
+                                               f"{self.option_strings[1]}, not both")
+        super().__call__(parser, namespace, values, option_string)
 
 
 def number(kind: str) -> Callable[[str], float]:
@@ -50,7 +73,16 @@ def milestones(s: str) -> tuple[float, ...]:
     return tuple(int(v) if v >= 1 else v for v in vals)
 
 
-_READ = {"int": (int, "an integer"), "number": (float, "a number"),
+def _size(s: str) -> int | list[int]:
+    """'32' (square) or '32,48' (H, W)."""
+    parts = [int(p) for p in s.split(",")]
+    if len(parts) not in (1, 2):
+        raise ValueError(s)
+    return parts[0] if len(parts) == 1 else parts
+
+
+_READ = {"int": (int, "an integer"), "number": (float, "a number"), "text": (str, "text"),
+         "size": (_size, "N or H,W"),
          "milestones": (lambda s: milestones(s), "comma-separated numbers")}
 
 

@@ -15,10 +15,11 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from ablation import argtypes, registry, verdict
 from ablation.errors import AblationError
-from ablation.protocol import NEW, Exit, JobState
-from ablation.recipe import DEFAULTS, PRECISIONS, Recipe
+from ablation.protocol import NEW, Exit, JobState, Terminated
+
+# Only the standard library and two small modules above: `main` installs the signal
+# handling before anything heavy loads, so Ctrl-C (or SIGTERM) at any moment is one line.
 
 
 class _UsageError(AblationError):
@@ -42,14 +43,17 @@ def _study(args):
 
 
 def cmd_list(args) -> int:
+    from ablation import data, registry
     from ablation.models import count_params
     from ablation.study import DEFAULT as DEFAULT_STUDY
 
     study = _study(args)
     names = study.select(args.patterns) if args.patterns else study.variants()
+    recipe = study.recipe()
+    shape, classes = data.shape_of(recipe.dataset, recipe.image_hw)  # the study's data
     rows = []
     for n in names:
-        v, info = registry.get(n), count_params(n)
+        v, info = registry.get(n), count_params(n, classes, shape)
         rows.append({"name": n, "label": v.label, "depth": info.depth,
                      "params_total": info.params_total,
                      "params_trainable": info.params_trainable,
@@ -74,6 +78,9 @@ def cmd_list(args) -> int:
                    colalign=("left", "left", "right", "right", "right", "right", "right",
                              "left")))
     print(f"\nstudy {study.name}: {study.description}" if study.description else "")
+    if (shape, classes) != ((32, 32, 3), 10):
+        print(f"counted for its data, {recipe.dataset}: {'x'.join(map(str, shape))} images "
+              f"of {classes} classes")
     for line in shadows:
         print(line)
     print("depth = weighted layers on the main path (stem, residual-branch convs, dense); "
@@ -103,12 +110,14 @@ def cmd_studies(args) -> int:
 
 def _recipe_overrides(args) -> dict:
     """The recipe flags the user actually gave (the rest come from the study)."""
+    from ablation.recipe import Recipe
+
     return {f.name: getattr(args, f.name) for f in fields(Recipe)
             if getattr(args, f.name, None) is not None}
 
 
 def cmd_run(args) -> int:
-    from ablation import data, runner
+    from ablation import data, registry, runner
     from ablation.executors import EXECUTORS
     from ablation.jobqueue import DB_NAME, JobQueue
 
@@ -128,6 +137,12 @@ def cmd_run(args) -> int:
     except AblationError as e:
         raise AblationError(f"{e} (the recipe: study {study.name}'s [recipe], then the "
                             "flags)") from None
+    for n in names:  # a local weights file a job would start from must be there now
+        w = registry.get(n).pretrained
+        if w and w != "imagenet" and not Path(w).is_file():
+            raise AblationError(f"{n} starts from the pretrained weights {w}, which do not "
+                                "exist; fix the path in the study file, or leave the variant "
+                                "out")
     for n in names:  # what each job trains with: the variant's own fields on top
         own = dict(registry.get(n).recipe)
         try:
@@ -135,11 +150,20 @@ def cmd_run(args) -> int:
         except AblationError as e:
             raise AblationError(f"{n} (its recipe sets {own}): {e}") from None
     data_dir = data.resolve_data_dir(recipe.dataset, args.data_dir)
+    # a dataset by path: hashed (its content names the recipe id), its statistics taken,
+    # a folder decoded once into the results folder (not for a dry run: it writes nothing)
+    record = data.prepare(recipe.dataset, recipe.image_hw, Path(args.results),
+                          decode=not args.dry_run)
+    if record is not None:
+        recipe = recipe.replace(dataset=record["path"], data_hash=record["content_hash"])
+    _check_limits(recipe, record)
     plan = runner.Plan([registry.get(n) for n in names], args.seeds or 1, recipe,
                        Path(args.results),
                        str(data_dir.resolve()) if data_dir else None,
                        keep_model=not args.no_keep_model, retry_failed=args.retry_failed,
-                       study=study.name if study.builtin else str(study.path))
+                       study=study.name if study.builtin else str(study.path), data=record)
+    if study.tune is not None:  # tune, choose, then compare (ablation.phases)
+        return _run_tuned(args, plan, study, data_dir)
     if args.dry_run:
         known = {}
         if (Path(args.results) / DB_NAME).exists():
@@ -165,6 +189,44 @@ def cmd_run(args) -> int:
     return runner.run(plan, factory)
 
 
+def _check_limits(recipe, record: dict | None) -> None:
+    """Subsets and the validation split fit the data: one line before anything is queued
+    (a job would find out the same, once per job)."""
+    from ablation import data
+
+    shape = data.describe(data.resolve(recipe.dataset), recipe.image_hw)
+    train = (record or {}).get("train_images") or shape.train
+    for what, n, have in (("validation", recipe.validation, train),
+                          ("train-limit", recipe.train_limit,
+                           train - recipe.validation if train else None),
+                          ("test-limit", recipe.test_limit, shape.test)):
+        if n and have is not None and n > have:
+            split = "test" if what == "test-limit" else "training"
+            raise AblationError(f"{what} {n:,} is more than the {have:,} {split} images of "
+                                f"{recipe.dataset}" + (" left after the validation split"
+                                                       if what == "train-limit"
+                                                       and recipe.validation else ""))
+
+
+def _run_tuned(args, plan, study, data_dir) -> int:
+    from ablation import data, phases, sequential, verdict
+    from ablation.executors import EXECUTORS
+
+    seeds = args.seeds or 1
+    if args.dry_run:
+        return phases.dry_run(plan, study, study.tune, seeds)
+    if data_dir is not None:
+        data.check(plan.recipe.dataset, data_dir)
+    executor = EXECUTORS[args.executor]()
+    factory = lambda sink: executor.from_args(args, sink)  # noqa: E731
+    until = None
+    if args.until_decided:
+        until = lambda p: sequential.run_until_decided(  # noqa: E731
+            p, study, args.max_seeds or verdict.LOOKS[-1],
+            study.analysis.replace(margin=args.margin), factory)
+    return phases.run_phases(plan, study, study.tune, seeds, factory, until)
+
+
 # --- status -------------------------------------------------------------------------------
 
 
@@ -178,6 +240,7 @@ def cmd_status(args) -> int:
         raise AblationError(f"no queue in {args.results}; start one with `ablation run`")
     with JobQueue(Path(args.results)) as q:
         rows = q.all()
+        gone = {r.id: why for r in rows if (why := q.gone(r))}
     now = time.time()
     table = []
     for r in rows:
@@ -186,12 +249,21 @@ def cmd_status(args) -> int:
             done = len(results.read_history(Path(r.run_dir) / "history.csv"))
         except AblationError:
             done = "?"
-        table.append([r.id, r.label, r.seed, r.recipe_id, r.status, r.attempts,
+        try:  # a tuned study's jobs say their phase (ablation.phases)
+            phase = results.read_json(Path(r.run_dir) / "config.json").get("phase") or ""
+        except (FileNotFoundError, AblationError):
+            phase = ""
+        status, error = r.status, r.error or ""
+        if r.id in gone:  # a runner killed outright (SIGKILL, a lost node) never said so
+            status, error = f"{r.status} (gone)", gone[r.id]
+        table.append([r.id, r.label, r.seed, r.recipe_id, phase, status, r.attempts,
                       f"{done}/{r.recipe.get('epochs')}", r.worker or "",
-                      results.duration(took) if took else "", (r.error or "")[:70]])
-    print(tabulate(table, headers=["id", "variant", "seed", "recipe", "status", "tries",
-                                   "epochs", "where", "time", "error"]))
-    print("  ".join(f"{s}: {sum(r.status == s for r in rows)}" for s in JobState))
+                      results.duration(took) if took and r.id not in gone else "",
+                      error[:70]])
+    print(tabulate(table, headers=["id", "variant", "seed", "recipe", "phase", "status",
+                                   "tries", "epochs", "where", "time", "error"]))
+    print("  ".join(f"{s}: {sum(r.status == s for r in rows)}" for s in JobState)
+          + (f"  (of the running, {len(gone)} gone)" if gone else ""))
     return 0
 
 
@@ -203,9 +275,17 @@ def cmd_report(args) -> int:
 
     out = report.build(Path(args.results), Path(args.out) if args.out else None,
                        recipe=args.recipe, epochs=args.epochs, study=_study(args),
-                       margin=args.margin)
+                       margin=args.margin, on=args.on, latex=args.latex,
+                       figure_format=args.figure_format)
     print(f"report written to {out}")
     return 0
+
+
+def cmd_export(args) -> int:
+    from ablation import export
+
+    return export.to_mlflow(Path(args.results), _study(args), tracking_uri=args.tracking_uri,
+                            experiment=args.experiment, models=args.models, margin=args.margin)
 
 
 def cmd_analyze(args) -> int:
@@ -226,7 +306,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from ablation import bench
+    from ablation import bench, registry
     from ablation.study import load_builtins, load_study
 
     if args.study:
@@ -246,15 +326,20 @@ def cmd_bench(args) -> int:
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     """One flag per Recipe field, parsed by its kind and checked by the recipe's schema
     (the same rule a study file's value meets); the default is the study's."""
+    from ablation import argtypes
+    from ablation.recipe import DEFAULTS, Recipe
+
     g = p.add_argument_group("recipe (defaults: the study's [recipe], else the blog's; "
                              "docs/studies.md)")
     for f in fields(Recipe):
         kind, flag = f.metadata["kind"], "--" + f.name.replace("_", "-")
+        if kind == "internal":
+            continue
         default = getattr(DEFAULTS, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         help_ = f.metadata["help"] + ("" if default is None else f" (blog: {shown})")
         if kind == "bool":
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            g.add_argument(flag, action=argtypes.Switch, default=None, help=help_)
         elif kind == "choice":
             g.add_argument(flag, choices=f.metadata["choices"], default=None, help=help_)
         else:
@@ -263,6 +348,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_margin(p) -> None:
+    from ablation import argtypes, verdict
+
     p.add_argument("--margin", type=argtypes.number("pos"), default=None, metavar="PP",
                    help=f"{verdict.Settings.__dataclass_fields__['margin'].metadata['help']} "
                         f"(default: the study's [analysis] margin, else "
@@ -276,9 +363,10 @@ def _add_study(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ablation import backend, devices
+    from ablation import argtypes, backend, devices, verdict
     from ablation.bench import MIN_SECONDS
     from ablation.executors import EXECUTORS
+    from ablation.recipe import DEFAULTS, PRECISIONS
 
     p = _Parser(prog="ablation", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=_version())
@@ -297,19 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB")
     s.add_argument("--all", action="store_true", help="every variant of the study")
     _add_study(s)
-    s.add_argument("--seeds", type=argtypes.integer(1), default=None,
+    s.add_argument("--seeds", type=argtypes.integer(1, verdict.SEEDS_CAP), default=None,
                    help="seeds 0..N-1 (default 1)")
     g = s.add_argument_group("more seeds only where undecided (docs/statistics.md)")
     g.add_argument("--until-decided", action="store_true",
                    help="run seeds in looks (3, 5, 8, 12, ...) and add seeds only to the "
                         "variants of pairs still undecided")
-    g.add_argument("--max-seeds", type=argtypes.integer(verdict.LOOKS[0]), default=None,
+    g.add_argument("--max-seeds", type=argtypes.integer(verdict.LOOKS[0], verdict.SEEDS_CAP),
+                   default=None,
                    help=f"the last look (default {verdict.LOOKS[-1]})")
     _add_margin(g)
     _add_recipe_flags(s)
-    s.add_argument("--data-dir", help="folder holding cifar-10-batches-py (or that folder); "
-                                      "default $ABLATION_DATA_DIR, else keras.datasets download")
-    s.add_argument("--results", default="results")
+    s.add_argument("--data-dir", type=argtypes.path,
+                   help="folder holding cifar-10-batches-py (or that folder); default "
+                        "$ABLATION_DATA_DIR, else keras.datasets download")
+    s.add_argument("--results", type=argtypes.path, default="results")
     s.add_argument("--retry-failed", action="store_true", help="requeue failed jobs")
     s.add_argument("--no-keep-model", action="store_true",
                    help="save the .h5 to measure it, then delete it")
@@ -331,28 +421,52 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="print the job queue as a table")
-    s.add_argument("--results", default="results")
+    s.add_argument("--results", type=argtypes.path, default="results")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("report", help="rebuild a study's comparisons from recorded runs")
     _add_study(s)
-    s.add_argument("--results", default="results")
-    s.add_argument("--out", help="default reports/ (the blog), reports/<study> otherwise")
+    s.add_argument("--results", type=argtypes.path, default="results")
+    s.add_argument("--out", type=argtypes.path,
+                   help="default reports/ (the blog), reports/<study> otherwise")
     s.add_argument("--recipe", help="only this recipe id (or a prefix of it)")
     s.add_argument("--epochs", type=argtypes.integer(1), help="only recipes with this many epochs")
+    s.add_argument("--on", choices=["test", "validation"], default="test",
+                   help="the split tables, curves and verdicts read: the test set "
+                        "(default), or the held-out validation split of recipes with one")
+    s.add_argument("--latex", action="store_true",
+                   help="also write each comparison's tables as booktabs LaTeX (.tex beside "
+                        "its figures)")
+    s.add_argument("--figure-format", choices=["png", "pdf", "svg"], default="png",
+                   help="pdf or svg: also write each figure in that vector format beside its "
+                        "PNG (the README keeps the PNGs)")
     _add_margin(s)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("export", help="send runs and verdicts elsewhere: an MLflow store")
+    s.add_argument("target", choices=["mlflow"], help="where to: mlflow")
+    _add_study(s)
+    s.add_argument("--results", type=argtypes.path, default="results")
+    s.add_argument("--tracking-uri", type=argtypes.path, metavar="URI",
+                   help="an MLflow tracking URI (default: MLflow's own, MLFLOW_TRACKING_URI "
+                        "or its local store)")
+    s.add_argument("--experiment", type=argtypes.path, metavar="NAME",
+                   help="the MLflow experiment (default: ablation-<study>)")
+    s.add_argument("--models", action="store_true",
+                   help="also upload each run's saved .h5 model as an artifact")
+    _add_margin(s)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("analyze", help="layer responses of trained runs (He et al. 2015, "
                                        "Fig. 7), for the report")
     s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB",
                    help="default: every variant of the study")
     _add_study(s)
-    s.add_argument("--results", default="results")
+    s.add_argument("--results", type=argtypes.path, default="results")
     s.add_argument("--images", type=argtypes.integer(10), default=1000,
                    help="test images, class-balanced, the first of each class (default 1000)")
     s.add_argument("--recipe", help="only runs of this recipe id (or a prefix of it)")
-    s.add_argument("--data-dir", help="as for `ablation run`")
+    s.add_argument("--data-dir", type=argtypes.path, help="as for `ablation run`")
     s.add_argument("--force", action="store_true", help="recompute runs already analysed")
     s.set_defaults(func=cmd_analyze)
 
@@ -369,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alternations of ours and the baseline (with --baseline)")
     s.add_argument("--baseline", action="store_true",
                    help="also time the blog's Keras-2 path (needs the baseline extra)")
-    s.add_argument("--data-dir", help="real CIFAR-10 (default: generated images)")
+    s.add_argument("--data-dir", type=argtypes.path,
+                   help="real CIFAR-10 (default: generated images)")
     s.set_defaults(func=cmd_bench)
     return p
 
@@ -380,7 +495,18 @@ def _version() -> str:
     return f"ablation {__version__}"
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every way it ends is one exit code, and a mistake one line on
+    stderr. SIGTERM (a scheduler's preemption) is handled as Ctrl-C is; both are in
+    place before anything heavy is imported."""
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # (the launcher's: replaced)
+        signal.signal(signal.SIGTERM, _terminate)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         args = build_parser().parse_args(argv)
@@ -391,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     except AblationError as e:
         print(f"ablation: error: {e}", file=sys.stderr)
         return Exit.USAGE
+    except Terminated:
+        print("ablation: terminated (SIGTERM)", file=sys.stderr)
+        return Exit.TERMINATED
     except KeyboardInterrupt:
         print("ablation: interrupted", file=sys.stderr)
         return Exit.INTERRUPTED

@@ -70,6 +70,7 @@ class JobRow:
     worker: str | None
     host: str | None
     pid: int | None
+    pid_start: str | None
     heartbeat: float | None
     created: float
     started: float | None
@@ -193,6 +194,18 @@ class JobQueue:
                      r["id"]))
                 return self.get(r["id"])
         return None
+
+    def gone(self, row: JobRow) -> str | None:
+        """Why a `running` row's runner is provably gone (its process on this host has
+        exited; another host's heartbeat is stale), or None while it may be alive."""
+        if row.status != JobState.RUNNING or not self._orphaned(
+                row.host, row.pid, row.pid_start, row.heartbeat):
+            return None
+        if row.host == self.host:
+            return "its process on this host has exited: rerun to resume"
+        age = "none" if row.heartbeat is None else \
+            f"{(time.time() - row.heartbeat) / 60:.0f} min old"
+        return f"no heartbeat from {row.host} ({age}): rerun to resume"
 
     def _orphaned(self, host: str | None, pid: int | None, pid_start: str | None,
                   heartbeat: float | None) -> bool:

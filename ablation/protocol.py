@@ -15,9 +15,10 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ablation.recipe import Recipe
+if TYPE_CHECKING:
+    from ablation.recipe import Recipe
 
 
 class JobState(StrEnum):
@@ -41,7 +42,12 @@ class Exit(IntEnum):
     USAGE = 2  # bad input: one line on stderr, nothing run
     NOT_VISIBLE = 3  # a Ray worker cannot see the results folder
     NO_DEVICE = 4  # given a GPU, the job sees none: the machine's fault, not the job's
-    INTERRUPTED = 130  # Ctrl-C / SIGTERM: the last finished epoch is kept
+    INTERRUPTED = 130  # Ctrl-C (and a job's SIGTERM): the last finished epoch is kept
+    TERMINATED = 143  # `ablation` itself stopped by SIGTERM (a scheduler's preemption)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: stop at a safe point, mark the jobs interrupted."""
 
 
 class JobEnv(StrEnum):
@@ -151,6 +157,13 @@ class JobConfig:
     definition_hash: str | None = None
     units: list[dict] = field(default_factory=list)
     study: str | None = None
+    # a dataset given by path, as the runner prepared it (ablation.data.prepare): its
+    # path, content hash, shape, classes, statistics and decoded cache
+    data: dict | None = None
+    # the phase of a study with [tune]: "tune" (a candidate setting, judged on the
+    # validation split) or "compare" (a variant at its chosen setting); None otherwise
+    phase: str | None = None
+    tuning: dict | None = None  # the tuning group: fields, the base's values, group id
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -160,6 +173,8 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> JobConfig:
+        from ablation.recipe import Recipe
+
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw["recipe"] = Recipe.from_dict(d["recipe"])

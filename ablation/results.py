@@ -22,6 +22,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,30 @@ from ablation.errors import AblationError
 
 RUNS = "runs"
 DESIGNS = "designs.json"
+
+
+@dataclass(frozen=True)
+class Split:
+    """An evaluated split and where a run records it: summary keys, history columns."""
+
+    name: str  # as a report says it: "test", "validation"
+    final: str  # summary.json: the last epoch's accuracy
+    best: str  # summary.json: the best epoch's
+    curve: str  # history.csv: accuracy per epoch
+    loss: str  # history.csv: loss per epoch
+    images: str  # summary.json: how many images
+
+
+# the test set keeps Keras' `val_*` names for fit's validation data (the blog's logs had
+# them); the held-out validation split (`validation` in the recipe) is `validation_*`
+SPLITS = {
+    "test": Split("test", "final_val_accuracy", "best_val_accuracy", "val_accuracy",
+                  "val_loss", "test_images"),
+    "validation": Split("validation", "final_validation_accuracy",
+                        "best_validation_accuracy", "validation_accuracy", "validation_loss",
+                        "validation_images"),
+}
+TEST = SPLITS["test"]
 
 
 def run_dir(results: Path, recipe_id: str, variant: str, seed: int, tag: str = "") -> Path:

@@ -7,6 +7,7 @@ never stops for one bad job. The command exits non-zero at the end if any failed
 
 from __future__ import annotations
 
+import signal
 import statistics
 import sys
 import threading
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablation import results, study
+from ablation.errors import AblationError
 from ablation.executors import Executor, LineSink
 from ablation.jobqueue import JobQueue
-from ablation.protocol import EpochRecord, Exit, JobConfig, JobState
+from ablation.protocol import EpochRecord, Exit, JobConfig, JobState, Terminated
 from ablation.recipe import Recipe
 from ablation.registry import Variant
 
@@ -31,10 +33,15 @@ class PlannedJob:
     seed: int
     tag: str  # definition tag in the run folder's name ("" for built-in variants)
     run_dir: Path
+    recipe: Recipe
 
 
 @dataclass
 class Plan:
+    """What to train: each variant under its recipes (the plan's `recipe`, or per variant
+    `recipes`: a tuning phase's candidates, or each variant's chosen setting), at seeds
+    first_seed .. first_seed + seeds − 1."""
+
     variants: list[Variant]
     seeds: int
     recipe: Recipe
@@ -43,22 +50,31 @@ class Plan:
     keep_model: bool = True
     retry_failed: bool = False
     study: str | None = None
+    data: dict | None = None  # a path dataset as `ablation.data.prepare` made it ready
+    recipes: dict[str, list[Recipe]] | None = None  # variant -> its recipes
+    first_seed: int = 0
+    phase: str | None = None  # "tune" or "compare" for a study with [tune]
+    tuning: dict | None = None  # its tuning group (ablation.phases.tuning_record)
+
+    def recipes_of(self, variant: str) -> list[Recipe]:
+        return (self.recipes or {}).get(variant, [self.recipe])
 
     def jobs(self) -> list[PlannedJob]:
         out = []
         for v in self.variants:
             tag = study.folder_tag(v)
-            for s in range(self.seeds):
-                out.append(PlannedJob(v, s, tag, results.run_dir(
-                    self.results, self.recipe.id, v.name, s, tag)))
+            for r in self.recipes_of(v.name):
+                for s in range(self.first_seed, self.first_seed + self.seeds):
+                    out.append(PlannedJob(v, s, tag, results.run_dir(
+                        self.results, r.id, v.name, s, tag), r))
         return out
 
     def config(self, job: PlannedJob, index: int, total: int) -> JobConfig:
         """What the training process of `job` is told (its config.json)."""
-        return JobConfig(job.variant.name, job.seed, self.recipe, self.data_dir,
+        return JobConfig(job.variant.name, job.seed, job.recipe, self.data_dir,
                          self.keep_model, index, total, job.variant.to_dict(),
                          study.definition_hash(job.variant), study.unit_records(job.variant),
-                         self.study)
+                         self.study, self.data, self.phase, self.tuning)
 
 
 class Progress:
@@ -117,26 +133,44 @@ class Progress:
 
 def prepare_jobs(plan: Plan, queue: JobQueue) -> tuple[list[int], dict[int, PlannedJob]]:
     """Insert the plan's jobs; return their ids and what each id stands for."""
-    rid = plan.recipe.id
     jobs = plan.jobs()
-    ids = queue.add([(j.variant.name, j.tag, j.seed, rid, plan.recipe.to_dict(), str(j.run_dir))
-                     for j in jobs], retry_failed=plan.retry_failed)
+    ids = queue.add([(j.variant.name, j.tag, j.seed, j.recipe.id, j.recipe.to_dict(),
+                      str(j.run_dir)) for j in jobs], retry_failed=plan.retry_failed)
     return ids, dict(zip(ids, jobs, strict=True))
 
 
-def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.stdout) -> int:
-    """Run the plan to completion. Returns the process exit code (0, 1 or 130)."""
+def _done_on_disk(run_dir: Path, epochs: int) -> bool:
+    """A run folder whose summary says done, every epoch trained: the queue that knew it
+    may have been lost (a damaged queue moved aside), the run was not."""
+    try:
+        s = results.read_json(Path(run_dir) / "summary.json")
+    except (FileNotFoundError, AblationError):
+        return False
+    return s.get("status") == JobState.DONE and (s.get("epochs_done") or 0) >= epochs
+
+
+def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.stdout,
+        err=sys.stderr) -> int:
+    """Run the plan to completion. Returns the process exit code (0, 1, 130 or 143).
+    Progress goes to `out`; failures, and why jobs could not start, to `err`."""
     results.prepare_results(plan.results)
     with JobQueue(plan.results) as queue:
         ids, planned = prepare_jobs(plan, queue)
         status = {r.id: r.status for r in queue.all()}
         todo = [i for i in ids if status[i] != JobState.DONE]
         skipped = len(ids) - len(todo)
-        progress = Progress({i: plan.recipe.epochs for i in todo}, 1, out)
+        found = [i for i in todo if _done_on_disk(planned[i].run_dir, planned[i].recipe.epochs)]
+        for i in found:  # done, by its own files: the queue learns it, nothing retrains
+            queue.finish(i, JobState.DONE)
+        todo = [i for i in todo if i not in found]
+        progress = Progress({i: planned[i].recipe.epochs for i in todo}, 1, out)
         executor = executor_factory(progress.line)
         progress.workers = executor.size
-        print(f"{len(ids)} job(s): {skipped} already done, {len(todo)} to run with "
-              f"{executor.describe}; results in {plan.results}", file=out, flush=True)
+        print(f"{len(ids)} job(s): {skipped} already done, "
+              + (f"{len(found)} found done in their run folders, " if found else "")
+              + f"{len(todo)} to run with {executor.describe}; results in {plan.results}",
+              file=out, flush=True)
+        skipped += len(found)
         index = {job_id: k + 1 for k, job_id in enumerate(ids)}
         last_beat = time.monotonic()
         pending = list(todo)
@@ -160,13 +194,18 @@ def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.st
                     job = queue.get(o.job_id)
                     msg = (f"[job {index[o.job_id]}/{len(ids)}] {job.label} s{job.seed}:"
                            f" {o.status}")
-                    print(msg + (f" ({o.error})" if o.error else ""), file=out, flush=True)
+                    print(msg + (f" ({o.error})" if o.error else ""), flush=True,
+                          file=err if o.status == JobState.FAILED else out)
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
                     queue.heartbeat(executor.running())
                     last_beat = time.monotonic()
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping the running jobs (their last finished epoch is kept)",
-                  file=out, flush=True)
+        except KeyboardInterrupt as stop:
+            # SIGTERM (a scheduler's preemption) as Ctrl-C; a second signal waits for this
+            cause = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+            print(f"\ninterrupted by {cause}: stopping the running jobs (their last finished "
+                  "epoch is kept)", file=out, flush=True)
             running = executor.running()
             # a job that finished while stopping stays done; anything else is interrupted
             done = {o.job_id for o in executor.cancel() if o.status == JobState.DONE}
@@ -175,22 +214,22 @@ def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.st
                     queue.finish(job_id, JobState.DONE)
                 else:
                     queue.finish(job_id, JobState.INTERRUPTED,
-                                 "interrupted by Ctrl-C; rerun the same command to resume")
+                                 f"interrupted by {cause}; rerun the same command to resume")
             executor.shutdown()
             print(f"{len(running)} job(s) marked interrupted; rerun the same command to resume",
                   file=out, flush=True)
-            return Exit.INTERRUPTED
+            return Exit.TERMINATED if cause == "SIGTERM" else Exit.INTERRUPTED
         executor.shutdown()
-        code = _report(queue, ids, skipped, out)
+        code = _report(queue, ids, skipped, out, err)
         if machine is not None:
             left = sum(queue.get(i).status in (JobState.INTERRUPTED, JobState.QUEUED)
                        for i in ids)
-            print(f"{left} job(s) not started: {machine}", file=out, flush=True)
+            print(f"{left} job(s) not started: {machine}", file=err, flush=True)
             return Exit.FAILED
         return code
 
 
-def _report(queue: JobQueue, ids: list[int], skipped: int, out) -> int:
+def _report(queue: JobQueue, ids: list[int], skipped: int, out, err) -> int:
     rows = [queue.get(i) for i in ids]
     by = {s: [r for r in rows if r.status == s]
           for s in (JobState.DONE, JobState.FAILED, JobState.RUNNING)}
@@ -200,8 +239,8 @@ def _report(queue: JobQueue, ids: list[int], skipped: int, out) -> int:
           file=out, flush=True)
     for r in failed:
         print(f"  FAILED {r.label} s{r.seed}: {r.error} (log: {r.run_dir}/train.log)",
-              file=out, flush=True)
+              file=err, flush=True)
     if failed:
-        print("rerun with --retry-failed to try the failed jobs again", file=out, flush=True)
+        print("rerun with --retry-failed to try the failed jobs again", file=err, flush=True)
         return Exit.FAILED
     return Exit.DONE

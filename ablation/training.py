@@ -331,6 +331,32 @@ def tensorboard_callback(run_dir: Path) -> tuple[Any | None, str | None]:
     return EpochScalars(run_dir / "tensorboard"), None
 
 
+class HeldOut(keras.callbacks.Callback):
+    """Evaluates the held-out validation split after every epoch, into the epoch's logs as
+    `validation_accuracy` and `validation_loss` (the test set's stay `val_*`, Keras'
+    names for fit's validation data, as the blog's logs had them)."""
+
+    def __init__(self, batches: Any, swap: list):
+        super().__init__()
+        self.batches, self.swap = batches, swap
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not _finite(logs):
+            return
+        out = self.model.evaluate(self.batches, verbose=0, return_dict=True,
+                                  callbacks=self.swap)
+        logs["validation_accuracy"] = out.get("accuracy")
+        logs["validation_loss"] = out.get("loss")
+
+
+def load_data(recipe: Recipe, data_dir: str | None, record: dict | None) -> data.Dataset:
+    """The job's data as its recipe, and the runner's record of a path dataset, say."""
+    return data.load(recipe.dataset, data_dir, recipe.train_limit, recipe.test_limit,
+                     recipe.validation, recipe.image_hw, recipe.data_hash,
+                     cache=Path(record["cache"]) if record and record.get("cache") else None,
+                     stats=(record["mean"], record["std"]) if record else None)
+
+
 class SummaryKeeper(keras.callbacks.Callback):
     """Keeps summary.json current after every epoch, so reports show runs still going."""
 
@@ -388,7 +414,15 @@ def _history_stats(rows: list[dict]) -> dict:
     scored = [(v, int(r["epoch"])) for r in rows
               if (v := _num(r.get("val_accuracy"))) is not None and math.isfinite(v)]
     best = max(scored, default=(None, None))
+    held = {}
+    if rows and "validation_accuracy" in rows[0]:  # the held-out split, when there is one
+        vals = [v for r in rows if (v := _num(r.get("validation_accuracy"))) is not None
+                and math.isfinite(v)]
+        held = {"final_validation_accuracy": vals[-1] if vals else None,
+                "best_validation_accuracy": max(vals, default=None),
+                "final_validation_loss": _num(rows[-1].get("validation_loss"))}
     return {
+        **held,
         "epochs_done": len(rows),
         "best_val_accuracy": best[0],
         "best_epoch": best[1],
@@ -443,15 +477,15 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
 
     variant = _variant(cfg)
     recipe = cfg.recipe.replace(**dict(variant.recipe))  # the variant's own fixed fields
-    ds = data.load(recipe.dataset, cfg.data_dir, recipe.train_limit, recipe.test_limit)
+    ds = load_data(recipe, cfg.data_dir, cfg.data)
     name = keras.backend.backend()
     steps = -(-len(ds.y_train) // recipe.batch_size)
     execution = {**backend.compile_settings(name, recipe.precision, on_gpu, steps),
                  "loader_threads": backend.loader_threads()}
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
     model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
-                           execution["steps_per_execution"], steps)
-    info = models.count_params(variant, ds.num_classes)
+                           execution["steps_per_execution"], steps, ds.input_shape)
+    info = models.count_params(variant, ds.num_classes, ds.input_shape)
     models.check_counts(model, info, cfg.variant)  # what summary.json records is the model's
 
     backup = AtomicBackup(run_dir / "backup", {
@@ -469,11 +503,15 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     history_path = run_dir / "history.csv"
     _truncate_history(history_path, start)
     recorder = Recorder(cfg, recipe, stream, start)
+    # the test set (and the validation split) see the averaged weights; training, and
+    # the backup, the raw ones
+    swap = [keras.callbacks.SwapEMAWeights()] if recipe.ema else []
     callbacks = [
         *([] if per_step(recipe) else [keras.callbacks.LearningRateScheduler(
             recipe.learning_rate)]),
-        # the test set sees the averaged weights; training (and the backup) the raw ones
-        *([keras.callbacks.SwapEMAWeights()] if recipe.ema else []),
+        *swap,
+        *([HeldOut(data.test_batches(ds, recipe.batch_size, split="validation"), swap)]
+          if recipe.validation else []),
         recorder,
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
@@ -494,10 +532,15 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
         "params_trainable": info.params_trainable,
         "params_non_trainable": info.params_non_trainable, "depth": info.depth,
         "macs": info.macs, "train_images": len(ds.y_train), "test_images": len(ds.y_test),
+        "validation_images": 0 if ds.y_val is None else len(ds.y_val),
+        "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
+        "class_names": list(ds.class_names), "data_mean": list(ds.mean),
+        "data_std": list(ds.std), "data_hash": ds.content_hash,
         "data_checksum": ds.checksum(), "data_source": ds.source,
         "init_seed": init_seed(cfg.variant, cfg.seed),
         "definition": study.definition(variant),
         "definition_hash": study.definition_hash(variant), "study": cfg.study,
+        **({"phase": cfg.phase, "tuning": cfg.tuning} if cfg.phase else {}),
         **({"train_recipe": recipe.to_dict()} if recipe != cfg.recipe else {}),
         **_provenance(run_dir, cfg), **env, **devices.recorded(), **execution, **pretrained,
     }
@@ -542,7 +585,7 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     tmp = run_dir / ".model.tmp.h5"
     try:
         # legacy HDF5, optimizer included, as the blog saved it
-        standard_copy(model, variant, recipe, ds.num_classes).save(str(tmp))
+        standard_copy(model, variant, recipe, ds.num_classes, ds.input_shape).save(str(tmp))
         os.replace(tmp, h5)
     except OSError as e:
         raise results.disk_error(e, h5) from None

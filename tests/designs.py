@@ -178,6 +178,15 @@ name = "mix_c"
 base = "t_e"
 unit = ["e_gn", "plain", "kitchen"]
 
+# He 2015's option A (a parameter-free shortcut of standard layers), one unit a stage
+[[variant]]
+name = "t_option_a"
+base = "t_e"
+unit = "a"
+stem = "conv_bn_relu"
+head = "plain"
+shortcut = "pad"
+
 [[comparison]]
 title = "Designs against (e)"
 variants = ["t_e", "t_se", "t_convnext", "t_resnext", "t_droppath", "t_silu", "t_dilated",

@@ -55,7 +55,7 @@ def test_one_row_per_3x3_conv_in_network_order(analysed):
 def test_damaged_and_missing_models_are_one_line_each(analysed):
     _, r = analysed
     lines = r.stdout.splitlines()
-    bad = [line for line in lines if "resnet32_e s7" in line]
+    bad = [line for line in r.stderr.splitlines() if "resnet32_e s7" in line]  # failures
     assert len(bad) == 1 and "FAILED: cannot load" in bad[0] and "model.h5" in bad[0]
     missing = [line for line in lines if "resnet32_e s8" in line]
     assert len(missing) == 1 and "skipped, no model.h5" in missing[0]

@@ -167,12 +167,15 @@ def test_a_study_of_plain_and_vgg_nets_trains_reports_and_fails_offline_in_one_l
     res = tmp_path / "results"
     # one VGG19 trains (from the local weights): the blog's from-scratch vgg19 is the same
     # network and the same training path, and each VGG19 job costs a minute here
-    r = run_cli("run", "--study", str(study), "plain20", "vgg_local", "vgg_offline",
-                "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size",
-                "16", "--data-dir", str(cifar_dir), "--results", str(res))
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "2 done" in r.stdout and "FAILED vgg_offline" in r.stdout
-    assert "cannot load the pretrained VGG19 weights" in r.stdout and "no such file" in r.stdout
+    flags = ["--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size",
+             "16", "--data-dir", str(cifar_dir), "--results", str(res)]
+    r = run_cli("run", "--study", str(study), "plain20", "vgg_local", *flags)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 done" in r.stdout
+    # a local weights file that is not there stops the command before it queues anything
+    # (ImageNet weights that cannot be downloaded fail their job alone: load_pretrained)
+    line = one_line_error(run_cli("run", "--study", str(study), "vgg_offline", *flags))
+    assert "vgg_offline starts from the pretrained weights" in line and "not-downloaded" in line
     runs = {d.name.split("-")[0]: d for d in run_dirs(res)}
     local = json.loads((runs["vgg_local"] / "summary.json").read_text())
     assert local["status"] == "done"

@@ -200,18 +200,34 @@ def test_a_unit_named_like_a_built_in_shadows_it_only_in_its_study(designs,
             "unit 'plain' for this study's own variants") in r.stdout
 
 
+JAX_CODE = """
+import json, sys, numpy as np, keras, ablation
+ablation.load_study(sys.argv[1])
+out = {"backend": keras.backend.backend()}
+for name in sys.argv[2:]:
+    out[name] = ablation.build_model(name).count_params()
+# option A trains a step, saves and loads back on JAX too (standard layers only)
+m = ablation.build_model("t_option_a")
+m.compile(optimizer="sgd", loss="categorical_crossentropy")
+x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
+loss = m.train_on_batch(x, np.eye(10, dtype="float32")[np.arange(8)])
+m.save(sys.argv[1] + ".h5")
+out["option_a"] = [bool(np.isfinite(loss)), keras.models.load_model(
+    sys.argv[1] + ".h5").count_params() == m.count_params()]
+print(json.dumps(out))
+"""
+
+
 def test_the_designs_build_on_jax_with_the_same_counts(designs):
-    """Every op, in the three networks that hold all the designs, builds on JAX."""
+    """Every op, in the three networks that hold all the designs, builds on JAX; He
+    2015's option A (pad_shortcut) trains a step, saves and loads back there."""
     need("jax")
-    code = ("import json, sys, ablation; ablation.load_study(sys.argv[1]); import keras; "
-            "print(json.dumps({'backend': keras.backend.backend(), **{n: "
-            "ablation.build_model(n).count_params() for n in sys.argv[2:]}}))")
-    out = subprocess.run([sys.executable, "-c", code, str(designs), *MIXED],
+    out = subprocess.run([sys.executable, "-c", JAX_CODE, str(designs), *MIXED],
                          capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, KERAS_BACKEND="jax"))
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got.pop("backend") == "jax"
+    assert got.pop("backend") == "jax" and got.pop("option_a") == [True, True]
     assert got == {n: counts(DESIGNS[n]())[0] for n in MIXED}
 
 
@@ -244,13 +260,14 @@ def test_the_designs_train_report_and_load_in_plain_keras(designs, tmp_path, cif
             "    if name == 'mix_c':  # LayerScale: Keras must know the class\n"
             "        spec = importlib.util.spec_from_file_location('units', run + '/units.py')\n"
             "        spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
-            "    out[name] = keras.models.load_model(run + '/model.h5').count_params()\n"
+            "    m = keras.models.load_model(run + '/model.h5')\n"
+            "    out[name] = [m.count_params(), m.optimizer.__class__.__name__]\n"
             "print(json.dumps(out))\n")
     loaded = subprocess.run([sys.executable, "-c", code, *map(str, runs.values())],
                             capture_output=True, text=True, cwd="/", timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     got = json.loads(loaded.stdout.strip().splitlines()[-1])
-    assert got == {n: s["params_total"] for n, s in summaries.items()}
+    assert got == {n: [s["params_total"], "SGD"] for n, s in summaries.items()}
 
 
 def test_the_docs_table_gives_every_op_with_its_signature():

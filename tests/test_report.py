@@ -22,7 +22,8 @@ def results(tiny_results):
 
 def test_report_tables_and_figures(results, tmp_path):
     out = tmp_path / "reports"
-    r = run_cli("report", "--results", str(results), "--out", str(out))
+    r = run_cli("report", "--results", str(results), "--out", str(out), "--latex",
+                "--figure-format", "svg")
     assert r.returncode == 0, r.stderr
     md = (out / "README.md").read_text()
     assert md.count("### ") == 6  # the blog's six comparisons
@@ -57,6 +58,9 @@ def test_report_tables_and_figures(results, tmp_path):
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
         assert f"{p.parent.name}/{p.name}" in md
+        # for a paper: the same figure as SVG beside it, and the comparison's tables
+        assert p.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+    assert "\\toprule" in next(out.rglob("2-refactor-verdicts.tex")).read_text()
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 4 and set(runs["variant"]) == {"resnet32", "resnet32_e"}
     assert (runs["status"] == "done").all()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +115,9 @@ def test_response_trend_gives_the_sign_of_the_slope():
 
 
 def test_build_writes_the_study_and_is_deterministic(results, tmp_path):
-    a = report.build(results, tmp_path / "a")
-    b = report.build(results, tmp_path / "b")
+    """Twice, with the paper's outputs too (LaTeX tables, PDF figures): the same bytes."""
+    a = report.build(results, tmp_path / "a", latex=True, figure_format="pdf")
+    b = report.build(results, tmp_path / "b", latex=True, figure_format="pdf")
     assert a.read_bytes() == b.read_bytes()
     md = a.read_text()
     assert md.count("### ") == 6
@@ -125,6 +128,7 @@ def test_build_writes_the_study_and_is_deterministic(results, tmp_path):
     frame = pd.read_csv(tmp_path / "a" / "runs.csv")
     assert sorted(frame["variant"].unique()) == ["resnet32", "resnet32_e"] and len(frame) == 6
     assert (tmp_path / "a" / RECIPE.id / "2-refactor-curves.png").stat().st_size > 10_000
+    _latex_tables_hold_the_csvs_numbers_and_vector_figures_are_reproducible(tmp_path)
 
 
 REQUIRED = ["comparison", "recipe_id", "a", "b", "n", "delta", "ci_low", "ci_high",
@@ -156,13 +160,14 @@ def close_runs(res: Path, deltas: list[float], **extra) -> None:
 
 def test_equivalent_undecided_seeds_needed_and_the_margin(tmp_path):
     res = tmp_path / "results"
-    close_runs(res, [0.10, -0.10, 0.05, 0.0, -0.05, 0.02])
+    # 2,000 test images: deltas of a fraction of a point are resolved (0.05 points)
+    close_runs(res, [0.10, -0.10, 0.05, 0.0, -0.05, 0.02], test_images=2000)
     report.build(res, tmp_path / "a")
     md = (tmp_path / "a" / "README.md").read_text()
     block = md.split("### 2.")[1].split("### 3.")[0]
     assert "equivalent: no difference beyond ±0.5" in block
     assert "A/A pair: resnet32 and resnet32_e are one network built twice" in block
-    # 50 test images: one accuracy's standard error is about 7 points
+    # yet one accuracy's standard error is about 1.1 points
     assert "**the margin ±0.5 is below what this test set can resolve**" in md
     report.build(res, tmp_path / "b", margin=0.01)
     md = (tmp_path / "b" / "README.md").read_text()
@@ -234,3 +239,87 @@ def test_until_decided_flags_are_checked_before_anything_runs(tmp_path):
     one = run_cli("run", "resnet32", "--until-decided", "--results", str(tmp_path / "r"))
     assert "needs two variants of one of the study's comparisons" in one_line_error(one)
     assert not (tmp_path / "r" / "queue.sqlite").exists()
+
+
+def _tex_rows(tex: str) -> list[list[str]]:
+    """The header and data rows of a booktabs table, as cells."""
+    body = tex.split("\\toprule")[1].split("\\bottomrule")[0].replace("\\midrule", "")
+    return [[c.strip() for c in row.split(" & ")] for row in body.split("\\\\") if row.strip()]
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[+-]?\d+\.\d+", cell.replace("$-$", "-"))]
+
+
+def _latex_tables_hold_the_csvs_numbers_and_vector_figures_are_reproducible(tmp_path):
+    """The reports in tmp_path/a and /b: the LaTeX tables' cells are the CSV's numbers,
+    and they compile where pdflatex is installed (else their structure is parsed)."""
+    folder = tmp_path / "a" / RECIPE.id
+    verdicts = (folder / "2-refactor-verdicts.tex").read_text()
+    assert "\\begin{tabular}" in verdicts and "\\toprule" in verdicts
+    rows = _tex_rows(verdicts)
+    header, (cells,) = rows[0], rows[1:]
+    assert header[:4] == ["A", "B", "seeds", "A $-$ B (pp)"] and len(cells) == len(header)
+    row = pd.read_csv(tmp_path / "a" / "comparisons.csv").set_index("comparison").loc["refactor"]
+    col = dict(zip(header, cells, strict=True))
+    assert (col["A"], col["B"]) == ("resnet32", "resnet32\\_e")
+    assert _numbers(col["A $-$ B (pp)"]) == [round(row.delta, 2)]
+    assert _numbers(col["interval"])[:2] == [round(row.ci_low, 2), round(row.ci_high, 2)]
+    assert col["p (Holm)"] == f"{row.p_adjusted:.3g}" and "\\textbf{better}" in col["verdict"]
+    table = _tex_rows((folder / "2-refactor-table.tex").read_text())
+    acc = dict(zip(table[0], table[1], strict=True))["final test acc \\%"]
+    assert acc == "61.00 $\\pm$ 1.00"
+    pdfs = sorted(p.name for p in folder.glob("*.pdf"))
+    assert pdfs and pdfs == sorted(p.with_suffix(".pdf").name for p in folder.glob("*.png"))
+    for name in pdfs:  # no dates, no versions: the same runs give the same bytes
+        assert (folder / name).read_bytes() == (tmp_path / "b" / RECIPE.id / name).read_bytes()
+    if shutil.which("pdflatex"):
+        doc = tmp_path / "paper.tex"
+        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage{amssymb}"
+                       "\\usepackage{graphicx}\\begin{document}"
+                       f"\\input{{{folder / '2-refactor-verdicts.tex'}}}"
+                       f"\\input{{{folder / '2-refactor-table.tex'}}}"
+                       f"\\includegraphics{{{folder / '2-refactor-curves.pdf'}}}"
+                       "\\end{document}\n")
+        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                            doc.name], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_a_raised_max_seeds_extends_a_design_with_alpha_left_and_only_then(results):
+    """The decision `ablation run --until-decided` takes on a recorded design, on the
+    three seeds a pair has: extend while a look is left to analyse; refuse once α is
+    spent, for a design of 0.4, and for another margin."""
+    import io
+
+    from ablation import results as res_mod
+    from ablation import sequential, verdict
+    from ablation.errors import AblationError
+    from ablation.runner import Plan
+
+    blog = study.load_study()
+    plan = Plan([registry.get("resnet32"), registry.get("resnet32_e")], 3, RECIPE, results,
+                None)
+    pairs = {"refactor": [("resnet32", "resnet32_e")]}
+    settings = verdict.Settings()
+    key = sequential.design_key(plan, blog)
+    base = {"study": "blog", "recipe_id": RECIPE.id, "variants": ["resnet32", "resnet32_e"],
+            **{k: getattr(settings, k) for k in verdict.SETTINGS_KEYS}}
+
+    def decide(looks, recorded):
+        res_mod.record_design(results, key, {**base, **recorded})
+        out = io.StringIO()
+        return sequential._design(plan, blog, pairs, looks, settings, key, out), out.getvalue()
+
+    # look 1 (3 seeds) analysed, looks 5 and 8 not yet: 12 extends, look 1 keeps its bounds
+    got, said = decide([3, 5, 8, 12], {"looks": [3, 5, 8], "spending": "obf"})
+    assert got["looks"] == [3, 5, 8, 12] and got["extended_from"] == [3, 5, 8]
+    assert got["fixed"]["1"]["dir"] == [pytest.approx(verdict.boundaries((3, 5, 8), 0.05)[0])]
+    assert "extending the design: looks [3, 5, 8] -> [3, 5, 8, 12]" in said
+    with pytest.raises(AblationError, match=r"its last look \(3 seeds\) is analysed"):
+        decide([3, 5], {"looks": [3], "spending": "obf"})
+    with pytest.raises(AblationError, match=r"a design of 0\.4"):
+        decide([3, 5, 8], {"looks": [3, 5], "spending": "pocock"})
+    with pytest.raises(AblationError, match="different --until-decided design"):
+        decide([3, 5], {"looks": [3, 5], "spending": "obf", "margin": 0.2})

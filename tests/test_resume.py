@@ -15,14 +15,19 @@ import signal
 
 from conftest import finish, history, hold_after, run_cli, run_dirs, start_cli, wait_for
 
-from ablation.protocol import HELD_MARKER
+from ablation.protocol import HELD_MARKER, read_held
 
 TINY4 = ["--epochs", "4", "--train-limit", "128", "--test-limit", "64", "--batch-size", "32"]
 
 
-def _held(res):
-    return lambda: any((r / HELD_MARKER).exists() for r in run_dirs(res)) if (
-        res / "runs").exists() else False
+def _held(res, epoch: int | None = None):
+    """Whether a job holds (after `epoch`: a marker left by an earlier hold says another
+    epoch, so it is never mistaken for this one)."""
+    def held() -> bool:
+        markers = [r / HELD_MARKER for r in run_dirs(res)] if (res / "runs").exists() else []
+        return any(m.exists() and (epoch is None or read_held(m.read_text())[0] == epoch)
+                   for m in markers)
+    return held
 
 
 # a modern recipe (docs/studies.md): what a resume must bring back grows with it
@@ -45,6 +50,8 @@ def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir, tiny):
     p.wait()
     before = hist()
     assert 2 <= len(before) < 4
+    gone = run_cli("status", "--results", str(res)).stdout  # not "running": gone, and why
+    assert "running (gone)" in gone and "its process on this host has exited" in gone
     r = run_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming after epoch" in (run_dirs(res)[0] / "train.log").read_text()
@@ -66,22 +73,32 @@ def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir, tiny):
             "accuracy on the averaged weights)") in md
 
 
-def test_ctrl_c_marks_interrupted_and_rerun_resumes(tmp_path, cifar_dir, tiny):
+def test_ctrl_c_and_sigterm_mark_interrupted_and_a_rerun_resumes(tmp_path, cifar_dir, tiny):
+    """Ctrl-C (SIGINT to the terminal's process group) after epoch 1; then SIGTERM, what a
+    scheduler sends on preemption, to the runner alone, after epoch 2: each time the job
+    stops at a safe point and is marked interrupted, the runner exits 130, then 143; the
+    same command resumes it, each epoch trained once."""
     res = tmp_path / "results"
     args = ["tiny8", *tiny, "--epochs", "3", "--train-limit", "128", "--test-limit", "64",
             "--batch-size", "32"]
-    p = start_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res),
-                  env=hold_after(1))
-    wait_for(_held(res), "the job to finish epoch 1 and hold", p)
-    os.killpg(p.pid, signal.SIGINT)  # what the terminal sends to the foreground group
-    out = finish(p, "`ablation run` to exit after Ctrl-C", timeout=120)
-    assert p.returncode == 130, out
-    assert "interrupted" in out and "Traceback" not in out
-    st = run_cli("status", "--results", str(res))
-    assert "interrupted" in st.stdout
+    for epoch, sig, code, cause in ((1, signal.SIGINT, 130, "Ctrl-C"),
+                                    (2, signal.SIGTERM, 143, "SIGTERM")):
+        p = start_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res),
+                      env=hold_after(epoch))
+        wait_for(_held(res, epoch), f"the job to finish epoch {epoch} and hold", p)
+        if sig == signal.SIGINT:
+            os.killpg(p.pid, sig)  # what the terminal sends to the foreground group
+        else:
+            os.kill(p.pid, sig)  # to the runner alone: it stops its job itself
+        out = finish(p, f"`ablation run` to exit after {cause}", timeout=120)
+        assert p.returncode == code, out
+        assert f"interrupted by {cause}" in out and "Traceback" not in out
+        st = run_cli("status", "--results", str(res))
+        assert " interrupted " in st.stdout and f"interrupted by {cause}" in st.stdout
     r = run_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res))
     assert r.returncode == 0, r.stdout + r.stderr
     assert [row["epoch"] for row in history(run_dirs(res)[0])] == ["0", "1", "2"]
+    assert (run_dirs(res)[0] / "train.log").read_text().count("resuming after epoch") == 2
 
 
 def test_two_runners_never_run_a_job_twice(tmp_path, cifar_dir, tiny):
@@ -122,7 +139,7 @@ def test_a_damaged_snapshot_fails_the_job_and_a_fresh_start_trains_each_epoch_on
     kept = history(run)
     r = run_cli("run", *args)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "damaged snapshot" in r.stdout and "no latest.weights.h5" in r.stdout
+    assert "damaged snapshot" in r.stderr and "no latest.weights.h5" in r.stderr
     assert history(run) == kept and (latest / "training_metadata.json").exists()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "damaged snapshot" in summary["error"]

@@ -62,35 +62,33 @@ def test_run_records_everything(tmp_path, cifar_dir, tiny_e_results):
     assert st.returncode == 0 and st.stdout.count(" done ") == 2
 
 
-def test_a_failing_job_does_not_stop_the_queue(tmp_path, cifar_dir, tiny):
+def test_failing_jobs_do_not_stop_the_queue(tmp_path, cifar_dir, tiny):
+    """Two jobs fail in two ways — a folder where a file must go, a loss that becomes NaN
+    — and the third trains; each failure is its reason, on stderr."""
     res = tmp_path / "results"
-    jobs = ["tiny8_c", "tiny8", *tiny]
+    jobs = ["tiny8_c", "tiny8", "tiny8_nan", *tiny]
     plan = tiny_run(res, cifar_dir, *jobs, "--dry-run")
-    assert plan.returncode == 0 and "2 job(s); nothing was run" in plan.stdout
+    assert plan.returncode == 0 and "3 job(s); nothing was run" in plan.stdout
     assert not run_dirs(res)
     # sabotage one job: a folder where its history.csv must go
     bad = next(line.split()[-1] for line in plan.stdout.splitlines() if "tiny8_c" in line)
     (Path(bad) / "history.csv").mkdir(parents=True)
     r = tiny_run(res, cifar_dir, *jobs)
     assert r.returncode == 1
-    assert "FAILED tiny8_c@" in r.stdout and "1 done" in r.stdout
+    assert "FAILED tiny8_c@" in r.stderr and "1 done" in r.stdout  # failures: stderr
+    assert "loss became NaN" in r.stderr and "2 failed" in r.stdout
+    nan = next(d for d in run_dirs(res) if d.name.startswith("tiny8_nan"))
+    s = json.loads((nan / "summary.json").read_text())
+    assert s["status"] == "failed" and "NaN" in s["error"]
     st = run_cli("status", "--results", str(res))
     assert "failed" in st.stdout and "done" in st.stdout
     # without --retry-failed the failed job stays failed; with it, it runs again
     (Path(bad) / "history.csv").rmdir()
+    jobs.remove("tiny8_nan")
     again = tiny_run(res, cifar_dir, *jobs)
     assert again.returncode == 1 and "1 failed" in again.stdout
     retry = tiny_run(res, cifar_dir, *jobs, "--retry-failed")
     assert retry.returncode == 0, retry.stdout + retry.stderr
-
-
-def test_nan_loss_fails_the_job_with_its_reason(tmp_path, cifar_dir, tiny):
-    res = tmp_path / "results"
-    r = tiny_run(res, cifar_dir, "tiny8", *tiny, "--lr", "1e9")
-    assert r.returncode == 1
-    assert "loss became NaN" in r.stdout
-    s = json.loads((run_dirs(res)[0] / "summary.json").read_text())
-    assert s["status"] == "failed" and "NaN" in s["error"]
 
 
 @pytest.mark.parametrize("args,needle", [

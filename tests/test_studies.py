@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -171,7 +169,7 @@ def test_bad_study_files_are_one_line_and_queue_nothing(tmp_path, text, units, n
 
 
 def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, tiny_results, cifar_dir):
-    """Train a user study, report it, analyse it, load its .h5 without project code; then
+    """Train a user study, report it, analyse it; then
     edit the unit: the old run is neither reused as done nor pooled with the new one.
 
     The example's variants at one block per stage (resnet8_f, resnet8_e) keep it quick;
@@ -200,20 +198,7 @@ def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, tiny_results,
     assert (summary["params_total"], summary["depth"]) == (total, 8)
     assert "def unit_f" in (f_old / "units.py").read_text()
 
-    out = tmp_path / "report"
-    r = run_cli("report", "--study", str(path), "--results", str(res), "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    md = (out / "README.md").read_text()
-    assert "### 1. (e) vs (f) vs deeper (e)" in md
-    for name in ("resnet32_e", "resnet8_f", "resnet8_e"):
-        assert f"| {name} " in md
-    assert len(list(out.rglob("1-e-vs-f-vs-deeper-e-*.png"))) == 3  # curves, zoom, sizes
-
-    code = ("import keras, sys; m = keras.models.load_model(sys.argv[1]);"
-            "print(m.count_params(), m.optimizer.__class__.__name__)")
-    loaded = subprocess.run([sys.executable, "-c", code, str(f_old / "model.h5")],
-                            capture_output=True, text=True, cwd="/", check=True)
-    assert loaded.stdout.split()[-2:] == [str(total), "SGD"]
+    # (that its .h5 loads with plain Keras, optimizer and all: tests/test_ops.py)
 
     # the user unit's 3x3 convs are found from the graph; its conv2 is read after bn2
     r = run_cli("analyze", "--study", str(path), "resnet8_f", "--results", str(res),
@@ -230,8 +215,16 @@ def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, tiny_results,
     assert r.returncode == 0 and "0 already done, 1 to run" in r.stdout, r.stdout + r.stderr
     f_dirs = sorted(p for p in run_dirs(res) if p.name.startswith("resnet8_f-"))
     assert len(f_dirs) == 2 and f_old in f_dirs
+    # one report of it all: the study's comparison, and the stale run left out
+    out = tmp_path / "report"
     r = run_cli("report", "--study", str(path), "--results", str(res), "--out", str(out))
+    assert r.returncode == 0, r.stderr
     assert "1 run(s) of an earlier definition of resnet8_f left out" in r.stderr
+    md = (out / "README.md").read_text()
+    assert "### 1. (e) vs (f) vs deeper (e)" in md
+    for name in ("resnet32_e", "resnet8_f", "resnet8_e"):
+        assert f"| {name} " in md
+    assert len(list(out.rglob("1-e-vs-f-vs-deeper-e-*.png"))) == 3  # curves, zoom, sizes
     frame = pd.read_csv(out / "runs.csv")
     f_rows = frame[frame["variant"] == "resnet8_f"]
     assert len(f_rows) == 1 and f_rows["run_dir"].iloc[0] != str(f_old)

@@ -111,7 +111,7 @@ def _run(g: Graph, what: str, fn: Callable, *args: Any, failed: str = "") -> Any
     except UnitError:
         raise
     except Exception as e:
-        text = f"{type(e).__name__}: {e}" if not isinstance(e, OpError) else str(e)
+        text = str(e) if isinstance(e, AblationError) else f"{type(e).__name__}: {e}"
         text = text.splitlines()[0] if text else type(e).__name__
         if _KERAS_HINT in text:  # Keras' own message names our counting tensor's class
             text = ("a Keras layer was called on a tensor directly (a Keras layer in a unit "

@@ -26,7 +26,7 @@ from fractions import Fraction
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import AfterValidator, ConfigDict
+from pydantic import AfterValidator, ConfigDict, Field
 
 from ablation.errors import AblationError
 
@@ -37,7 +37,6 @@ PRECISION_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloa
                       "fp16": "mixed_float16"}
 PRECISIONS = tuple(PRECISION_POLICIES)
 AUGMENTS = ("blog", "crop")
-DATASETS = ("cifar10", "cifar100")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "rmsprop", "lion")
 DECOUPLED = ("adamw", "lion")  # optimizers whose weight decay is decoupled by definition
@@ -76,7 +75,8 @@ Beta = Annotated[Number, _rule(lambda v: _finite(v) and 0 < v < 1, "must be in (
 
 
 def _at_most(top: int) -> AfterValidator:
-    return _rule(lambda v: v is None or v <= top, f"must be at most {top:,}")
+    return _rule(lambda v: v is None or max(v if isinstance(v, list) else [v]) <= top,
+                 f"must be at most {top:,}")
 
 
 def _milestone(m) -> bool:
@@ -90,7 +90,9 @@ Milestones = Annotated[tuple[Number, ...], pydantic.Field(strict=False), _rule(
 
 # what a type mistake says, by the field's kind (the bounds say their own)
 _TYPE_WORDS = {"int": "must be an integer", "number": "must be a number",
-               "bool": "must be true or false", "milestones": "must be a list of numbers"}
+               "bool": "must be true or false", "milestones": "must be a list of numbers",
+               "text": "must be a string", "size": "must be N or [H, W], positive integers",
+               "internal": "must be a string"}
 
 
 def _f(default: Any, kind: str, help: str, **extra: Any) -> Any:
@@ -111,7 +113,10 @@ class Recipe:
     were added in 0.5 (modern recipes); at their defaults they change nothing.
     """
 
-    dataset: Literal[DATASETS] = _choice("cifar10", DATASETS, "dataset")
+    dataset: Annotated[str, _rule(lambda v: bool(v.strip()), "must not be empty")] = _f(
+        "cifar10", "text", "cifar10, cifar100, mnist, fashion_mnist, or the path of an .npz "
+        "(x_train, y_train, x_test, y_test) or of a folder of images (train/ and test/, a "
+        "subfolder per class)")
     epochs: Annotated[Int1, _at_most(MAX_EPOCHS)] = _f(200, "int", "epochs to train")
     batch_size: Annotated[Int1, _at_most(MAX_BATCH)] = _f(128, "int", "images per step")
     lr: Pos = _f(0.1, "number", "peak learning rate (after any warm-up)")
@@ -161,6 +166,16 @@ class Recipe:
     ema: Unit = _f(0, "number", "momentum of an exponential moving average of the weights "
                    "(0: off); test accuracy is then measured on the averaged weights")
     grad_clip: NonNeg = _f(0, "number", "clip gradients to this global norm (0: off)")
+    # --- added in 0.5: any dataset
+    image_size: Annotated[Int1 | Annotated[list[Int1], Field(min_length=2, max_length=2)],
+                          _at_most(4096)] | None = _f(
+        None, "size", "resize a folder dataset's images to this size (N, or H,W)")
+    validation: Annotated[Int0, _at_most(MAX_LIMIT)] = _f(
+        0, "int", "class-balanced images held out of the training split, never trained on; "
+        "each epoch records their accuracy and loss beside the test set's (0: none)")
+    # the content hash of a dataset given by path, set by `ablation run` (never by hand):
+    # it, not the path, names the data in the recipe id
+    data_hash: str | None = _f(None, "internal", "content hash of a path dataset")
 
     def __post_init__(self):
         values = _validate({f.name: getattr(self, f.name) for f in fields(self)})
@@ -254,8 +269,12 @@ class Recipe:
                 del ident[name]
         if self.schedule != "step":
             ident.pop("milestones", None)  # a continuous schedule has none
+        data = self.dataset
+        if self.data_hash:  # a path dataset: its content names it, not where it lies
+            ident["dataset"] = data = f"data-{self.data_hash[:8]}"
+            ident["data_hash"] = self.data_hash
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
-        parts = [self.dataset, f"e{self.epochs}", f"b{self.batch_size}", self.augment,
+        parts = [data, f"e{self.epochs}", f"b{self.batch_size}", self.augment,
                  self.precision]
         if self.train_limit or self.test_limit:
             parts.append(f"sub{self.train_limit or 'all'}-{self.test_limit or 'all'}")
@@ -295,6 +314,14 @@ class Recipe:
         return self.lr_at(epoch * steps_per_epoch, steps_per_epoch)
 
     @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """`image_size` as (H, W); None: the images' own."""
+        if self.image_size is None:
+            return None
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+    @property
     def decoupled(self) -> bool:
         """Weight decay is applied by the optimizer, not as L2 in the loss."""
         return self.decay == "decoupled" or (self.decay == "auto"
@@ -329,7 +356,11 @@ class Recipe:
             (self.label_smoothing, f"label smoothing {self.label_smoothing:g}"),
             (self.mixup, f"mixup {self.mixup:g}"), (self.cutmix, f"cutmix {self.cutmix:g}"),
             (self.ema, f"EMA {self.ema:g} (test accuracy on the averaged weights)"),
-            (self.grad_clip, f"gradients clipped to norm {self.grad_clip:g}")) if on]
+            (self.grad_clip, f"gradients clipped to norm {self.grad_clip:g}"),
+            (self.validation, f"{self.validation:,} training images held out for "
+                              "validation"),
+            (self.image_size, f"images resized to {'x'.join(map(str, self.image_hw or ()))}"),
+        ) if on]
         return ", ".join([f"{self.epochs} epochs", f"batch {self.batch_size}", opt, wd, sched,
                           *extras, f"augmentation `{self.augment}`",
                           f"precision {self.precision}"])
@@ -338,14 +369,15 @@ class Recipe:
 # what the run, not the network, decides: the data, its length and its batches; a variant
 # may fix any other field for itself (its `recipe`), e.g. ResNet-110's warm-up
 RUN_FIELDS = ("dataset", "epochs", "batch_size", "augment", "train_limit", "test_limit",
-              "precision")
+              "precision", "image_size", "validation", "data_hash")
 VARIANT_FIELDS = tuple(f.name for f in fields(Recipe) if f.name not in RUN_FIELDS)
 
 # Fields added after the first release: left out of the recipe id while at their
 # default, so the ids (and run folders) of earlier runs stay valid.
 _ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1", "beta_2",
                 "epsilon", "decay", "schedule", "warmup", "min_lr", "label_smoothing",
-                "mixup", "cutmix", "ema", "grad_clip")
+                "mixup", "cutmix", "ema", "grad_clip", "image_size", "validation",
+                "data_hash")
 DEFAULTS_MILESTONES = (0.405, 0.61)
 
 # the schema: one pydantic model made from the dataclass's own annotations

@@ -18,21 +18,25 @@ from ablation import results
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.recipe import Recipe
-from ablation.report import figures, markdown, stats
+from ablation.report import figures, markdown, stats, tuned
+from ablation.report import latex as latex_mod
 from ablation.report.load import Run, for_study, load_runs, responses_frame, runs_frame
 
-__all__ = ["COMPARISONS_CSV", "Run", "build", "load_runs", "runs_frame"]
+__all__ = ["COMPARISONS_CSV", "Run", "build", "comparison_rows", "load_runs", "runs_frame"]
 
 COMPARISONS_CSV = "comparisons.csv"  # one row per pair and recipe: docs/statistics.md
 
 
 def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, runs: list[Run],
                       fig_dir: Path, rel: str, col: dict, results_dir: Path,
-                      judged: stats.Verdicts) -> list[str]:
+                      judged: stats.Verdicts, split: results.Split,
+                      also: tuple[str, ...] = (), latex: bool = False) -> list[str]:
     by_variant = {v: sorted([r for r in runs if r.variant == v and len(r.history)],
                             key=lambda r: r.seed) for v in cmp.variants}
     present = {v: rs for v, rs in by_variant.items() if rs}
     recipe = runs[0].summary["recipe"]
+    if runs[0].summary.get("tuning"):  # a tuned comparison: its commands rerun the phases
+        recipe = tuned.rerun_recipe(study, runs[0].summary)
     seeds = max((len(rs) for rs in present.values()), default=1)
     out = [f"### {n}. {cmp.title}", ""]
     if cmp.question:
@@ -46,13 +50,16 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
                 f"`{markdown.command(study, recipe, missing, seeds)}`", ""]
 
     published = dict(cmp.published_error)
-    summary = stats.summarise(present, published)
+    summary = stats.summarise(present, published, split)
     label = "blog label" if study.name == studies.DEFAULT else "label"
-    out += [markdown.table(markdown.comparison_table(summary, cmp, recipe["epochs"],
-                                                     bool(published), label)), "",
-            "✓ = equals the reference (published) count. Accuracy: mean ± std over seeds "
-            "(sample std). 'Best' is the maximum over epochs of the test accuracy, picked on "
-            "the test set as the blog did — optimistic; 'final' is the last epoch.", ""]
+    base = f"{n}-{cmp.key}"
+    frame = markdown.comparison_table(summary, cmp, recipe["epochs"], bool(published), label,
+                                      split)
+    out += [markdown.table(frame), "",
+            f"✓ = equals the reference (published) count. Accuracy: mean ± std over seeds "
+            f"(sample std), on the {split.name} set. 'Best' is the maximum over epochs, "
+            f"picked on that same set (as the blog did on the test set) — optimistic; "
+            f"'final' is the last epoch.", ""]
     if published:
         out += [f"Published error: {cmp.published_source or 'published'} — set beside ours, "
                 "never pooled with it; ours is 100 − final test accuracy.", ""]
@@ -62,41 +69,52 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
         out += [f"Pretrained: {'; '.join(started)} (its convolutions); every other run here "
                 "trained from scratch.", ""]
 
-    base = f"{n}-{cmp.key}"
-    figures.plot_curves(fig_dir / f"{base}-curves.png", present, cmp.title, col)
+    if latex:
+        latex_mod.write(fig_dir / f"{base}-table.tex", frame,
+                        f"{cmp.title}: final {split.name} accuracy, mean ± std over seeds "
+                        "(✓ = the published count)", latex_mod.label(rel, base))
+    figures.plot_curves(fig_dir / f"{base}-curves.png", present, cmp.title, col, split, also)
     out += [f"![{cmp.title}: curves]({rel}/{base}-curves.png)", ""]
     if cmp.zoom:
         drops = Recipe.from_dict(recipe).lr_drops()
         last = max(len(r.history) for rs in present.values() for r in rs)
         start = drops[-1] if drops else last // 2  # after the last lr drop
         start = start if last > start else max(0, last // 2)
-        figures.plot_zoom(fig_dir / f"{base}-zoom.png", present, cmp.title, start, col)
+        figures.plot_zoom(fig_dir / f"{base}-zoom.png", present, cmp.title, start, col, split,
+                          also)
         out += [f"![{cmp.title}: zoomed test accuracy]({rel}/{base}-zoom.png)", ""]
     sizes = {s.variant: s.h5_mb for s in summary.itertuples() if not math.isnan(s.h5_mb)}
     if cmp.sizes and sizes:
-        figures.plot_sizes(fig_dir / f"{base}-sizes.png", sizes, cmp.title, col)
+        figures.plot_sizes(fig_dir / f"{base}-sizes.png", sizes, cmp.title, col, also)
         out += [f"![{cmp.title}: .h5 sizes]({rel}/{base}-sizes.png)", ""]
-    out += _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir)
+    out += _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir, also)
     if len(present) > 1:
         pairs = [p for p in judged.pairs[cmp.key] if p.a in present and p.b in present]
         members = [r for rs in present.values() for r in rs]
-        left_out = len(members) - len(stats.finished(members))
-        out += ["Which differences in final test accuracy are real, which are absent, and "
-                "which are still open?", "",
-                markdown.table(markdown.verdict_table(pairs, judged.settings.margin)), "",
-                *markdown.verdict_notes(study, recipe, pairs, judged.settings.margin,
-                                        left_out)]
+        left_out = len(members) - len(stats.finished(members, split))
+        verdicts = markdown.verdict_table(pairs, judged.settings.margin, judged.settings.alpha)
+        if latex:
+            latex_mod.write(fig_dir / f"{base}-verdicts.tex", verdicts,
+                            f"{cmp.title}: A against B in final {split.name} accuracy "
+                            "(points), paired over seeds", latex_mod.label(rel, base, "verdicts"))
+        out += [f"Which differences in final {split.name} accuracy are real, which are "
+                "absent, and which are still open?", "",
+                markdown.table(verdicts), "",
+                *markdown.verdict_notes(study, recipe, pairs, judged.settings, left_out,
+                                        {v: k for v, k in judged.beyond.items()
+                                         if v in present})]
     return out
 
 
-def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir) -> list[str]:
+def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir,
+                     also=()) -> list[str]:
     resp = responses_frame([r for rs in present.values() for r in rs])
     if not len(resp):
         res = [] if str(results_dir) == "results" else ["--results", str(results_dir)]
         cmd = " ".join(["ablation analyze", *markdown.study_flag(study), *res, *present])
         return [f"Layer responses (He et al. 2015, Fig. 7): not measured yet; `{cmd}` adds "
                 "them to this report.", ""]
-    figures.plot_responses(fig_dir / f"{base}-responses.png", resp, cmp.title, col)
+    figures.plot_responses(fig_dir / f"{base}-responses.png", resp, cmp.title, col, also)
     trend = stats.response_trend(resp)
     says = []
     for t in trend.itertuples():
@@ -118,12 +136,62 @@ def _recipe_order(item: tuple[str, list[Run]]) -> tuple:
     return (subset, -r["epochs"], -len(runs), rid)
 
 
+def _judge(study: studies.Study, rid: str, rs: list[Run], designs: dict,
+           margin: float | None, split: results.Split = results.TEST) -> stats.Verdicts:
+    """A recipe's verdicts: its recorded --until-decided design replayed, if any (and its
+    margin, unless `margin` overrides it)."""
+    design = designs.get(results.design_key(study.name, rid))
+    settings = study.analysis.replace(margin=margin)
+    if design and margin is None:
+        settings = settings.replace(margin=design.get("margin"))
+    return stats.verdicts(study, rs, settings, design, split)
+
+
+def comparison_rows(results_dir: Path, study: studies.Study, runs: list[Run],
+                    margin: float | None = None) -> list[tuple[str, str, list[dict], list[Run]]]:
+    """Every comparison of every recipe (and tuning group) with runs, as the report
+    judges it on the test set: (a key naming it, its title, its comparisons.csv rows, the
+    runs of its variants). For readers of the verdicts other than the report."""
+    designs = results.read_designs(Path(results_dir))
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if not r.summary.get("phase"):
+            groups.setdefault(r.summary["recipe_id"], []).append(r)
+    out = []
+    for rid, rs in sorted(groups.items()):
+        judged = _judge(study, rid, rs, designs, margin)
+        for cmp in study.comparisons:
+            members = [r for r in rs if r.variant in cmp.variants]
+            if members:
+                out.append((f"comparison:{study.name}/{rid}/{cmp.key}", f"{cmp.title} ({rid})",
+                            markdown.verdict_rows(cmp.key, rid, judged.pairs[cmp.key], judged),
+                            members))
+    for gid, compare, judged, chosen in tuned.verdict_groups(study, runs, results_dir, margin):
+        for cmp in study.comparisons:
+            members = [r for r in compare if r.variant in cmp.variants]
+            if members:
+                out.append((f"comparison:{study.name}/tuned-{gid}/{cmp.key}",
+                            f"{cmp.title} (tuned, group {gid})",
+                            tuned.tuned_rows(cmp.key, gid, judged.pairs[cmp.key], judged,
+                                             chosen), members))
+    return out
+
+
 def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = None,
           epochs: int | None = None, study: studies.Study | None = None,
-          margin: float | None = None) -> Path:
+          margin: float | None = None, on: str = "test", latex: bool = False,
+          figure_format: str = "png") -> Path:
     """Write README.md, runs.csv, comparisons.csv and the figures of a study (default:
     the blog's); return the README's path. `margin` overrides the study's equivalence
-    margin (points)."""
+    margin (points); `on` is the split the tables, curves and verdicts read (the test
+    set, or the held-out validation split of recipes that have one). `latex` adds each
+    comparison's tables as booktabs `.tex` beside its figures; `figure_format` pdf or svg
+    adds each figure in that format beside its PNG (for a paper)."""
+    if figure_format not in figures.FORMATS:
+        raise AblationError(f"figure format {figure_format!r}: one of "
+                            f"{', '.join(figures.FORMATS)}")
+    also = () if figure_format == "png" else (figure_format,)
+    split = results.SPLITS[on]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,14 +207,22 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
         cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all"])
         raise AblationError(f"no runs of study {study.name!r} in {results_dir}; run "
                             f"`{cmd}` first")
+    # a tuned study's runs (both phases) have their own section: they span many recipes
+    phased = [r for r in runs if r.summary.get("phase")]
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        groups.setdefault(r.summary["recipe_id"], []).append(r)
+        if not r.summary.get("phase"):
+            groups.setdefault(r.summary["recipe_id"], []).append(r)
     if recipe:
         groups = {k: v for k, v in groups.items() if k.startswith(recipe)}
     if epochs:
         groups = {k: v for k, v in groups.items() if v[0].summary["recipe"]["epochs"] == epochs}
-    if not groups:
+    if on == "validation":
+        groups = {k: v for k, v in groups.items() if v[0].summary["recipe"].get("validation")}
+        if not groups and not phased:
+            raise AblationError("--on validation: no recipe here holds out a validation "
+                                "split (set validation = N in the recipe)")
+    if not groups and not (phased and not (recipe or epochs)):
         raise AblationError("no runs match the --recipe/--epochs filter")
 
     try:
@@ -164,8 +240,11 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
               "fullest first.", "",
               "| recipe | dataset | epochs | runs | variants |", "|---|---|---|---|---|"]
     ordered = sorted(groups.items(), key=_recipe_order)
-    for rid, rs in ordered:
-        lines.append(f"| `{rid}` | {rs[0].summary['dataset']} | "
+    tuned_groups = tuned.groups(phased) if phased and not (recipe or epochs) else {}
+    listed = [(f"`{rid}`", rs) for rid, rs in ordered] + [
+        (f"tuning group `{gid}` (both phases)", rs) for gid, rs in sorted(tuned_groups.items())]
+    for name, rs in listed:
+        lines.append(f"| {name} | {markdown.dataset_name(rs[0].summary)} | "
                      f"{rs[0].summary['recipe']['epochs']} | {len(rs)} | "
                      f"{len({r.variant for r in rs})} |")
     lines.append("")
@@ -174,17 +253,18 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
     for rid, rs in ordered:
         fig_dir = out_dir / rid
         fig_dir.mkdir(exist_ok=True)
-        design = designs.get(results.design_key(study.name, rid))
-        settings = study.analysis.replace(margin=margin)
-        if design and margin is None:
-            settings = settings.replace(margin=design.get("margin"))
-        judged = stats.verdicts(study, rs, settings, design)
+        judged = _judge(study, rid, rs, designs, margin, split)
         lines += markdown.recipe_header(rid, rs)[:-1]
-        lines += [*markdown.verdict_header(judged, stats.resolution(rs)), ""]
+        lines += [*markdown.verdict_header(judged, stats.resolution(rs, split), split), ""]
         for n, cmp in enumerate(study.comparisons, 1):
             lines += _comparison_block(study, cmp, n, rs, fig_dir, rid, col, results_dir,
-                                       judged)
+                                       judged, split, also, latex)
             verdict_rows += markdown.verdict_rows(cmp.key, rid, judged.pairs[cmp.key], judged)
+    if tuned_groups:
+        more, rows = tuned.section(study, phased, out_dir, col, results_dir, margin,
+                                   _comparison_block, also, latex)
+        lines += more
+        verdict_rows += rows
     if study.published:
         lines += ["## Published numbers (context, not measured here)", "",
                   markdown.table(pd.DataFrame(
@@ -193,7 +273,7 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
     lines += ["`runs.csv` beside this file holds one row per run with every summary field; "
               f"`{COMPARISONS_CSV}` one row per pair of variants and recipe with its verdict "
               "(columns: docs/statistics.md).", ""]
-    runs_frame(selected).to_csv(out_dir / "runs.csv", index=False)
+    runs_frame(selected + phased).to_csv(out_dir / "runs.csv", index=False)
     pd.DataFrame(verdict_rows, columns=markdown.COLUMNS).to_csv(
         out_dir / COMPARISONS_CSV, index=False, float_format="%.6g")
     readme = out_dir / "README.md"

@@ -1,5 +1,6 @@
 """The report's figures: training curves, zoomed test accuracy, .h5 sizes and layer
-responses. Deterministic: fixed colours per variant, no timestamps in the PNGs."""
+responses. Deterministic: fixed colours per variant, no timestamps in the files. Each is a
+PNG for the README, and on request also a PDF or SVG beside it, for a paper."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.report.load import Run
+from ablation.results import TEST, Split
 
 
 def colours(names: list[str]) -> dict[str, tuple]:
@@ -41,21 +43,36 @@ def _band(ax, runs, column, colour, label, scale=1.0, start=0):
         ax.fill_between(x, m - s, m + s, color=colour, alpha=0.2, lw=0)
 
 
-def _save(fig, path: Path) -> None:
+FORMATS = ("png", "pdf", "svg")  # --figure-format: the README's PNG, and vector for papers
+# the metadata each format would stamp with a date or a version: left out, so the same
+# runs give the same bytes
+_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None,
+                                               "CreationDate": None},
+             "svg": {"Creator": None, "Date": None}}
+
+
+def _save(fig, path: Path, also: tuple[str, ...] = ()) -> None:
+    """Save `fig` at `path` (a PNG, for the README) and beside it in each format of
+    `also` (same name, that suffix), without timestamps."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=90, metadata={"Software": None})
+    with matplotlib.rc_context({"svg.hashsalt": "ablation", "pdf.compression": 6}):
+        for target in [path, *(path.with_suffix(f".{f}") for f in also if f != "png")]:
+            fmt = target.suffix[1:]
+            fig.savefig(target, dpi=90, format=fmt, metadata=_METADATA[fmt])
     plt.close(fig)
 
 
 def plot_curves(path: Path, groups: dict[str, list[Run]], title: str,
-                col: dict[str, tuple]) -> None:
+                col: dict[str, tuple], split: Split = TEST, also: tuple[str, ...] = ()) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
     panels = [("accuracy", "train accuracy (%)", 100), ("loss", "train loss", 1),
-              ("val_accuracy", "test accuracy (%)", 100), ("val_loss", "test loss", 1)]
+              (split.curve, f"{split.name} accuracy (%)", 100),
+              (split.loss, f"{split.name} loss", 1)]
     for ax, (column, label, scale) in zip(axes.flat, panels, strict=True):
         for v, runs in groups.items():
             _band(ax, runs, column, col[v], f"{v} (n={len(runs)})", scale)
@@ -68,27 +85,29 @@ def plot_curves(path: Path, groups: dict[str, list[Run]], title: str,
             ax.set_yscale("log")
     axes[0, 0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{title}\nmean over seeds, band = ±1 std")
-    _save(fig, path)
+    _save(fig, path, also)
 
 
 def plot_zoom(path: Path, groups: dict[str, list[Run]], title: str, start: int,
-              col: dict[str, tuple]) -> None:
+              col: dict[str, tuple], split: Split = TEST, also: tuple[str, ...] = ()) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     for v, runs in groups.items():
-        _band(ax, runs, "val_accuracy", col[v], f"{v} (n={len(runs)})", 100, start)
+        _band(ax, runs, split.curve, col[v], f"{v} (n={len(runs)})", 100, start)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{title}: test accuracy after epoch {start} (zoomed; band = ±1 std)")
+    ax.set_ylabel(f"{split.name} accuracy (%)")
+    ax.set_title(f"{title}: {split.name} accuracy after epoch {start} (zoomed; band = ±1 "
+                 "std)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
+    _save(fig, path, also)
 
 
-def plot_sizes(path: Path, sizes: dict[str, float], title: str, col: dict[str, tuple]) -> None:
+def plot_sizes(path: Path, sizes: dict[str, float], title: str, col: dict[str, tuple],
+               also: tuple[str, ...] = ()) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
@@ -98,11 +117,11 @@ def plot_sizes(path: Path, sizes: dict[str, float], title: str, col: dict[str, t
     ax.set_ylabel("saved model (.h5, with optimizer state), MB")
     ax.set_title(f"{title}: model file size")
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    _save(fig, path, also)
 
 
 def plot_responses(path: Path, responses: pd.DataFrame, title: str,
-                   col: dict[str, tuple]) -> None:
+                   col: dict[str, tuple], also: tuple[str, ...] = ()) -> None:
     """He et al. 2015, Fig. 7 style: top, the std of each 3x3 layer's response in
     network order; bottom, the same values sorted in descending order. One line per
     variant (mean over seeds), band = ±1 std over seeds."""
@@ -137,4 +156,67 @@ def plot_responses(path: Path, responses: pd.DataFrame, title: str,
     top.legend(loc="upper right", fontsize=8)
     top.set_title(f"{title}: layer responses\n(after BN, before ReLU or addition; "
                   "x: a conv feeding anything but a BN, its own output)", fontsize=10)
-    _save(fig, path)
+    _save(fig, path, also)
+
+
+def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[str, dict],
+                tuned, col: dict[str, tuple], also: tuple[str, ...] = ()) -> None:
+    """Validation accuracy (mean over the tuning seeds) against each tuned field, a line
+    per variant (with several fields, each value's best over the others); for two grid
+    fields, a heat map per variant."""
+    import matplotlib.pyplot as plt
+
+    axes_ = list(tuned.axes)
+    variants = list(means)
+    grid2 = len(axes_) == 2 and not any(a.is_range for a in axes_)
+    if grid2:
+        fig, panels = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 4),
+                                   constrained_layout=True, squeeze=False)
+        a, b = axes_
+        for ax, v in zip(panels[0], variants, strict=True):
+            grid = np.full((len(a.values), len(b.values)), np.nan)
+            for k, acc in means[v].items():
+                s = settings[k]
+                grid[a.values.index(s[a.name]), b.values.index(s[b.name])] = 100 * acc
+            im = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+            ax.set_xticks(range(len(b.values)), [f"{x:g}" for x in b.values])
+            ax.set_yticks(range(len(a.values)), [f"{x:g}" for x in a.values])
+            ax.set_xlabel(b.name)
+            ax.set_ylabel(a.name)
+            ax.set_title(v)
+            for i in range(len(a.values)):
+                for j in range(len(b.values)):
+                    if not np.isnan(grid[i, j]):
+                        ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center",
+                                fontsize=8, color="w")
+            fig.colorbar(im, ax=ax, label="validation accuracy (%)")
+    else:
+        fig, panels = plt.subplots(1, len(axes_), figsize=(5.5 * len(axes_), 4),
+                                   constrained_layout=True, squeeze=False)
+        for ax, axis in zip(panels[0], axes_, strict=True):
+            numeric = all(isinstance(s[axis.name], int | float) for s in settings.values())
+            for v in variants:
+                best: dict = {}
+                for k, acc in means[v].items():
+                    x = settings[k][axis.name]
+                    best[x] = max(best.get(x, -1.0), acc)
+                xs = sorted(best, key=lambda x: (str(type(x)), x))
+                pos = xs if numeric else list(range(len(xs)))
+                ax.plot(pos, [100 * best[x] for x in xs], marker="o", color=col[v], label=v)
+                if not numeric:
+                    ax.set_xticks(pos, [str(x) for x in xs])
+            if numeric and (axis.log or _spread(settings, axis.name)):
+                ax.set_xscale("log")
+            ax.set_xlabel(axis.name + (" (best over the other fields)" if len(axes_) > 1
+                                       else ""))
+            ax.set_ylabel("validation accuracy (%)")
+            ax.grid(alpha=0.3)
+        panels[0][0].legend(fontsize=8)
+    fig.suptitle("tuning: final validation accuracy, mean over the tuning seeds")
+    _save(fig, path, also)
+
+
+def _spread(settings: dict[str, dict], field: str) -> bool:
+    """Whether a field's values span a factor of 4 or more (then a log axis reads best)."""
+    xs = [s[field] for s in settings.values() if isinstance(s[field], int | float)]
+    return bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 4

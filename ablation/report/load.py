@@ -38,13 +38,20 @@ class Run:
         return int(self.summary["seed"])
 
 
-def _history(path: Path) -> pd.DataFrame:
+def _history(path: Path, warn: Callable[[str], None]) -> pd.DataFrame:
     rows = results.read_history(path)
     df = pd.DataFrame(rows)
     if len(df):
         if "val_accuracy" not in df.columns:
             raise AblationError(f"damaged file {path}: missing columns")
-        df = df.apply(pd.to_numeric, errors="coerce")  # CSVLogger writes "NA" for gaps
+        numbers = df.apply(pd.to_numeric, errors="coerce")
+        # CSVLogger writes "NA" (or nan) for a gap; any other text is damage, read as a gap
+        text = df.notna() & numbers.isna() & ~df.isin(["", "NA", "nan", "NaN", "inf", "-inf"])
+        if text.to_numpy().any():
+            cols = [c for c in df.columns if text[c].any()]
+            warn(f"{path}: {int(text.to_numpy().sum())} value(s) that are not numbers in "
+                 f"{', '.join(cols)}, read as missing")
+        df = numbers
     return df
 
 
@@ -71,7 +78,7 @@ def load_runs(results_dir: Path, warn: Callable[[str], None] | None = None) -> l
             for key in ("variant", "seed", "recipe_id", "recipe"):
                 if key not in s:
                     raise AblationError(f"damaged file {path}: no {key!r}")
-            hist = _history(path.parent / "history.csv")
+            hist = _history(path.parent / "history.csv", warn)
         except AblationError as e:
             warn(f"skipping run: {e}")
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+from pathlib import Path
 
 import pandas as pd
 
@@ -13,6 +14,7 @@ from ablation import study as studies
 from ablation.recipe import Recipe
 from ablation.report import stats
 from ablation.report.load import Run
+from ablation.results import TEST, Split
 
 
 def table(df: pd.DataFrame) -> str:
@@ -41,12 +43,12 @@ def command(study: studies.Study, recipe: dict, variants: list[str], seeds: int)
     flags = []
     for f in fields(Recipe):
         value = getattr(target, f.name)
-        if value == getattr(base, f.name):
+        if value == getattr(base, f.name) or f.metadata["kind"] == "internal":
             continue
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(value, bool):
             flags.append(flag if value else f"--no-{flag[2:]}")
-        elif isinstance(value, tuple):
+        elif isinstance(value, tuple | list):
             flags.append(f"{flag} {','.join(map(str, value))}")
         else:
             flags.append(f"{flag} {value}")
@@ -74,23 +76,34 @@ def _pp(x: float, signed: bool = True) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def verdict_table(pairs: list[verdict.Pair], margin: float) -> pd.DataFrame:
-    """One row per pair: seeds, A − B, its interval, Holm p, correlation, P(A>B), the
-    verdict and the seeds a decision needs."""
+def verdict_table(pairs: list[verdict.Pair], margin: float, alpha: float = 0.05
+                  ) -> pd.DataFrame:
+    """One row per pair: seeds (and diverged seeds left out), A − B, its interval, Holm p,
+    correlation, P(A>B), the verdict and the seeds a decision needs."""
     rows = []
     for p in pairs:
+        level = verdict.level_words(p.ci_level)
         interval = ("–" if math.isnan(p.ci_low) else
-                    f"[{_pp(p.ci_low)}, {_pp(p.ci_high)}] ({100 * p.ci_level:.4g} %)")
+                    f"[{_pp(p.ci_low)}, {_pp(p.ci_high)}] "
+                    + (f"(≥ {level}, repeated)" if p.design == "sequential" else f"({level})"))
         beats = "–" if math.isnan(p.p_a_beats_b) else (
             f"{p.p_a_beats_b:.2f}" + ("*" if p.n < verdict.RELIABLE_N else ""))
         said = VERDICT_TEXT[p.verdict].format(m=margin)
+        if p.verdict == verdict.EQUIVALENT:
+            said += (f" ([{_pp(p.eq_low)}, {_pp(p.eq_high)}] at "
+                     f"{verdict.level_words(p.eq_level)})")
         if p.note and p.verdict == verdict.UNDECIDED:
             said += f" ({p.note})"
         if p.look:
             said += f", look {p.look}"
-        rows.append([p.a, p.b, str(p.n) + (f" (+{p.unmatched} unmatched)" if p.unmatched
-                                           else ""),
-                     _pp(p.delta), interval,
+        if p.verdict == verdict.UNDECIDED and p.p_adjusted < alpha:
+            said += " ¹"
+        seeds = str(p.n) + (f" (+{p.unmatched} unmatched)" if p.unmatched else "")
+        gone = [f"{v}: {k} diverged" for v, k in ((p.a, p.a_diverged), (p.b, p.b_diverged))
+                if k]
+        if gone:
+            seeds += f" ({'; '.join(gone)}, left out)"
+        rows.append([p.a, p.b, seeds, _pp(p.delta), interval,
                      "–" if math.isnan(p.p_adjusted) else f"{p.p_adjusted:.3g}",
                      "–" if math.isnan(p.correlation) else f"{p.correlation:+.2f}",
                      beats, said, "" if p.seeds_needed is None else str(p.seeds_needed)])
@@ -99,20 +112,43 @@ def verdict_table(pairs: list[verdict.Pair], margin: float) -> pd.DataFrame:
 
 
 def verdict_notes(study: studies.Study, recipe: dict, pairs: list[verdict.Pair],
-                  margin: float, left_out: int) -> list[str]:
-    """What the verdict table means, the A/A pairs, and the command that decides the
-    undecided pairs."""
+                  settings: verdict.Settings, left_out: int,
+                  beyond: dict[str, int] | None = None) -> list[str]:
+    """What the verdict table means, the A/A pairs, divergence, and the command that
+    decides the undecided pairs."""
+    margin, m = settings.margin, max(1, len(pairs))
     lines = ["Paired t-test over the seeds both variants have (at one seed every variant "
-             "sees the same data order and augmentation); each interval is at 1 − α/m, so "
-             "all of this comparison's m intervals hold together with 95 % confidence. "
-             "**better**/**worse**: the interval excludes 0 (A against B); **equivalent**: "
-             f"it lies within ±{margin:g} points, the margin (a TOST); **undecided**: neither, "
-             "so far — not evidence that the two are alike. r: correlation of A's and B's "
-             "runs over the matched seeds (what pairing removes); P(A>B): share of matched "
-             "seeds where A won (* fewer than 10 seeds: unreliable). See docs/statistics.md.", ""]
+             "sees the same data order and augmentation). **better**/**worse**: the "
+             f"interval at {verdict.level_words(1 - settings.alpha / m)} (1 − α/m) excludes "
+             "0 (A against B); **equivalent**: the interval at "
+             f"{verdict.level_words(1 - 2 * settings.alpha / m)} (1 − 2α/m, the TOST at α/m) "
+             f"lies within ±{margin:g} points, the margin; **undecided**: neither, so far — "
+             "not evidence that the two are alike. Each pair errs with probability at most "
+             f"α/m, so this comparison's m = {m} verdicts hold together with "
+             f"{verdict.level_words(1 - settings.alpha)} confidence. r: correlation of A's "
+             "and B's runs over the matched seeds (what pairing removes); P(A>B): share of "
+             "matched seeds where A won (* fewer than 10 seeds: unreliable). See "
+             "docs/statistics.md.", ""]
+    if any(p.verdict == verdict.UNDECIDED and p.p_adjusted < settings.alpha for p in pairs):
+        lines += [f"¹ Holm's adjusted p is below α = {settings.alpha:g}, yet the pair is "
+                  "undecided: Holm steps down from the smallest p, while the verdict reads "
+                  "the interval at 1 − α/m, which still holds 0. The interval rule decides.",
+                  ""]
+    gone = sorted({(v, k) for p in pairs for v, k in ((p.a, p.a_diverged),
+                                                      (p.b, p.b_diverged)) if k})
+    if gone:
+        lines += [f"Diverged runs ({', '.join(f'{v}: {k}' for v, k in gone)}) are left out: "
+                  "a run that stopped on a NaN loss, or ended near chance while this recipe's "
+                  "typical run learned. The verdicts hold for the runs that converged; how "
+                  "often a design diverges is a finding of its own.", ""]
     if left_out:
         lines += [f"Left out of the verdicts: {left_out} unfinished run(s) (partial, running, "
                   "interrupted or failed); only finished runs are paired.", ""]
+    for v, k in sorted((beyond or {}).items()):
+        lines += [f"{v} has {k} seed(s) past the design's last look: the sequential verdict "
+                  "does not use them (its α was spent at the looks). To use them, judge "
+                  "them as a fixed design in a results folder of their own, or extend the "
+                  "design with a larger --max-seeds before its last look is analysed.", ""]
     for p in pairs:
         if _same_network(p.a, p.b) and not math.isnan(p.sd):
             lines += [f"A/A pair: {p.a} and {p.b} are one network built twice, so their "
@@ -122,8 +158,13 @@ def verdict_notes(study: studies.Study, recipe: dict, pairs: list[verdict.Pair],
     if open_:
         need = max(p.seeds_needed for p in open_)
         names = list(dict.fromkeys(v for p in open_ for v in (p.a, p.b)))
-        lines += [f"To decide the undecided pairs (80 % power at a true difference of "
-                  f"{margin:g} points, from the pooled spread of the deltas): "
+        power = verdict.level_words(settings.power)
+        lines += [f"Seeds needed: the seeds per variant at which both claims are in reach "
+                  f"with {power} power — a true difference of {margin:g} points found "
+                  f"(better or worse), and a true difference of 0 found equivalent — from the "
+                  f"spread of the deltas pooled over the recipe's pairs (diverged runs left "
+                  f"out) at its upper 80 % limit. A true difference between 0 and the margin "
+                  f"may stay undecided at any count. "
                   f"`{command(study, recipe, names, need)}`, or let the seeds grow only where "
                   f"needed: `{command(study, recipe, names, 0)} --until-decided`.", ""]
     return lines
@@ -133,35 +174,48 @@ def _same_network(a: str, b: str) -> bool:
     return studies.definition_hash(registry.get(a)) == studies.definition_hash(registry.get(b))
 
 
-def verdict_header(v: stats.Verdicts, res: tuple[float, int, float] | None) -> list[str]:
-    """The recipe's verdict settings: margin, design, the test set's resolution."""
+def verdict_header(v: stats.Verdicts, res: tuple[float, int, float] | None,
+                   split: Split = TEST) -> list[str]:
+    """The recipe's verdict settings: margin, design, the split's resolution."""
     s = v.settings
-    lines = [f"- **Verdicts**: α = {s.alpha:g} per comparison, equivalence margin "
-             f"±{s.margin:g} points of test accuracy"]
+    lines = [f"- **Verdicts**: on final {split.name} accuracy; α = {s.alpha:g} per "
+             f"comparison, equivalence margin ±{s.margin:g} points"]
     if v.design:
         looks = ", ".join(map(str, v.design["looks"]))
-        spent = ", ".join(f"{a:.4f}" for a in verdict.spending(v.design["looks"], s.alpha))
+        kind = v.design.get("spending", "pocock")
+        spent = ", ".join(f"{a:.4f}" for a in verdict.spending(v.design["looks"], s.alpha,
+                                                               kind))
+        how = ("O'Brien–Fleming-type spending, boundaries from the looks' joint distribution;"
+               " each decided pair's interval is a repeated confidence interval, valid "
+               "whatever the stopping, at the design's level" if kind == "obf" else
+               "Pocock-type spending, union bound: a design of 0.4, replayed as recorded")
+        extended = (f"; extended from looks {v.design['extended_from']}"
+                    if v.design.get("extended_from") else "")
         lines.append(f"- **Design**: sequential (`--until-decided`), looks at {looks} seeds, "
-                     f"α spent {spent} (Pocock-type spending); {v.looks_done} look(s) "
-                     "complete; each pair's numbers are from the look that decided it")
+                     f"α spent {spent} ({how}){extended}; {v.looks_done} look(s) complete; "
+                     "each pair's numbers are from the look that decided it (after an early "
+                     "stop its mean difference leans away from 0: read the interval)")
     if v.spread is not None:
         lines.append(f"- **Seed noise**: std of the per-seed deltas {v.spread.sd:.2f} points, "
                      f"pooled over the comparisons (upper 80 % limit {v.spread.upper:.2f}, "
                      f"about {v.spread.df} degrees of freedom)")
     if res is not None:
         se, n, acc = res
-        line = (f"- **Test-set resolution**: one accuracy's binomial standard error is "
-                f"{se:.2f} points ({n:,} test images at {100 * acc:.1f} %)")
+        line = (f"- **{split.name.capitalize()}-set resolution**: one accuracy's binomial "
+                f"standard error is {se:.2f} points ({n:,} {split.name} images at "
+                f"{100 * acc:.1f} %)")
         if s.margin < se:
-            line += (f" — **the margin ±{s.margin:g} is below what this test set can "
-                     "resolve**")
+            line += (f" — **the margin ±{s.margin:g} is below what this {split.name} set "
+                     "can resolve**")
         lines.append(line)
     return lines
 
 
 COLUMNS = ["comparison", "recipe_id", "a", "b", "n", "unmatched", "delta", "sd", "ci_low",
-           "ci_high", "ci_level", "p", "p_adjusted", "p_equivalence", "margin", "correlation",
-           "p_a_beats_b", "verdict", "seeds_needed", "design", "look", "same_network"]
+           "ci_high", "ci_level", "eq_low", "eq_high", "eq_level", "p", "p_adjusted",
+           "p_equivalence", "margin", "correlation", "p_a_beats_b", "verdict", "seeds_needed",
+           "design", "look", "same_network", "a_diverged", "b_diverged", "tuned", "a_setting",
+           "b_setting"]
 
 
 def verdict_rows(key: str, recipe_id: str, pairs: list[verdict.Pair],
@@ -169,16 +223,32 @@ def verdict_rows(key: str, recipe_id: str, pairs: list[verdict.Pair],
     """comparisons.csv rows (docs/statistics.md documents the columns)."""
     return [{"comparison": key, "recipe_id": recipe_id, "a": p.a, "b": p.b, "n": p.n,
              "unmatched": p.unmatched, "delta": p.delta, "sd": p.sd, "ci_low": p.ci_low,
-             "ci_high": p.ci_high, "ci_level": p.ci_level, "p": p.p,
+             "ci_high": p.ci_high, "ci_level": p.ci_level, "eq_low": p.eq_low,
+             "eq_high": p.eq_high, "eq_level": p.eq_level, "p": p.p,
              "p_adjusted": p.p_adjusted, "p_equivalence": p.p_equivalence,
              "margin": v.settings.margin, "correlation": p.correlation,
              "p_a_beats_b": p.p_a_beats_b, "verdict": p.verdict,
              "seeds_needed": p.seeds_needed, "design": p.design,
-             "look": p.look, "same_network": _same_network(p.a, p.b)} for p in pairs]
+             "look": p.look, "same_network": _same_network(p.a, p.b),
+             "a_diverged": p.a_diverged, "b_diverged": p.b_diverged, "tuned": False,
+             "a_setting": "", "b_setting": ""} for p in pairs]
+
+
+def dataset_name(summary: dict) -> str:
+    """A run's dataset as a reader knows it: its name, or a path's last part and its
+    content hash (what the recipe id holds)."""
+    r = summary["recipe"]
+    if r.get("data_hash"):
+        return f"{Path(r['dataset']).name} (sha256 {r['data_hash'][:12]})"
+    return str(summary.get("dataset", r["dataset"]))
 
 
 def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
     r = runs[0].summary["recipe"]
+    s0 = runs[0].summary
+    shape = s0.get("input_shape")
+    held = (f", {s0['validation_images']:,} held out for validation"
+            if s0.get("validation_images") else "")
     seeds = sorted({x.seed for x in runs})
     devices = sorted({str(x.summary.get("device", "?")) for x in runs})
     versions = sorted({f"Python {x.summary.get('python', '?')}, Keras "
@@ -191,8 +261,10 @@ def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
         for x in runs if (x.summary.get("definition") or {}).get("recipe")})
     lines = [
         f"## Recipe `{recipe_id}`", "",
-        f"- **Dataset**: {r['dataset']}, {runs[0].summary.get('train_images', '?')} train / "
-        f"{runs[0].summary.get('test_images', '?')} test images"
+        f"- **Dataset**: {dataset_name(s0)}, {s0.get('train_images', '?')} train / "
+        f"{s0.get('test_images', '?')} test images{held}"
+        + (f" ({'x'.join(map(str, shape))}, {s0.get('num_classes')} classes)"
+           if shape and (tuple(shape), s0.get("num_classes")) != ((32, 32, 3), 10) else "")
         + (" — **a subset of the data, not comparable with the blog**"
            if r.get("train_limit") or r.get("test_limit") else ""),
         f"- **Recipe**: {Recipe.from_dict(r).describe()}",
@@ -212,7 +284,8 @@ def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
 
 
 def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int,
-                     published: bool, label: str = "blog label") -> pd.DataFrame:
+                     published: bool, label: str = "blog label",
+                     split: Split = TEST) -> pd.DataFrame:
     """The comparison's table: parameters (✓ = the reference count), size, seeds,
     accuracy, time; the published error beside ours where the study has one."""
     rows = []
@@ -229,8 +302,9 @@ def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int
             "seeds": str(s.seeds),
             "epochs": f"{s.epochs_min}/{epochs}" if s.epochs_min == s.epochs_max
             else f"{s.epochs_min}–{s.epochs_max}/{epochs}",
-            "best test acc % (picked on test)": mean_std(s.best_mean, s.best_std),
-            "final test acc %": mean_std(s.final_mean, s.final_std),
+            f"best {split.name} acc % (picked on {split.name})": mean_std(s.best_mean,
+                                                                       s.best_std),
+            f"final {split.name} acc %": mean_std(s.final_mean, s.final_std),
             "train time": "–" if math.isnan(s.train_seconds) else results.duration(
                 s.train_seconds),
             "img/s": "–" if math.isnan(s.images_per_second) else f"{s.images_per_second:.0f}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -15,13 +15,15 @@ from ablation import study as studies
 from ablation import verdict
 from ablation.protocol import JobState
 from ablation.report.load import Run
+from ablation.results import TEST, Split
 
 FLAT = 0.05  # a fitted change below 5 % of the mean response over the network is "flat"
 
 
-def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
-              ) -> pd.DataFrame:
-    """One row per variant: counts, sizes, accuracy over seeds (fractions), error (%)."""
+def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float],
+              split: Split = TEST) -> pd.DataFrame:
+    """One row per variant: counts, sizes, accuracy on `split` over seeds (fractions),
+    error (%)."""
     rows = []
     for v, rs in runs_by_variant.items():
         s = [r.summary for r in rs]
@@ -29,7 +31,7 @@ def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
         def col(key: str, ss=s) -> list[float]:
             return [float(x[key]) for x in ss if x.get(key) is not None]
 
-        finals = col("final_val_accuracy")
+        finals = col(split.final)
         h5 = [x for x in col("h5_bytes") if x]
         rows.append({
             "variant": v, "seeds": len(rs),
@@ -39,8 +41,8 @@ def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
             "h5_mb": float(np.mean(h5)) / 1e6 if h5 else math.nan,
             "epochs_min": min(x.get("epochs_done", 0) for x in s),
             "epochs_max": max(x.get("epochs_done", 0) for x in s),
-            "best_mean": _mean(col("best_val_accuracy")),
-            "best_std": _std(col("best_val_accuracy")),
+            "best_mean": _mean(col(split.best)),
+            "best_std": _std(col(split.best)),
             "final_mean": _mean(finals), "final_std": _std(finals),
             "error_mean": 100 * (1 - _mean(finals)) if finals else math.nan,
             "error_std": 100 * _std(finals) if len(finals) > 1 else math.nan,
@@ -62,19 +64,20 @@ def _std(values: list[float]) -> float:
     return float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
 
 
-def finished(runs: list[Run]) -> list[Run]:
-    """Runs that trained every planned epoch and ended `done`: the only ones a verdict
-    pools (partial, running, interrupted and failed runs never are)."""
+def finished(runs: list[Run], split: Split = TEST) -> list[Run]:
+    """Runs that trained every planned epoch and ended `done` with an accuracy on `split`:
+    the only ones a verdict pools (partial, running, interrupted and failed runs never
+    are)."""
     return [r for r in runs if r.summary.get("status") == JobState.DONE
             and (r.summary.get("epochs_done") or 0) >= r.summary["recipe"]["epochs"]
-            and r.summary.get("final_val_accuracy") is not None]
+            and r.summary.get(split.final) is not None]
 
 
-def finals_by_variant(runs: list[Run]) -> dict[str, dict[int, float]]:
-    """variant -> {seed: final test accuracy} over finished runs."""
+def finals_by_variant(runs: list[Run], split: Split = TEST) -> dict[str, dict[int, float]]:
+    """variant -> {seed: final accuracy on `split`} over finished runs."""
     out: dict[str, dict[int, float]] = {}
-    for r in finished(runs):
-        out.setdefault(r.variant, {})[r.seed] = float(r.summary["final_val_accuracy"])
+    for r in finished(runs, split):
+        out.setdefault(r.variant, {})[r.seed] = float(r.summary[split.final])
     return out
 
 
@@ -91,6 +94,43 @@ def pairs_among(study: studies.Study, names) -> dict[str, list[tuple[str, str]]]
     return {k: ps for k, ps in out.items() if ps}
 
 
+CHANCE_SE = 3  # within 3 binomial SEs of chance: a run that learned nothing
+LEARNED_SE = 6  # ... while the recipe's typical run is 6 SEs above chance
+
+
+def diverged(runs: list[Run], split: Split = TEST) -> set[tuple[str, int]]:
+    """(variant, seed) of the runs that diverged: stopped on a NaN loss, or ended with an
+    accuracy within 3 binomial standard errors of chance while the recipe's median
+    finished run is more than 6 above it (so a short or tiny recipe, where no run learns
+    much, never calls its runs diverged). docs/statistics.md."""
+    out = {(r.variant, r.seed) for r in runs if r.summary.get("status") == JobState.FAILED
+           and "NaN" in str(r.summary.get("error") or "")}
+    done = finished(runs, split)
+    if not done:
+        return out
+    s0 = done[0].summary
+    chance = 1.0 / float(s0.get("num_classes") or 10)
+    n = float(s0.get(split.images) or 0)
+    if n <= 0:
+        return out
+    se = math.sqrt(chance * (1 - chance) / n)
+    median = float(np.median([r.summary[split.final] for r in done]))
+    if median > chance + LEARNED_SE * se:
+        out |= {(r.variant, r.seed) for r in done
+                if r.summary[split.final] <= chance + CHANCE_SE * se}
+    return out
+
+
+def ended(runs: list[Run]) -> dict[str, set[int]]:
+    """variant -> the seeds whose runs ended (done or failed): what a sequential design's
+    look waits for (a failed seed is run, and left out)."""
+    out: dict[str, set[int]] = {}
+    for r in runs:
+        if r.summary.get("status") in (JobState.DONE, JobState.FAILED):
+            out.setdefault(r.variant, set()).add(r.seed)
+    return out
+
+
 @dataclass
 class Verdicts:
     """A recipe's verdicts: per comparison key, its pairs; and how they were reached."""
@@ -100,39 +140,58 @@ class Verdicts:
     spread: verdict.Spread | None
     design: dict | None  # the sequential design, when `--until-decided` recorded one
     looks_done: int = 0
+    diverged: dict[str, int] = field(default_factory=dict)  # variant -> diverged seeds
+    beyond: dict[str, int] = field(default_factory=dict)  # seeds past a design's last look
 
 
 def verdicts(study: studies.Study, runs: list[Run], settings: verdict.Settings,
-             design: dict | None = None) -> Verdicts:
-    """Every comparison's pairs judged on the recipe's finished runs: at one look of all
-    matched seeds, or by replaying the recorded sequential design; seeds needed from the
-    spread of the deltas pooled over all of them."""
-    finals = finals_by_variant(runs)
+             design: dict | None = None, split: Split = TEST, first_seed: int = 0
+             ) -> Verdicts:
+    """Every comparison's pairs judged on the recipe's finished, converged runs (diverged
+    ones left out and counted): at one look of all matched seeds, or by replaying the
+    recorded sequential design; seeds needed from the spread of the deltas pooled over all
+    of them. `first_seed`: the runs' seeds start there (a tuned comparison's follow the
+    tuning seeds); the looks count from it."""
+    gone = diverged(runs, split)
+    kept = [r for r in runs if (r.variant, r.seed) not in gone]
+    finals = {v: {s - first_seed: a for s, a in f.items()}
+              for v, f in finals_by_variant(kept, split).items()}
+    res = resolution(runs, split)
+    step = 100.0 / res[1] if res and res[1] else 0.0  # one image, in points
     comparisons = {c.key: comparison_pairs(c) for c in study.comparisons}
-    done = 0
-    pairs = {k: verdict.compare(finals, ps, settings) for k, ps in comparisons.items()}
+    done, beyond = 0, {}
+    pairs = {k: verdict.compare(finals, ps, settings, resolution=step)
+             for k, ps in comparisons.items()}
     if design:  # the design's own pairs by its looks; any others at one look
         chosen = design.get("variants") or study.variant_names
+        stopped = {v: {s - first_seed for s in seeds} for v, seeds in ended(runs).items()}
         seq = verdict.sequential(finals, pairs_among(study, chosen), list(design["looks"]),
-                                 settings)
-        done = seq.looks_done
+                                 settings, design.get("spending", "pocock"), stopped,
+                                 design.get("fixed"), step)
+        done, beyond = seq.looks_done, seq.beyond
         for k, judged in seq.pairs.items():
             by_pair = {(p.a, p.b): p for p in judged}
             pairs[k] = [by_pair.get((p.a, p.b), p) for p in pairs[k]]
+    counts: dict[str, int] = {}
+    for v, _ in gone:
+        counts[v] = counts.get(v, 0) + 1
+    for ps in pairs.values():
+        for p in ps:
+            p.a_diverged, p.b_diverged = counts.get(p.a, 0), counts.get(p.b, 0)
     spread = verdict.pooled_spread([p for ps in pairs.values() for p in ps])
     for ps in pairs.values():
         verdict.fill_seeds_needed(ps, spread, settings, len(ps))
-    return Verdicts(pairs, settings, spread, design, done)
+    return Verdicts(pairs, settings, spread, design, done, counts, beyond)
 
 
-def resolution(runs: list[Run]) -> tuple[float, int, float] | None:
-    """The binomial standard error, in points, of one final test accuracy: (SE, test
+def resolution(runs: list[Run], split: Split = TEST) -> tuple[float, int, float] | None:
+    """The binomial standard error, in points, of one final accuracy on `split`: (SE,
     images, mean accuracy) over the finished runs."""
-    done = finished(runs)
+    done = finished(runs, split)
     if not done:
         return None
-    n = int(done[0].summary.get("test_images") or 0)
-    acc = float(np.mean([r.summary["final_val_accuracy"] for r in done]))
+    n = int(done[0].summary.get(split.images) or 0)
+    acc = float(np.mean([r.summary[split.final] for r in done]))
     if n <= 0:
         return None
     return 100 * math.sqrt(acc * (1 - acc) / n), n, acc

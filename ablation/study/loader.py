@@ -6,13 +6,18 @@ fails here, in one line naming the file, the unit and the block.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablation import models, registry, verdict
+from ablation import models, registry, tune, verdict
+from ablation.data import shape_of as data_shape_of
+from ablation.data.sources import is_path as data_is_path
 from ablation.errors import AblationError
 from ablation.recipe import VARIANT_FIELDS, Recipe
 from ablation.registry import Variant
@@ -72,6 +77,7 @@ class Study:
     units_source: str | None  # where they came from (absolute path or module)
     analysis: verdict.Settings = field(default_factory=verdict.Settings)  # [analysis]
     shadowed: tuple[str, ...] = ()  # built-in unit names its own units shadow
+    tune: tune.Tune | None = None  # [tune]: each variant's nuisance fields, tuned
 
     def variants(self, pattern: str = "*") -> list[str]:
         return registry.variants(pattern, self.variant_names)
@@ -90,8 +96,13 @@ class Study:
             raise
 
     def recipe(self, overrides: dict | None = None) -> Recipe:
-        """The study's defaults, then `overrides` (command-line flags) on top."""
-        return Recipe(**{**dict(self.recipe_defaults), **(overrides or {})})
+        """The study's defaults, then `overrides` (command-line flags) on top. A dataset
+        path in the study file is read from the study's folder."""
+        fields_ = dict(self.recipe_defaults)
+        ds = fields_.get("dataset")
+        if isinstance(ds, str) and data_is_path(ds) and not Path(ds).expanduser().is_absolute():
+            fields_["dataset"] = str((self.path.parent / ds).resolve())
+        return Recipe(**{**fields_, **(overrides or {})})
 
     @property
     def default_out(self) -> str:
@@ -100,6 +111,31 @@ class Study:
 
 
 # --- loading --------------------------------------------------------------------------------
+
+UNIT_CHECK_SECONDS = 60  # counting ResNet-152 takes milliseconds; ops.layer imports Keras
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, message: str):
+    """Raise AblationError(message) if the block runs longer than `seconds` (a unit is a
+    user's code: `ablation list` must not hang without a word). Main thread only, where
+    POSIX timers can interrupt; elsewhere no limit."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+            signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise AblationError(message)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
 
 _LOADED: dict[Path, Study] = {}
 
@@ -189,9 +225,13 @@ class _Loader:
             self.module, units = import_units(units_source, str(self.path))
 
         try:
-            Recipe.parse(top.recipe)
+            base = Recipe.parse(top.recipe)
         except AblationError as e:
             raise self.fail(f"[recipe] {e}") from None
+        try:
+            tuned = tune.parse(top.tune, base, name)
+        except AblationError as e:
+            raise self.fail(str(e)) from None
         extra = sorted(set(top.analysis) - set(verdict.SETTINGS_KEYS))
         if extra:
             raise self.fail(f"unknown [analysis] key {extra[0]!r} (allowed: "
@@ -201,6 +241,7 @@ class _Loader:
         except AblationError as e:
             raise self.fail(f"[analysis] {e}") from None
 
+        self.shape = self.data_shape(top.recipe)
         own = self.variants(top.variant)
         comparisons = self.comparisons(top.comparison, own)
         used = [v for c in comparisons for v in c.variants if v not in own]
@@ -211,7 +252,17 @@ class _Loader:
             own=tuple(own), variant_names=tuple(dict.fromkeys([*own, *used])),
             comparisons=tuple(comparisons), recipe_defaults=tuple(top.recipe.items()),
             published=published, units=tuple(units), units_source=units_source,
-            analysis=settings, shadowed=tuple(models.shadowed(self.module)))
+            analysis=settings, shadowed=tuple(models.shadowed(self.module)), tune=tuned)
+
+    def data_shape(self, recipe: dict) -> tuple[tuple[int, int, int], int]:
+        """The input shape and classes the study's units are checked at: its dataset's
+        where it can be read now, else CIFAR's (`run` and `list` read it, or say why)."""
+        ds = recipe.get("dataset", "cifar10")
+        try:
+            size = Recipe.parse(recipe).image_hw
+            return data_shape_of(ds, size, self.path.parent)
+        except AblationError:
+            return (32, 32, 3), 10
 
     # --- variants
 
@@ -274,8 +325,10 @@ class _Loader:
         except AblationError as e:
             raise self.fail(f"{where}recipe: {e}") from None
         v = Variant.from_dict(d)
-        try:
-            models.count_params(v)  # runs every unit on shapes: a broken unit fails here
+        try:  # runs every unit on shapes: a broken unit fails here, a stuck one stops
+            with _time_limit(UNIT_CHECK_SECONDS, f"{where}counting its network did not end "
+                             f"within {UNIT_CHECK_SECONDS} s (a unit in an endless loop?)"):
+                models.count_params(v, self.shape[1], self.shape[0])
         except AblationError as e:
             raise self.fail(str(e)) from None
         return v

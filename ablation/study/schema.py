@@ -125,6 +125,7 @@ class StudyFile(_Table):
         "[[variant]] must be an array of tables")] = []
     comparison: Annotated[list[dict[str, Any]], _why(
         "[[comparison]] must be an array of tables")] = []
+    tune: Annotated[dict[str, Any], _why("[tune] must be a table")] = {}
     published: Annotated[list[PublishedTable], _why(
         "[[published]] must be tables with text for source, network, metric, "
         "value")] = []

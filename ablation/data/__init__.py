@@ -1,0 +1,307 @@
+"""Data: any image-classification dataset, held as uint8 arrays; class-balanced subsets
+and a held-out validation split; normalisation statistics; the batches training sees.
+
+* `sources`: CIFAR-10/100 (safe pickles), the other `keras.datasets` image sets, an
+  `.npz` of arrays or a folder of images, and a path dataset's content hash;
+* `augment`: normalisation, the blog's and the papers' augmentations, mixup and CutMix;
+* `stream`: the resumable training stream and the evaluation splits.
+
+Images stay uint8 in memory (150 MB for CIFAR-10 train, once per job); batches are
+normalised and augmented on the fly in numpy, so the same code feeds the TensorFlow
+and the JAX backend and TensorFlow is never needed to read data. Every random choice
+is a pure function of (seed, epoch, batch index): a job resumed after a crash sees
+exactly the batches an uninterrupted job would have seen.
+
+A dataset given by path is prepared once by the runner (`prepare`): its content hash
+(which names its recipe id, so runs of different data never pool), its statistics and
+shape, and for a folder its decoded arrays cached in the results folder, so a job
+reads arrays, not thousands of image files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ablation.data import sources
+from ablation.data.augment import (
+    AUGMENTATIONS,
+    _shift_axis,
+    augment_blog,
+    augment_crop,
+    crop_pad,
+    mix,
+    normalise,
+)
+from ablation.data.sources import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    NAMED,
+    check,
+    content_hash,
+    describe,
+    is_path,
+    resolve,
+    resolve_data_dir,
+)
+from ablation.data.stream import TrainStream, one_hot, test_batches
+from ablation.errors import AblationError
+
+__all__ = ["AUGMENTATIONS", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "Dataset",
+           "TrainStream", "_shift_axis", "augment_blog", "augment_crop", "balanced_subset",
+           "check", "content_hash", "crop_pad", "describe", "is_path", "load", "mix",
+           "normalise", "one_hot", "prepare", "resolve", "resolve_data_dir", "shape_of",
+           "synthetic", "test_batches"]
+
+DATASETS = NAMED
+MEMORY_SHARE = 0.5  # a dataset's uint8 images may take at most this share of free memory
+CACHE = "datasets"  # under the results folder: decoded folder datasets, by content hash
+
+
+@dataclass
+class Dataset:
+    """uint8 images (N, H, W, C), int labels, the normalisation to apply, and the held-out
+    validation split when the recipe asks for one."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+    content_hash: str | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    def checksum(self) -> str:
+        """sha256 over the exact pixels and labels used, for provenance."""
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+
+# --- subsets ---------------------------------------------------------------------------------
+
+
+def balanced_subset(y: np.ndarray, limit: int | None, num_classes: int,
+                    what: str = "") -> np.ndarray:
+    """Indices of a deterministic, class-balanced subset: the first images of each class.
+
+    The remainder of limit / num_classes goes to the lowest class ids. With `what` (the
+    flag, for the message) a limit above the split's size, or a class with fewer images
+    than its share, is an error, never the whole set or a silent imbalance.
+    """
+    if what and limit and limit > len(y):
+        raise AblationError(f"{what} {limit:,} is more than the split's {len(y):,} images")
+    if not limit or limit >= len(y):
+        return np.arange(len(y))
+    per, extra = divmod(limit, num_classes)
+    idx = []
+    for c in range(num_classes):
+        have = np.flatnonzero(y == c)
+        want = per + (c < extra)
+        if what and len(have) < want:
+            raise AblationError(f"{what} {limit:,} asks {want:,} images of class {c}, which "
+                                f"has {len(have):,}; give a smaller {what}")
+        idx.append(have[:want])
+    return np.sort(np.concatenate(idx))
+
+
+def held_out(y: np.ndarray, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices: `n` class-balanced images held out, the last of
+    each class (the remainder of n / classes to the lowest class ids), so the training
+    images a `train_limit` takes (the first of each class) are the same with or without a
+    validation split as long as the class has room."""
+    if n >= len(y):
+        raise AblationError(f"validation {n:,} leaves no training image (the training split "
+                            f"has {len(y):,})")
+    per, extra = divmod(n, num_classes)
+    val = []
+    for c in range(num_classes):
+        have = np.flatnonzero(y == c)
+        want = per + (c < extra)
+        if want and len(have) <= want:
+            raise AblationError(f"validation {n:,} asks {want:,} images of class {c}, which "
+                                f"has {len(have):,} in the training split; give a smaller "
+                                "validation")
+        val.append(have[len(have) - want:])
+    val_idx = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(len(y)), val_idx), val_idx
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def statistics(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 images over every pixel, in float64,
+    a few thousand images at a time (a float64 copy of CIFAR-10 would take 1.2 GB)."""
+    c = x.shape[-1]
+    total, squares, n = np.zeros(c), np.zeros(c), 0
+    for start in range(0, len(x), 4096):
+        chunk = x[start:start + 4096].reshape(-1, c).astype(np.float64)
+        total += chunk.sum(0)
+        squares += np.square(chunk).sum(0)
+        n += len(chunk)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _check_memory(shape: sources.Shape, where: str) -> None:
+    """A dataset whose uint8 images would not fit is one line, before it is read."""
+    import psutil
+
+    need = shape.bytes
+    free = psutil.virtual_memory().available
+    if need is not None and need > MEMORY_SHARE * free:
+        raise AblationError(f"{where} needs {need / 2**30:.1f} GiB in memory as uint8 images; "
+                            f"this machine has {free / 2**30:.1f} GiB free (at most half of it "
+                            "is used for data): set a smaller image_size or use a subset")
+
+
+def _cache_file(cache: Path, digest: str, image_size) -> Path:
+    size = "" if image_size is None else f"-{image_size[0]}x{image_size[1]}"
+    return Path(cache) / f"{digest}{size}.npz"
+
+
+def _read(source: sources.Source, data_dir, image_size, digest: str | None,
+          cache: Path | None) -> tuple:
+    """The arrays of a source: x_train, y_train, x_test, y_test, class names, where."""
+    if source.kind == "cifar":
+        *arrays, where = sources.read_cifar(source.name, data_dir)
+        return (*arrays, (), where)
+    if source.kind == "keras":
+        *arrays, where = sources.read_keras(source.name)
+        return (*arrays, (), where)
+    if source.kind == "folder" and cache is not None and digest:
+        cached = _cache_file(cache, digest, image_size)
+        if cached.is_file():
+            return (*sources.read_npz(cached), str(source.path))
+    if source.kind == "npz":
+        _check_memory(describe(source), str(source.path))
+        content = source.path.read_bytes()
+        if digest and hashlib.sha256(content).hexdigest() != digest:
+            raise AblationError(f"{source.path} changed since this job was queued (its "
+                                "content hash differs); run `ablation run` again to queue "
+                                "the new data")
+        return (*sources.read_npz(source.path, content), str(source.path))
+    _check_memory(describe(source, image_size), str(source.path))
+    x_tr, y_tr, x_te, y_te, names = sources.read_folder(source.path, image_size)
+    return x_tr, y_tr, x_te, y_te, names, str(source.path)
+
+
+def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
+         train_limit: int | None = None, test_limit: int | None = None,
+         validation: int = 0, image_size: tuple[int, int] | None = None,
+         data_hash: str | None = None, cache: Path | None = None,
+         stats: tuple | None = None, base: Path | None = None) -> Dataset:
+    """A dataset as uint8 arrays: `validation` class-balanced images held out of the
+    training split, then class-balanced `train_limit` / `test_limit` subsets.
+
+    `dataset` is a known name or a path (relative to `base`); `data_hash` the content
+    hash the job was queued with (a changed .npz fails); `cache` the folder of decoded
+    folder datasets; `stats` (mean, std) the statistics the runner computed."""
+    source = resolve(dataset, base)
+    x_tr, y_tr, x_te, y_te, names, where = _read(source, data_dir, image_size, data_hash,
+                                                 cache)
+    k = len(names) or (sources._LAYOUT[source.name]["classes"] if source.kind == "cifar"
+                       else int(max(y_tr.max(), y_te.max())) + 1)
+    if stats is not None:
+        mean, std = stats
+    elif dataset in sources.PUBLISHED:
+        mean, std = sources.PUBLISHED[dataset]
+    else:  # its own full train-split statistics, before any hold-out or subset
+        mean, std = statistics(x_tr)
+    if any(s == 0 for s in std):
+        raise AblationError(f"{where}: a channel has the same value in every training image "
+                            "(std 0): it cannot be normalised")
+    x_val = y_val = None
+    if validation:
+        keep, val = held_out(y_tr, validation, k)
+        x_val, y_val = x_tr[val], y_tr[val]
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    tr = balanced_subset(y_tr, train_limit, k, "train-limit")
+    te = balanced_subset(y_te, test_limit, k, "test-limit")
+    name = dataset if not source.by_path else f"{source.kind}:{Path(where).name}"
+    return Dataset(name, x_tr[tr], y_tr[tr], x_te[te], y_te[te], k, tuple(mean), tuple(std),
+                   where, x_val, y_val, tuple(names), data_hash)
+
+
+def shape_of(dataset: str, image_size: tuple[int, int] | None = None,
+             base: Path | None = None) -> tuple[tuple[int, int, int], int]:
+    """(input shape, classes) of a dataset, without loading it: what a network for it
+    takes and gives."""
+    shape = describe(resolve(dataset, base), image_size)
+    return shape.input_shape, shape.classes
+
+
+def prepare(dataset: str, image_size: tuple[int, int] | None, results: Path,
+            base: Path | None = None, decode: bool = True, say=print) -> dict | None:
+    """What the runner does once for a path dataset before queueing: its absolute path,
+    content hash, shape, classes and statistics (recorded in every job's config.json),
+    and for a folder the decoded arrays cached under `results/datasets/` (written
+    atomically). None for a named dataset. Without `decode` (a dry run) only what the
+    headers and the bytes' hash tell, and nothing is written."""
+    source = resolve(dataset, base)
+    if not source.by_path:
+        return None
+    shape = describe(source, image_size)
+    _check_memory(shape, str(source.path))
+    digest = content_hash(source)
+    cache = Path(results) / CACHE
+    record = {"path": str(source.path), "kind": source.kind, "content_hash": digest,
+              "input_shape": list(shape.input_shape), "classes": shape.classes,
+              "class_names": list(shape.class_names), "train_images": shape.train,
+              "cache": str(cache) if source.kind == "folder" else None}
+    if not decode:
+        return record
+    if source.kind == "folder":
+        target = _cache_file(cache, digest, image_size)
+        if not target.is_file():
+            say(f"decoding the {shape.train + shape.test:,} images of {source.path} once "
+                f"into {target}")
+            x_tr, y_tr, x_te, y_te, names = sources.read_folder(source.path, image_size)
+            _write_npz(target, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+                       class_names=np.array(names))
+        x_tr = sources.read_npz(target)[0]
+    else:
+        x_tr = sources.read_npz(source.path)[0]
+    mean, std = statistics(x_tr)
+    return {**record, "mean": list(mean), "std": list(std)}
+
+
+def _write_npz(path: Path, **arrays) -> None:
+    from ablation import results
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise results.disk_error(e, path) from None
+
+
+def synthetic(n_train: int = 256, n_test: int = 128, num_classes: int = 10,
+              seed: int = 0) -> Dataset:
+    """Random images with learnable labels (class = brightest channel pattern), for
+    benchmarks and tests that must not depend on the real data."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n_train + n_test, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, num_classes, size=n_train + n_test)
+    return Dataset("synthetic", x[:n_train], y[:n_train], x[n_train:], y[n_train:],
+                   num_classes, CIFAR10_MEAN, CIFAR10_STD, "generated")

@@ -1,0 +1,113 @@
+"""What happens to a training batch: normalisation, the blog's and the papers'
+augmentations (scaled to the image size), and mixup / CutMix.
+
+All numpy, on the batch's float32 copy; every random choice comes from the generator
+the stream hands in, a pure function of (seed, epoch, batch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def normalise(x: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 -> float32 (x - mean) / std per channel, in one float32 buffer (the same
+    values, bit for bit, as the float32 cast then the two operations)."""
+    out = np.subtract(x, np.asarray(mean, np.float32), dtype=np.float32)
+    return np.divide(out, np.asarray(std, np.float32), out=out)
+
+
+def _shift_axis(x: np.ndarray, shift: np.ndarray, axis: int) -> np.ndarray:
+    """Shift each image along `axis` (1 rows, 2 cols) by a real number of pixels:
+    out[i] = x[i + shift], bilinear, 0 outside, exactly as ImageDataGenerator does it
+    (scipy.ndimage.affine_transform, order=1, mode='constant', cval=0)."""
+    n, size = x.shape[0], x.shape[axis]
+    base = np.floor(shift).astype(np.int64)
+    frac = (shift - base).astype(np.float32)
+    pos = np.arange(size)[None, :] + base[:, None]  # (n, size) source index, low side
+    # scipy's 'constant' mode: a sample point outside [0, size-1] is cval, not a blend
+    sample = pos + frac[:, None]
+    inside = (sample >= 0) & (sample <= size - 1)
+    out = np.zeros_like(x)
+    for off, w in ((0, 1.0 - frac), (1, frac)):
+        src = pos + off
+        valid = inside & (src >= 0) & (src < size)
+        srcc = np.clip(src, 0, size - 1)
+        if axis == 1:
+            g = x[np.arange(n)[:, None], srcc]  # (n, size, W, C)
+            m = (valid * w[:, None])[:, :, None, None]
+        else:
+            g = x[np.arange(n)[:, None], :, srcc]  # (n, size, H, C) -> move axes back
+            g = g.transpose(0, 2, 1, 3)
+            m = (valid * w[:, None])[:, None, :, None]
+        out += g * m.astype(np.float32)
+    return out
+
+
+def augment_blog(x: np.ndarray, rng: np.random.Generator, max_shift: float = 0.125) -> np.ndarray:
+    """The blog's ImageDataGenerator: continuous shifts of up to 12.5% of the size (4 px
+    at 32) in each axis, bilinear, zero fill (in normalised space), plus random
+    horizontal flips."""
+    n, h, w, _ = x.shape
+    dy = rng.uniform(-max_shift, max_shift, n) * h
+    dx = rng.uniform(-max_shift, max_shift, n) * w
+    flip = rng.random(n) < 0.5
+    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    return _shift_axis(_shift_axis(x, dy, 1), dx, 2)
+
+
+def crop_pad(h: int, w: int) -> int:
+    """The papers' padding, scaled with the image: 4 px at 32x32 (an eighth of the size)."""
+    return max(1, round(min(h, w) / 8))
+
+
+def augment_crop(x: np.ndarray, rng: np.random.Generator, pad: int | None = None) -> np.ndarray:
+    """The papers' augmentation: zero-pad 4 px (at 32x32; `crop_pad`), random crop back
+    to the size, random flip."""
+    n, h, w, c = x.shape
+    pad = crop_pad(h, w) if pad is None else pad
+    padded = np.zeros((n, h + 2 * pad, w + 2 * pad, c), x.dtype)
+    padded[:, pad:pad + h, pad:pad + w] = x
+    oy = rng.integers(0, 2 * pad + 1, n)
+    ox = rng.integers(0, 2 * pad + 1, n)
+    rows = (oy[:, None] + np.arange(h)[None, :])[:, :, None]
+    cols = (ox[:, None] + np.arange(w)[None, :])[:, None, :]
+    out = padded[np.arange(n)[:, None, None], rows, cols]
+    flip = rng.random(n) < 0.5
+    return np.where(flip[:, None, None, None], out[:, :, ::-1], out)
+
+
+AUGMENTATIONS = {"blog": augment_blog, "crop": augment_crop, "none": None}
+
+
+def mix(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, mixup: float = 0.0,
+        cutmix: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) on one batch of images and
+    one-hot labels, with the batch itself in a random order as the partner.
+
+    One weight lam ~ Beta(alpha, alpha) per batch. Mixup blends the images,
+    lam·x + (1 − lam)·x[perm]; CutMix pastes a box of area about (1 − lam) of the image
+    from x[perm] (its centre uniform, the box clipped at the border), and the labels take
+    the box's exact share. With both on, each batch takes one of the two, at even odds
+    (timm's rule). Labels are mixed with the same weights, so each row still sums to 1.
+    Keras' MixUp and CutMix layers are not used: their randomness comes from a seed
+    generator's state, and this pipeline's must be a pure function of (seed, epoch,
+    batch) so that a resumed job sees the same batches.
+    """
+    if not (mixup or cutmix):
+        return x, y
+    use_cutmix = bool(cutmix) and (not mixup or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    perm = rng.permutation(len(x))
+    if not use_cutmix:
+        return (lam * x + (1 - lam) * x[perm]).astype(x.dtype, copy=False), \
+            (lam * y + (1 - lam) * y[perm]).astype(y.dtype, copy=False)
+    h, w = x.shape[1:3]
+    cut = np.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, h)
+    x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, w)
+    out = x.copy()
+    out[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
+    kept = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)  # the labels' weight: the exact share
+    return out, (kept * y + (1 - kept) * y[perm]).astype(y.dtype, copy=False)

@@ -1,0 +1,469 @@
+"""Where images come from: the CIFAR pickles, the other `keras.datasets` image sets, an
+`.npz` of arrays, or a folder of image files (one subfolder per class), each read into
+uint8 arrays (N, H, W, C) and integer labels.
+
+A dataset given by path is identified by its content (`content_hash`): moving the files
+keeps the identity, changing one image changes it. Its shape and classes can be read
+without loading it (`describe`), so `ablation list` counts exactly for its input.
+Every mistake in the data is one line naming the file, the key or the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ablation.errors import AblationError
+
+# Per-channel train-set statistics on 0..255 pixels, as the blog normalised them.
+CIFAR10_MEAN = (125.307, 122.95, 113.865)
+CIFAR10_STD = (62.9932, 62.0887, 66.7048)
+
+_LAYOUT = {
+    "cifar10": {
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "label_key": "labels",
+        "classes": 10,
+        "keras": "cifar10",
+    },
+    "cifar100": {
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "label_key": "fine_labels",
+        "classes": 100,
+        "keras": "cifar100",
+    },
+}
+CIFAR = tuple(_LAYOUT)
+# the other keras.datasets image sets: shape, classes (downloaded once by Keras)
+KERAS = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10)}
+NAMED = (*CIFAR, *KERAS)
+PUBLISHED = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD)}  # statistics a dataset keeps as published
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif",
+                  ".tiff")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset, resolved: `kind` is cifar, keras, npz or folder; `path` the file or
+    folder given (None for the named datasets)."""
+
+    kind: str
+    name: str
+    path: Path | None = None
+
+    @property
+    def by_path(self) -> bool:
+        return self.kind in ("npz", "folder")
+
+
+def is_path(dataset: str) -> bool:
+    """Whether a `dataset` value names a file or folder rather than a known dataset."""
+    return dataset not in NAMED and not dataset.startswith("tfds:")
+
+
+def resolve(dataset: str, base: Path | None = None) -> Source:
+    """The source a `dataset` value names; a relative path is read from `base` (a
+    study's folder) or the working folder."""
+    if dataset in CIFAR:
+        return Source("cifar", dataset)
+    if dataset in KERAS:
+        return Source("keras", dataset)
+    if dataset.startswith("tfds:"):
+        raise AblationError(f"dataset {dataset!r}: tensorflow-datasets sources are not "
+                            "supported; export the data to an .npz (x_train, y_train, "
+                            "x_test, y_test) or a folder of images")
+    path = Path(dataset).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    path = path.resolve()
+    if path.is_dir():
+        return Source("folder", dataset, path)
+    if path.is_file() and path.suffix == ".npz":
+        return Source("npz", dataset, path)
+    if path.is_file():
+        raise AblationError(f"dataset {dataset!r}: a file must be an .npz of x_train, "
+                            "y_train, x_test, y_test")
+    raise AblationError(f"dataset {dataset!r} is not one of {', '.join(NAMED)}, nor an .npz "
+                        f"file or a folder of images ({path} does not exist)")
+
+
+# --- CIFAR pickles -----------------------------------------------------------------------
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR format holds: numpy arrays, lists, str/bytes.
+
+    A pickle can run arbitrary code on load; these files come from the internet.
+    """
+
+    _ALLOWED: frozenset[tuple[str, str]] = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module.startswith("numpy.core"):
+            module = module.replace("numpy.core", "numpy._core", 1)
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _SafeUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated, corrupt or hostile
+        raise AblationError(f"damaged data file {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise AblationError(f"damaged data file {path}: not a CIFAR batch")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def read_split(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for fname in files:
+        d = _read_pickle(folder / fname)
+        try:
+            x = np.asarray(d["data"], dtype=np.uint8)
+            y = np.asarray(d[label_key], dtype=np.int64)
+        except KeyError as e:
+            raise AblationError(f"damaged data file {folder / fname}: no {e} entry") from None
+        if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+            raise AblationError(f"damaged data file {folder / fname}: shape {x.shape}")
+        xs.append(x)
+        ys.append(y)
+    x = np.concatenate(xs).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), np.concatenate(ys)
+
+
+def resolve_data_dir(dataset: str, data_dir: str | os.PathLike | None) -> Path | None:
+    """The folder holding a CIFAR dataset's batch files, or None to use keras.datasets'
+    download (None too for any other dataset: it needs no data dir).
+
+    Accepts the parent of `cifar-10-batches-py` or that folder itself; falls back to
+    the ABLATION_DATA_DIR environment variable.
+    """
+    if dataset not in _LAYOUT:
+        return None
+    data_dir = data_dir or os.environ.get("ABLATION_DATA_DIR")
+    if not data_dir:
+        return None
+    layout = _LAYOUT[dataset]
+    root = Path(data_dir).expanduser()
+    for cand in (root / layout["folder"], root):
+        if (cand / layout["test"][0]).is_file():
+            return cand
+    hint = ("download it with keras.datasets (omit --data-dir) or extract the "
+            f"official archive so that {root / layout['folder']} exists")
+    if not root.exists():
+        raise AblationError(f"data dir {root} does not exist; {hint}")
+    raise AblationError(f"no {layout['folder']} found in {root}; {hint}")
+
+
+def _keras_download(dataset: str) -> Path:
+    """Let keras.datasets fetch and cache the archive, then read it with our loader."""
+    import keras
+
+    try:
+        getattr(keras.datasets, _LAYOUT[dataset]["keras"]).load_data()
+    except Exception as e:
+        raise AblationError(
+            f"could not download {dataset} through keras.datasets ({e}); pass --data-dir "
+            "or set ABLATION_DATA_DIR to a folder holding the extracted dataset"
+        ) from None
+    base = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    found = resolve_data_dir(dataset, base) if base.exists() else None
+    if found is None:
+        for cand in base.glob(f"**/{_LAYOUT[dataset]['folder']}"):
+            return cand
+        raise AblationError(f"keras.datasets downloaded {dataset} but it is not under {base}")
+    return found
+
+
+def check(dataset: str, folder: Path) -> None:
+    """Read a CIFAR test split once, so missing or damaged data stops `ablation run`
+    before any job is queued rather than failing every job the same way."""
+    layout = _LAYOUT[dataset]
+    try:
+        read_split(Path(folder), layout["test"], layout["label_key"])
+        missing = [f for f in layout["train"] if not (Path(folder) / f).is_file()]
+    except FileNotFoundError as e:
+        missing = [Path(e.filename).name]
+    if missing:
+        raise AblationError(f"incomplete dataset in {folder}: missing {', '.join(missing)}; "
+                            "re-extract the official archive there")
+
+
+def read_cifar(dataset: str, data_dir) -> tuple[np.ndarray, ...]:
+    layout = _LAYOUT[dataset]
+    folder = resolve_data_dir(dataset, data_dir) or _keras_download(dataset)
+    try:
+        x_tr, y_tr = read_split(folder, layout["train"], layout["label_key"])
+        x_te, y_te = read_split(folder, layout["test"], layout["label_key"])
+    except FileNotFoundError as e:
+        raise AblationError(f"incomplete dataset in {folder}: missing {Path(e.filename).name}; "
+                            "re-extract the official archive there") from None
+    return x_tr, y_tr, x_te, y_te, str(folder)
+
+
+def read_keras(dataset: str) -> tuple[np.ndarray, ...]:
+    """mnist, fashion_mnist: through keras.datasets (downloaded once, then cached)."""
+    import keras
+
+    try:
+        (x_tr, y_tr), (x_te, y_te) = getattr(keras.datasets, dataset).load_data()
+    except Exception as e:
+        raise AblationError(f"could not load {dataset} through keras.datasets "
+                            f"({str(e).splitlines()[0][:200]}); it downloads once, so the "
+                            "first run needs a network") from None
+    return (*_arrays(x_tr, y_tr, x_te, y_te, f"keras.datasets.{dataset}"),
+            f"keras.datasets.{dataset}")
+
+
+# --- arrays: an .npz ---------------------------------------------------------------------
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _arrays(x_tr, y_tr, x_te, y_te, where: str, classes: int | None = None
+            ) -> tuple[np.ndarray, ...]:
+    """Check and shape image arrays: uint8 (N, H, W) or (N, H, W, C), integer labels of
+    the same length, labels in range; greyscale gains its channel axis."""
+    out = []
+    for key, x, y in (("x_train", x_tr, y_tr), ("x_test", x_te, y_te)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype != np.uint8:
+            raise AblationError(f"{where}: {key} must be uint8 images (0..255), got {x.dtype}")
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or not all(x.shape[1:]):
+            raise AblationError(f"{where}: {key} must be N x H x W (x C) images, got shape "
+                                f"{x.shape}")
+        ykey = "y" + key[1:]
+        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise AblationError(f"{where}: {ykey} must be integer labels, one per image, got "
+                                f"{y.dtype} of shape {y.shape}")
+        if len(x) != len(y):
+            raise AblationError(f"{where}: {key} has {len(x)} images but {ykey} "
+                                f"{len(y)} labels")
+        if not len(x):
+            raise AblationError(f"{where}: {key} holds no images")
+        out += [np.ascontiguousarray(x), y.astype(np.int64)]
+    if out[0].shape[1:] != out[2].shape[1:]:
+        raise AblationError(f"{where}: train images are {out[0].shape[1:]}, test images "
+                            f"{out[2].shape[1:]} (H, W, C): they must agree")
+    k = classes or int(max(out[1].max(), out[3].max())) + 1
+    for key, y in (("y_train", out[1]), ("y_test", out[3])):
+        bad = y[(y < 0) | (y >= k)]
+        if len(bad):
+            raise AblationError(f"{where}: {key} holds label {int(bad[0])}, outside 0..{k - 1}"
+                                + (f" ({k} class names)" if classes else ""))
+    return tuple(out)
+
+
+def _npz_header(zf: zipfile.ZipFile, key: str, where: str) -> tuple[tuple, np.dtype]:
+    try:
+        with zf.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(f))
+    except KeyError:
+        raise AblationError(f"{where}: no {key} array (it needs {', '.join(NPZ_KEYS)})") \
+            from None
+    return shape, dtype
+
+
+def read_npz(path: Path, content: bytes | None = None) -> tuple[np.ndarray, ...]:
+    """x_train, y_train, x_test, y_test and class names (optional `class_names`) from an
+    .npz, without pickles."""
+    where = str(path)
+    try:
+        with np.load(io.BytesIO(content) if content is not None else path,
+                     allow_pickle=False) as z:
+            missing = [k for k in NPZ_KEYS if k not in z.files]
+            if missing:
+                raise AblationError(f"{where}: no {missing[0]} array (it needs "
+                                    f"{', '.join(NPZ_KEYS)})")
+            names = [str(n) for n in z["class_names"]] if "class_names" in z.files else []
+            arrays = _arrays(*(z[k] for k in NPZ_KEYS), where, len(names) or None)
+    except AblationError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise AblationError(f"{where}: not a readable .npz ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    return (*arrays, names)
+
+
+# --- a folder of images ------------------------------------------------------------------
+
+
+def _class_folders(root: Path, split: str) -> dict[str, list[Path]]:
+    folder = root / split
+    classes = {}
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in d.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise AblationError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        classes[d.name] = files
+    return classes
+
+
+def folder_layout(root: Path) -> tuple[list[str], dict[str, dict[str, list[Path]]]]:
+    """Class names (train/'s subfolders, sorted) and the image files of each split."""
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise AblationError(f"{root} has no {split}/ folder: a folder dataset holds "
+                                "train/ and test/, each with one subfolder of images per class")
+    splits = {s: _class_folders(root, s) for s in ("train", "test")}
+    names = list(splits["train"])
+    if not names:
+        raise AblationError(f"{root / 'train'} has no class folders")
+    stray = [c for c in splits["test"] if c not in splits["train"]]
+    if stray:
+        raise AblationError(f"{root / 'test'} has class {stray[0]!r}, which train/ lacks")
+    return names, splits
+
+
+def _open(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.size  # noqa: B018  (reads the header now, so a bad file fails here)
+        return img
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise AblationError(f"cannot read image {path}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120] if str(e) else ''}") from None
+
+
+def _folder_shape(root: Path, splits: dict, image_size) -> tuple[int, int, int]:
+    sizes, grey = set(), True
+    for files in (f for cls in splits.values() for f in cls.values()):
+        for p in files:
+            img = _open(p)
+            sizes.add(img.size)
+            grey = grey and img.mode in ("L", "1", "I;16", "I", "F")
+    if image_size is None and len(sizes) > 1:
+        (w1, h1), (w2, h2) = sorted(sizes)[:2]
+        raise AblationError(f"the images of {root} differ in size ({h1}x{w1} and {h2}x{w2}, "
+                            "H x W): set image_size to resize them all")
+    h, w = (image_size if image_size is not None else next(iter(sizes))[::-1])
+    return h, w, 1 if grey else 3
+
+
+def read_folder(root: Path, image_size: tuple[int, int] | None) -> tuple[np.ndarray, ...]:
+    """Decode every image (resized to `image_size` (H, W) when given; greyscale when
+    every image is, else RGB), labels by class folder."""
+    from PIL import Image
+
+    names, splits = folder_layout(root)
+    h, w, c = _folder_shape(root, splits, image_size)
+    mode = "L" if c == 1 else "RGB"
+    out = []
+    for split in ("train", "test"):
+        files = [(names.index(cls), p) for cls, ps in splits[split].items() for p in ps]
+        x = np.empty((len(files), h, w, c), np.uint8)
+        for i, (_, p) in enumerate(files):
+            img = _open(p)
+            try:
+                img = img.convert(mode)
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.BILINEAR)
+                x[i] = np.asarray(img, np.uint8).reshape(h, w, c)
+            except (OSError, ValueError) as e:
+                raise AblationError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
+        out += [x, np.array([k for k, _ in files], np.int64)]
+    return (*out, names)
+
+
+# --- what a dataset is, without loading it -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A dataset's input shape (H, W, C), classes and sizes, read from headers."""
+
+    input_shape: tuple[int, int, int]
+    classes: int
+    class_names: tuple[str, ...] = ()
+    train: int | None = None
+    test: int | None = None
+
+    @property
+    def bytes(self) -> int | None:
+        """The uint8 images' size in memory (train and test)."""
+        if self.train is None or self.test is None:
+            return None
+        h, w, c = self.input_shape
+        return (self.train + self.test) * h * w * c
+
+
+def describe(source: Source, image_size: tuple[int, int] | None = None) -> Shape:
+    """The shape, classes and sizes of a source, cheaply (headers, labels, folder names)."""
+    if source.kind == "cifar":
+        n = _LAYOUT[source.name]["classes"]
+        return Shape((32, 32, 3), n, (), 50_000, 10_000)
+    if source.kind == "keras":
+        shape, n = KERAS[source.name]
+        return Shape(shape, n, (), 60_000, 10_000)
+    if source.kind == "npz":
+        where = str(source.path)
+        try:
+            with zipfile.ZipFile(source.path) as zf:
+                heads = {k: _npz_header(zf, k, where) for k in NPZ_KEYS}
+        except zipfile.BadZipFile as e:
+            raise AblationError(f"{where}: not a readable .npz ({e})") from None
+        with np.load(source.path, allow_pickle=False) as z:
+            names = tuple(str(n) for n in z["class_names"]) if "class_names" in z.files else ()
+            labels = [z["y_train"], z["y_test"]]
+        (shape, dtype) = heads["x_train"]
+        if dtype != np.uint8 or len(shape) not in (3, 4):
+            raise AblationError(f"{where}: x_train must be uint8 images N x H x W (x C), got "
+                                f"{dtype} of shape {shape}")
+        hwc = (*shape[1:3], shape[3] if len(shape) == 4 else 1)
+        if image_size is not None:
+            raise AblationError(f"{where}: image_size resizes the images of a folder; "
+                                "resize an .npz's arrays yourself")
+        k = len(names) or int(max(int(np.max(y)) if len(y) else 0 for y in labels)) + 1
+        return Shape(hwc, k, names, shape[0], heads["x_test"][0][0])
+    names, splits = folder_layout(source.path)
+    return Shape(_folder_shape(source.path, splits, image_size), len(names), tuple(names),
+                 sum(len(f) for f in splits["train"].values()),
+                 sum(len(f) for f in splits["test"].values()))
+
+
+def content_hash(source: Source) -> str:
+    """sha256 of what a path dataset holds: the .npz's bytes; for a folder, every image
+    file's path under the folder (class and split included) and bytes. Moving the files
+    keeps it; changing one image changes it."""
+    if source.kind == "npz":
+        return hashlib.sha256(source.path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    _, splits = folder_layout(source.path)
+    for split, classes in splits.items():
+        for cls, files in classes.items():
+            for p in files:
+                h.update(f"{split}/{cls}/{p.name}\0".encode())
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()

@@ -1,0 +1,117 @@
+"""The batches training sees: a finite, resumable stream of augmented (and mixed)
+training batches, and the evaluation splits as Keras datasets."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ablation.data.augment import AUGMENTATIONS, mix, normalise
+from ablation.errors import AblationError
+
+if TYPE_CHECKING:
+    from ablation.data import Dataset
+
+
+class TrainStream:
+    """Finite, resumable stream of augmented training batches, epochs start..epochs-1.
+
+    Epoch e uses permutation rng(seed, e) and batch b of it augmentation rng(seed, e, b),
+    so starting at `start_epoch` reproduces an uninterrupted run exactly. Batches are
+    prepared on `threads` threads (numpy releases the GIL), two per thread ahead; the
+    executor sizes `threads` to the host's cores and the jobs sharing them.
+
+    The stream is finite on purpose: TensorFlow's `from_generator` can hang when an
+    iterator over a generator is destroyed mid-sequence, so the generator must be
+    exhausted by the end of `fit`; `stop()` ends it early (NaN loss).
+
+    As in the blog (steps = N // batch + 1), an epoch is ceil(N / batch) batches, the
+    last one smaller.
+    """
+
+    def __init__(self, ds: Dataset, batch_size: int, seed: int, augment: str = "blog",
+                 start_epoch: int = 0, epochs: int = 1, threads: int = 2,
+                 dtype: str = "float32", mixup: float = 0.0, cutmix: float = 0.0):
+        if augment not in AUGMENTATIONS:
+            raise AblationError(f"unknown augmentation {augment!r}; choose blog or crop")
+        self.mixup, self.cutmix = mixup, cutmix
+        self.ds, self.batch_size, self.seed = ds, batch_size, seed
+        self.augment = AUGMENTATIONS[augment]
+        self.start_epoch, self.epochs = start_epoch, epochs
+        self.threads = max(1, int(threads))
+        self.prefetch = 2 * self.threads
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
+        self.dtype = dtype
+        self.steps_per_epoch = -(-len(ds.y_train) // batch_size)
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation, computed once per epoch (threads may race to make
+        it: each makes the same one)."""
+        cached = self._order
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(
+                len(self.ds.y_train)))
+            self._order = cached
+        return cached[1]
+
+    def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        order = self.order(epoch)
+        idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+        x = normalise(self.ds.x_train[idx], self.ds.mean, self.ds.std)
+        if self.augment is not None:
+            x = self.augment(x, np.random.default_rng([self.seed, epoch, step]))
+        y = one_hot(self.ds.y_train[idx], self.ds.num_classes)
+        if self.mixup or self.cutmix:  # its own stream: the augmentation's is unchanged
+            x, y = mix(x, y, np.random.default_rng([self.seed, epoch, step, 1]), self.mixup,
+                       self.cutmix)
+        return x.astype(self.dtype, copy=False), y
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        keys = ((e, s) for e in range(self.start_epoch, self.epochs)
+                for s in range(self.steps_per_epoch))
+        pool = ThreadPoolExecutor(self.threads)
+        pending: deque = deque()
+        try:
+            for key in keys:
+                pending.append(pool.submit(self.batch, *key))
+                if len(pending) > self.prefetch:
+                    yield pending.popleft().result()
+                if self._stopped:
+                    return
+            while pending and not self._stopped:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
+    out = np.zeros((len(y), num_classes), np.float32)
+    out[np.arange(len(y)), y] = 1.0
+    return out
+
+
+def test_batches(ds: Dataset, batch_size: int, dtype: str = "float32", split: str = "test"):
+    """A whole split (the test set; "validation": the held-out images) as a keras
+    PyDataset: normalised on the fly, no randomness."""
+    import keras
+
+    x_all, y_all = (ds.x_val, ds.y_val) if split == "validation" else (ds.x_test, ds.y_test)
+
+    class _Batches(keras.utils.PyDataset):
+        def __len__(self) -> int:
+            return -(-len(y_all) // batch_size)
+
+        def __getitem__(self, i: int):
+            sl = slice(i * batch_size, (i + 1) * batch_size)
+            x = normalise(x_all[sl], ds.mean, ds.std).astype(dtype, copy=False)
+            return x, one_hot(y_all[sl], ds.num_classes)
+
+    return _Batches()

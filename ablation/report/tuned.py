@@ -1,0 +1,190 @@
+"""The report's tuned comparisons (a study with `[tune]`): per tuning group, each
+variant's chosen setting (replayed from the tuning runs by `ablation.phases.choose`, as
+the runner chose it), the tuning figure, where the choice sits at the edge of what was
+tried, whether the ranking holds across settings, and the verdicts of the comparison
+phase on the test set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ablation import phases, results, tune
+from ablation import study as studies
+from ablation.recipe import Recipe
+from ablation.report import figures, markdown, stats
+from ablation.report.load import Run
+
+
+def groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs of each tuning group (both phases), by group id."""
+    out: dict[str, list[Run]] = {}
+    for r in runs:
+        g = (r.summary.get("tuning") or {}).get("group")
+        if r.summary.get("phase") in tune.PHASES and g:
+            out.setdefault(g, []).append(r)
+    return out
+
+
+def rerun_recipe(study: studies.Study, summary: dict) -> dict:
+    """The recipe a command that reruns a tuned run's study should name: the run's, its
+    tuned fields back at the base's values and its validation split back at the study
+    recipe's when [tune] set it, since the phases derive both again."""
+    recipe = {**summary["recipe"], **summary["tuning"]["base"]}
+    if study.tune is not None and study.tune.validation is not None:
+        recipe["validation"] = study.recipe().validation
+    return recipe
+
+
+def _base(rs: list[Run]) -> Recipe:
+    """The group's base recipe: any of its runs' recipe, the tuned fields set back to the
+    base's values (recorded with every run of the group)."""
+    rec = rs[0].summary["tuning"]
+    return Recipe.from_dict({**rs[0].summary["recipe"], **rec["base"]})
+
+
+def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
+            results_dir: Path, margin: float | None, block, also: tuple[str, ...] = (),
+            latex: bool = False) -> tuple[list[str], list[dict]]:
+    """The markdown of every tuning group, and its comparisons.csv rows. `block` is the
+    report's comparison block (the same tables, figures and verdicts as any recipe's)."""
+    t = study.tune
+    lines: list[str] = []
+    rows: list[dict] = []
+    designs = results.read_designs(Path(results_dir))
+    for gid, rs in sorted(groups(runs).items()):
+        if t is None or set(rs[0].summary["tuning"]["fields"]) != set(t.fields):
+            lines += [f"## Tuning group `{gid}`: tuned {rs[0].summary['tuning']['fields']}, "
+                      "which the study's [tune] no longer names; left out", ""]
+            continue
+        base = _base(rs)
+        variants = sorted({r.variant for r in rs}, key=list(study.variant_names).index)
+        choices = phases.choose(rs, study, t, base, variants)
+        held = rs[0].summary["recipe"].get("validation")
+        lines += [f"## Tuned comparisons (group `{gid}`)", "",
+                  f"- **Tuned**: {', '.join(t.fields)}, for each variant, on {held:,} "
+                  f"held-out validation images; {len(t.candidates())} setting(s) x {t.seeds} "
+                  "tuning seed(s); chosen by final validation accuracy (mean over the tuning "
+                  "seeds), a tie to the setting nearest the base recipe's ("
+                  + ", ".join(f"{k} {v}" for k, v in rs[0].summary["tuning"]["base"].items())
+                  + "). The test set is never read to choose.",
+                  f"- **Base recipe**: {base.describe()}",
+                  "- **The verdicts below** are best against best on this grid: each variant "
+                  "at its own chosen setting, over the comparison seeds (after the tuning "
+                  "seeds), judged on the test set (docs/statistics.md).", ""]
+        fig_dir = out_dir / f"tuned-{gid}"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        scores = phases.scores(rs, gid, t.fields)
+        means = {v: {k: sum(a) / len(a) for k, a in scores[v][0].items() if a}
+                 for v in variants if v in scores}
+        settings = {k: s for v in scores for k, s in scores[v][1].items()}
+        lines += _choices_table(choices, scores)
+        figures.plot_tuning(fig_dir / "tuning.png", means, settings, t, col, also)
+        lines += [f"![tuning: validation accuracy against {', '.join(t.fields)}]"
+                  f"(tuned-{gid}/tuning.png)", ""]
+        lines += _robustness(means, settings, variants)
+        compare, judged = _judge(study, gid, rs, choices, designs, margin)
+        if not compare:
+            cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all"])
+            lines += [f"**Comparison phase pending**: no run at the chosen settings yet; "
+                      f"`{cmd}` runs it.", ""]
+            continue
+        lines += [*markdown.verdict_header(judged, stats.resolution(compare)), ""]
+        chosen = {v: tune.key(c.setting) for v, c in choices.items() if c is not None}
+        for n, cmp in enumerate(study.comparisons, 1):
+            lines += block(study, cmp, n, compare, fig_dir, f"tuned-{gid}", col, results_dir,
+                           judged, results.TEST, also, latex)
+            rows += tuned_rows(cmp.key, gid, judged.pairs[cmp.key], judged, chosen)
+    return lines, rows
+
+
+def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs: dict,
+           margin: float | None) -> tuple[list[Run], stats.Verdicts | None]:
+    """A tuning group's comparison runs at the chosen settings, and their verdicts (the
+    group's recorded --until-decided design replayed, if any)."""
+    t = study.tune
+    compare = [r for r in rs if r.summary.get("phase") == "compare"
+               and choices.get(r.variant) is not None
+               and tune.setting_of(r.summary["recipe"], t.fields)
+               == choices[r.variant].setting]
+    if not compare:
+        return [], None
+    design = designs.get(results.design_key(study.name, f"tuned-{gid}"))
+    settings = study.analysis.replace(margin=margin)
+    if design and margin is None:
+        settings = settings.replace(margin=design.get("margin"))
+    # the comparison seeds count from 0 for the verdicts (they follow the tuning seeds)
+    return compare, stats.verdicts(study, compare, settings, design, first_seed=t.seeds)
+
+
+def verdict_groups(study: studies.Study, runs: list[Run], results_dir: Path,
+                   margin: float | None = None):
+    """Per tuning group the study's [tune] still names: (group id, its comparison runs,
+    their verdicts, each variant's chosen setting as JSON). What `section` reports, for
+    other readers of the verdicts (an export)."""
+    designs = results.read_designs(Path(results_dir))
+    for gid, rs in sorted(groups(runs).items()):
+        t = study.tune
+        if t is None or set(rs[0].summary["tuning"]["fields"]) != set(t.fields):
+            continue
+        variants = sorted({r.variant for r in rs}, key=list(study.variant_names).index)
+        choices = phases.choose(rs, study, t, _base(rs), variants)
+        compare, judged = _judge(study, gid, rs, choices, designs, margin)
+        if compare:
+            yield gid, compare, judged, {v: tune.key(c.setting) for v, c in choices.items()
+                                         if c is not None}
+
+
+def tuned_rows(key: str, gid: str, pairs, judged: stats.Verdicts, chosen: dict) -> list[dict]:
+    """comparisons.csv rows of a tuned comparison: each variant's chosen setting beside."""
+    return [{**row, "tuned": True, "a_setting": chosen.get(row["a"], ""),
+             "b_setting": chosen.get(row["b"], "")}
+            for row in markdown.verdict_rows(key, f"tuned-{gid}", pairs, judged)]
+
+
+def _choices_table(choices: dict[str, tune.Choice | None], scores) -> list[str]:
+    rows, notes = [], []
+    for v, c in choices.items():
+        failed = sum(1 for a in scores.get(v, ({}, {}))[0].values() if not a)
+        if c is None:
+            rows.append([v, "–", "–", "–", f"{failed} failed"])
+            continue
+        rows.append([v, tune._words(c.setting), f"{100 * c.accuracy:.2f}", str(c.seeds),
+                     (f"{c.tied} tie(s), nearest the base taken" if c.tied else "")
+                     + (f"; {failed} setting(s) failed or diverged" if failed else "")])
+        notes += [f"- **{v}** — {e}" for e in c.edges]
+    table = pd.DataFrame(rows, columns=["variant", "chosen setting",
+                                        "validation acc % (tuning mean)", "tuning seeds",
+                                        "notes"])
+    out = ["Each variant's own setting:", "", markdown.table(table), ""]
+    if notes:
+        out += ["**At the edge of what was tried** (the best may lie beyond it):", "",
+                *notes, ""]
+    return out
+
+
+def _robustness(means: dict[str, dict[str, float]], settings: dict[str, dict],
+                variants: list[str]) -> list[str]:
+    """At each setting tried, each variant's validation accuracy, the leader and its lead:
+    does the ranking hold across settings, or flip?"""
+    rows, leaders = [], set()
+    for k in sorted(settings, key=lambda k: [str(v) for v in settings[k].values()]):
+        accs = {v: means.get(v, {}).get(k) for v in variants}
+        have = {v: a for v, a in accs.items() if a is not None}
+        if len(have) < 2:
+            continue
+        ranked = sorted(have.items(), key=lambda kv: -kv[1])
+        lead = 100 * (ranked[0][1] - ranked[1][1])
+        leaders.add(ranked[0][0] if lead > 0 else "(tie)")
+        rows.append([tune._words(settings[k]),
+                     *("–" if a is None else f"{100 * a:.2f}" for a in accs.values()),
+                     ranked[0][0] if lead > 0 else "(tie)", f"{lead:.2f}"])
+    if not rows:
+        return []
+    table = pd.DataFrame(rows, columns=["setting", *(f"{v} val %" for v in variants),
+                                        "leads", "by (points)"])
+    holds = ("the same variant leads at every setting" if len(leaders) == 1 else
+             f"the lead changes hands across settings ({', '.join(sorted(leaders))})")
+    return ["Does the ranking hold across settings? Validation accuracy at each setting "
+            f"tried (mean over the tuning seeds): {holds}.", "", markdown.table(table), ""]

@@ -1,0 +1,259 @@
+"""Fair comparisons: each variant's nuisance hyperparameters tuned on a held-out
+validation split, then the variants compared at their own best settings.
+
+The deep-learning tuning playbook's rule for a scientific comparison: the nuisance
+hyperparameters (learning rate, weight decay, warm-up, ...) are tuned *for each value*
+of the scientific one (here, the variant), and the comparison is between the best of
+each. A study's `[tune]` table names the fields and their candidates:
+
+* a grid (`lr = [0.05, 0.1, 0.2]`), or ranges (`weight_decay = { low = 1e-5, high = 1e-3,
+  log = true }`) sampled at `samples` quasi-random points (a scrambled Sobol sequence from
+  `scipy.stats.qmc`, seeded by the study file, so the candidates are reproducible);
+* `seeds` tuning seeds per candidate, `validation` images held out of the training split.
+
+Two phases, through the same queue, executors and resume as any run:
+
+1. **tune**: every variant x candidate x tuning seed (seeds 0 .. seeds−1), each
+   recipe holding out the validation split;
+2. **compare**: every variant at *its* chosen setting, over the comparison's seeds,
+   which follow the tuning seeds (seeds .. seeds + N − 1), so no run that chose a
+   setting is judged again; verdicts on the test set as any comparison's.
+
+Selection is by final validation accuracy, the mean over the tuning seeds; a tie goes
+to the setting nearest the study's base recipe. The test set is never read to choose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ablation.errors import AblationError
+from ablation.recipe import VARIANT_FIELDS, Recipe, check_field
+
+TUNABLE = (*VARIANT_FIELDS, "batch_size")  # what [tune] may search: not the data, not epochs
+SETTINGS = ("samples", "seeds", "validation")  # [tune]'s own keys
+PHASES = ("tune", "compare")
+EDGE = 0.1  # a choice in the outer 10 % of a range (or at a grid's end) is at its edge
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One tuned field: a grid of values, or a range (low..high, log-scaled or not)."""
+
+    name: str
+    values: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    @property
+    def is_range(self) -> bool:
+        return self.low is not None
+
+    def at(self, u: float) -> Any:
+        """The value at quantile u of the axis (a range's point, a grid's value)."""
+        if not self.is_range:
+            return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
+        if self.log:
+            v = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        else:
+            v = self.low + u * (self.high - self.low)
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return round(v)
+        return float(f"{v:.6g}")  # six digits: readable in recipes, reports and run folders
+
+    def position(self, v: Any) -> float | None:
+        """Where a numeric value lies on the axis, 0 (low end) to 1 (high end)."""
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            return None
+        if self.is_range:
+            lo, hi, x = self.low, self.high, v
+        else:
+            nums = [x for x in self.values if isinstance(x, int | float)]
+            if len(set(nums)) < 3:  # two values have no inside: no edge to speak of
+                return None
+            lo, hi, x = min(nums), max(nums), v
+        if self.log and lo > 0 and x > 0:
+            lo, hi, x = math.log(lo), math.log(hi), math.log(x)
+        return 0.5 if hi == lo else (x - lo) / (hi - lo)
+
+
+@dataclass(frozen=True)
+class Tune:
+    """A study's `[tune]` table, checked."""
+
+    axes: tuple[Axis, ...]
+    samples: int
+    seeds: int
+    validation: int | None  # None: the recipe's own `validation` (a study's, a flag's)
+    seed: int  # of the quasi-random sampler: from the study's name and its [tune] table
+
+    @property
+    def fields(self) -> list[str]:
+        return [a.name for a in self.axes]
+
+    def candidates(self) -> list[dict]:
+        """The settings to try: the grid's product, or `samples` scrambled-Sobol points
+        over the axes when any is a range (a grid axis then takes the point's quantile)."""
+        if not any(a.is_range for a in self.axes):
+            return [dict(zip(self.fields, combo, strict=True))
+                    for combo in itertools.product(*(a.values for a in self.axes))]
+        from scipy.stats import qmc
+
+        points = qmc.Sobol(d=len(self.axes), scramble=True, seed=self.seed).random(
+            self.samples)
+        out: list[dict] = []
+        for p in points:
+            c = {a.name: a.at(float(u)) for a, u in zip(self.axes, p, strict=True)}
+            if c not in out:
+                out.append(c)
+        return out
+
+    def recipe(self, base: Recipe, setting: dict) -> Recipe:
+        """A candidate's recipe: the base with the validation split and the setting."""
+        held = self.validation or base.validation
+        if not held:
+            raise AblationError("[tune] needs validation = N (or the recipe's validation): "
+                                "the images held out to choose on; the test set is never "
+                                "read to choose")
+        try:
+            return base.replace(validation=held, **setting)
+        except AblationError as e:
+            raise AblationError(f"[tune] the candidate {_words(setting)}: {e}") from None
+
+
+def parse(table: dict, base: Recipe, study: str) -> Tune | None:
+    """`[tune]` of a study file as a Tune (None when the table is empty). Every mistake is
+    one line naming the key; every candidate's recipe is checked whole."""
+    if not table:
+        return None
+    def bad(msg: str) -> AblationError:
+        return AblationError(f"[tune] {msg}")
+
+    settings = {k: table[k] for k in SETTINGS if k in table}
+    for k, v in settings.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad(f"{k} must be a positive integer, got {v!r}")
+    axes = []
+    for name, spec in table.items():
+        if name in SETTINGS:
+            continue
+        if name not in TUNABLE:
+            raise bad(f"cannot tune {name!r} (tunable: {', '.join(sorted(TUNABLE))})")
+        axes.append(_axis(name, spec, bad))
+    if not axes:
+        raise bad("names no field to tune (e.g. lr = [0.05, 0.1, 0.2])")
+    digest = hashlib.sha256(json.dumps([study, table], sort_keys=True, default=str).encode())
+    tune = Tune(tuple(axes), settings.get("samples", 8), settings.get("seeds", 1),
+                settings.get("validation"), int(digest.hexdigest()[:8], 16))
+    for c in tune.candidates():
+        tune.recipe(base, c)  # every candidate's recipe is a valid recipe
+    return tune
+
+
+def _axis(name: str, spec: Any, bad) -> Axis:
+    if isinstance(spec, list):
+        if not spec:
+            raise bad(f"{name} needs at least one candidate")
+        for v in spec:
+            _value(name, v, bad)
+        if len(set(map(json.dumps, spec))) != len(spec):
+            raise bad(f"{name} lists a candidate twice")
+        return Axis(name, values=tuple(spec))
+    if isinstance(spec, dict):
+        extra = sorted(set(spec) - {"low", "high", "log"})
+        if extra or "low" not in spec or "high" not in spec:
+            raise bad(f"{name}: a range is {{ low = X, high = Y, log = true|false }}")
+        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        for v in (low, high):
+            _value(name, v, bad)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise bad(f"{name}: a range's ends must be numbers")
+        if not isinstance(log, bool):
+            raise bad(f"{name}: log must be true or false")
+        if not low < high:
+            raise bad(f"{name}: low must be below high, got {low} and {high}")
+        if log and low <= 0:
+            raise bad(f"{name}: a log range needs a positive low, got {low}")
+        return Axis(name, low=low, high=high, log=log)
+    raise bad(f"{name} must be a list of candidates or a range {{ low, high, log }}")
+
+
+def _value(name: str, v: Any, bad) -> None:
+    try:
+        check_field(name, v)
+    except AblationError as e:
+        raise bad(f"{name} candidate {v!r}: {e}") from None
+
+
+def _words(setting: dict) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in setting.items())
+
+
+def key(setting: dict) -> str:
+    """A setting as a stable text key (comparisons.csv, the report)."""
+    return json.dumps(setting, sort_keys=True)
+
+
+def setting_of(recipe: dict, fields: list[str]) -> dict:
+    """The tuned fields' values in a run's recipe."""
+    return {f: (list(recipe[f]) if isinstance(recipe[f], tuple) else recipe[f]) for f in fields}
+
+
+# --- selection ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A variant's chosen setting, and how it was chosen."""
+
+    setting: dict
+    accuracy: float  # mean final validation accuracy over the tuning seeds (fraction)
+    seeds: int
+    tied: int  # other candidates with the same accuracy (the tie went to the nearest)
+    edges: tuple[str, ...]  # warnings: a choice at the edge of its grid or range
+
+
+def distance(setting: dict, base: Recipe) -> float:
+    """How far a setting is from the base recipe: on a log scale for positive numbers,
+    plain for others, 1 for a different choice of a word."""
+    total = 0.0
+    for k, v in setting.items():
+        b = getattr(base, k)
+        if isinstance(v, int | float) and isinstance(b, int | float) and not isinstance(
+                v, bool):
+            total += abs(math.log(v / b)) if v > 0 and b > 0 else abs(v - b)
+        else:
+            total += float(v != b)
+    return total
+
+
+def select(scores: dict[str, list[float]], settings: dict[str, dict], tune: Tune,
+           base: Recipe) -> Choice | None:
+    """A variant's choice among its candidates (`scores`: setting key -> the final
+    validation accuracies of its finished tuning runs; a candidate without one, diverged
+    or failed, cannot be chosen). None when no candidate finished."""
+    means = {k: sum(v) / len(v) for k, v in scores.items() if v}
+    if not means:
+        return None
+    best = max(means.values())
+    tied = [k for k, m in means.items() if m == best]
+    chosen = min(tied, key=lambda k: (distance(settings[k], base), k))
+    setting = settings[chosen]
+    edges = []
+    for axis in tune.axes:
+        pos = axis.position(setting[axis.name])
+        if pos is None:
+            continue
+        v = setting[axis.name]
+        if pos <= EDGE:
+            edges.append(f"{axis.name}: best at the low edge ({v:g}): widen below {v:g}")
+        elif pos >= 1 - EDGE:
+            edges.append(f"{axis.name}: best at the high edge ({v:g}): widen above {v:g}")
+    return Choice(setting, best, len(scores[chosen]), len(tied) - 1, tuple(edges))

@@ -1,0 +1,184 @@
+"""Fair comparisons: [tune] candidates (a grid, quasi-random points over ranges), the
+choice (by validation, never test; a tie to the nearest setting), the edge warning, and
+both phases from one command on one-unit-per-stage nets: resumable, reported."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import hold_after, one_line_error, run_cli, run_dirs, start_cli, wait_for
+
+from ablation import phases, tune
+from ablation.errors import AblationError
+from ablation.protocol import HELD_MARKER
+from ablation.recipe import Recipe
+from ablation.report.load import Run
+
+BASE = Recipe(epochs=1, validation=40)
+
+
+def test_a_grid_is_its_product_and_ranges_are_reproducible_quasi_random_points():
+    t = tune.parse({"lr": [0.05, 0.1], "warmup_epochs": [0, 1]}, BASE.replace(epochs=3), "s")
+    assert t.candidates() == [{"lr": 0.05, "warmup_epochs": 0}, {"lr": 0.05, "warmup_epochs": 1},
+                              {"lr": 0.1, "warmup_epochs": 0}, {"lr": 0.1, "warmup_epochs": 1}]
+    table = {"lr": {"low": 0.01, "high": 1.0, "log": True},
+             "weight_decay": {"low": 1e-5, "high": 1e-3, "log": True}, "samples": 16}
+    a, b = (tune.parse(table, BASE, "s").candidates() for _ in range(2))
+    assert a == b and len(a) == 16  # the same study file: the same candidates
+    assert tune.parse(table, BASE, "other").candidates() != a  # seeded by the study
+    lrs = sorted(c["lr"] for c in a)
+    assert lrs[0] >= 0.01 and lrs[-1] <= 1.0
+    # a Sobol design on a log scale: every decade of lr gets its share of the 16 points
+    assert [sum(lo <= x < lo * 10 for x in lrs) for lo in (0.01, 0.1)] == [8, 8]
+    ints = tune.parse({"warmup_epochs": {"low": 0, "high": 4}, "samples": 8},
+                      BASE.replace(epochs=6), "s").candidates()
+    assert all(isinstance(c["warmup_epochs"], int) for c in ints)
+
+
+@pytest.mark.parametrize("table,says", [
+    ({"lr": [0.1]}, "needs validation = N"),
+    ({"epochs": [1, 2], "validation": 10}, "cannot tune 'epochs'"),
+    ({"lr": [], "validation": 10}, "lr needs at least one candidate"),
+    ({"lr": [0.1, -1], "validation": 10}, "lr candidate -1: must be a positive number"),
+    ({"lr": {"low": 0.1}, "validation": 10}, "a range is { low = X, high = Y"),
+    ({"weight_decay": {"low": 0, "high": 1e-3, "log": True}, "validation": 10},
+     "a log range needs a positive low"),
+    ({"lr": [0.1], "seeds": 0, "validation": 10}, "seeds must be a positive integer"),
+    ({"min_lr": [0.5], "validation": 10}, "the candidate min_lr 0.5: min-lr is where"),
+])
+def test_bad_tune_tables_are_one_line(table, says):
+    with pytest.raises(AblationError, match=r"^\[tune\] ") as e:
+        tune.parse(table, Recipe(), "s")
+    assert says in str(e.value)
+
+
+def _run(variant, setting, val, test, phase="tune", seed=0, status="done"):
+    rec = {**BASE.to_dict(), **setting}
+    return Run({"variant": variant, "seed": seed, "recipe": rec, "recipe_id": "x",
+                "status": status, "phase": phase, "final_validation_accuracy": val,
+                "final_val_accuracy": test, "epochs_done": 1,
+                "tuning": {"group": "g", "fields": ["lr"], "base": {"lr": 0.1}}},
+               None, Path("."))
+
+
+def test_the_choice_is_the_validation_argmax_never_the_test_set_and_ties_go_near():
+    t = tune.parse({"lr": [0.01, 0.1, 1.0], "seeds": 2}, BASE, "s")
+    base = BASE.replace(lr=0.1)
+    runs = [  # a planted case: lr 0.01 wins on validation, 1.0 on test
+        _run("a", {"lr": 0.01}, 0.80, 0.10, seed=0),
+        _run("a", {"lr": 0.01}, 0.70, 0.10, seed=1),
+        _run("a", {"lr": 0.1}, 0.60, 0.50, seed=0), _run("a", {"lr": 0.1}, 0.60, 0.50, seed=1),
+        _run("a", {"lr": 1.0}, 0.50, 0.99, seed=0),
+        _run("a", {"lr": 1.0}, None, 0.99, seed=1, status="failed"),
+        # b: a tie between 0.01 and 1.0 on validation; 0.1 diverged (failed)
+        _run("b", {"lr": 0.01}, 0.7, 0.2), _run("b", {"lr": 1.0}, 0.7, 0.2),
+        _run("b", {"lr": 0.1}, None, None, status="failed"),
+    ]
+    scores = phases.scores(runs, "g", ["lr"])
+    assert scores["a"][0][tune.key({"lr": 1.0})] == [0.5]  # the failed seed left out
+    c = tune.select(*scores["a"], t, base)
+    assert c.setting == {"lr": 0.01} and c.accuracy == pytest.approx(0.75) and c.seeds == 2
+    assert c.edges == ("lr: best at the low edge (0.01): widen below 0.01",)
+    b = tune.select(*scores["b"], t, base)
+    assert b.tied == 1 and b.setting in ({"lr": 0.01}, {"lr": 1.0})
+    # nearest the base on a log scale: 0.01 and 1.0 are one decade from 0.1 each, so the
+    # tie falls to the smaller distance, then to the key (deterministic)
+    assert tune.select(*scores["b"], t, base.replace(lr=0.5)).setting == {"lr": 1.0}
+    assert tune.select({}, {}, t, base) is None
+
+
+TUNED = '''name = "tuned"
+[recipe]
+epochs = 1
+batch_size = 32
+train_limit = 128
+test_limit = 64
+
+[tune]
+lr = [0.03, 0.1]
+seeds = 1
+validation = 40
+
+[[variant]]
+name = "t8"
+base = "resnet32_e"
+stages = [[1, 16], [1, 32], [1, 64]]
+
+[[variant]]
+name = "t8_c"
+base = "t8"
+unit = "c"
+
+[[comparison]]
+title = "e against c, each at its own lr"
+variants = ["t8", "t8_c"]
+'''
+
+
+def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_dir):
+    study = tmp_path / "tuned.toml"
+    study.write_text(TUNED)
+    res = tmp_path / "results"
+    args = ["run", "--study", str(study), "--all", "--seeds", "2", "--data-dir",
+            str(cifar_dir), "--results", str(res)]
+    plan = run_cli(*args, "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "phase tune: 4 job(s), 4 to run (lr: 2 setting(s) x 1 seed(s) x 2 variant(s))" \
+        in plan.stdout
+    assert "phase compare: 4 job(s)" in plan.stdout and "seeds 1..2" in plan.stdout
+    # the first tuning job is killed after its epoch, before it saved: a rerun resumes it
+    p = start_cli(*args, "--workers", "1", env=hold_after(1))
+    held = lambda: (res / "runs").exists() and any(  # noqa: E731
+        (r / HELD_MARKER).exists() for r in run_dirs(res))
+    wait_for(held, "the first tuning job to hold", p)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    r = run_cli(*args, "--workers", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "phase 1/2, tune" in r.stdout and "phase 2/2, compare" in r.stdout
+    runs, attempts = {}, []
+    for d in run_dirs(res):
+        cfg = json.loads((d / "config.json").read_text())
+        s = json.loads((d / "summary.json").read_text())
+        runs[(cfg["phase"], cfg["variant"], cfg["seed"], cfg["recipe"]["lr"])] = (s, d)
+        assert s["status"] == "done" and len((d / "history.csv").read_text().splitlines()) == 2
+        attempts.append((d / "train.log").read_text().count("--- attempt started"))
+    assert sorted(attempts) == [1] * 7 + [2]  # nothing lost, nothing but the killed job twice
+    assert sum(k[0] == "tune" for k in runs) == 4 and sum(k[0] == "compare" for k in runs) == 4
+    # each variant's comparison runs use its own setting: the validation argmax
+    for v in ("t8", "t8_c"):
+        tuned = {lr: s["final_validation_accuracy"] for (ph, var, _, lr), (s, _) in
+                 runs.items() if ph == "tune" and var == v}
+        best = max(tuned.values())
+        chosen = [lr for (ph, var, _, lr) in runs if ph == "compare" and var == v]
+        assert set(chosen) == {min((lr for lr, a in tuned.items() if a == best),
+                                   key=lambda lr: abs(math.log(lr / 0.1)))}
+        assert sorted(seed for (ph, var, seed, _) in runs if ph == "compare" and var == v) \
+            == [1, 2]
+    again = run_cli(*args)
+    assert again.returncode == 0 and "4 already done, 0 to run" in again.stdout
+    status = run_cli("status", "--results", str(res)).stdout
+    assert status.count(" tune ") == 4 and status.count(" compare ") == 4
+    out = tmp_path / "report"
+    rep = run_cli("report", "--study", str(study), "--results", str(res), "--out", str(out))
+    assert rep.returncode == 0, rep.stderr
+    md = (out / "README.md").read_text()
+    assert "## Tuned comparisons" in md and "Each variant's own setting" in md
+    assert "| tuning group `" in md  # the report's overview lists the group
+    assert "--validation" not in md  # its commands leave the phases' split to [tune]
+    assert "Does the ranking hold across settings?" in md
+    assert any(p.name == "tuning.png" for p in out.rglob("*.png"))
+    choices = {v: next(lr for (ph, var, _, lr) in runs if ph == "compare" and var == v)
+               for v in ("t8", "t8_c")}
+    assert set(choices.values()) <= {0.03, 0.1}
+    assert "best at the" not in md  # a grid of two has no inside, so no edge (unit-tested)
+    rows = [row for row in (out / "comparisons.csv").read_text().splitlines()[1:]
+            if ",True," in row]
+    assert len(rows) == 1 and '{""lr"": ' in rows[0]
+    assert one_line_error(run_cli("report", "--study", str(study), "--results", str(res),
+                                  "--recipe", "nope"))
