@@ -119,7 +119,6 @@ def _recipe_overrides(args) -> dict:
 def cmd_run(args) -> int:
     from ablation import data, registry, runner
     from ablation.executors import EXECUTORS
-    from ablation.jobqueue import DB_NAME, JobQueue
 
     if args.all and args.variants:
         raise AblationError("give variant names/globs or --all, not both")
@@ -165,10 +164,7 @@ def cmd_run(args) -> int:
     if study.tune is not None:  # tune, choose, then compare (ablation.phases)
         return _run_tuned(args, plan, study, data_dir)
     if args.dry_run:
-        known = {}
-        if (Path(args.results) / DB_NAME).exists():
-            with JobQueue(Path(args.results)) as q:
-                known = {(r.variant, r.tag, r.seed, r.recipe_id): r.status for r in q.all()}
+        known = runner.states(Path(args.results))
         print(f"recipe {recipe.id}: {json.dumps(recipe.to_dict(), sort_keys=True)}")
         jobs = plan.jobs()
         for k, j in enumerate(jobs, 1):
@@ -194,12 +190,14 @@ def _check_limits(recipe, record: dict | None) -> None:
     (a job would find out the same, once per job)."""
     from ablation import data
 
-    shape = data.describe(data.resolve(recipe.dataset), recipe.image_hw)
-    train = (record or {}).get("train_images") or shape.train
+    if record is None:  # a named dataset: its sizes are known without reading it
+        shape = data.describe(data.resolve(recipe.dataset), recipe.image_hw)
+        record = {"train_images": shape.train, "test_images": shape.test}
+    train, test = record["train_images"], record["test_images"]
     for what, n, have in (("validation", recipe.validation, train),
                           ("train-limit", recipe.train_limit,
                            train - recipe.validation if train else None),
-                          ("test-limit", recipe.test_limit, shape.test)):
+                          ("test-limit", recipe.test_limit, test)):
         if n and have is not None and n > have:
             split = "test" if what == "test-limit" else "training"
             raise AblationError(f"{what} {n:,} is more than the {have:,} {split} images of "

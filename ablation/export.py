@@ -227,11 +227,13 @@ def _export_run(client, exp_id: str, run, known, models: bool) -> tuple[str, str
         client.log_batch(run_id, params=p[i:i + 100])
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i:i + BATCH])
-    for name in ("history.csv", "config.json", "summary.json"):
-        if (run.folder / name).is_file():
-            client.log_artifact(run_id, str(run.folder / name))
+    if what != "unchanged":  # an unchanged run's files are the ones uploaded before
+        for name in ("history.csv", "config.json", "summary.json"):
+            if (run.folder / name).is_file():
+                client.log_artifact(run_id, str(run.folder / name))
     model = run.folder / str(s.get("model_file") or "model.h5")
-    if models and model.is_file():
+    if models and model.is_file() and (what != "unchanged" or model.name not in {
+            a.path for a in client.list_artifacts(run_id)}):  # --models added later
         client.log_artifact(run_id, str(model))
     status = STATUS.get(s.get("status"), "RUNNING")
     if status in ("RUNNING", "SCHEDULED"):
@@ -308,17 +310,21 @@ def to_mlflow(results_dir: Path, study: studies.Study, tracking_uri: str | None 
         setattr(tally, what, getattr(tally, what) + 1)
         _progress(out, i, total, t0)
     parents: dict[int, str] = {}
-    for j, (ckey, title, rows, members) in enumerate(judged, len(runs) + 1):
-        member_ids = [ids[id(r)] for r in members]
-        pid, what = _export_comparison(client, exp_id, ckey, title, rows, member_ids,
-                                       existing.get(ckey))
-        setattr(tally, what, getattr(tally, what) + 1)
-        for r in members:  # a run's parent: the first comparison that holds it
-            parents.setdefault(id(r), pid)
-        _progress(out, j, total, t0)
-    for r in runs:
-        if id(r) in parents:
-            client.set_tag(ids[id(r)], "mlflow.parentRunId", parents[id(r)])
+    try:
+        for j, (ckey, title, rows, members) in enumerate(judged, len(runs) + 1):
+            member_ids = [ids[id(r)] for r in members]
+            pid, what = _export_comparison(client, exp_id, ckey, title, rows, member_ids,
+                                           existing.get(ckey))
+            setattr(tally, what, getattr(tally, what) + 1)
+            for r in members:  # a run's parent: the first comparison that holds it
+                parents.setdefault(id(r), pid)
+            _progress(out, j, total, t0)
+        for r in runs:
+            if id(r) in parents:
+                client.set_tag(ids[id(r)], "mlflow.parentRunId", parents[id(r)])
+    except (MlflowException, OSError) as e:
+        raise AblationError(f"MLflow refused a comparison: {_first_line(e)} (all "
+                            f"{len(runs)} runs are exported; rerun to go on)") from None
     print(f"exported {len(runs)} run(s) and {len(judged)} comparison(s) to experiment "
           f"{name!r} at {uri}: {tally.new} new, {tally.updated} updated, {tally.unchanged} "
           "unchanged", file=out)

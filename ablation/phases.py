@@ -25,11 +25,10 @@ from ablation import registry, results, tune
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.executors import Executor, LineSink
-from ablation.jobqueue import DB_NAME, JobQueue
 from ablation.protocol import NEW, Exit, JobState
 from ablation.recipe import Recipe
 from ablation.report.load import Run, for_study, load_runs
-from ablation.runner import Plan, run
+from ablation.runner import Plan, run, states, unfinished
 
 
 def group_id(study: studies.Study, base: Recipe, t: tune.Tune) -> str:
@@ -107,12 +106,9 @@ def run_phases(plan: Plan, study: studies.Study, t: tune.Tune, seeds: int,
           f"{tuning.recipes_of(plan.variants[0].name)[0].validation:,} held-out validation "
           "images", file=out, flush=True)
     code = run(tuning, executor_factory, out)
-    with JobQueue(plan.results) as q:
-        ids = {(j.variant.name, j.seed, j.recipe.id) for j in tuning.jobs()}
-        open_ = [r for r in q.all() if (r.variant, r.seed, r.recipe_id) in ids
-                 and r.status not in (JobState.DONE, JobState.FAILED)]
-    if open_:
-        print(f"the tuning phase did not finish ({len(open_)} job(s) left); rerun the same "
+    left = unfinished(tuning)
+    if left:
+        print(f"the tuning phase did not finish ({left} job(s) left); rerun the same "
               "command to go on", file=out, flush=True)
         return code if code != Exit.DONE else Exit.FAILED
     choices = choose(_study_runs(plan.results, study), study, t, plan.recipe,
@@ -140,18 +136,15 @@ def dry_run(plan: Plan, study: studies.Study, t: tune.Tune, seeds: int, out=sys.
     """What the two phases would run: job counts, and the projected time from the speed
     of earlier runs in the results folder where there are some."""
     tuning, _ = phase_plans(plan, study, t, seeds)
-    known = {}
-    if (plan.results / DB_NAME).exists():
-        with JobQueue(plan.results) as q:
-            known = {(r.variant, r.tag, r.seed, r.recipe_id): r.status for r in q.all()}
+    known = states(plan.results)
     speed = _speeds(plan.results)
     jobs = tuning.jobs()
-    states = [known.get((j.variant.name, j.tag, j.seed, j.recipe.id), NEW) for j in jobs]
-    left = sum(s != JobState.DONE for s in states)
+    planned = [known.get((j.variant.name, j.tag, j.seed, j.recipe.id), NEW) for j in jobs]
+    left = sum(s != JobState.DONE for s in planned)
     print(f"phase tune: {len(jobs)} job(s), {left} to run ({', '.join(t.fields)}: "
           f"{len(t.candidates())} setting(s) x {t.seeds} seed(s) x {len(plan.variants)} "
           f"variant(s)){_eta(speed, plan, left)}", file=out)
-    for k, (j, state) in enumerate(zip(jobs, states, strict=True), 1):
+    for k, (j, state) in enumerate(zip(jobs, planned, strict=True), 1):
         print(f"{k:4d}  {j.variant.name:<14} seed {j.seed}  "
               f"{tune._words(tune.setting_of(j.recipe.to_dict(), t.fields))}  [{state}]  "
               f"{j.run_dir}", file=out)

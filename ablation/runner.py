@@ -19,7 +19,7 @@ from pathlib import Path
 from ablation import results, study
 from ablation.errors import AblationError
 from ablation.executors import Executor, LineSink
-from ablation.jobqueue import JobQueue
+from ablation.jobqueue import DB_NAME, JobQueue
 from ablation.protocol import EpochRecord, Exit, JobConfig, JobState, Terminated
 from ablation.recipe import Recipe
 from ablation.registry import Variant
@@ -137,6 +137,24 @@ def prepare_jobs(plan: Plan, queue: JobQueue) -> tuple[list[int], dict[int, Plan
     ids = queue.add([(j.variant.name, j.tag, j.seed, j.recipe.id, j.recipe.to_dict(),
                       str(j.run_dir)) for j in jobs], retry_failed=plan.retry_failed)
     return ids, dict(zip(ids, jobs, strict=True))
+
+
+def states(results_dir: Path) -> dict[tuple[str, str, int, str], JobState]:
+    """Every queued job's state by (variant, tag, seed, recipe id), without creating a
+    queue where there is none (what a dry run holds its plan against)."""
+    if not (Path(results_dir) / DB_NAME).exists():
+        return {}
+    with JobQueue(Path(results_dir)) as q:
+        return {(r.variant, r.tag, r.seed, r.recipe_id): r.status for r in q.all()}
+
+
+def unfinished(plan: Plan) -> int:
+    """How many of the plan's queued jobs have not ended, done or failed: a phase or a
+    look is judged only when none is left (a failed job is run; it does not stall it)."""
+    with JobQueue(plan.results) as q:
+        jobs = {(j.variant.name, j.seed, j.recipe.id) for j in plan.jobs()}
+        return sum(r.status not in (JobState.DONE, JobState.FAILED) for r in q.all()
+                   if (r.variant, r.seed, r.recipe_id) in jobs)
 
 
 def _done_on_disk(run_dir: Path, epochs: int) -> bool:

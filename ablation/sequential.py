@@ -21,11 +21,10 @@ from ablation import registry, results, verdict
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.executors import Executor, LineSink
-from ablation.jobqueue import JobQueue
-from ablation.protocol import Exit, JobState
+from ablation.protocol import Exit
 from ablation.report import stats
 from ablation.report.load import for_study, load_runs
-from ablation.runner import Plan, run
+from ablation.runner import Plan, run, unfinished
 
 
 def replay(plan: Plan, study: studies.Study, comparisons: dict[str, list[tuple[str, str]]],
@@ -37,28 +36,11 @@ def replay(plan: Plan, study: studies.Study, comparisons: dict[str, list[tuple[s
     runs = [r for r in for_study(load_runs(plan.results, warn=lambda _msg: None), study)
             if r.summary.get("recipe_id") in {x.id for x in plan.recipes_of(r.variant)}
             and r.seed >= plan.first_seed and r.summary.get("phase") == plan.phase]
-    gone = stats.diverged(runs)
-    finals = {v: {s - plan.first_seed: a for s, a in f.items()} for v, f in
-              stats.finals_by_variant([r for r in runs if (r.variant, r.seed) not in gone]
-                                      ).items()}
-    ended = {v: {s - plan.first_seed for s in seeds} for v, seeds in stats.ended(runs).items()}
-    res = stats.resolution(runs)
-    step = 100.0 / res[1] if res and res[1] else 0.0
-    return verdict.sequential(finals, comparisons, list(design["looks"]), settings,
-                              design.get("spending", "pocock"), ended, design.get("fixed"),
-                              step)
+    return stats.replay(runs, comparisons, design, settings, plan.first_seed)
 
 
 SPENT = {"obf": "O'Brien-Fleming-type, boundaries from the looks' joint distribution",
          "pocock": "Pocock-type, union bound: a design of 0.4, replayed as recorded"}
-
-
-def _ended(plan: Plan) -> bool:
-    """Whether every job of a look ended, done or failed (then the look can be judged)."""
-    with JobQueue(plan.results) as q:
-        jobs = {(j.variant.name, j.seed, j.recipe.id) for j in plan.jobs()}
-        return all(r.status in (JobState.DONE, JobState.FAILED) for r in q.all()
-                   if (r.variant, r.seed, r.recipe_id) in jobs)
 
 
 def _design(plan: Plan, study: studies.Study, comparisons: dict, looks: list[int],
@@ -147,7 +129,7 @@ def run_until_decided(plan: Plan, study: studies.Study, max_seeds: int,
         print(f"look {k}/{len(looks)}: {n} seeds of {', '.join(todo)}", file=out, flush=True)
         look = replace(plan, variants=[registry.get(v) for v in todo], seeds=n)
         code = run(look, executor_factory, out)
-        if code != Exit.DONE and not _ended(look):  # a failed seed is run: the look goes on
+        if code != Exit.DONE and unfinished(look):  # a failed seed is run: the look goes on
             print(f"look {k} did not finish; rerun the same command to go on from it",
                   file=out, flush=True)
             return code

@@ -500,7 +500,8 @@ def look_criticals(looks: list[int], k: int, alpha: float, kind: str, m: int,
 
 def sequential_rule(acc: dict[str, np.ndarray], comparisons: dict[str, list[tuple[str, str]]],
                     looks: list[int], settings: Settings = Settings(), kind: str = "obf",
-                    pending: dict[str, np.ndarray] | None = None, fixed: dict | None = None
+                    pending: dict[str, np.ndarray] | None = None, fixed: dict | None = None,
+                    resolution: float = 0.0
                     ) -> tuple[dict[tuple[str, tuple[str, str]], tuple[np.ndarray, ...]], int]:
     """The looks, vectorised over draws: `acc[v]` holds accuracies in points, shape
     (draws, seeds), NaN where a seed gave no accuracy (failed, diverged, or not run);
@@ -508,8 +509,9 @@ def sequential_rule(acc: dict[str, np.ndarray], comparisons: dict[str, list[tupl
     look k each comparison's open pairs are judged on their first looks[k] seeds against
     the look's boundaries; a pair keeps the first look that decides it. A look whose seeds
     are not all run for some open pair ends the replay (a failed seed does not: it is run,
-    and left out). Returns {(comparison, pair): (deciding look, 0 = none; verdict code;
-    the directional interval at that look)} and the number of looks analysed."""
+    and left out). `resolution`: one test image in points, as `rule` takes it. Returns
+    {(comparison, pair): (deciding look, 0 = none; verdict code; the directional interval
+    at that look)} and the number of looks analysed."""
     draws = next(iter(acc.values())).shape[0] if acc else 1
     state = {(c, p): (np.zeros(draws, int), np.zeros(draws, int), np.full(draws, np.nan),
                       np.full(draws, np.nan))
@@ -547,7 +549,7 @@ def sequential_rule(acc: dict[str, np.ndarray], comparisons: dict[str, list[tupl
                 d = first(pair[0]) - first(pair[1])
                 nn = np.sum(~np.isnan(d), axis=-1)
                 cd, ce = crit(nn, len(ps))
-                _, _, _, lo, hi, _, _, code = rule(d, cd, ce, settings.margin)
+                _, _, _, lo, hi, _, _, code = rule(d, cd, ce, settings.margin, resolution)
                 look, codes, los, his = state[(c, pair)]
                 new = o & (code != 0)
                 look[new], codes[new], los[new], his[new] = k, code[new], lo[new], hi[new]
@@ -592,7 +594,8 @@ def sequential(finals: dict[str, dict[int, float]],
         run = np.zeros((1, width), bool)
         run[0, sorted(ended.get(v, set()))] = True
         pending[v] = ~run
-    state, done = sequential_rule(acc, comparisons, looks, settings, kind, pending, fixed)
+    state, done = sequential_rule(acc, comparisons, looks, settings, kind, pending, fixed,
+                                  resolution)
     out: dict[str, list[Pair]] = {}
     for c, ps in comparisons.items():
         at = {p: int(state[(c, p)][0][0]) or done for p in ps}

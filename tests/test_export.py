@@ -104,11 +104,13 @@ def test_export_runs_verdicts_and_children_then_again_without_duplicates(tmp_pat
         "verdicts.csv", "verdicts.md"}
     before = snapshot()
 
-    again = run_cli(*args)
+    again = run_cli(*args, "--models")  # the models asked for only now
     assert again.returncode == 0, again.stderr
     assert "0 new, 0 updated, 9 unchanged" in again.stdout
     assert len(runs("run")) == 4 and len(runs("comparison")) == 5
     assert snapshot() == before  # not one metric value logged twice
+    for r in runs("run"):  # an unchanged run still gets the model it lacked
+        assert "model.h5" in {a.path for a in client.list_artifacts(r.info.run_id)}
 
 
 def test_export_mistakes_are_one_line(tmp_path, tiny_e_results):

@@ -392,6 +392,15 @@ def test_zero_spread_is_a_spread_below_the_test_sets_resolution():
          "b": {s: 0.8 for s in range(10)}}
     z = V.compare(k, [("a", "b")], SETTINGS, resolution=2.0)[0]
     assert z.note == "" and not math.isnan(z.ci_low) and z.sd < 2.0
+    # the looks of --until-decided judge alike: one image better at every seed (64 test
+    # images, 1.5625 points) with Keras' float32 noise is no spread at look 1 either, so
+    # the pair is still open at look 2 (without the resolution, look 1 "decided" it)
+    noisy = {"a": {s: float(np.float32(33 / 64) + np.float32(1e-7) * s) for s in range(5)},
+             "b": {s: 32 / 64 for s in range(5)}}
+    for res, look in ((1.5625, 2), (0.0, 1)):
+        seq = V.sequential(noisy, {"c": [("a", "b")]}, [3, 5], SETTINGS, "obf",
+                           resolution=res)
+        assert seq.pairs["c"][0].look == look
     # a NaN accuracy is no seed: neither a spread nor a loss
     h = {"a": {0: 0.9, 1: 0.91, 2: float("nan")}, "b": {0: 0.8, 1: 0.82, 2: 0.81}}
     r = V.compare(h, [("a", "b")], SETTINGS)[0]

@@ -57,7 +57,7 @@ __all__ = ["AUGMENTATIONS", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "Dataset"
            "normalise", "one_hot", "prepare", "resolve", "resolve_data_dir", "shape_of",
            "synthetic", "test_batches"]
 
-DATASETS = NAMED
+DATASETS = NAMED  # 0.4's name for the named datasets, kept for scripts that read it
 MEMORY_SHARE = 0.5  # a dataset's uint8 images may take at most this share of free memory
 CACHE = "datasets"  # under the results folder: decoded folder datasets, by content hash
 
@@ -193,7 +193,7 @@ def _read(source: sources.Source, data_dir, image_size, digest: str | None,
     if source.kind == "npz":
         _check_memory(describe(source), str(source.path))
         content = source.path.read_bytes()
-        if digest and hashlib.sha256(content).hexdigest() != digest:
+        if digest and content_hash(source, content) != digest:
             raise AblationError(f"{source.path} changed since this job was queued (its "
                                 "content hash differs); run `ablation run` again to queue "
                                 "the new data")
@@ -260,25 +260,26 @@ def prepare(dataset: str, image_size: tuple[int, int] | None, results: Path,
         return None
     shape = describe(source, image_size)
     _check_memory(shape, str(source.path))
-    digest = content_hash(source)
+    content = source.path.read_bytes() if source.kind == "npz" else None  # read once
+    digest = content_hash(source, content)
     cache = Path(results) / CACHE
     record = {"path": str(source.path), "kind": source.kind, "content_hash": digest,
               "input_shape": list(shape.input_shape), "classes": shape.classes,
               "class_names": list(shape.class_names), "train_images": shape.train,
+              "test_images": shape.test,
               "cache": str(cache) if source.kind == "folder" else None}
     if not decode:
         return record
-    if source.kind == "folder":
-        target = _cache_file(cache, digest, image_size)
-        if not target.is_file():
-            say(f"decoding the {shape.train + shape.test:,} images of {source.path} once "
-                f"into {target}")
-            x_tr, y_tr, x_te, y_te, names = sources.read_folder(source.path, image_size)
-            _write_npz(target, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-                       class_names=np.array(names))
+    if source.kind == "npz":
+        x_tr = sources.read_npz(source.path, content)[0]
+    elif (target := _cache_file(cache, digest, image_size)).is_file():
         x_tr = sources.read_npz(target)[0]
     else:
-        x_tr = sources.read_npz(source.path)[0]
+        say(f"decoding the {shape.train + shape.test:,} images of {source.path} once into "
+            f"{target}")
+        x_tr, y_tr, x_te, y_te, names = sources.read_folder(source.path, image_size)
+        _write_npz(target, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+                   class_names=np.array(names))
     mean, std = statistics(x_tr)
     return {**record, "mean": list(mean), "std": list(std)}
 

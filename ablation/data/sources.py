@@ -453,12 +453,14 @@ def describe(source: Source, image_size: tuple[int, int] | None = None) -> Shape
                  sum(len(f) for f in splits["test"].values()))
 
 
-def content_hash(source: Source) -> str:
-    """sha256 of what a path dataset holds: the .npz's bytes; for a folder, every image
-    file's path under the folder (class and split included) and bytes. Moving the files
-    keeps it; changing one image changes it."""
+def content_hash(source: Source, content: bytes | None = None) -> str:
+    """sha256 of what a path dataset holds: the .npz's bytes (`content`, if the caller
+    has read them already); for a folder, every image file's path under the folder (class
+    and split included) and bytes. Moving the files keeps it; changing one image
+    changes it."""
     if source.kind == "npz":
-        return hashlib.sha256(source.path.read_bytes()).hexdigest()
+        return hashlib.sha256(content if content is not None
+                              else source.path.read_bytes()).hexdigest()
     h = hashlib.sha256()
     _, splits = folder_layout(source.path)
     for split, classes in splits.items():

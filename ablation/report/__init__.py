@@ -141,10 +141,7 @@ def _judge(study: studies.Study, rid: str, rs: list[Run], designs: dict,
     """A recipe's verdicts: its recorded --until-decided design replayed, if any (and its
     margin, unless `margin` overrides it)."""
     design = designs.get(results.design_key(study.name, rid))
-    settings = study.analysis.replace(margin=margin)
-    if design and margin is None:
-        settings = settings.replace(margin=design.get("margin"))
-    return stats.verdicts(study, rs, settings, design, split)
+    return stats.verdicts(study, rs, stats.design_settings(study, design, margin), design, split)
 
 
 def comparison_rows(results_dir: Path, study: studies.Study, runs: list[Run],

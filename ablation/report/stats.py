@@ -144,6 +144,42 @@ class Verdicts:
     beyond: dict[str, int] = field(default_factory=dict)  # seeds past a design's last look
 
 
+def _prepared(runs: list[Run], split: Split, first_seed: int):
+    """What the verdicts are judged on: the converged runs' final accuracies by variant
+    and seed (seeds counted from `first_seed`), the seeds whose runs ended, one test image
+    in points (the resolution), and the diverged (variant, seed)s left out."""
+    gone = diverged(runs, split)
+    kept = [r for r in runs if (r.variant, r.seed) not in gone]
+    finals = {v: {s - first_seed: a for s, a in f.items()}
+              for v, f in finals_by_variant(kept, split).items()}
+    stopped = {v: {s - first_seed for s in seeds} for v, seeds in ended(runs).items()}
+    res = resolution(runs, split)
+    step = 100.0 / res[1] if res and res[1] else 0.0
+    return finals, stopped, step, gone
+
+
+def replay(runs: list[Run], comparisons: dict[str, list[tuple[str, str]]], design: dict,
+           settings: verdict.Settings, first_seed: int = 0, split: Split = TEST
+           ) -> verdict.Sequential:
+    """A recorded --until-decided design replayed on `runs`: what the runner decides
+    between looks and what the report shows, from one place (diverged runs left out,
+    failed seeds not waited for)."""
+    finals, stopped, step, _ = _prepared(runs, split, first_seed)
+    return verdict.sequential(finals, comparisons, list(design["looks"]), settings,
+                              design.get("spending", "pocock"), stopped, design.get("fixed"),
+                              step)
+
+
+def design_settings(study: studies.Study, design: dict | None,
+                    margin: float | None) -> verdict.Settings:
+    """The study's analysis settings for a recipe or tuning group: `margin` if given, else
+    the recorded design's margin (a design is judged as it was run), else the study's."""
+    settings = study.analysis.replace(margin=margin)
+    if design and margin is None:
+        settings = settings.replace(margin=design.get("margin"))
+    return settings
+
+
 def verdicts(study: studies.Study, runs: list[Run], settings: verdict.Settings,
              design: dict | None = None, split: Split = TEST, first_seed: int = 0
              ) -> Verdicts:
@@ -152,22 +188,14 @@ def verdicts(study: studies.Study, runs: list[Run], settings: verdict.Settings,
     recorded sequential design; seeds needed from the spread of the deltas pooled over all
     of them. `first_seed`: the runs' seeds start there (a tuned comparison's follow the
     tuning seeds); the looks count from it."""
-    gone = diverged(runs, split)
-    kept = [r for r in runs if (r.variant, r.seed) not in gone]
-    finals = {v: {s - first_seed: a for s, a in f.items()}
-              for v, f in finals_by_variant(kept, split).items()}
-    res = resolution(runs, split)
-    step = 100.0 / res[1] if res and res[1] else 0.0  # one image, in points
+    finals, _, step, gone = _prepared(runs, split, first_seed)
     comparisons = {c.key: comparison_pairs(c) for c in study.comparisons}
     done, beyond = 0, {}
     pairs = {k: verdict.compare(finals, ps, settings, resolution=step)
              for k, ps in comparisons.items()}
     if design:  # the design's own pairs by its looks; any others at one look
         chosen = design.get("variants") or study.variant_names
-        stopped = {v: {s - first_seed for s in seeds} for v, seeds in ended(runs).items()}
-        seq = verdict.sequential(finals, pairs_among(study, chosen), list(design["looks"]),
-                                 settings, design.get("spending", "pocock"), stopped,
-                                 design.get("fixed"), step)
+        seq = replay(runs, pairs_among(study, chosen), design, settings, first_seed, split)
         done, beyond = seq.looks_done, seq.beyond
         for k, judged in seq.pairs.items():
             by_pair = {(p.a, p.b): p for p in judged}

@@ -111,9 +111,7 @@ def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs
     if not compare:
         return [], None
     design = designs.get(results.design_key(study.name, f"tuned-{gid}"))
-    settings = study.analysis.replace(margin=margin)
-    if design and margin is None:
-        settings = settings.replace(margin=design.get("margin"))
+    settings = stats.design_settings(study, design, margin)
     # the comparison seeds count from 0 for the verdicts (they follow the tuning seeds)
     return compare, stats.verdicts(study, compare, settings, design, first_seed=t.seeds)
 
