@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ablation.errors import AblationError
 from ablation.protocol import NEW, Exit, JobState, Terminated
+from ablation.results import DEFAULT_RESULTS
 
 # Only the standard library and two small modules above: `main` installs the signal
 # handling before anything heavy loads, so Ctrl-C (or SIGTERM) at any moment is one line.
@@ -397,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=argtypes.path,
                    help="folder holding cifar-10-batches-py (or that folder); default "
                         "$ABLATION_DATA_DIR, else keras.datasets download")
-    s.add_argument("--results", type=argtypes.path, default="results")
+    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
     s.add_argument("--retry-failed", action="store_true", help="requeue failed jobs")
     s.add_argument("--no-keep-model", action="store_true",
                    help="save the .h5 to measure it, then delete it")
@@ -419,12 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="print the job queue as a table")
-    s.add_argument("--results", type=argtypes.path, default="results")
+    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("report", help="rebuild a study's comparisons from recorded runs")
     _add_study(s)
-    s.add_argument("--results", type=argtypes.path, default="results")
+    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
     s.add_argument("--out", type=argtypes.path,
                    help="default reports/ (the blog), reports/<study> otherwise")
     s.add_argument("--recipe", help="only this recipe id (or a prefix of it)")
@@ -444,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="send runs and verdicts elsewhere: an MLflow store")
     s.add_argument("target", choices=["mlflow"], help="where to: mlflow")
     _add_study(s)
-    s.add_argument("--results", type=argtypes.path, default="results")
+    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
     s.add_argument("--tracking-uri", type=argtypes.path, metavar="URI",
                    help="an MLflow tracking URI (default: MLflow's own, MLFLOW_TRACKING_URI "
                         "or its local store)")
@@ -460,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB",
                    help="default: every variant of the study")
     _add_study(s)
-    s.add_argument("--results", type=argtypes.path, default="results")
+    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
     s.add_argument("--images", type=argtypes.integer(10), default=1000,
                    help="test images, class-balanced, the first of each class (default 1000)")
     s.add_argument("--recipe", help="only runs of this recipe id (or a prefix of it)")

@@ -205,7 +205,13 @@ def _export_run(client, exp_id: str, run, known, models: bool) -> tuple[str, str
 
     s = run.summary
     key = f"run:{run.folder.parent.name}/{run.folder.name}"
-    tags = {KEY: key, KIND: "run", "mlflow.runName": f"{s['variant']} seed {s['seed']}",
+    name = f"{s['variant']} seed {s['seed']}"
+    if s.get("phase") and s.get("tuning"):  # a tuned study's runs differ by their setting
+        from ablation import tune
+
+        setting = tune.setting_of(s["recipe"], s["tuning"]["fields"])
+        name += f" ({s['phase']}, {tune.words(setting)})"
+    tags = {KEY: key, KIND: "run", "mlflow.runName": name,
             **{f"ablation.{t}": str(s[t]) for t in TAGS if s.get(t) is not None}}
     if known is None:
         mr = client.create_run(exp_id, start_time=_start_ms(s), tags=tags)

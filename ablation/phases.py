@@ -119,7 +119,7 @@ def run_phases(plan: Plan, study: studies.Study, t: tune.Tune, seeds: int,
                             "failed or diverged): widen or move the [tune] candidates")
     for v, c in choices.items():
         ties = f"; {c.tied} tie(s), the nearest to the base recipe taken" if c.tied else ""
-        print(f"  {v}: {tune._words(c.setting)} (validation {100 * c.accuracy:.2f} % over "
+        print(f"  {v}: {tune.words(c.setting)} (validation {100 * c.accuracy:.2f} % over "
               f"{c.seeds} seed(s){ties})" + "".join(f"; {e}" for e in c.edges), file=out,
               flush=True)
     compare = comparing(choices)
@@ -146,7 +146,7 @@ def dry_run(plan: Plan, study: studies.Study, t: tune.Tune, seeds: int, out=sys.
           f"variant(s)){_eta(speed, plan, left)}", file=out)
     for k, (j, state) in enumerate(zip(jobs, planned, strict=True), 1):
         print(f"{k:4d}  {j.variant.name:<14} seed {j.seed}  "
-              f"{tune._words(tune.setting_of(j.recipe.to_dict(), t.fields))}  [{state}]  "
+              f"{tune.words(tune.setting_of(j.recipe.to_dict(), t.fields))}  [{state}]  "
               f"{j.run_dir}", file=out)
     n = len(plan.variants) * seeds
     print(f"phase compare: {n} job(s) (each variant at the setting the tuning chooses; seeds "

@@ -107,8 +107,9 @@ class EpochRecord:
     loss: float | None = None
     accuracy: float | None = None
     val_loss: float | None = None
-    val_accuracy: float | None = None
+    val_accuracy: float | None = None  # the test set (Keras' name for fit's validation data)
     lr: float | None = None
+    validation_accuracy: float | None = None  # the held-out split, when the recipe has one
 
     def line(self) -> str:
         d = {k: (_num(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -10,13 +10,12 @@ register / get / variants (glob) / select, with a clear error for an unknown nam
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ablation.errors import AblationError
+from ablation.errors import AblationError, did_you_mean
 
 # Variant fields added after 0.2, with the default that leaves a definition unchanged
 ADDED_FIELDS = {"downsample": "stride", "head_widths": [], "dropout": 0.0, "pretrained": None,
@@ -129,10 +128,8 @@ def get(name: str) -> Variant:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UnknownVariantError(
-            f"unknown variant {name!r}{hint} (`ablation list` shows them)") from None
+        raise UnknownVariantError(f"unknown variant {name!r}{did_you_mean(name, _REGISTRY)} "
+                                  "(`ablation list` shows them)") from None
 
 
 def variants(pattern: str = "*", names: Iterable[str] | None = None) -> list[str]:
@@ -158,8 +155,6 @@ def select(patterns: list[str], names: Iterable[str] | None = None) -> list[str]
         elif pat in pool:
             chosen.add(pat)
         else:
-            close = difflib.get_close_matches(pat, pool, n=4, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UnknownVariantError(f"unknown variant {pat!r}{hint} (`ablation list` "
-                                      "shows them)")
+            raise UnknownVariantError(f"unknown variant {pat!r}{did_you_mean(pat, pool)} "
+                                      "(`ablation list` shows them)")
     return [n for n in pool if n in chosen]

@@ -28,6 +28,7 @@ from typing import Any
 
 from ablation.errors import AblationError
 
+DEFAULT_RESULTS = "results"  # the results folder when --results is not given
 RUNS = "runs"
 DESIGNS = "designs.json"
 

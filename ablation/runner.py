@@ -126,7 +126,10 @@ class Progress:
 
         print(f"[job {p.job}/{p.of}] {p.variant} s{p.seed}  epoch {p.epoch}/{p.epochs}"
               f"  loss {f(p.loss, '.4f')} acc {f(p.accuracy, '.4f')}"
-              f" val_acc {f(p.val_accuracy, '.4f')} lr {f(p.lr, 'g')}"
+              f" test_acc {f(p.val_accuracy, '.4f')}"
+              + (f" valid_acc {f(p.validation_accuracy, '.4f')}"
+                 if p.validation_accuracy is not None else "")
+              + f" lr {f(p.lr, 'g')}"
               f"  {p.seconds:.1f}s  ETA job {results.duration(p.eta_job)}"
               f" queue {results.duration(eta_q)}", file=self.out, flush=True)
 

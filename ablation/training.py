@@ -286,7 +286,7 @@ class Recorder(keras.callbacks.Callback):
             epoch=done, epochs=self.recipe.epochs, seconds=seconds,
             eta_job=seconds * (self.recipe.epochs - done), first=epoch == self.start_epoch,
             **{k: _num(logs.get(k)) for k in ("loss", "accuracy", "val_loss", "val_accuracy",
-                                              "lr")})
+                                              "lr", "validation_accuracy")})
         print(record.line(), flush=True)
 
 

@@ -29,12 +29,13 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from ablation.errors import AblationError
+from ablation.errors import AblationError, did_you_mean
 from ablation.recipe import VARIANT_FIELDS, Recipe, check_field
 
+RECIPE_FIELDS = {f.name for f in fields(Recipe)}
 TUNABLE = (*VARIANT_FIELDS, "batch_size")  # what [tune] may search: not the data, not epochs
 SETTINGS = ("samples", "seeds", "validation")  # [tune]'s own keys
 PHASES = ("tune", "compare")
@@ -75,7 +76,7 @@ class Axis:
             lo, hi, x = self.low, self.high, v
         else:
             nums = [x for x in self.values if isinstance(x, int | float)]
-            if len(set(nums)) < 3:  # two values have no inside: no edge to speak of
+            if len(set(nums)) < 2:  # one value: no axis (of two, either is an edge)
                 return None
             lo, hi, x = min(nums), max(nums), v
         if self.log and lo > 0 and x > 0:
@@ -124,7 +125,7 @@ class Tune:
         try:
             return base.replace(validation=held, **setting)
         except AblationError as e:
-            raise AblationError(f"[tune] the candidate {_words(setting)}: {e}") from None
+            raise AblationError(f"[tune] the candidate {words(setting)}: {e}") from None
 
 
 def parse(table: dict, base: Recipe, study: str) -> Tune | None:
@@ -144,7 +145,9 @@ def parse(table: dict, base: Recipe, study: str) -> Tune | None:
         if name in SETTINGS:
             continue
         if name not in TUNABLE:
-            raise bad(f"cannot tune {name!r} (tunable: {', '.join(sorted(TUNABLE))})")
+            hint = "" if name in RECIPE_FIELDS else did_you_mean(name, (*TUNABLE, *SETTINGS),
+                                                                n=1)
+            raise bad(f"cannot tune {name!r}{hint} (tunable: {', '.join(sorted(TUNABLE))})")
         axes.append(_axis(name, spec, bad))
     if not axes:
         raise bad("names no field to tune (e.g. lr = [0.05, 0.1, 0.2])")
@@ -191,7 +194,8 @@ def _value(name: str, v: Any, bad) -> None:
         raise bad(f"{name} candidate {v!r}: {e}") from None
 
 
-def _words(setting: dict) -> str:
+def words(setting: dict) -> str:
+    """A setting as the report, the runner and an export name it: "lr 0.05, wd 0.0001"."""
     return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in setting.items())
 

@@ -247,6 +247,12 @@ def test_a_study_file_speaks_the_same_recipe(tmp_path):
         run_cli("list", "--study", str(f)))
     with pytest.raises(AblationError, match="optimizer must be one of sgd, adam, adamw"):
         Recipe(optimizer="adagrad")
+    # a typo gets a hint; what the runner fills in is no key of a study file
+    with pytest.raises(AblationError, match=r"'warmup_epoch'; did you mean warmup_epochs\?"):
+        Recipe.parse({"warmup_epoch": 1})
+    with pytest.raises(AblationError, match="unknown key 'data_hash' ") as e:
+        Recipe.parse({"data_hash": "0" * 64})
+    assert "data_hash" not in str(e.value).split("allowed:")[1]
 
 
 def test_the_docs_recipe_table_has_every_field_its_flag_and_default():

@@ -49,6 +49,7 @@ def test_a_grid_is_its_product_and_ranges_are_reproducible_quasi_random_points()
     ({"weight_decay": {"low": 0, "high": 1e-3, "log": True}, "validation": 10},
      "a log range needs a positive low"),
     ({"lr": [0.1], "seeds": 0, "validation": 10}, "seeds must be a positive integer"),
+    ({"lr": [0.1], "seed": 2, "validation": 10}, "cannot tune 'seed'; did you mean seeds?"),
     ({"min_lr": [0.5], "validation": 10}, "the candidate min_lr 0.5: min-lr is where"),
 ])
 def test_bad_tune_tables_are_one_line(table, says):
@@ -141,6 +142,7 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
     r = run_cli(*args, "--workers", "2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "phase 1/2, tune" in r.stdout and "phase 2/2, compare" in r.stdout
+    assert " test_acc " in r.stdout and " valid_acc " in r.stdout  # the split that chooses
     runs, attempts = {}, []
     for d in run_dirs(res):
         cfg = json.loads((d / "config.json").read_text())
@@ -176,7 +178,8 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
     choices = {v: next(lr for (ph, var, _, lr) in runs if ph == "compare" and var == v)
                for v in ("t8", "t8_c")}
     assert set(choices.values()) <= {0.03, 0.1}
-    assert "best at the" not in md  # a grid of two has no inside, so no edge (unit-tested)
+    # a grid of two: whichever lr a variant chose is an edge of what was tried
+    assert md.count("lr: best at the") == 2 and "widen" in md
     rows = [row for row in (out / "comparisons.csv").read_text().splitlines()[1:]
             if ",True," in row]
     assert len(rows) == 1 and '{""lr"": ' in rows[0]

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import AfterValidator, ConfigDict, Field
 
-from ablation.errors import AblationError
+from ablation.errors import AblationError, did_you_mean
 
 # Keras mixed-precision policy of each precision the recipe accepts.
 # fp32 is true float32, as on the blog's GPU; tf32 lets Ampere-and-later GPUs run float32
@@ -245,10 +245,12 @@ class Recipe:
         """A recipe from a TOML table (`allowed`: the keys it may set; `base`: what it
         starts from). Unknown keys and bad values raise one line naming the key."""
         names = [f.name for f in fields(cls)]
-        allowed = tuple(names) if allowed is None else allowed
+        if allowed is None:  # a study file: every field but those the runner fills in
+            allowed = tuple(f.name for f in fields(cls) if f.metadata["kind"] != "internal")
         extra = sorted(set(table) - set(allowed))
-        if extra:
-            raise AblationError(f"unknown key {extra[0]!r} (allowed: "
+        if extra:  # a typo gets a hint; a field this table may not set, the list
+            hint = "" if extra[0] in names else did_you_mean(extra[0], allowed, n=1)
+            raise AblationError(f"unknown key {extra[0]!r}{hint} (allowed: "
                                 f"{', '.join(sorted(allowed))})")
         return (base or DEFAULTS).replace(**table)
 

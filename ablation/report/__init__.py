@@ -43,11 +43,11 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
         out += [f"*{cmp.question}*", ""]
     missing = [v for v in cmp.variants if v not in present]
     if not present:
-        fill = markdown.command(study, recipe, list(cmp.variants), seeds)
+        fill = markdown.command(study, recipe, list(cmp.variants), seeds, results_dir)
         return [*out, f"**Pending**: no runs yet. Fill it with `{fill}`", ""]
     if missing:
         out += [f"**Missing**: {', '.join(missing)} — run "
-                f"`{markdown.command(study, recipe, missing, seeds)}`", ""]
+                f"`{markdown.command(study, recipe, missing, seeds, results_dir)}`", ""]
 
     published = dict(cmp.published_error)
     summary = stats.summarise(present, published, split)
@@ -102,7 +102,7 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
                 markdown.table(verdicts), "",
                 *markdown.verdict_notes(study, recipe, pairs, judged.settings, left_out,
                                         {v: k for v, k in judged.beyond.items()
-                                         if v in present})]
+                                         if v in present}, results_dir)]
     return out
 
 
@@ -110,8 +110,8 @@ def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir,
                      also=()) -> list[str]:
     resp = responses_frame([r for rs in present.values() for r in rs])
     if not len(resp):
-        res = [] if str(results_dir) == "results" else ["--results", str(results_dir)]
-        cmd = " ".join(["ablation analyze", *markdown.study_flag(study), *res, *present])
+        cmd = " ".join(["ablation analyze", *markdown.study_flag(study),
+                        *markdown.results_flag(results_dir), *present])
         return [f"Layer responses (He et al. 2015, Fig. 7): not measured yet; `{cmd}` adds "
                 "them to this report.", ""]
     figures.plot_responses(fig_dir / f"{base}-responses.png", resp, cmp.title, col, also)
@@ -201,7 +201,8 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
         raise AblationError(f"no readable runs in {results_dir}; run `ablation run` first")
     runs = for_study(every, study)
     if not runs:
-        cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all"])
+        cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all",
+                        *markdown.results_flag(results_dir)])
         raise AblationError(f"no runs of study {study.name!r} in {results_dir}; run "
                             f"`{cmd}` first")
     # a tuned study's runs (both phases) have their own section: they span many recipes
@@ -257,6 +258,10 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
             lines += _comparison_block(study, cmp, n, rs, fig_dir, rid, col, results_dir,
                                        judged, split, also, latex)
             verdict_rows += markdown.verdict_rows(cmp.key, rid, judged.pairs[cmp.key], judged)
+    if tuned_groups and on == "validation":
+        lines += ["*`--on validation` leaves the tuned comparisons below on the test set: their "
+                  "validation split chose each variant's setting, so judging on it again "
+                  "would grade the choice by itself.*", ""]
     if tuned_groups:
         more, rows = tuned.section(study, phased, out_dir, col, results_dir, margin,
                                    _comparison_block, also, latex)

@@ -14,7 +14,7 @@ from ablation import study as studies
 from ablation.recipe import Recipe
 from ablation.report import stats
 from ablation.report.load import Run
-from ablation.results import TEST, Split
+from ablation.results import DEFAULT_RESULTS, TEST, Split
 
 
 def table(df: pd.DataFrame) -> str:
@@ -35,10 +35,11 @@ def _mark(value, reference) -> str:
     return f"{int(value):,}" + (" ✓" if reference is not None and value == reference else "")
 
 
-def command(study: studies.Study, recipe: dict, variants: list[str], seeds: int) -> str:
+def command(study: studies.Study, recipe: dict, variants: list[str], seeds: int,
+            results_dir: Path | str = DEFAULT_RESULTS) -> str:
     """The `ablation run` command that trains `variants` under `recipe` in `study`:
     a flag for each recipe field that differs from the study's defaults (`seeds` 0:
-    no --seeds flag)."""
+    no --seeds flag), and the results folder the report read, unless it is the default."""
     base, target = study.recipe(), Recipe.from_dict(recipe)
     flags = []
     for f in fields(Recipe):
@@ -53,7 +54,14 @@ def command(study: studies.Study, recipe: dict, variants: list[str], seeds: int)
         else:
             flags.append(f"{flag} {value}")
     return " ".join(["ablation run", *study_flag(study), *variants,
-                     *([f"--seeds {seeds}"] if seeds else []), *flags])
+                     *([f"--seeds {seeds}"] if seeds else []), *flags,
+                     *results_flag(results_dir)])
+
+
+def results_flag(results_dir: Path | str) -> list[str]:
+    """What a suggested command needs to find the runs the report read: nothing for the
+    default folder."""
+    return [] if str(results_dir) == DEFAULT_RESULTS else ["--results", str(results_dir)]
 
 
 def study_flag(study: studies.Study) -> list[str]:
@@ -113,7 +121,8 @@ def verdict_table(pairs: list[verdict.Pair], margin: float, alpha: float = 0.05
 
 def verdict_notes(study: studies.Study, recipe: dict, pairs: list[verdict.Pair],
                   settings: verdict.Settings, left_out: int,
-                  beyond: dict[str, int] | None = None) -> list[str]:
+                  beyond: dict[str, int] | None = None,
+                  results_dir: Path | str = DEFAULT_RESULTS) -> list[str]:
     """What the verdict table means, the A/A pairs, divergence, and the command that
     decides the undecided pairs."""
     margin, m = settings.margin, max(1, len(pairs))
@@ -165,8 +174,9 @@ def verdict_notes(study: studies.Study, recipe: dict, pairs: list[verdict.Pair],
                   f"spread of the deltas pooled over the recipe's pairs (diverged runs left "
                   f"out) at its upper 80 % limit. A true difference between 0 and the margin "
                   f"may stay undecided at any count. "
-                  f"`{command(study, recipe, names, need)}`, or let the seeds grow only where "
-                  f"needed: `{command(study, recipe, names, 0)} --until-decided`.", ""]
+                  f"`{command(study, recipe, names, need, results_dir)}`, or let the seeds "
+                  f"grow only where needed: `{command(study, recipe, names, 0, results_dir)} "
+                  "--until-decided`.", ""]
     return lines
 
 

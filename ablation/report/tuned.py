@@ -86,7 +86,8 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
         lines += _robustness(means, settings, variants)
         compare, judged = _judge(study, gid, rs, choices, designs, margin)
         if not compare:
-            cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all"])
+            cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all",
+                            *markdown.results_flag(results_dir)])
             lines += [f"**Comparison phase pending**: no run at the chosen settings yet; "
                       f"`{cmd}` runs it.", ""]
             continue
@@ -148,7 +149,7 @@ def _choices_table(choices: dict[str, tune.Choice | None], scores) -> list[str]:
         if c is None:
             rows.append([v, "–", "–", "–", f"{failed} failed"])
             continue
-        rows.append([v, tune._words(c.setting), f"{100 * c.accuracy:.2f}", str(c.seeds),
+        rows.append([v, tune.words(c.setting), f"{100 * c.accuracy:.2f}", str(c.seeds),
                      (f"{c.tied} tie(s), nearest the base taken" if c.tied else "")
                      + (f"; {failed} setting(s) failed or diverged" if failed else "")])
         notes += [f"- **{v}** — {e}" for e in c.edges]
@@ -175,7 +176,7 @@ def _robustness(means: dict[str, dict[str, float]], settings: dict[str, dict],
         ranked = sorted(have.items(), key=lambda kv: -kv[1])
         lead = 100 * (ranked[0][1] - ranked[1][1])
         leaders.add(ranked[0][0] if lead > 0 else "(tie)")
-        rows.append([tune._words(settings[k]),
+        rows.append([tune.words(settings[k]),
                      *("–" if a is None else f"{100 * a:.2f}" for a in accs.values()),
                      ranked[0][0] if lead > 0 else "(tie)", f"{lead:.2f}"])
     if not rows:
