@@ -161,7 +161,7 @@ def project(measured: dict[str, float]) -> dict[str, tuple[float, float, list[st
         for v in s.variant_names:
             m = count_params(v).macs
             ref = min(measured, key=lambda n, m=m: (n not in here, abs(macs[n] - m)))
-            epochs = recipe.replace(**dict(registry.get(v).recipe)).epochs
+            epochs = registry.get(v).train_recipe(recipe).epochs
             cpu += epochs * TRAIN_IMAGES[recipe.dataset] / (measured[ref] * macs[ref] / m)
             gpu += epochs * GPU_RESNET32_EPOCH_S * m / ref_macs
         out[s.name] = (cpu, gpu, here)
@@ -199,7 +199,7 @@ def main(variants: list[str], precision: str = "fp32", steps: int | None = None,
           flush=True)
     measured: dict[str, float] = {}
     for v in variants:
-        epochs = _study_of(v, study).recipe().replace(**dict(registry.get(v).recipe)).epochs
+        epochs = registry.get(v).train_recipe(_study_of(v, study).recipe()).epochs
         ours, theirs = [], []
         for k in range(repeats if baseline else 1):
             got = _ours(v, precision, steps, batch_size, data_dir, study)

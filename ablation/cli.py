@@ -146,7 +146,7 @@ def cmd_run(args) -> int:
     for n in names:  # what each job trains with: the variant's own fields on top
         own = dict(registry.get(n).recipe)
         try:
-            recipe.replace(**own)
+            registry.get(n).train_recipe(recipe)
         except AblationError as e:
             raise AblationError(f"{n} (its recipe sets {own}): {e}") from None
     data_dir = data.resolve_data_dir(recipe.dataset, args.data_dir)

@@ -64,6 +64,11 @@ class Variant:
     # Not part of the definition: the units' source hashes are (ablation.study)
     unit_module: str | None = None
 
+    def train_recipe(self, recipe):
+        """`recipe` with this network's own fixed fields on top (`recipe`: what every job,
+        bench measurement and projection of it trains with)."""
+        return recipe.replace(**dict(self.recipe))
+
     def stage_unit(self, stage: int) -> str:
         """The unit of stage `stage` (0-based)."""
         return self.unit[stage] if isinstance(self.unit, tuple) else self.unit

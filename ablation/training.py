@@ -476,7 +476,7 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     (run_dir / HELD_MARKER).unlink(missing_ok=True)
 
     variant = _variant(cfg)
-    recipe = cfg.recipe.replace(**dict(variant.recipe))  # the variant's own fixed fields
+    recipe = variant.train_recipe(cfg.recipe)  # the variant's own fixed fields on top
     ds = load_data(recipe, cfg.data_dir, cfg.data)
     name = keras.backend.backend()
     steps = -(-len(ds.y_train) // recipe.batch_size)
@@ -507,8 +507,9 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     # the backup, the raw ones
     swap = [keras.callbacks.SwapEMAWeights()] if recipe.ema else []
     callbacks = [
+        # Keras calls a schedule as (epoch, current lr): only the epoch is ours
         *([] if per_step(recipe) else [keras.callbacks.LearningRateScheduler(
-            recipe.learning_rate)]),
+            lambda epoch, _lr: recipe.learning_rate(epoch))]),
         *swap,
         *([HeldOut(data.test_batches(ds, recipe.batch_size, split="validation"), swap)]
           if recipe.validation else []),

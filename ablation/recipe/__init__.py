@@ -38,7 +38,10 @@ PRECISION_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloa
 PRECISIONS = tuple(PRECISION_POLICIES)
 AUGMENTS = ("blog", "crop")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
-OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "rmsprop", "lion")
+# each optimizer's Keras class, whose name is also how a report writes it
+OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "nadam": "Nadam",
+                     "rmsprop": "RMSprop", "lion": "Lion"}
+OPTIMIZERS = tuple(OPTIMIZER_CLASSES)
 DECOUPLED = ("adamw", "lion")  # optimizers whose weight decay is decoupled by definition
 DECAYS = ("auto", "l2", "decoupled")
 SCHEDULES = ("step", "cosine", "linear", "constant")
@@ -331,9 +334,7 @@ class Recipe:
 
     def describe(self) -> str:
         """One line for reports: every field that shapes training, in words."""
-        name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "nadam": "Nadam",
-                "rmsprop": "RMSprop", "lion": "Lion"}[self.optimizer]
-        opt = f"{name} lr {self.lr:g}"
+        opt = f"{OPTIMIZER_CLASSES[self.optimizer]} lr {self.lr:g}"
         if self.optimizer == "sgd":
             opt += f" (momentum {self.momentum:g}{', Nesterov' if self.nesterov else ''})"
         betas = [f"{k.replace('_', ' ')} {getattr(self, k):g}"
@@ -394,15 +395,18 @@ def _message(e: pydantic.ValidationError) -> str:
     """A schema error as one line: the field (as its flag is spelled) and what is wrong."""
     err = e.errors(include_url=False)[0]
     name = str(err["loc"][0]) if err["loc"] else "?"
+    return f"{name.replace('_', '-')} {_why(err, name)}, got {err.get('input')!r}"
+
+
+def _why(err: dict, name: str) -> str:
+    """What is wrong with a field's value, in words: its bound's or rule's own sentence,
+    the choices, or what its kind of value must be."""
     meta = {f.name: f.metadata for f in fields(Recipe)}.get(name, {})
-    value = err.get("input")
     if err["type"] == "value_error":
-        why = str(err.get("ctx", {}).get("error") or err["msg"])
-    elif meta.get("kind") == "choice":
-        why = f"must be one of {', '.join(meta['choices'])}"
-    else:
-        why = _TYPE_WORDS.get(meta.get("kind", ""), err["msg"])
-    return f"{name.replace('_', '-')} {why}, got {value!r}"
+        return str(err.get("ctx", {}).get("error") or err["msg"])
+    if meta.get("kind") == "choice":
+        return f"must be one of {', '.join(meta['choices'])}"
+    return _TYPE_WORDS.get(meta.get("kind", ""), err["msg"])
 
 
 def _validate(values: dict) -> dict:
@@ -422,11 +426,7 @@ def check_field(name: str, value: Any) -> Any:
     try:
         return adapter.validate_python(value)
     except pydantic.ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        if err["type"] == "value_error":
-            raise AblationError(str(err.get("ctx", {}).get("error") or err["msg"])) from None
-        meta = {f.name: f.metadata for f in fields(Recipe)}[name]
-        raise AblationError(_TYPE_WORDS.get(meta["kind"], err["msg"])) from None
+        raise AblationError(_why(e.errors(include_url=False)[0], name)) from None
 
 
 DEFAULTS = Recipe()

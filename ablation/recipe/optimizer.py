@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablation.recipe import Recipe
+from ablation.recipe import OPTIMIZER_CLASSES, Recipe
 
 NOT_DECAYED = ["bias", "gamma", "beta"]  # variable names decoupled decay leaves alone
-_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "nadam": "Nadam",
-            "rmsprop": "RMSprop", "lion": "Lion"}
 
 
 def l2(recipe: Recipe) -> float:
@@ -45,7 +43,7 @@ def optimizer(recipe: Recipe, keras_module: Any, learning_rate: Any = None) -> A
         kw["global_clipnorm"] = recipe.grad_clip
     if recipe.ema:
         kw.update(use_ema=True, ema_momentum=recipe.ema)
-    opt = getattr(keras_module.optimizers, _CLASSES[recipe.optimizer])(**kw)
+    opt = getattr(keras_module.optimizers, OPTIMIZER_CLASSES[recipe.optimizer])(**kw)
     if recipe.decoupled:
         opt.exclude_from_weight_decay(var_names=NOT_DECAYED)
     return opt

@@ -136,6 +136,16 @@ def _recipe_order(item: tuple[str, list[Run]]) -> tuple:
     return (subset, -r["epochs"], -len(runs), rid)
 
 
+def _plain_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs of each plain recipe, by recipe id: a tuned study's runs (either phase)
+    span many recipes and are grouped by tuning group instead (`tuned.groups`)."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if not r.summary.get("phase"):
+            groups.setdefault(r.summary["recipe_id"], []).append(r)
+    return groups
+
+
 def _judge(study: studies.Study, rid: str, rs: list[Run], designs: dict,
            margin: float | None, split: results.Split = results.TEST) -> stats.Verdicts:
     """A recipe's verdicts: its recorded --until-decided design replayed, if any (and its
@@ -150,12 +160,8 @@ def comparison_rows(results_dir: Path, study: studies.Study, runs: list[Run],
     judges it on the test set: (a key naming it, its title, its comparisons.csv rows, the
     runs of its variants). For readers of the verdicts other than the report."""
     designs = results.read_designs(Path(results_dir))
-    groups: dict[str, list[Run]] = {}
-    for r in runs:
-        if not r.summary.get("phase"):
-            groups.setdefault(r.summary["recipe_id"], []).append(r)
     out = []
-    for rid, rs in sorted(groups.items()):
+    for rid, rs in sorted(_plain_groups(runs).items()):
         judged = _judge(study, rid, rs, designs, margin)
         for cmp in study.comparisons:
             members = [r for r in rs if r.variant in cmp.variants]
@@ -207,10 +213,7 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
                             f"`{cmd}` first")
     # a tuned study's runs (both phases) have their own section: they span many recipes
     phased = [r for r in runs if r.summary.get("phase")]
-    groups: dict[str, list[Run]] = {}
-    for r in runs:
-        if not r.summary.get("phase"):
-            groups.setdefault(r.summary["recipe_id"], []).append(r)
+    groups = _plain_groups(runs)
     if recipe:
         groups = {k: v for k, v in groups.items() if k.startswith(recipe)}
     if epochs:
