@@ -17,6 +17,7 @@ import importlib
 from typing import Any
 
 from ablation import backend as _backend
+from ablation import registry as _registry
 
 # TensorFlow not installed, JAX installed: Keras must load JAX (ablation.backend)
 _backend.prefer_installed()
@@ -40,6 +41,17 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
+
+
+def _load_builtin_studies() -> None:
+    from ablation.study import load_builtins
+
+    load_builtins()
+
+
+# every entry point (build_model, count_params, registry.get, ...) finds the built-in
+# studies' variants, whatever a fresh process calls first
+_registry.add_source(_load_builtin_studies)
 
 
 def variants(pattern: str = "*") -> list[str]:

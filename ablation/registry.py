@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -114,6 +114,25 @@ class UnknownVariantError(AblationError, KeyError):
 
 
 _REGISTRY: dict[str, Variant] = {}
+# Loaders of the built-in variants (the built-in studies), run once, on the first lookup
+# that needs them: `import ablation; ablation.build_model("resnet34")` in a fresh process
+# finds the blog's variants whatever was called first. The package installs the loader
+# (ablation/__init__.py), so this module imports nothing above it.
+_SOURCES: list[Callable[[], object]] = []
+
+
+def add_source(load: Callable[[], object]) -> None:
+    """Run `load` (which registers variants) before the first lookup that misses."""
+    _SOURCES.append(load)
+
+
+def _load_sources() -> bool:
+    """Run the pending loaders; whether any ran (a miss is then worth a second look)."""
+    ran = False
+    while _SOURCES:
+        _SOURCES.pop(0)()  # popped first: a loader's own lookups never recurse
+        ran = True
+    return ran
 
 
 def register(variant: Variant) -> Variant:
@@ -124,12 +143,20 @@ def register(variant: Variant) -> Variant:
     return variant
 
 
+def lookup(name: str) -> Variant | None:
+    """The variant registered as `name` now, or None; never loads anything (the study
+    loader's view, while it registers the built-in studies themselves)."""
+    return _REGISTRY.get(name)
+
+
 def is_registered(name: str) -> bool:
-    return name in _REGISTRY
+    return name in _REGISTRY or (_load_sources() and name in _REGISTRY)
 
 
 def get(name: str) -> Variant:
     """Look a variant up by exact name, suggesting close matches on a miss."""
+    if name not in _REGISTRY:
+        _load_sources()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -139,6 +166,8 @@ def get(name: str) -> Variant:
 
 def variants(pattern: str = "*", names: Iterable[str] | None = None) -> list[str]:
     """Names matching a shell glob, in order: all registered ones, or among `names`."""
+    if names is None:
+        _load_sources()
     pool = list(_REGISTRY) if names is None else list(names)
     return [n for n in pool if fnmatch.fnmatchcase(n, pattern)]
 
@@ -149,6 +178,8 @@ def select(patterns: list[str], names: Iterable[str] | None = None) -> list[str]
     A plain name that is not in the pool raises UnknownVariantError; a glob that
     matches nothing raises too, because silently running nothing is never wanted.
     """
+    if names is None:
+        _load_sources()
     pool = list(_REGISTRY) if names is None else list(names)
     chosen: set[str] = set()
     for pat in patterns:

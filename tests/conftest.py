@@ -144,20 +144,26 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def _as_in_a_terminal() -> None:
+def as_in_a_terminal() -> None:
     # A shell without job control starts background commands with SIGINT ignored, and
     # children inherit that (a CI runner may start the tests so): give the process a
     # terminal's default Ctrl-C, whatever the test runner inherited.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+def _as_under_nohup() -> None:
+    # `nohup cmd &`, a script's `cmd &`: Ctrl-C cannot reach the command
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_cli(*args: str, env: dict | None = None, nohup: bool = False) -> subprocess.Popen:
     """Start `ablation ...` in its own process group, with Ctrl-C as a terminal has it
-    (a terminal's foreground job)."""
+    (a terminal's foreground job), or ignored as under `nohup` (`nohup=True`): each test
+    sets the disposition it relies on, whatever the test runner inherited."""
     return subprocess.Popen([sys.executable, "-m", "ablation.cli", *args], cwd=ROOT,
                             env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=_as_in_a_terminal)
+                            preexec_fn=_as_under_nohup if nohup else as_in_a_terminal)
 
 
 def hold_after(*epochs: int) -> dict:

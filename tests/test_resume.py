@@ -74,22 +74,24 @@ def test_resume_after_sigkill_keeps_every_epoch_once(tmp_path, cifar_dir, tiny):
 
 
 def test_ctrl_c_and_sigterm_mark_interrupted_and_a_rerun_resumes(tmp_path, cifar_dir, tiny):
-    """Ctrl-C (SIGINT to the terminal's process group) after epoch 1; then SIGTERM, what a
-    scheduler sends on preemption, to the runner alone, after epoch 2: each time the job
-    stops at a safe point and is marked interrupted, the runner exits 130, then 143; the
-    same command resumes it, each epoch trained once."""
+    """Ctrl-C (SIGINT to the terminal's process group) after epoch 1; then, started as
+    under `nohup` (SIGINT ignored, so a Ctrl-C to its group changes nothing), SIGTERM,
+    what a scheduler sends on preemption, to the runner alone, after epoch 2: each time
+    the job stops at a safe point and is marked interrupted, the runner exits 130, then
+    143; the same command resumes it, each epoch trained once."""
     res = tmp_path / "results"
     args = ["tiny8", *tiny, "--epochs", "3", "--train-limit", "128", "--test-limit", "64",
             "--batch-size", "32"]
-    for epoch, sig, code, cause in ((1, signal.SIGINT, 130, "Ctrl-C"),
-                                    (2, signal.SIGTERM, 143, "SIGTERM")):
+    for epoch, nohup, code, cause in ((1, False, 130, "Ctrl-C"), (2, True, 143, "SIGTERM")):
         p = start_cli("run", *args, "--data-dir", str(cifar_dir), "--results", str(res),
-                      env=hold_after(epoch))
+                      env=hold_after(epoch), nohup=nohup)
         wait_for(_held(res, epoch), f"the job to finish epoch {epoch} and hold", p)
-        if sig == signal.SIGINT:
-            os.killpg(p.pid, sig)  # what the terminal sends to the foreground group
-        else:
-            os.kill(p.pid, sig)  # to the runner alone: it stops its job itself
+        # what the terminal sends to the foreground group: under nohup it is ignored by
+        # the runner and its job alike (the job holds until a signal ends it, so it is
+        # still there when SIGTERM comes; Python handles SIGINT before SIGTERM)
+        os.killpg(p.pid, signal.SIGINT)
+        if nohup:
+            os.kill(p.pid, signal.SIGTERM)  # to the runner alone: it stops its job itself
         out = finish(p, f"`ablation run` to exit after {cause}", timeout=120)
         assert p.returncode == code, out
         assert f"interrupted by {cause}" in out and "Traceback" not in out

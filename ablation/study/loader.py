@@ -278,7 +278,7 @@ class _Loader:
                 raise self.fail(f"variant {name!r} clashes with a built-in variant of "
                                 f"study {home!r}; pick another name")
             v = self.variant(spec, where)
-            existing = registry.get(name) if registry.is_registered(name) else None
+            existing = registry.lookup(name)
             if existing is not None and existing != v:
                 raise self.fail(f"{where}another study already defines {name!r} differently"
                                 " in this process")
@@ -293,10 +293,11 @@ class _Loader:
         given = spec.model_dump(exclude_unset=True)
         base_name = given.pop("base", None)
         if base_name is not None:
-            if not registry.is_registered(base_name):
+            found = registry.lookup(base_name)
+            if found is None:
                 raise self.fail(f"{where}unknown base {base_name!r} (a built-in variant or "
                                 "one defined above in this file)")
-            d = registry.get(base_name).to_dict()
+            d = found.to_dict()
             changed = ", ".join(k for k in given if k not in ("name", "label", "description"))
             d.update(label="", reference_params=None,
                      description=base_name + (f" with its {changed} changed" if changed
