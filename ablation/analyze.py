@@ -28,8 +28,7 @@ from ablation import data, results
 from ablation.errors import AblationError
 from ablation.models import layer_inputs
 from ablation.protocol import Exit, JobState
-from ablation.recipe import Recipe
-from ablation.report.load import RESPONSES, Run, load_runs
+from ablation.runs import RESPONSES, Run, load_runs
 
 AFTER_BN, CONV_OUTPUT = "after BN", "conv output"
 BATCH = 100
@@ -84,7 +83,7 @@ def measure(h5: Path, x: np.ndarray) -> pd.DataFrame:
         model = keras.models.load_model(str(h5), compile=False)
     except Exception as e:  # truncated, not HDF5, not a Keras model
         raise AblationError(f"cannot load {h5}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]}") from None
+                            f"{str(e).splitlines()[0][:200]}") from e
     points = response_points(model)
     if not points:
         raise AblationError(f"{h5} has no 3x3 convolution")
@@ -119,18 +118,17 @@ def measure(h5: Path, x: np.ndarray) -> pd.DataFrame:
 def _images(run: Run, images: int, data_dir: str | None, cache: dict) -> np.ndarray:
     """The first `images` test images of the run's data (class-balanced; all of them when
     the test split is smaller), normalised as the run trained."""
-    r = run.summary["recipe"]
-    dataset = r.get("dataset", "cifar10")
-    source = data_dir or run.summary.get("data_source")
+    recipe = run.record.recipe
+    dataset = recipe.dataset
+    source = data_dir or run.record.data_source
     if source == "generated" or not source or data.is_path(dataset):
         source = None
-    key = (dataset, r.get("data_hash"), source, images)
+    key = (dataset, recipe.data_hash, source, images)
     if key not in cache:
         try:
             record = results.read_json(run.folder / "config.json").get("data")
         except (FileNotFoundError, AblationError):
             record = None
-        recipe = Recipe.from_dict(r)
         test = data.describe(data.resolve(dataset), recipe.image_hw).test or images
         ds = data.load(dataset, source, train_limit=1, test_limit=min(images, test),
                        image_size=recipe.image_hw, data_hash=recipe.data_hash,
@@ -146,16 +144,16 @@ def main(results_dir: Path, variants: list[str], images: int = 1000, force: bool
     if not Path(results_dir).is_dir():
         raise AblationError(f"no results folder {results_dir}; run `ablation run` first")
     runs = [r for r in load_runs(Path(results_dir)) if r.variant in variants
-            and (not recipe or r.summary["recipe_id"].startswith(recipe))]
-    done = [r for r in runs if r.summary.get("status") == JobState.DONE]
+            and (not recipe or r.record.recipe_id.startswith(recipe))]
+    done = [r for r in runs if r.record.status == JobState.DONE]
     if not done:
         raise AblationError(f"no done runs of {', '.join(variants)} in {results_dir}; "
                             "train them with `ablation run` first")
-    done.sort(key=lambda r: (r.summary["recipe_id"], r.variant, r.seed))
+    done.sort(key=lambda r: (r.record.recipe_id, r.variant, r.seed))
     cache: dict = {}
     failed = 0
     for k, r in enumerate(done, 1):
-        name = f"[{k}/{len(done)}] {r.variant} s{r.seed} ({r.summary['recipe_id']})"
+        name = f"[{k}/{len(done)}] {r.variant} s{r.seed} ({r.record.recipe_id})"
         h5, csv_path = r.folder / "model.h5", r.folder / RESPONSES
         if not h5.is_file():
             print(f"{name}: skipped, no model.h5 (trained with --no-keep-model)", file=out,

@@ -100,5 +100,5 @@ def recipe_value(name: str, kind: str) -> Callable[[str], object]:
         try:
             return check_field(name, value)
         except AblationError as e:
-            raise argparse.ArgumentTypeError(f"{e}, got {s}") from None
+            raise argparse.ArgumentTypeError(f"{e}, got {s}") from e
     return parse

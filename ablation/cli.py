@@ -1,8 +1,9 @@
 """`ablation`: a thin command line over studies, the runner, the reporter and the analyser.
 
 Every user mistake ends in one line on stderr and a non-zero exit, never a traceback
-(set ABLATION_DEBUG=1 to see one for a real bug). The recipe flags and their defaults
-come from `ablation.recipe.Recipe`; executor flags from each executor class.
+(set ABLATION_DEBUG=1 to see the whole chain behind it, or a real bug's). The recipe
+flags and their defaults come from `ablation.recipe.Recipe`; executor flags from each
+executor class.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ablation.errors import AblationError
-from ablation.protocol import NEW, Exit, JobState, Terminated
+from ablation.protocol import Exit, JobState, Terminated
 from ablation.results import DEFAULT_RESULTS
 
 # Only the standard library and two small modules above: `main` installs the signal
@@ -118,112 +119,25 @@ def _recipe_overrides(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from ablation import data, registry, runner
+    from ablation import planning, runner
     from ablation.executors import EXECUTORS
 
     if args.all and args.variants:
         raise AblationError("give variant names/globs or --all, not both")
-    if args.until_decided and args.seeds is not None:
-        raise AblationError("--until-decided chooses the seeds itself (in looks, up to "
-                            "--max-seeds); drop --seeds")
-    if args.max_seeds is not None and not args.until_decided:
-        raise AblationError("--max-seeds only goes with --until-decided")
     if not args.all and not args.variants:
         raise AblationError("name the variants to train (names or globs), or pass --all")
     study = _study(args)
     names = study.variants() if args.all else study.select(args.variants)
-    try:
-        recipe = study.recipe(_recipe_overrides(args))
-    except AblationError as e:
-        raise AblationError(f"{e} (the recipe: study {study.name}'s [recipe], then the "
-                            "flags)") from None
-    for n in names:  # a local weights file a job would start from must be there now
-        w = registry.get(n).pretrained
-        if w and w != "imagenet" and not Path(w).is_file():
-            raise AblationError(f"{n} starts from the pretrained weights {w}, which do not "
-                                "exist; fix the path in the study file, or leave the variant "
-                                "out")
-    for n in names:  # what each job trains with: the variant's own fields on top
-        own = dict(registry.get(n).recipe)
-        try:
-            registry.get(n).train_recipe(recipe)
-        except AblationError as e:
-            raise AblationError(f"{n} (its recipe sets {own}): {e}") from None
-    data_dir = data.resolve_data_dir(recipe.dataset, args.data_dir)
-    # a dataset by path: hashed (its content names the recipe id), its statistics taken,
-    # a folder decoded once into the results folder (not for a dry run: it writes nothing)
-    record = data.prepare(recipe.dataset, recipe.image_hw, Path(args.results),
-                          decode=not args.dry_run)
-    if record is not None:
-        recipe = recipe.replace(dataset=record["path"], data_hash=record["content_hash"])
-    _check_limits(recipe, record)
-    plan = runner.Plan([registry.get(n) for n in names], args.seeds or 1, recipe,
-                       Path(args.results),
-                       str(data_dir.resolve()) if data_dir else None,
-                       keep_model=not args.no_keep_model, retry_failed=args.retry_failed,
-                       study=study.name if study.builtin else str(study.path), data=record)
-    if study.tune is not None:  # tune, choose, then compare (ablation.phases)
-        return _run_tuned(args, plan, study, data_dir)
+    plan = planning.plan(study, names, _recipe_overrides(args), Path(args.results),
+                         args.data_dir, args.seeds or 1, keep_model=not args.no_keep_model,
+                         retry_failed=args.retry_failed, dry_run=args.dry_run)
+    policy = planning.policy(plan, study, args.seeds, args.until_decided, args.max_seeds,
+                             args.margin)
+    view = runner.View(plan.results, study)
     if args.dry_run:
-        known = runner.states(Path(args.results))
-        print(f"recipe {recipe.id}: {json.dumps(recipe.to_dict(), sort_keys=True)}")
-        jobs = plan.jobs()
-        for k, j in enumerate(jobs, 1):
-            state = known.get((j.variant.name, j.tag, j.seed, recipe.id), NEW)
-            print(f"{k:4d}  {j.variant.name:<14} seed {j.seed}  [{state}]  {j.run_dir}")
-        print(f"{len(jobs)} job(s); nothing was run (--dry-run)")
-        return 0
-    if data_dir is not None:
-        data.check(recipe.dataset, data_dir)
+        return policy.dry_run(view)
     executor = EXECUTORS[args.executor]()
-    factory = lambda sink: executor.from_args(args, sink)  # noqa: E731
-    if args.until_decided:
-        from ablation import sequential, verdict
-
-        return sequential.run_until_decided(
-            plan, study, args.max_seeds or verdict.LOOKS[-1],
-            study.analysis.replace(margin=args.margin), factory)
-    return runner.run(plan, factory)
-
-
-def _check_limits(recipe, record: dict | None) -> None:
-    """Subsets and the validation split fit the data: one line before anything is queued
-    (a job would find out the same, once per job)."""
-    from ablation import data
-
-    if record is None:  # a named dataset: its sizes are known without reading it
-        shape = data.describe(data.resolve(recipe.dataset), recipe.image_hw)
-        record = {"train_images": shape.train, "test_images": shape.test}
-    train, test = record["train_images"], record["test_images"]
-    for what, n, have in (("validation", recipe.validation, train),
-                          ("train-limit", recipe.train_limit,
-                           train - recipe.validation if train else None),
-                          ("test-limit", recipe.test_limit, test)):
-        if n and have is not None and n > have:
-            split = "test" if what == "test-limit" else "training"
-            raise AblationError(f"{what} {n:,} is more than the {have:,} {split} images of "
-                                f"{recipe.dataset}" + (" left after the validation split"
-                                                       if what == "train-limit"
-                                                       and recipe.validation else ""))
-
-
-def _run_tuned(args, plan, study, data_dir) -> int:
-    from ablation import data, phases, sequential, verdict
-    from ablation.executors import EXECUTORS
-
-    seeds = args.seeds or 1
-    if args.dry_run:
-        return phases.dry_run(plan, study, study.tune, seeds)
-    if data_dir is not None:
-        data.check(plan.recipe.dataset, data_dir)
-    executor = EXECUTORS[args.executor]()
-    factory = lambda sink: executor.from_args(args, sink)  # noqa: E731
-    until = None
-    if args.until_decided:
-        until = lambda p: sequential.run_until_decided(  # noqa: E731
-            p, study, args.max_seeds or verdict.LOOKS[-1],
-            study.analysis.replace(margin=args.margin), factory)
-    return phases.run_phases(plan, study, study.tune, seeds, factory, until)
+    return runner.drive(policy, view, lambda sink: executor.from_args(args, sink))
 
 
 # --- status -------------------------------------------------------------------------------
@@ -498,6 +412,16 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def _debug(e: BaseException) -> None:
+    """Under ABLATION_DEBUG, the whole traceback before the one line: every exception
+    it was raised from included (a user's unit failing inside the network, a damaged
+    file's parser), so the author of a unit sees their own line."""
+    if os.environ.get("ABLATION_DEBUG"):
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every way it ends is one exit code, and a mistake one line on
     stderr. SIGTERM (a scheduler's preemption) is handled as Ctrl-C is; both are in
@@ -514,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return Exit.USAGE
     except AblationError as e:
+        _debug(e)
         print(f"ablation: error: {e}", file=sys.stderr)
         return Exit.USAGE
     except Terminated:

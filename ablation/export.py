@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ablation import results
 from ablation import study as studies
-from ablation.errors import AblationError
+from ablation.errors import AblationError, did_you_mean
 from ablation.protocol import JobState
 
 KEY = "ablation.key"  # the tag that makes an export idempotent
@@ -83,7 +83,39 @@ def _client(tracking_uri: str | None):
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = tracking_uri or mlflow.get_tracking_uri()
-    return MlflowClient(tracking_uri=uri), uri
+    check_uri(uri)
+    try:
+        return MlflowClient(tracking_uri=uri), uri
+    except Exception as e:
+        raise AblationError(f"cannot use the MLflow tracking store {uri}: "
+                            f"{_first_line(e)}") from e
+
+
+# the tracking stores MLflow 3 writes to, by URI scheme (a `+driver` suffix allowed)
+STORES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+WORKS = ("sqlite:///path/mlflow.db (a local file), postgresql://..., mysql://..., "
+         "http(s)://HOST:PORT (a server), databricks")
+
+
+def check_uri(uri: str) -> None:
+    """A tracking URI MLflow can write to, or one line naming it and what works: a
+    misspelt scheme (sqllite:) and a plain folder (MLflow's file store, which MLflow 3
+    no longer writes to) are refused before anything is tried."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else uri.split(":", 1)[0] \
+        if uri.startswith("databricks") else ""
+    base = scheme.split("+", 1)[0].lower()
+    if base in ("", "file"):
+        raise AblationError(f"MLflow tracking URI {uri}: a plain folder (MLflow's file store) "
+                            "is not a store MLflow 3 writes to; use a database file, e.g. "
+                            f"sqlite:///{_folder(uri)}/mlflow.db, or a server ({WORKS})")
+    if base not in STORES:
+        raise AblationError(f"MLflow tracking URI {uri}: unknown scheme {scheme!r}"
+                            f"{did_you_mean(base, STORES, n=1)} (stores: {WORKS})")
+
+
+def _folder(uri: str) -> str:
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return str(Path(path).expanduser().resolve())
 
 
 def _local_db(uri: str) -> Path | None:
@@ -104,10 +136,10 @@ def _experiment(client, uri: str, name: str) -> str:
     try:
         exp = client.get_experiment_by_name(name)
     except ModuleNotFoundError as e:  # a SQLite store without its database packages
-        raise AblationError(f"the MLflow store {uri} needs {e.name}: {INSTALL}") from None
+        raise AblationError(f"the MLflow store {uri} needs {e.name}: {INSTALL}") from e
     except Exception as e:  # any failure to reach the store: one line
         raise AblationError(f"cannot reach the MLflow tracking store {uri}: "
-                            f"{_first_line(e)}") from None
+                            f"{_first_line(e)}") from e
     if exp is None:
         db = _local_db(uri)
         # a local store keeps its artifacts beside its database, not in whatever folder
@@ -146,10 +178,10 @@ def _flat(prefix: str, value, out: dict[str, str]) -> None:
         out[prefix] = text[:MAX_PARAM]
 
 
-def _params(summary: dict) -> dict[str, str]:
-    out: dict[str, str] = {"seed": str(summary["seed"])}
-    _flat("recipe", summary.get("recipe") or {}, out)
-    _flat("definition", summary.get("definition") or {}, out)
+def _params(record) -> dict[str, str]:
+    out: dict[str, str] = {"seed": str(record.seed)}
+    _flat("recipe", record.recipe.to_dict(), out)
+    _flat("definition", record.definition or {}, out)
     return out
 
 
@@ -184,35 +216,36 @@ def _metrics(run, start_ms: int, have: dict[str, set[int]]):
             out.append(Metric(name, v, start_ms + int(1000 * sec), int(epoch)))
     last = int(h["epoch"].max())
     for key, name in FINALS.items():
-        v = _number(run.summary.get(key))
+        v = _number(getattr(run.record, key))
         if v is not None and last not in have.get(name, set()):
             out.append(Metric(name, v, start_ms + int(1000 * float(seconds.iloc[-1])), last))
     return out
 
 
-def _start_ms(summary: dict) -> int:
+def _start_ms(record) -> int:
     """When the run started, from its last update and its training time."""
     try:
-        updated = time.mktime(time.strptime(summary["updated"], "%Y-%m-%dT%H:%M:%S%z"))
-    except (KeyError, ValueError, TypeError):
+        updated = time.mktime(time.strptime(record.updated, "%Y-%m-%dT%H:%M:%S%z"))
+    except (ValueError, TypeError):
         updated = time.time()
-    return int(1000 * (updated - float(summary.get("train_seconds") or 0)))
+    return int(1000 * (updated - float(record.train_seconds or 0)))
 
 
 def _export_run(client, exp_id: str, run, known, models: bool) -> tuple[str, str]:
     """One run folder as one MLflow run; returns (its MLflow id, new|updated|unchanged)."""
     from mlflow.entities import Param, RunTag
 
-    s = run.summary
+    s = run.record
     key = f"run:{run.folder.parent.name}/{run.folder.name}"
-    name = f"{s['variant']} seed {s['seed']}"
-    if s.get("phase") and s.get("tuning"):  # a tuned study's runs differ by their setting
+    name = f"{s.variant} seed {s.seed}"
+    if s.phase and s.tuning:  # a tuned study's runs differ by their setting
         from ablation import tune
 
-        setting = tune.setting_of(s["recipe"], s["tuning"]["fields"])
-        name += f" ({s['phase']}, {tune.words(setting)})"
+        setting = tune.setting_of(s.recipe.to_dict(), s.tuning.fields)
+        name += f" ({s.phase}, {tune.words(setting)})"
     tags = {KEY: key, KIND: "run", "mlflow.runName": name,
-            **{f"ablation.{t}": str(s[t]) for t in TAGS if s.get(t) is not None}}
+            **{f"ablation.{t}": str(getattr(s, t)) for t in TAGS
+               if getattr(s, t) is not None}}
     if known is None:
         mr = client.create_run(exp_id, start_time=_start_ms(s), tags=tags)
         run_id, start, have, what = mr.info.run_id, mr.info.start_time, {}, "new"
@@ -237,16 +270,16 @@ def _export_run(client, exp_id: str, run, known, models: bool) -> tuple[str, str
         for name in ("history.csv", "config.json", "summary.json"):
             if (run.folder / name).is_file():
                 client.log_artifact(run_id, str(run.folder / name))
-    model = run.folder / str(s.get("model_file") or "model.h5")
+    model = run.folder / str(s.model_file or "model.h5")
     if models and model.is_file() and (what != "unchanged" or model.name not in {
             a.path for a in client.list_artifacts(run_id)}):  # --models added later
         client.log_artifact(run_id, str(model))
-    status = STATUS.get(s.get("status"), "RUNNING")
+    status = STATUS.get(s.status, "RUNNING")
     if status in ("RUNNING", "SCHEDULED"):
         client.update_run(run_id, status=status)
     else:
         client.set_terminated(run_id, status, start + int(
-            1000 * float(s.get("train_seconds") or 0)))
+            1000 * float(s.train_seconds or 0)))
     return run_id, what
 
 
@@ -288,7 +321,7 @@ def to_mlflow(results_dir: Path, study: studies.Study, tracking_uri: str | None 
     """Export the study's runs in `results_dir` and its comparisons' verdicts to MLflow
     (module docstring); prints progress and where it went. Returns the exit code."""
     from ablation import report
-    from ablation.report.load import for_study, load_runs
+    from ablation.runs import for_study, load_runs
 
     if not Path(results_dir).is_dir():
         raise AblationError(f"no results folder {results_dir}; run `ablation run` first")
@@ -301,7 +334,7 @@ def to_mlflow(results_dir: Path, study: studies.Study, tracking_uri: str | None 
     name = experiment or f"ablation-{study.name}"
     exp_id = _experiment(client, uri, name)
     existing = _existing(client, exp_id)
-    runs.sort(key=lambda r: (r.summary["recipe_id"], r.variant, r.seed))
+    runs.sort(key=lambda r: (r.record.recipe_id, r.variant, r.seed))
     judged = report.comparison_rows(Path(results_dir), study, runs, margin)
     tally, ids, t0 = Tally(), {}, time.monotonic()
     total = len(runs) + len(judged)
@@ -312,7 +345,7 @@ def to_mlflow(results_dir: Path, study: studies.Study, tracking_uri: str | None 
         except (MlflowException, OSError) as e:  # a store's refusal, a lost server
             raise AblationError(f"MLflow refused run {run.folder}: {_first_line(e)} "
                                 f"({i - 1} of {len(runs)} runs exported; rerun to go "
-                                "on)") from None
+                                "on)") from e
         setattr(tally, what, getattr(tally, what) + 1)
         _progress(out, i, total, t0)
     parents: dict[int, str] = {}
@@ -330,7 +363,7 @@ def to_mlflow(results_dir: Path, study: studies.Study, tracking_uri: str | None 
                 client.set_tag(ids[id(r)], "mlflow.parentRunId", parents[id(r)])
     except (MlflowException, OSError) as e:
         raise AblationError(f"MLflow refused a comparison: {_first_line(e)} (all "
-                            f"{len(runs)} runs are exported; rerun to go on)") from None
+                            f"{len(runs)} runs are exported; rerun to go on)") from e
     print(f"exported {len(runs)} run(s) and {len(judged)} comparison(s) to experiment "
           f"{name!r} at {uri}: {tally.new} new, {tally.updated} updated, {tally.unchanged} "
           "unchanged", file=out)

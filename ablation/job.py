@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ablation import backend, devices, results
 from ablation.errors import AblationError
-from ablation.protocol import Exit, JobState
+from ablation.protocol import Exit, JobConfig, JobState
 
 
 def _watch_parent() -> None:
@@ -38,12 +38,22 @@ def _watch_parent() -> None:
 
 
 def _record(run_dir: Path, status: JobState, reason: str, **extra) -> None:
-    """Merge the outcome into summary.json (kept as it was where it is damaged)."""
+    """Merge the outcome into the run record (summary.json): into the one training
+    wrote, else into the job's identity from its config.json (a job that fails before
+    its first epoch is then still a run that failed, with its reason); left as it was
+    where neither can be read."""
     path = run_dir / "summary.json"
     try:
         s = results.read_json(path) if path.exists() else {}
     except AblationError:
         s = {}
+    if "recipe_id" not in s:
+        with contextlib.suppress(FileNotFoundError, AblationError):
+            cfg = JobConfig.from_dict(results.read_json(run_dir / "config.json"))
+            s = {**s, "variant": cfg.variant, "seed": cfg.seed, "recipe": cfg.recipe.to_dict(),
+                 "recipe_id": cfg.recipe.id, "study": cfg.study, "phase": cfg.phase,
+                 "tuning": cfg.tuning, "definition_hash": cfg.definition_hash,
+                 "definition": cfg.definition, "epochs_planned": cfg.recipe.epochs}
     s.update(status=status, error=reason, **extra)
     with contextlib.suppress(AblationError):
         results.atomic_write_json(path, s)
@@ -86,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; the last finished epoch is backed up", flush=True)
         return Exit.INTERRUPTED
     except AblationError as e:
+        if os.environ.get("ABLATION_DEBUG"):  # the whole chain into train.log
+            traceback.print_exc()
         return _fail(run_dir, str(e))
     except Exception as e:  # OOM, a bug, a bad variant: the queue goes on
         traceback.print_exc()

@@ -117,7 +117,7 @@ class JobQueue:
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise AblationError(f"damaged queue database {self.path}: {e}; move it aside to "
-                                "start a new queue (run folders are kept)") from None
+                                "start a new queue (run folders are kept)") from e
 
     def _migrate(self) -> None:
         """Create the table, or bring a database of an earlier version up to date."""

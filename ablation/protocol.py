@@ -13,12 +13,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Annotated, Any
 
-if TYPE_CHECKING:
-    from ablation.recipe import Recipe
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+from ablation import results
+from ablation.errors import AblationError, validation_line
+from ablation.recipe import Recipe
 
 
 class JobState(StrEnum):
@@ -61,6 +66,7 @@ class JobEnv(StrEnum):
 
 
 PROGRESS_PREFIX = "@@epoch "  # machine-readable progress lines on a job's stdout
+SUMMARY = "summary.json"  # the run record, in every run folder
 
 # Test hook: a training process whose environment sets this to N (or N,M,...) stops
 # after its N-th finished epoch (its backup and history already written), writes
@@ -83,7 +89,8 @@ def read_held(text: str) -> tuple[int, int, int]:
     return epoch, pid, parent
 
 
-def _num(v: Any) -> float | None:
+def number(v: Any) -> float | None:
+    """A finite float, or None (a NaN loss, a missing value, text): what JSON can hold."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -94,6 +101,8 @@ def _num(v: Any) -> float | None:
 @dataclass
 class EpochRecord:
     """One finished epoch, as the training process reports it to the runner."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     job: int
     of: int
@@ -112,17 +121,15 @@ class EpochRecord:
     validation_accuracy: float | None = None  # the held-out split, when the recipe has one
 
     def line(self) -> str:
-        d = {k: (_num(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        d = {k: (number(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
         return PROGRESS_PREFIX + json.dumps(d)
 
     @classmethod
     def parse(cls, payload: str) -> EpochRecord | None:
         """The record behind a progress line (prefix already removed), or None."""
         try:
-            d = json.loads(payload)
-            known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in d.items() if k in known})
-        except (ValueError, TypeError):
+            return _EPOCH_RECORD.validate_json(payload)
+        except pydantic.ValidationError:
             return None
 
 
@@ -146,6 +153,8 @@ class JobConfig:
     `units` the user units it needs, each with the hash of its source, so a job trains
     exactly what was queued even after the study file changed.
     """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     variant: str
     seed: int
@@ -174,10 +183,187 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> JobConfig:
-        from ablation.recipe import Recipe
+        """A config.json's content (its `recipe_id` is derived, so it is not read back);
+        a damaged one raises AblationError."""
+        d = {k: v for k, v in d.items() if k != "recipe_id"}
+        try:
+            return _JOB_CONFIG.validate_python(d)
+        except pydantic.ValidationError as e:
+            raise AblationError(f"not a job's config: {validation_line(e)}") from e
 
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["recipe"] = Recipe.from_dict(d["recipe"])
-        kw["seed"] = int(d["seed"])
-        return cls(**kw)
+
+_EPOCH_RECORD = pydantic.TypeAdapter(EpochRecord)
+_JOB_CONFIG = pydantic.TypeAdapter(JobConfig)
+
+
+# --- the run record ---------------------------------------------------------------------------
+
+
+def _recipe(value: Any) -> Any:
+    return Recipe.from_dict(value) if isinstance(value, dict) else value
+
+
+RecordedRecipe = Annotated[Recipe, BeforeValidator(_recipe),
+                           PlainSerializer(lambda r: r.to_dict(), return_type=dict)]
+
+
+class Tuning(BaseModel):
+    """A tuned study's run: its tuning group (ablation.policies.tuned)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: str
+    fields: list[str]
+    base: dict[str, Any]
+
+
+class RunRecord(BaseModel):
+    """A run, as its training process records it in `summary.json` (rewritten atomically
+    after every epoch) and as everything else reads it: the report, the export, the
+    analyser, the policies that choose settings and seeds, the runner.
+
+    One typed record instead of a dict, so a renamed key is an error where it is written
+    or read, never a silent None. Every key 0.3 to 0.5 wrote is here, so their run
+    folders load as they are (tests/test_records.py loads one of each); keys a newer
+    version adds are ignored on reading. Optional keys are None where a run has not
+    reached them (a job that failed before its first epoch has only its identity, its
+    status and the error).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # what it is: the job's identity
+    variant: str
+    seed: int
+    recipe_id: str
+    recipe: RecordedRecipe
+    status: JobState
+    error: str | None = None
+    study: str | None = None
+    phase: str | None = None  # a tuned study's: "tune" or "compare"
+    tuning: Tuning | None = None
+    train_recipe: dict[str, Any] | None = None  # the recipe with the variant's own fields
+    definition: dict[str, Any] | None = None
+    definition_hash: str | None = None
+    init_seed: int | None = None
+    # the network
+    params_total: int | None = None
+    params_trainable: int | None = None
+    params_non_trainable: int | None = None
+    depth: int | None = None
+    macs: int | None = None
+    pretrained: str | None = None
+    pretrained_convs: int | None = None
+    # the data
+    dataset: str | None = None
+    train_images: int | None = None
+    test_images: int | None = None
+    validation_images: int | None = None
+    input_shape: list[int] | None = None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    data_mean: list[float] | None = None
+    data_std: list[float] | None = None
+    data_hash: str | None = None
+    data_checksum: str | None = None
+    data_source: str | None = None
+    # how far, and how well: the history's numbers
+    epochs_planned: int | None = None
+    epochs_done: int = 0
+    final_accuracy: float | None = None
+    final_loss: float | None = None
+    final_test_accuracy: float | None = None
+    best_test_accuracy: float | None = None
+    final_test_loss: float | None = None
+    best_epoch: int | None = None
+    final_validation_accuracy: float | None = None
+    best_validation_accuracy: float | None = None
+    final_validation_loss: float | None = None
+    # the test set under Keras' names for fit's validation data, as 0.5 and earlier wrote
+    # them (read as the test_ keys above; still written, for one version: docs/studies.md)
+    final_val_accuracy: float | None = None
+    best_val_accuracy: float | None = None
+    final_val_loss: float | None = None
+    # time, speed, size
+    train_seconds: float | None = None
+    images_per_second: float | None = None
+    peak_rss_mb: float | None = None
+    h5_bytes: int | None = None
+    model_file: str | None = None
+    updated: str | None = None
+    # where and with what it ran
+    host: str | None = None
+    python: str | None = None
+    platform: str | None = None
+    keras: str | None = None
+    backend: str | None = None
+    backend_version: str | None = None
+    device: str | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    code_diff: str | None = None
+    units_file: str | None = None
+    matmul_precision: str | None = None
+    jit_compile: bool | None = None
+    steps_per_execution: int | None = None
+    loader_threads: int | None = None
+    jobs_per_gpu: int | None = None
+    CUDA_VISIBLE_DEVICES: str | None = None
+    CUDA_DEVICE_ORDER: str | None = None
+    TF_FORCE_GPU_ALLOW_GROWTH: str | None = None
+    XLA_PYTHON_CLIENT_PREALLOCATE: str | None = None
+    XLA_PYTHON_CLIENT_MEM_FRACTION: str | None = None
+    note: str | None = None
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _earlier_names(cls, d: Any) -> Any:
+        """0.5 and earlier named the test set's numbers as Keras does (val_*)."""
+        if isinstance(d, dict):
+            for new, old in _TEST_ALIASES.items():
+                if d.get(new) is None and d.get(old) is not None:
+                    d = {**d, new: d[old]}
+        return d
+
+    @property
+    def finished(self) -> bool:
+        """Done, with every planned epoch trained."""
+        return self.status == JobState.DONE and self.epochs_done >= self.recipe.epochs
+
+    def number(self, key: str) -> float | None:
+        """A numeric field by name (a `results.Split`'s keys)."""
+        v = getattr(self, key)
+        return None if v is None else float(v)
+
+    def to_json(self) -> dict:
+        """What summary.json holds: the keys the record was given (null where given as
+        None: an unset environment variable, multiply-adds not known), no others."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunRecord:
+        """A run folder's record: FileNotFoundError when it has none; AblationError when
+        it is damaged, or when the job failed before it recorded which run it is (0.5 and
+        earlier: then the error says so, and why)."""
+        path = Path(run_dir) / SUMMARY
+        d = results.read_json(path)
+        if d.get("status") == JobState.FAILED and "recipe_id" not in d:
+            raise AblationError(f"{path.parent} failed before its first epoch: "
+                                f"{d.get('error') or 'no reason recorded'}")
+        return cls.parse(d, path)
+
+    @classmethod
+    def parse(cls, d: dict, where: str | Path = "") -> RunRecord:
+        """A summary.json's content; keys of a later version are ignored. A damaged or
+        incomplete one raises AblationError naming `where`."""
+        known = {k: v for k, v in d.items() if k in cls.model_fields}
+        try:
+            return cls.model_validate(known)
+        except pydantic.ValidationError as e:
+            raise AblationError(f"damaged file {where}: {validation_line(e)}") from e
+
+
+# the test set's keys, and 0.5's names for them (still written beside, for one version)
+_TEST_ALIASES = {"final_test_accuracy": "final_val_accuracy",
+                 "best_test_accuracy": "best_val_accuracy",
+                 "final_test_loss": "final_val_loss"}

@@ -13,13 +13,49 @@ import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import AfterValidator, Field
 
 from ablation.errors import AblationError, did_you_mean
 
-# Variant fields added after 0.2, with the default that leaves a definition unchanged
-ADDED_FIELDS = {"downsample": "stride", "head_widths": [], "dropout": 0.0, "pretrained": None,
-                "head_act": "relu"}
+# The choices of a variant's fields that the builder implements (ablation.models)
+SHORTCUTS = ("projection", "pad")
+PROJECTION_INPUTS = ("preact", "input")
+DOWNSAMPLES = ("stride", "pool")
+NAME = r"^[A-Za-z0-9][\w.-]*$"
+
+
+def _positive(v: int) -> int:
+    if v <= 0:
+        raise ValueError("must be a positive integer")
+    return v
+
+
+def _below_one(v: float) -> float:
+    if not 0 <= v < 1:
+        raise ValueError("must be a number from 0 to below 1")
+    return v
+
+
+PosInt = Annotated[int, AfterValidator(_positive)]
+_StageList = Annotated[list[PosInt], Field(min_length=2, max_length=3)]
+
+
+def _f(default: Any, toml: Any, why: str | None = None, since: str | None = None,
+       **kw: Any) -> Any:
+    """A variant field: its default; how a study file writes it (`toml`, the schema of
+    `ablation.study.schema`'s `[[variant]]`) and what a bad value is told (`why`); the
+    version that added it (`since`: at its default it leaves the definitions of
+    earlier variants, and so their hashes and run folders, unchanged)."""
+    meta = {"toml": toml, "why": why, "since": since}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+_REQUIRED = dataclasses.MISSING
 
 
 @dataclass(frozen=True)
@@ -33,35 +69,51 @@ class Stage:
 
 @dataclass(frozen=True)
 class Variant:
-    """A registry row. `unit` / `down_unit` name units (`ablation.models.resolve`: the
-    study's own in `unit_module`, then the built-in ones), `stem` and `head` entries of
-    `STEMS` and `HEADS`."""
+    """A registry row, declared once: each field's type, default, how a study file
+    writes it and its check (the `[[variant]]` schema is made from these fields), and
+    the version that added it. `unit` / `down_unit` name units, `stem` and `head` stems
+    and heads (`ablation.models`: the study's own in `unit_module`, then the built-in
+    ones)."""
 
-    name: str
-    label: str  # the blog's (or the paper's) name for it
-    unit: str | tuple[str, ...]  # one unit, or one per stage
-    stages: tuple[Stage, ...]
-    stem_filters: int = 16
-    down_unit: str | None = None  # unit used for shape-changing blocks, if different
-    projection_input: str = "preact"  # "preact": P reads h (d/e); "input": P reads x (v2)
-    first_stage_stride: int = 1
-    description: str = ""
-    reference_params: tuple[int, int, int] | None = field(default=None, compare=False)
-    stem: str = "conv"  # conv | conv_bn_relu
-    head: str = "bn_relu"  # bn_relu | plain
-    shortcut: str = "projection"  # projection (1x1 conv) | pad (option A, no parameters)
+    name: str = _f(_REQUIRED, Annotated[str, Field(pattern=NAME)],
+                   "needs a name of letters, digits, '_', '.', '-'")
+    label: str = _f(_REQUIRED, str)  # the blog's (or the paper's) name for it
+    # one unit, or one per stage
+    unit: str | tuple[str, ...] = _f(_REQUIRED, str | Annotated[list[str],
+                                                                Field(min_length=1)])
+    stages: tuple[Stage, ...] = _f(_REQUIRED, Annotated[list[_StageList], Field(
+        min_length=1)], "must be a list of [blocks, width] or [blocks, width, inner], "
+        "positive integers")
+    stem_filters: int = _f(16, PosInt, "must be a positive integer")
+    down_unit: str | None = _f(None, str)  # the unit of shape-changing blocks, if another
+    # "preact": P reads h (d/e); "input": P reads x (v2)
+    projection_input: str = _f("preact", Literal[PROJECTION_INPUTS])
+    first_stage_stride: int = _f(1, Literal[1, 2], "must be 1 or 2")
+    description: str = _f("", str)
+    reference_params: tuple[int, int, int] | None = _f(
+        None, Annotated[list[int], Field(min_length=3, max_length=3)],
+        "must be [total, trainable, non-trainable]", compare=False)
+    stem: str = _f("conv", str)  # a stem's name: conv | conv_bn_relu | none | a study's own
+    head: str = _f("bn_relu", str)  # a head's name: bn_relu | plain | dense | dense_bn | ...
+    shortcut: str = _f("projection", Literal[SHORTCUTS])  # projection (1x1 conv) | pad (A)
     # recipe fields this network is always trained with (He 2015's ResNet-110 warm-up)
-    recipe: tuple[tuple[str, Any], ...] = ()
-    # --- added in 0.3 (non-residual families); at their defaults they leave a variant's
-    # definition, and so its hash and run folders, exactly as before (ADDED_FIELDS)
-    downsample: str = "stride"  # stride: first block of a stage strides; pool: 2x2 max-pool
-    head_widths: tuple[int, ...] = ()  # hidden dense layers of the dense heads
-    dropout: float = 0.0  # after each hidden dense layer's ReLU (dense heads)
-    pretrained: str | None = None  # "imagenet" or a VGG19 weights file: the convs start there
+    recipe: tuple[tuple[str, Any], ...] = _f((), dict[str, Any], "must be a table")
+    # --- added in 0.3 (non-residual families)
+    # stride: first block of a stage strides; pool: 2x2 max-pool after each stage
+    downsample: str = _f("stride", Literal[DOWNSAMPLES], since="0.3")
+    head_widths: tuple[int, ...] = _f((), list[PosInt], "must be a list of positive integers",
+                                      since="0.3")  # hidden dense layers of the dense heads
+    # after each hidden dense layer's ReLU (dense heads); between the convs of units that
+    # read `block.dropout` (Wide ResNets)
+    dropout: float = _f(0.0, Annotated[int | float, AfterValidator(_below_one)],
+                        "must be a number from 0 to below 1", since="0.3")
+    # "imagenet" or a VGG19 weights file: the convs start there
+    pretrained: str | None = _f(None, str, 'must be "imagenet" or a weights file path',
+                                since="0.3")
     # --- added in 0.5 (your own designs)
-    head_act: str = "relu"  # the head's activation (BN-ReLU, or BN-SiLU, ...)
+    head_act: str = _f("relu", str, since="0.5")  # the head's activation (ReLU, SiLU, ...)
     # where the study's own units live (a module name): they come first for this variant.
-    # Not part of the definition: the units' source hashes are (ablation.study)
+    # Not part of the definition (the units' source hashes are), not a study file's key
     unit_module: str | None = None
 
     def train_recipe(self, recipe):
@@ -91,19 +143,40 @@ class Variant:
 
     @classmethod
     def from_dict(cls, d: dict) -> Variant:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["stages"] = tuple(Stage(*s) for s in d["stages"])
-        if kw.get("reference_params"):
-            kw["reference_params"] = tuple(kw["reference_params"])
-        kw["recipe"] = tuple(sorted(dict(d.get("recipe") or {}).items()))
-        kw["head_widths"] = tuple(d.get("head_widths") or ())
-        if isinstance(kw.get("unit"), list):
-            kw["unit"] = tuple(kw["unit"])
-        return cls(**kw)
+        """`to_dict`'s plain data (a job's config.json, a study's resolved table) as a
+        variant, validated; an unknown key or a bad value raises pydantic's error."""
+        return _VARIANT.validate_python(d)
 
     def replace(self, **changes: Any) -> Variant:
         return dataclasses.replace(self, **changes)
+
+
+def _load(d: Any) -> Any:
+    """The plain form's lists as the dataclass's tuples, stages as Stage rows."""
+    if not isinstance(d, dict):
+        return d
+    d = dict(d)
+    if isinstance(d.get("stages"), list | tuple):
+        d["stages"] = tuple(Stage(*s) if isinstance(s, list | tuple) else s
+                            for s in d["stages"])
+    for key in ("reference_params", "head_widths"):
+        if isinstance(d.get(key), list):
+            d[key] = tuple(d[key])
+    if isinstance(d.get("unit"), list):
+        d["unit"] = tuple(d["unit"])
+    if isinstance(d.get("recipe"), dict):
+        d["recipe"] = tuple(sorted(d["recipe"].items()))
+    elif d.get("recipe") is None:
+        d.pop("recipe", None)
+    return d
+
+
+Variant.__pydantic_config__ = pydantic.ConfigDict(extra="forbid")
+_VARIANT = pydantic.TypeAdapter(Annotated[Variant, pydantic.BeforeValidator(_load)])
+
+# Variant fields added after 0.2, with the default that leaves a definition unchanged
+ADDED_FIELDS = {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
+                for f in fields(Variant) if f.metadata.get("since")}
 
 
 class UnknownVariantError(AblationError, KeyError):

@@ -38,17 +38,19 @@ class Split:
     """An evaluated split and where a run records it: summary keys, history columns."""
 
     name: str  # as a report says it: "test", "validation"
-    final: str  # summary.json: the last epoch's accuracy
-    best: str  # summary.json: the best epoch's
+    final: str  # the run record (summary.json): the last epoch's accuracy
+    best: str  # the record: the best epoch's
     curve: str  # history.csv: accuracy per epoch
     loss: str  # history.csv: loss per epoch
-    images: str  # summary.json: how many images
+    images: str  # the record: how many images
 
 
-# the test set keeps Keras' `val_*` names for fit's validation data (the blog's logs had
-# them); the held-out validation split (`validation` in the recipe) is `validation_*`
+# the record names the test set `test_*` (0.6; `val_*` before, still written beside for
+# one version), the held-out validation split (`validation` in the recipe)
+# `validation_*`; history.csv keeps Keras' `val_*` for fit's validation data, the test
+# set (the blog's logs had them)
 SPLITS = {
-    "test": Split("test", "final_val_accuracy", "best_val_accuracy", "val_accuracy",
+    "test": Split("test", "final_test_accuracy", "best_test_accuracy", "val_accuracy",
                   "val_loss", "test_images"),
     "validation": Split("validation", "final_validation_accuracy",
                         "best_validation_accuracy", "validation_accuracy", "validation_loss",
@@ -72,7 +74,7 @@ def read_history(path: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise AblationError(f"damaged file {path}: {e}") from None
+        raise AblationError(f"damaged file {path}: {e}") from e
     if rows and "epoch" not in rows[0]:
         raise AblationError(f"damaged file {path}: no epoch column")
     return rows
@@ -121,7 +123,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             finally:
                 os.close(dfd)
     except OSError as e:
-        raise disk_error(e, path) from None
+        raise disk_error(e, path) from e
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -147,7 +149,7 @@ def read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as e:
-        raise AblationError(f"damaged file {path}: {e}") from None
+        raise AblationError(f"damaged file {path}: {e}") from e
     if not isinstance(obj, dict):
         raise AblationError(f"damaged file {path}: not a JSON object")
     return obj
@@ -163,8 +165,8 @@ def prepare_results(results: Path) -> Path:
         probe.unlink()
     except OSError as e:
         if results.exists() and not results.is_dir():
-            raise AblationError(f"results path {results} is a file, not a folder") from None
-        raise disk_error(e, results) from None
+            raise AblationError(f"results path {results} is a file, not a folder") from e
+        raise disk_error(e, results) from e
     return results
 
 

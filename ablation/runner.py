@@ -1,8 +1,18 @@
-"""The driver loop behind `ablation run`: queue the selected jobs, feed an executor,
-print progress with ETAs, record outcomes, and keep going when a job fails.
+"""The one driver loop behind `ablation run`: a policy says what to queue, the loop
+feeds an executor, prints progress with ETAs, records outcomes, keeps going when a job
+fails, and asks the policy again.
 
-timm's bulk_runner lesson: one job per process, errors collected as rows, the loop
-never stops for one bad job. The command exits non-zero at the end if any failed.
+Ray Tune's lesson: a policy (its schedulers, its searchers) never runs a job; it reads
+what the runs recorded and answers "these jobs next" (`Queue`) or "done" (`Stop`). A
+plain run, the tuning phases, `--until-decided`'s looks and successive halving are
+policies (ablation.policies); one loop runs any of them on any executor (local, Ray,
+Slurm). timm's bulk_runner lesson: one job per process, errors collected as rows, the
+loop never stops for one bad job; the command exits non-zero at the end if any failed.
+
+A policy is asked at the start and whenever the jobs it queued have all ended (a
+step: a phase, a look); an asynchronous one (`asynchronous = True`) is also asked after
+every job that ends, and may add jobs to the running step (`extend`), so no slot waits
+for a whole step to end.
 """
 
 from __future__ import annotations
@@ -13,14 +23,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from ablation import results, study
+from ablation import results, runs, study
 from ablation.errors import AblationError
 from ablation.executors import Executor, LineSink
 from ablation.jobqueue import DB_NAME, JobQueue
-from ablation.protocol import EpochRecord, Exit, JobConfig, JobState, Terminated
+from ablation.protocol import EpochRecord, Exit, JobConfig, JobState, RunRecord, Terminated
 from ablation.recipe import Recipe
 from ablation.registry import Variant
 
@@ -81,8 +92,8 @@ class Progress:
     """Formats per-epoch lines and estimates the queue's remaining time from the epoch
     times seen so far (per variant where known, else the overall median)."""
 
-    def __init__(self, total_epochs: dict[int, int], workers: int, out=sys.stdout):
-        self.left = dict(total_epochs)  # job id -> epochs still to train
+    def __init__(self, workers: int = 1, out=sys.stdout):
+        self.left: dict[int, int] = {}  # job id -> epochs still to train
         self.variant_of: dict[int, str] = {}
         self.epoch_s: dict[str, list[tuple[bool, float]]] = {}
         self.workers = max(1, workers)
@@ -104,6 +115,10 @@ class Progress:
                 return None
             total += left * est
         return total / self.workers
+
+    def add(self, total_epochs: dict[int, int]) -> None:
+        with self.lock:
+            self.left.update(total_epochs)
 
     def forget(self, job_id: int) -> None:
         with self.lock:
@@ -161,93 +176,226 @@ def unfinished(plan: Plan) -> int:
 
 
 def _done_on_disk(run_dir: Path, epochs: int) -> bool:
-    """A run folder whose summary says done, every epoch trained: the queue that knew it
+    """A run folder whose record says done, every epoch trained: the queue that knew it
     may have been lost (a damaged queue moved aside), the run was not."""
     try:
-        s = results.read_json(Path(run_dir) / "summary.json")
+        r = RunRecord.read(Path(run_dir))
     except (FileNotFoundError, AblationError):
         return False
-    return s.get("status") == JobState.DONE and (s.get("epochs_done") or 0) >= epochs
+    return r.status == JobState.DONE and r.epochs_done >= epochs
 
 
-def run(plan: Plan, executor_factory: Callable[[LineSink], Executor], out=sys.stdout,
-        err=sys.stderr) -> int:
-    """Run the plan to completion. Returns the process exit code (0, 1, 130 or 143).
-    Progress goes to `out`; failures, and why jobs could not start, to `err`."""
-    results.prepare_results(plan.results)
-    with JobQueue(plan.results) as queue:
-        ids, planned = prepare_jobs(plan, queue)
+# --- what a policy answers, and what it reads ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Run these jobs next (a step: a phase, a look), after printing `header`."""
+
+    plan: Plan
+    header: str = ""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Nothing more to run: print `message`; exit with `code` (None: the worst code of
+    the steps run, 1 if any job failed)."""
+
+    message: str = ""
+    code: int | None = None
+
+
+class Policy(Protocol):
+    """What the driver loop asks (ablation.policies has the policies)."""
+
+    def next(self, view: View) -> Queue | Stop: ...
+
+    def dry_run(self, view: View, out) -> int: ...
+
+
+@dataclass
+class View:
+    """What a policy reads: the study's run records in the results folder (read once per
+    question), the queue's states, and the exit code so far."""
+
+    results: Path
+    study: study.Study
+    code: int = Exit.DONE  # the worst exit code of the steps run so far
+    step_code: int = Exit.DONE  # the last step's
+    _runs: list | None = field(default=None, repr=False)
+
+    def runs(self) -> list[runs.Run]:
+        """The study's runs, records only (no history), as they are on disk now."""
+        if self._runs is None:
+            self._runs = runs.study_runs(self.results, self.study)
+        return self._runs
+
+    def records(self) -> list[RunRecord]:
+        return [r.record for r in self.runs()]
+
+    def changed(self) -> None:
+        """Jobs ended: read the records again at the next question."""
+        self._runs = None
+
+    def unfinished(self, plan: Plan) -> int:
+        return unfinished(plan)
+
+    def states(self) -> dict[tuple[str, str, int, str], JobState]:
+        return states(self.results)
+
+    @property
+    def failed(self) -> int:
+        """The code a policy stops with when its step did not finish: the step's own
+        failure, else 1."""
+        return self.step_code if self.step_code != Exit.DONE else Exit.FAILED
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+class _Step:
+    """One step's jobs in the queue: which are done already, which to run, their index
+    for progress lines, and the line that opens it."""
+
+    def __init__(self, plan: Plan, queue: JobQueue, executor: Executor, progress: Progress,
+                 out):
+        self.queue = queue
+        self.ids, self.planned = prepare_jobs(plan, queue)
         status = {r.id: r.status for r in queue.all()}
-        todo = [i for i in ids if status[i] != JobState.DONE]
-        skipped = len(ids) - len(todo)
-        found = [i for i in todo if _done_on_disk(planned[i].run_dir, planned[i].recipe.epochs)]
+        todo = [i for i in self.ids if status[i] != JobState.DONE]
+        skipped = len(self.ids) - len(todo)
+        found = [i for i in todo
+                 if _done_on_disk(self.planned[i].run_dir, self.planned[i].recipe.epochs)]
         for i in found:  # done, by its own files: the queue learns it, nothing retrains
             queue.finish(i, JobState.DONE)
-        todo = [i for i in todo if i not in found]
-        progress = Progress({i: planned[i].recipe.epochs for i in todo}, 1, out)
-        executor = executor_factory(progress.line)
-        progress.workers = executor.size
-        print(f"{len(ids)} job(s): {skipped} already done, "
+        self.pending = [i for i in todo if i not in found]
+        progress.add({i: self.planned[i].recipe.epochs for i in self.pending})
+        print(f"{len(self.ids)} job(s): {skipped} already done, "
               + (f"{len(found)} found done in their run folders, " if found else "")
-              + f"{len(todo)} to run with {executor.describe}; results in {plan.results}",
-              file=out, flush=True)
-        skipped += len(found)
-        index = {job_id: k + 1 for k, job_id in enumerate(ids)}
-        last_beat = time.monotonic()
-        pending = list(todo)
-        machine: str | None = None  # why jobs cannot start here (then no more are claimed)
+              + f"{len(self.pending)} to run with {executor.describe}; results in "
+              f"{plan.results}", file=out, flush=True)
+        self.skipped = skipped + len(found)
+        self.index = {job_id: k + 1 for k, job_id in enumerate(self.ids)}
+        self.plan = plan
+
+    def extend(self, plan: Plan, progress: Progress) -> None:
+        """More jobs for this step (an asynchronous policy's)."""
+        ids, planned = prepare_jobs(plan, self.queue)
+        status = {r.id: r.status for r in self.queue.all()}
+        new = [i for i in ids if i not in self.index]
+        self.planned.update(planned)
+        for i in new:
+            self.ids.append(i)
+            self.index[i] = len(self.ids)
+        again = [i for i in ids if status[i] == JobState.QUEUED and i not in self.pending]
+        self.pending += again
+        progress.add({i: self.planned[i].recipe.epochs for i in again})
+
+    def config(self, job_id: int) -> JobConfig:
+        return self.plan.config(self.planned[job_id], self.index[job_id], len(self.ids))
+
+    def report(self, out, err) -> int:
+        return _report(self.queue, self.ids, self.skipped, out, err)
+
+
+def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Executor],
+          out=sys.stdout, err=sys.stderr) -> int:
+    """Run a policy to its end. Returns the process exit code (0, 1, 130 or 143).
+    Progress goes to `out`; failures, and why jobs could not start, to `err`."""
+    results.prepare_results(view.results)
+    progress = Progress(1, out)
+    executor: Executor | None = None
+    with JobQueue(view.results) as queue:
         try:
             while True:
-                while executor.capacity and pending and machine is None:
-                    job = queue.claim(pending, worker=executor.next_place())
-                    if job is None:
-                        break
-                    pending.remove(job.id)
-                    cfg = plan.config(planned[job.id], index[job.id], len(ids))
-                    results.atomic_write_json(Path(job.run_dir) / "config.json", cfg.to_dict())
-                    executor.submit(job.id, Path(job.run_dir))
-                if not executor.running():
-                    break  # nothing left we may claim: done, failed, or another runner's
-                for o in executor.poll(timeout=1.0):
-                    queue.finish(o.job_id, o.status, o.error)
-                    progress.forget(o.job_id)
-                    machine = machine or (o.error if o.machine else None)
-                    job = queue.get(o.job_id)
-                    msg = (f"[job {index[o.job_id]}/{len(ids)}] {job.label} s{job.seed}:"
-                           f" {o.status}")
-                    print(msg + (f" ({o.error})" if o.error else ""), flush=True,
-                          file=err if o.status == JobState.FAILED else out)
-                if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
-                    queue.heartbeat(executor.running())
-                    last_beat = time.monotonic()
+                decision = policy.next(view)
+                if isinstance(decision, Stop):
+                    if decision.message:
+                        print(decision.message, file=out, flush=True)
+                    return view.code if decision.code is None else decision.code
+                if decision.header:
+                    print(decision.header, file=out, flush=True)
+                if executor is None:
+                    executor = executor_factory(progress.line)
+                    progress.workers = executor.size
+                step = _Step(decision.plan, queue, executor, progress, out)
+                machine = _run_step(step, policy, view, executor, progress, out, err)
+                view.step_code = step.report(out, err)
+                view.code = max(view.code, view.step_code)
+                view.changed()
+                if machine is not None:
+                    left = sum(queue.get(i).status in (JobState.INTERRUPTED, JobState.QUEUED)
+                               for i in step.ids)
+                    print(f"{left} job(s) not started: {machine}", file=err, flush=True)
+                    return Exit.FAILED
         except KeyboardInterrupt as stop:
-            # SIGTERM (a scheduler's preemption) as Ctrl-C; a second signal waits for this
-            cause = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
-            print(f"\ninterrupted by {cause}: stopping the running jobs (their last finished "
-                  "epoch is kept)", file=out, flush=True)
-            running = executor.running()
-            # a job that finished while stopping stays done; anything else is interrupted
-            done = {o.job_id for o in executor.cancel() if o.status == JobState.DONE}
-            for job_id in running:
-                if job_id in done:
-                    queue.finish(job_id, JobState.DONE)
-                else:
-                    queue.finish(job_id, JobState.INTERRUPTED,
-                                 f"interrupted by {cause}; rerun the same command to resume")
-            executor.shutdown()
-            print(f"{len(running)} job(s) marked interrupted; rerun the same command to resume",
-                  file=out, flush=True)
-            return Exit.TERMINATED if cause == "SIGTERM" else Exit.INTERRUPTED
-        executor.shutdown()
-        code = _report(queue, ids, skipped, out, err)
-        if machine is not None:
-            left = sum(queue.get(i).status in (JobState.INTERRUPTED, JobState.QUEUED)
-                       for i in ids)
-            print(f"{left} job(s) not started: {machine}", file=err, flush=True)
-            return Exit.FAILED
-        return code
+            return _stop(stop, queue, executor, out)
+        finally:
+            if executor is not None:
+                executor.shutdown()
+
+
+def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
+              progress: Progress, out, err) -> str | None:
+    """Claim, submit and collect until nothing of the step we may claim is left (done,
+    failed, or another runner's). Returns why jobs cannot start here, if they cannot."""
+    last_beat = time.monotonic()
+    machine: str | None = None
+    asynchronous = getattr(policy, "asynchronous", False)
+    while True:
+        while executor.capacity and step.pending and machine is None:
+            job = step.queue.claim(step.pending, worker=executor.next_place())
+            if job is None:
+                break
+            step.pending.remove(job.id)
+            results.atomic_write_json(Path(job.run_dir) / "config.json",
+                                      step.config(job.id).to_dict())
+            executor.submit(job.id, Path(job.run_dir))
+        if not executor.running():
+            return machine  # nothing left we may claim: done, failed, or another runner's
+        ended = executor.poll(timeout=1.0)
+        for o in ended:
+            step.queue.finish(o.job_id, o.status, o.error)
+            progress.forget(o.job_id)
+            machine = machine or (o.error if o.machine else None)
+            job = step.queue.get(o.job_id)
+            msg = (f"[job {step.index[o.job_id]}/{len(step.ids)}] {job.label} s{job.seed}:"
+                   f" {o.status}")
+            print(msg + (f" ({o.error})" if o.error else ""), flush=True,
+                  file=err if o.status == JobState.FAILED else out)
+        if ended and asynchronous and machine is None:
+            view.changed()
+            more = policy.extend(view)
+            if more is not None:
+                if more.header:
+                    print(more.header, file=out, flush=True)
+                step.extend(more.plan, progress)
+        if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+            step.queue.heartbeat(executor.running())
+            last_beat = time.monotonic()
+
+
+def _stop(stop: KeyboardInterrupt, queue: JobQueue, executor: Executor | None, out) -> int:
+    """Ctrl-C, or SIGTERM (a scheduler's preemption) as Ctrl-C: stop the running jobs at
+    a safe point and mark them interrupted; a second signal waits for this."""
+    cause = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    print(f"\ninterrupted by {cause}: stopping the running jobs (their last finished "
+          "epoch is kept)", file=out, flush=True)
+    running = executor.running() if executor is not None else []
+    # a job that finished while stopping stays done; anything else is interrupted
+    done = ({o.job_id for o in executor.cancel() if o.status == JobState.DONE}
+            if executor is not None else set())
+    for job_id in running:
+        if job_id in done:
+            queue.finish(job_id, JobState.DONE)
+        else:
+            queue.finish(job_id, JobState.INTERRUPTED,
+                         f"interrupted by {cause}; rerun the same command to resume")
+    print(f"{len(running)} job(s) marked interrupted; rerun the same command to resume",
+          file=out, flush=True)
+    return Exit.TERMINATED if cause == "SIGTERM" else Exit.INTERRUPTED
 
 
 def _report(queue: JobQueue, ids: list[int], skipped: int, out, err) -> int:

@@ -1,11 +1,13 @@
-"""Train one job (variant, seed, recipe) into its run folder, resumably.
+"""Train one job (variant, seed, recipe) into its run folder, resumably: build, fit,
+record.
 
 Runs in the job's own process (`python -m ablation.job RUN_DIR`, which picks the
 backend and checks the device first). What it is told and what it answers are
-`ablation.protocol` (config.json, progress lines, exit code).
+`ablation.protocol` (config.json, progress lines, the run record, the exit code).
 The heavy lifting is Keras': `CSVLogger`, `LearningRateScheduler` (or a schedule in the
 optimizer, where the lr changes within an epoch), `TerminateOnNaN`, `SwapEMAWeights`,
-`TensorBoard`, and an atomic version of `BackupAndRestore` written on public calls.
+`TensorBoard`, and the callbacks of `ablation.callbacks` (an atomic `BackupAndRestore`,
+progress, the validation split, the record after every epoch).
 
 Exactly-once history: callbacks run in list order at each epoch end, so the CSV row
 is flushed before the backup is taken; on resume, rows at or after the restored
@@ -17,13 +19,13 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import resource
 import shutil
 import statistics
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +34,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 
 from ablation import backend, data, devices, environment, models, registry, results, study
+from ablation.callbacks import (
+    AtomicBackup,
+    HeldOut,
+    HoldForTest,
+    Recorder,
+    SummaryKeeper,
+    tensorboard_callback,
+)
 from ablation.errors import AblationError
 from ablation.protocol import (
     HELD_MARKER,
     HOLD_ENV,
-    EpochRecord,
     Exit,
     JobConfig,
     JobState,
-    held_line,
+    RunRecord,
+    number,
 )
 from ablation.recipe import PRECISION_POLICIES, Recipe
 from ablation.recipe.optimizer import compile_model, l2
@@ -126,229 +136,6 @@ def _slot(v: Any) -> str:
     return v.path.split("/", 1)[-1]
 
 
-# --- callbacks -----------------------------------------------------------------------------
-
-
-def _finite(logs: dict | None) -> bool:
-    return not logs or all(math.isfinite(float(v)) for v in logs.values()
-                           if isinstance(v, int | float))
-
-
-class DamagedSnapshot(AblationError):
-    """A snapshot that cannot be trusted whole: the job fails, the files stay."""
-
-
-class AtomicBackup(keras.callbacks.Callback):
-    """Keras' BackupAndRestore, made atomic and checked, on public calls only.
-
-    Stock BackupAndRestore writes the weights, then the epoch, as two files: a kill
-    between them pairs new weights with an old epoch, and one epoch is trained twice.
-    Here each snapshot (`model.save_weights`, which holds the optimizer's variables,
-    plus a metadata file: epoch, variant, recipe, definition) goes into its own folder,
-    renamed into place, then a one-line LATEST pointer is swapped atomically. A snapshot
-    of a NaN epoch is never taken.
-
-    A snapshot is trusted whole or not at all (`resume`): weights, optimizer state and
-    epoch must all be there, readable, agree with each other (the optimizer's step
-    count is the epoch's), and belong to this job. Anything else — a missing or damaged
-    weights file, missing or damaged metadata, a LATEST pointing nowhere, another job's
-    snapshot — fails the job in one line and keeps the files for inspection; it never
-    trains on. Deleting the run's `backup/` folder starts the job again from epoch 0.
-    """
-
-    WEIGHTS, META = "latest.weights.h5", "training_metadata.json"
-
-    def __init__(self, root: Path, identity: dict | None = None):
-        super().__init__()
-        self.root = Path(root)
-        self.identity = dict(identity or {})
-
-    def _damaged(self, what: str) -> DamagedSnapshot:
-        return DamagedSnapshot(
-            f"damaged snapshot in {self.root}: {what}; the files are kept for inspection. "
-            f"Delete {self.root} to start this job again from epoch 0, then rerun with "
-            "--retry-failed")
-
-    def snapshot(self) -> tuple[Path, int] | None:
-        """The latest snapshot's folder and epoch, checked; None when there is none."""
-        pointer = self.root / "LATEST"
-        if not pointer.exists():
-            return None
-        try:
-            folder = self.root / pointer.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise self._damaged(f"unreadable LATEST ({e})") from None
-        if not folder.name or not folder.is_dir():
-            raise self._damaged(f"LATEST points to {folder.name or 'nothing'}, which is "
-                                "not there")
-        try:
-            meta = results.read_json(folder / self.META)
-        except FileNotFoundError:
-            raise self._damaged(f"no {self.META} in {folder.name}") from None
-        except AblationError:
-            raise self._damaged(f"unreadable {self.META} in {folder.name}") from None
-        epoch = meta.get("epoch")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-            raise self._damaged(f"no valid epoch in {folder.name}/{self.META}")
-        for key, want in self.identity.items():
-            if key in meta and meta[key] != want:
-                raise self._damaged(f"it belongs to another job ({key} {meta[key]!r}, "
-                                    f"this job's is {want!r})")
-        if not (folder / self.WEIGHTS).is_file():
-            raise self._damaged(f"no {self.WEIGHTS} in {folder.name}")
-        return folder, epoch
-
-    def resume(self, model: Any, steps_per_epoch: int) -> int:
-        """Load the latest snapshot into `model` (built, with its optimizer) and return
-        its epoch; 0 when there is none. Raises DamagedSnapshot when it cannot be
-        trusted whole."""
-        found = self.snapshot()
-        if found is None:
-            return 0
-        folder, epoch = found
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        try:
-            model.load_weights(str(folder / self.WEIGHTS))
-        except Exception as e:  # truncated, not HDF5, another network's weights
-            raise self._damaged(f"cannot load {folder.name}/{self.WEIGHTS} "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-                                ) from None
-        steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        # loss scaling (fp16) skips the steps whose gradients overflowed: at most that
-        scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        if not (0 < steps <= epoch * steps_per_epoch if scaled
-                else steps == epoch * steps_per_epoch):
-            raise self._damaged(f"its optimizer state is at step {steps}, not at the end of "
-                                f"epoch {epoch} (step {epoch * steps_per_epoch})")
-        return epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not _finite(logs):
-            return
-        name = f"epoch-{epoch + 1:04d}"
-        tmp = self.root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:  # VGG19's snapshot is ~310 MB (weights and momenta): a full disk is likely
-            tmp.mkdir(parents=True)
-            self.model.save_weights(str(tmp / self.WEIGHTS))
-            with open(tmp / self.WEIGHTS, "rb") as fh:
-                os.fsync(fh.fileno())
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)  # the last good snapshot stays
-            raise results.disk_error(e, tmp / self.WEIGHTS) from None
-        results.atomic_write_json(tmp / self.META, {"epoch": epoch + 1, **self.identity})
-        final = self.root / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        results.atomic_write_text(self.root / "LATEST", name + "\n")
-        for old in self.root.glob("epoch-*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-
-
-class Recorder(keras.callbacks.Callback):
-    """Adds `lr`, `epoch_seconds` and training images/s to the epoch logs (before
-    CSVLogger sees them) and prints one progress record per epoch."""
-
-    def __init__(self, cfg: JobConfig, recipe: Recipe, stream: data.TrainStream,
-                 start_epoch: int):
-        super().__init__()
-        self.cfg, self.recipe, self.stream, self.start_epoch = cfg, recipe, stream, start_epoch
-        self.n_train = len(stream.ds.y_train)
-        self.train_rates: list[float] = []
-        self.nan = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.t0 = time.perf_counter()
-        self.t_train = None
-
-    def on_test_begin(self, logs=None):
-        self.t_train = time.perf_counter() - self.t0
-
-    def on_train_batch_end(self, batch, logs=None):
-        if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
-            self.nan = True
-            self.stream.stop()  # let the generator end, so fit can return cleanly
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        seconds = time.perf_counter() - self.t0
-        train_s = self.t_train or seconds
-        logs.pop("learning_rate", None)  # Keras' float32 echo of what we set
-        logs["lr"] = self.recipe.learning_rate(epoch, self.stream.steps_per_epoch)
-        logs["epoch_seconds"] = round(seconds, 3)
-        logs["images_per_second"] = round(self.n_train / train_s, 1)
-        self.train_rates.append(self.n_train / train_s)
-        done = epoch + 1
-        record = EpochRecord(
-            job=self.cfg.index, of=self.cfg.total, variant=self.cfg.variant, seed=self.cfg.seed,
-            epoch=done, epochs=self.recipe.epochs, seconds=seconds,
-            eta_job=seconds * (self.recipe.epochs - done), first=epoch == self.start_epoch,
-            **{k: _num(logs.get(k)) for k in ("loss", "accuracy", "val_loss", "val_accuracy",
-                                              "lr", "validation_accuracy")})
-        print(record.line(), flush=True)
-
-
-class EpochScalars(keras.callbacks.Callback):
-    """Per-epoch TensorBoard scalars where Keras' TensorBoard callback cannot run: it
-    needs TensorFlow, which a JAX machine may not have (and which a JAX job keeps off
-    the GPU: `backend.keep_tensorflow_off_gpu`). Written with tensorboard's own writer,
-    into the same train/ and validation/ runs and `epoch_*` tags as Keras' callback."""
-
-    def __init__(self, logdir: Path):
-        super().__init__()
-        from tensorboard.summary import Writer
-
-        self.writers = {"train": Writer(str(logdir / "train")),
-                        "validation": Writer(str(logdir / "validation"))}
-
-    def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            v = _num(value)
-            if v is None:
-                continue
-            run, tag = (("validation", key[4:]) if key.startswith("val_") else ("train", key))
-            self.writers[run].add_scalar(f"epoch_{tag}", v, step=epoch)
-        for w in self.writers.values():
-            w.flush()
-
-    def on_train_end(self, logs=None):
-        for w in self.writers.values():
-            w.close()
-
-
-def tensorboard_callback(run_dir: Path) -> tuple[Any | None, str | None]:
-    """Keras' TensorBoard callback on TensorFlow, EpochScalars on other backends, or
-    (None, a note) when the tensorboard package is missing."""
-    try:
-        import tensorboard  # noqa: F401  (TF 2.20+ no longer brings it along)
-    except ImportError:
-        return None, "TensorBoard logs skipped: the tensorboard package is not installed"
-    if keras.backend.backend() == "tensorflow":
-        return keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
-                                           profile_batch=0), None
-    return EpochScalars(run_dir / "tensorboard"), None
-
-
-class HeldOut(keras.callbacks.Callback):
-    """Evaluates the held-out validation split after every epoch, into the epoch's logs as
-    `validation_accuracy` and `validation_loss` (the test set's stay `val_*`, Keras'
-    names for fit's validation data, as the blog's logs had them)."""
-
-    def __init__(self, batches: Any, swap: list):
-        super().__init__()
-        self.batches, self.swap = batches, swap
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or not _finite(logs):
-            return
-        out = self.model.evaluate(self.batches, verbose=0, return_dict=True,
-                                  callbacks=self.swap)
-        logs["validation_accuracy"] = out.get("accuracy")
-        logs["validation_loss"] = out.get("loss")
-
-
 def load_data(recipe: Recipe, data_dir: str | None, record: dict | None) -> data.Dataset:
     """The job's data as its recipe, and the runner's record of a path dataset, say."""
     return data.load(recipe.dataset, data_dir, recipe.train_limit, recipe.test_limit,
@@ -357,41 +144,7 @@ def load_data(recipe: Recipe, data_dir: str | None, record: dict | None) -> data
                      stats=(record["mean"], record["std"]) if record else None)
 
 
-class SummaryKeeper(keras.callbacks.Callback):
-    """Keeps summary.json current after every epoch, so reports show runs still going."""
-
-    def __init__(self, write):
-        super().__init__()
-        self.write = write
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.write(JobState.RUNNING)
-
-
-class HoldForTest(keras.callbacks.Callback):
-    """The protocol's test hook (HOLD_ENV): after each listed finished epoch, whose backup
-    is already taken, write the marker (`protocol.held_line`: the epoch, this process and
-    its parent, so a test signals only its own job) and wait until a signal ends it."""
-
-    def __init__(self, run_dir: Path, after: set[int]):
-        super().__init__()
-        self.marker, self.after = Path(run_dir) / HELD_MARKER, after
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 in self.after:
-            results.atomic_write_text(self.marker, held_line(epoch + 1))
-            while True:
-                time.sleep(3600)
-
-
-def _num(v: Any) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-# --- job -----------------------------------------------------------------------------------
+# --- the job: build, fit, record --------------------------------------------------------
 
 
 def _truncate_history(path: Path, epochs: int) -> list[dict]:
@@ -411,25 +164,29 @@ def _truncate_history(path: Path, epochs: int) -> list[dict]:
 
 
 def _history_stats(rows: list[dict]) -> dict:
+    """The record's numbers from history.csv: how far, and how well (the test set's under
+    0.5's `val_*` names too, for one version)."""
     scored = [(v, int(r["epoch"])) for r in rows
-              if (v := _num(r.get("val_accuracy"))) is not None and math.isfinite(v)]
+              if (v := number(r.get("val_accuracy"))) is not None]
     best = max(scored, default=(None, None))
     held = {}
     if rows and "validation_accuracy" in rows[0]:  # the held-out split, when there is one
-        vals = [v for r in rows if (v := _num(r.get("validation_accuracy"))) is not None
-                and math.isfinite(v)]
+        vals = [v for r in rows if (v := number(r.get("validation_accuracy"))) is not None]
         held = {"final_validation_accuracy": vals[-1] if vals else None,
                 "best_validation_accuracy": max(vals, default=None),
-                "final_validation_loss": _num(rows[-1].get("validation_loss"))}
+                "final_validation_loss": number(rows[-1].get("validation_loss"))}
+    test = {"final_test_accuracy": scored[-1][0] if scored else None,
+            "best_test_accuracy": best[0],
+            "final_test_loss": number(rows[-1].get("val_loss")) if rows else None}
     return {
-        **held,
+        **held, **test,
+        "final_val_accuracy": test["final_test_accuracy"],
+        "best_val_accuracy": test["best_test_accuracy"],
+        "final_val_loss": test["final_test_loss"],
         "epochs_done": len(rows),
-        "best_val_accuracy": best[0],
         "best_epoch": best[1],
-        "final_val_accuracy": scored[-1][0] if scored else None,
-        "final_accuracy": _num(rows[-1].get("accuracy")) if rows else None,
-        "final_loss": _num(rows[-1].get("loss")) if rows else None,
-        "final_val_loss": _num(rows[-1].get("val_loss")) if rows else None,
+        "final_accuracy": number(rows[-1].get("accuracy")) if rows else None,
+        "final_loss": number(rows[-1].get("loss")) if rows else None,
         "train_seconds": round(sum(float(r.get("epoch_seconds") or 0) for r in rows), 2),
     }
 
@@ -460,34 +217,44 @@ def _provenance(run_dir: Path, cfg: JobConfig) -> dict:
     return out
 
 
-def train(run_dir: Path, on_gpu: bool = False) -> int:
-    """Train the job described by run_dir/config.json (on a GPU when `on_gpu`: the job's
-    process checked that it sees the one it was given). Returns the exit code."""
-    run_dir = Path(run_dir)
-    cfg = JobConfig.from_dict(results.read_json(run_dir / "config.json"))
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        try:
-            if results.read_json(summary_path).get("status") == JobState.DONE:
-                print(f"{cfg.variant} seed {cfg.seed}: already done", flush=True)
-                return Exit.DONE
-        except AblationError:
-            pass  # a damaged summary is rewritten below
-    (run_dir / HELD_MARKER).unlink(missing_ok=True)
+@dataclass
+class Job:
+    """What `build` makes of a job's config: the network and what trains it."""
 
+    cfg: JobConfig
+    run_dir: Path
+    variant: Variant
+    recipe: Recipe  # the variant's own fields on top of the queued recipe
+    ds: data.Dataset
+    model: Any
+    info: models.ModelInfo
+    stream: data.TrainStream
+    backup: AtomicBackup
+    start: int  # epochs already trained (restored from the backup)
+    execution: dict  # compile and loader settings, as the record keeps them
+    pretrained: dict
+
+    @property
+    def history_path(self) -> Path:
+        return self.run_dir / "history.csv"
+
+
+def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
+    """The job's variant, recipe and data; its compiled model (counts checked against the
+    counting pass), restored from its backup when there is one (trusted whole, or the
+    job fails), else from pretrained weights where the variant says so."""
     variant = _variant(cfg)
     recipe = variant.train_recipe(cfg.recipe)  # the variant's own fixed fields on top
     ds = load_data(recipe, cfg.data_dir, cfg.data)
-    name = keras.backend.backend()
     steps = -(-len(ds.y_train) // recipe.batch_size)
-    execution = {**backend.compile_settings(name, recipe.precision, on_gpu, steps),
+    execution = {**backend.compile_settings(keras.backend.backend(), recipe.precision, on_gpu,
+                                            steps),
                  "loader_threads": backend.loader_threads()}
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
     model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
                            execution["steps_per_execution"], steps, ds.input_shape)
     info = models.count_params(variant, ds.num_classes, ds.input_shape)
-    models.check_counts(model, info, cfg.variant)  # what summary.json records is the model's
-
+    models.check_counts(model, info, cfg.variant)  # what the record says is the model's
     backup = AtomicBackup(run_dir / "backup", {
         "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
         "definition_hash": study.definition_hash(variant)})
@@ -500,100 +267,152 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
         pretrained = {"pretrained": variant.pretrained,
                       "pretrained_convs": models.load_pretrained(model, variant.pretrained)}
     stream.start_epoch = start
-    history_path = run_dir / "history.csv"
-    _truncate_history(history_path, start)
-    recorder = Recorder(cfg, recipe, stream, start)
+    return Job(cfg, run_dir, variant, recipe, ds, model, info, stream, backup, start,
+               execution, pretrained)
+
+
+class Record:
+    """The job's run record (summary.json): what does not change while it trains, and
+    the numbers of the history so far, rewritten atomically after every epoch."""
+
+    def __init__(self, job: Job, notes: list[str]):
+        cfg, info, ds, recipe = job.cfg, job.info, job.ds, job.recipe
+        self.job, self.path = job, job.run_dir / "summary.json"
+        self.rates: list[float] = []  # training images/s per epoch (set by the Recorder)
+        self.fixed = {
+            "variant": cfg.variant, "seed": cfg.seed, "dataset": recipe.dataset,
+            "recipe": cfg.recipe, "recipe_id": cfg.recipe.id,
+            "epochs_planned": recipe.epochs, "params_total": info.params_total,
+            "params_trainable": info.params_trainable,
+            "params_non_trainable": info.params_non_trainable, "depth": info.depth,
+            "macs": info.macs, "train_images": len(ds.y_train), "test_images": len(ds.y_test),
+            "validation_images": 0 if ds.y_val is None else len(ds.y_val),
+            "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
+            "class_names": list(ds.class_names), "data_mean": list(ds.mean),
+            "data_std": list(ds.std), "data_hash": ds.content_hash,
+            "data_checksum": ds.checksum(), "data_source": ds.source,
+            "init_seed": init_seed(cfg.variant, cfg.seed),
+            "definition": study.definition(job.variant),
+            "definition_hash": study.definition_hash(job.variant), "study": cfg.study,
+            **({"phase": cfg.phase, "tuning": cfg.tuning} if cfg.phase else {}),
+            **({"train_recipe": recipe.to_dict()} if recipe != cfg.recipe else {}),
+            **_provenance(job.run_dir, cfg), **environment.describe(), **devices.recorded(),
+            **job.execution, **job.pretrained, **({"note": "; ".join(notes)} if notes else {}),
+        }
+
+    def write(self, status: JobState = JobState.RUNNING, **extra: Any) -> RunRecord:
+        rows = results.read_history(self.job.history_path)
+        rates = self.rates[1:] or self.rates  # the first epoch traces the graph
+        record = RunRecord(
+            **self.fixed, **_history_stats(rows), status=status,
+            images_per_second=round(statistics.median(rates), 1) if rates else None,
+            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
+        results.atomic_write_json(self.path, record.to_json())
+        return record
+
+
+def callbacks(job: Job, record: Record) -> tuple[list, Recorder]:
+    """Keras' callbacks and ours, in the order the exactly-once history needs: the CSV
+    row is flushed before the backup is taken."""
+    recipe = job.recipe
+    recorder = Recorder(job.cfg, recipe, job.stream, job.start, record.rates)
     # the test set (and the validation split) see the averaged weights; training, and
     # the backup, the raw ones
     swap = [keras.callbacks.SwapEMAWeights()] if recipe.ema else []
-    callbacks = [
+    out = [
         # Keras calls a schedule as (epoch, current lr): only the epoch is ours
         *([] if per_step(recipe) else [keras.callbacks.LearningRateScheduler(
             lambda epoch, _lr: recipe.learning_rate(epoch))]),
         *swap,
-        *([HeldOut(data.test_batches(ds, recipe.batch_size, split="validation"), swap)]
+        *([HeldOut(data.test_batches(job.ds, recipe.batch_size, split="validation"), swap)]
           if recipe.validation else []),
         recorder,
-        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.CSVLogger(str(job.history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
-        backup,
+        job.backup,
     ]
-    env = environment.describe()
+    return out, recorder
+
+
+def fit(job: Job, extra: list) -> None:
+    """Train from the restored epoch to the last (a job killed after its last epoch but
+    before saving trains nothing more)."""
+    recipe = job.recipe
+    if job.start < recipe.epochs:
+        job.model.fit(iter(job.stream), steps_per_epoch=job.stream.steps_per_epoch,
+                      epochs=recipe.epochs, initial_epoch=job.start,
+                      validation_data=data.test_batches(job.ds, recipe.batch_size),
+                      callbacks=extra, verbose=0, shuffle=False)
+    elif recipe.ema:  # what fit does at its end: the averaged weights become the model's
+        job.model.optimizer.finalize_variable_values(job.model.trainable_variables)
+
+
+def save(job: Job) -> int:
+    """The trained model as plain Keras layers in legacy HDF5, optimizer included, as
+    the blog saved it (deleted again with --no-keep-model, once measured). Its bytes."""
+    h5, tmp = job.run_dir / "model.h5", job.run_dir / ".model.tmp.h5"
+    try:
+        standard_copy(job.model, job.variant, job.recipe, job.ds.num_classes,
+                      job.ds.input_shape).save(str(tmp))
+        os.replace(tmp, h5)
+    except OSError as e:
+        raise results.disk_error(e, h5) from e
+    size = h5.stat().st_size
+    if not job.cfg.keep_model:
+        h5.unlink()
+    return size
+
+
+def train(run_dir: Path, on_gpu: bool = False) -> int:
+    """Train the job described by run_dir/config.json (on a GPU when `on_gpu`: the job's
+    process checked that it sees the one it was given): build, fit, record. Returns the
+    exit code."""
+    run_dir = Path(run_dir)
+    cfg = JobConfig.from_dict(results.read_json(run_dir / "config.json"))
+    if _done(run_dir):
+        print(f"{cfg.variant} seed {cfg.seed}: already done", flush=True)
+        return Exit.DONE
+    (run_dir / HELD_MARKER).unlink(missing_ok=True)
+
+    job = build(cfg, run_dir, on_gpu)
+    _truncate_history(job.history_path, job.start)
     board, tb_note = tensorboard_callback(run_dir)
-    if board is not None:
-        callbacks.append(board)
     notes = [n for n in (backend.note, tb_note) if n]
     for n in notes:
         print(n, flush=True)
-
-    base = {
-        "variant": cfg.variant, "seed": cfg.seed, "dataset": recipe.dataset,
-        "recipe": cfg.recipe.to_dict(), "recipe_id": cfg.recipe.id,
-        "epochs_planned": recipe.epochs, "params_total": info.params_total,
-        "params_trainable": info.params_trainable,
-        "params_non_trainable": info.params_non_trainable, "depth": info.depth,
-        "macs": info.macs, "train_images": len(ds.y_train), "test_images": len(ds.y_test),
-        "validation_images": 0 if ds.y_val is None else len(ds.y_val),
-        "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
-        "class_names": list(ds.class_names), "data_mean": list(ds.mean),
-        "data_std": list(ds.std), "data_hash": ds.content_hash,
-        "data_checksum": ds.checksum(), "data_source": ds.source,
-        "init_seed": init_seed(cfg.variant, cfg.seed),
-        "definition": study.definition(variant),
-        "definition_hash": study.definition_hash(variant), "study": cfg.study,
-        **({"phase": cfg.phase, "tuning": cfg.tuning} if cfg.phase else {}),
-        **({"train_recipe": recipe.to_dict()} if recipe != cfg.recipe else {}),
-        **_provenance(run_dir, cfg), **env, **devices.recorded(), **execution, **pretrained,
-    }
-    if notes:
-        base["note"] = "; ".join(notes)
-
-    def write_summary(status: JobState, **extra) -> dict:
-        rows = results.read_history(history_path)
-        rates = recorder.train_rates[1:] or recorder.train_rates  # skip tracing epoch
-        s = {**base, **_history_stats(rows), "status": status,
-             "images_per_second": round(statistics.median(rates), 1) if rates else None,
-             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-        results.atomic_write_json(summary_path, s)
-        return s
-
-    callbacks.append(SummaryKeeper(write_summary))
+    record = Record(job, notes)
+    extra, recorder = callbacks(job, record)
+    extra += [*([board] if board is not None else []), SummaryKeeper(record.write)]
     hold = os.environ.get(HOLD_ENV)
     if hold:
-        callbacks.append(HoldForTest(run_dir, {int(e) for e in hold.split(",")}))
+        extra.append(HoldForTest(run_dir, {int(e) for e in hold.split(",")}))
     print(f"job {cfg.index}/{cfg.total}: {cfg.variant} seed {cfg.seed}, recipe {cfg.recipe.id}, "
-          f"{'resuming after epoch ' + str(start) if start else 'starting'}; "
-          f"{len(ds.y_train)} train / {len(ds.y_test)} test images; {env['device']}; "
-          f"{name}, matmul {execution['matmul_precision']}, "
-          f"{execution['steps_per_execution']} step(s) per execution", flush=True)
-    if start < recipe.epochs:  # (else: trained to the end, killed before saving: save)
-        model.fit(iter(stream), steps_per_epoch=stream.steps_per_epoch, epochs=recipe.epochs,
-                  initial_epoch=start, validation_data=data.test_batches(ds, recipe.batch_size),
-                  callbacks=callbacks, verbose=0, shuffle=False)
-    elif recipe.ema:  # what fit does at its end: the averaged weights become the model's
-        model.optimizer.finalize_variable_values(model.trainable_variables)
+          f"{'resuming after epoch ' + str(job.start) if job.start else 'starting'}; "
+          f"{len(job.ds.y_train)} train / {len(job.ds.y_test)} test images; "
+          f"{record.fixed['device']}; {keras.backend.backend()}, matmul "
+          f"{job.execution['matmul_precision']}, {job.execution['steps_per_execution']} "
+          "step(s) per execution", flush=True)
+    fit(job, extra)
 
-    rows = results.read_history(history_path)
-    if recorder.nan or len(rows) < recipe.epochs:
-        why = (f"loss became NaN in epoch {len(rows)}/{recipe.epochs} (TerminateOnNaN stopped it)"
-               if recorder.nan else f"training stopped after {len(rows)} of {recipe.epochs} epochs")
-        write_summary(JobState.FAILED, error=why)
+    epochs = len(results.read_history(job.history_path))
+    if recorder.nan or epochs < job.recipe.epochs:
+        why = (f"loss became NaN in epoch {epochs}/{job.recipe.epochs} (TerminateOnNaN "
+               "stopped it)" if recorder.nan
+               else f"training stopped after {epochs} of {job.recipe.epochs} epochs")
+        record.write(JobState.FAILED, error=why)
         print(f"FAILED: {why}", flush=True)
         return Exit.FAILED
-
-    h5 = run_dir / "model.h5"
-    tmp = run_dir / ".model.tmp.h5"
-    try:
-        # legacy HDF5, optimizer included, as the blog saved it
-        standard_copy(model, variant, recipe, ds.num_classes, ds.input_shape).save(str(tmp))
-        os.replace(tmp, h5)
-    except OSError as e:
-        raise results.disk_error(e, h5) from None
-    h5_bytes = h5.stat().st_size
-    if not cfg.keep_model:
-        h5.unlink()
-    write_summary(JobState.DONE, h5_bytes=h5_bytes,
-                  model_file=h5.name if cfg.keep_model else None)
-    shutil.rmtree(backup.root, ignore_errors=True)
+    size = save(job)
+    record.write(JobState.DONE, h5_bytes=size,
+                 model_file="model.h5" if cfg.keep_model else None)
+    shutil.rmtree(job.backup.root, ignore_errors=True)
     return Exit.DONE
+
+
+def _done(run_dir: Path) -> bool:
+    """The run folder's record says done (a damaged record is rewritten)."""
+    try:
+        return results.read_json(run_dir / "summary.json").get("status") == JobState.DONE
+    except (FileNotFoundError, AblationError):
+        return False

@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ablation.errors import AblationError, did_you_mean
+from ablation.protocol import JobState, RunRecord
 from ablation.recipe import VARIANT_FIELDS, Recipe, check_field
 
 RECIPE_FIELDS = {f.name for f in fields(Recipe)}
@@ -125,7 +126,7 @@ class Tune:
         try:
             return base.replace(validation=held, **setting)
         except AblationError as e:
-            raise AblationError(f"[tune] the candidate {words(setting)}: {e}") from None
+            raise AblationError(f"[tune] the candidate {words(setting)}: {e}") from e
 
 
 def parse(table: dict, base: Recipe, study: str) -> Tune | None:
@@ -191,7 +192,7 @@ def _value(name: str, v: Any, bad) -> None:
     try:
         check_field(name, v)
     except AblationError as e:
-        raise bad(f"{name} candidate {v!r}: {e}") from None
+        raise bad(f"{name} candidate {v!r}: {e}") from e
 
 
 def words(setting: dict) -> str:
@@ -261,3 +262,47 @@ def select(scores: dict[str, list[float]], settings: dict[str, dict], tune: Tune
         elif pos >= 1 - EDGE:
             edges.append(f"{axis.name}: best at the high edge ({v:g}): widen above {v:g}")
     return Choice(setting, best, len(scores[chosen]), len(tied) - 1, tuple(edges))
+
+
+# --- the tuning runs: a group, its scores, each variant's choice ---------------------------
+
+
+def group_id(study: str, base: Recipe, t: Tune) -> str:
+    """One tuning experiment: the study, and the base recipe without the tuned fields."""
+    rest = {k: v for k, v in t.recipe(base, {}).to_dict().items() if k not in t.fields}
+    text = json.dumps([study, rest], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def tuning_record(study: str, base: Recipe, t: Tune) -> dict:
+    """What every run of a tuning experiment records (`tuning` in config.json and the
+    run record): the group, the tuned fields and the base recipe's values of them, so a
+    report finds the experiment's runs whatever flags it was run with."""
+    return {"group": group_id(study, base, t), "fields": t.fields,
+            "base": {f: getattr(base, f) for f in t.fields}}
+
+
+def scores(records: list[RunRecord], group: str, fields: list[str]
+           ) -> dict[str, tuple[dict[str, list[float]], dict[str, dict]]]:
+    """variant -> (setting key -> final validation accuracies of its finished tuning
+    runs, setting key -> setting), over the tuning runs of one group. A candidate whose
+    runs diverged or failed has an empty list: it cannot be chosen."""
+    out: dict[str, tuple[dict, dict]] = {}
+    for r in records:
+        if r.phase != "tune" or r.tuning is None or r.tuning.group != group:
+            continue
+        setting = setting_of(r.recipe.to_dict(), fields)
+        k = key(setting)
+        accs, settings = out.setdefault(r.variant, ({}, {}))
+        settings[k] = setting
+        accs.setdefault(k, [])
+        if r.status == JobState.DONE and r.final_validation_accuracy is not None:
+            accs[k].append(float(r.final_validation_accuracy))
+    return out
+
+
+def choose(records: list[RunRecord], study: str, t: Tune, base: Recipe,
+           variants: list[str]) -> dict[str, Choice | None]:
+    """Each variant's choice, read from the tuning runs among `records`."""
+    by = scores(records, group_id(study, base, t), t.fields)
+    return {v: select(*by[v], t, base) if v in by else None for v in variants}

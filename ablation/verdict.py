@@ -166,8 +166,16 @@ def rule(d: np.ndarray, crit_dir, crit_eq, margin: float, resolution: float = 0.
         lo, hi = mean - crit_dir * se, mean + crit_dir * se
         elo, ehi = mean - crit_eq * se, mean + crit_eq * se
     lo, hi, elo, ehi = (np.where(flat, np.nan, x) for x in (lo, hi, elo, ehi))
-    code = np.select([lo > 0, hi < 0, (-margin < elo) & (ehi < margin)], [1, 2, 3], 0)
-    return mean, sd, n, lo, hi, elo, ehi, code
+    return mean, sd, n, lo, hi, elo, ehi, verdict_code(lo, hi, elo, ehi, margin)
+
+
+def verdict_code(lo, hi, elo, ehi, margin: float) -> np.ndarray:
+    """The decision rule itself (`_CODES`), on the directional interval [lo, hi] and the
+    equivalence interval [elo, ehi], vectorised: better when the interval is above 0,
+    worse when below, equivalent when the equivalence interval lies within ±margin,
+    else undecided (a NaN interval decides nothing)."""
+    lo, hi, elo, ehi = (np.asarray(x, dtype=float) for x in (lo, hi, elo, ehi))
+    return np.select([lo > 0, hi < 0, (-margin < elo) & (ehi < margin)], [1, 2, 3], 0)
 
 
 def interval_verdicts(xa: np.ndarray, xb: np.ndarray, level: float, margin: float
@@ -192,11 +200,7 @@ def classify(ci_low: float, ci_high: float, margin: float, eq_low: float | None 
     directional one)."""
     elo = ci_low if eq_low is None else eq_low
     ehi = ci_high if eq_high is None else eq_high
-    if ci_low > 0:
-        return BETTER
-    if ci_high < 0:
-        return WORSE
-    return EQUIVALENT if -margin < elo and ehi < margin else UNDECIDED
+    return _CODES[int(verdict_code(ci_low, ci_high, elo, ehi, margin))]
 
 
 def compare(finals: dict[str, dict[int, float]], pairs: list[tuple[str, str]],

@@ -185,6 +185,27 @@ def test_a_units_mistake_is_one_line_at_list(tmp_path, case):
         assert internal not in line, line
 
 
+def test_a_broken_units_author_sees_their_own_traceback_under_ablation_debug(tmp_path):
+    """One line by default; with ABLATION_DEBUG the whole chain, down to the unit's own
+    line, then the same one line."""
+    (tmp_path / "u.py").write_text("from ablation import unit\n\n\n@unit('u')\n"
+                                   "def u(ops, x, block):\n"
+                                   "    scale = block.filters // (block.index - block.index)\n"
+                                   "    return ops.conv(x, scale, 3, 1, block.name)\n")
+    (tmp_path / "s.toml").write_text('units = "u.py"\n[[variant]]\nname = "mine"\n'
+                                     'base = "resnet32_e"\nunit = "u"\n')
+    args = ("list", "--study", str(tmp_path / "s.toml"))
+    line = one_line_error(run_cli(*args))
+    assert "unit 'u' failed in block s1b1 of mine: ZeroDivisionError" in line, line
+    r = run_cli(*args, env={"ABLATION_DEBUG": "1"})
+    assert r.returncode == 2 and r.stderr.count("Traceback") >= 2, r.stderr
+    err = r.stderr.splitlines()
+    assert f'File "{tmp_path / "u.py"}", line 6, in u' in r.stderr  # the author's own line
+    assert "ZeroDivisionError: integer division or modulo by zero" in r.stderr
+    assert "The above exception was the direct cause" in r.stderr  # the chain, kept
+    assert err[-1] == line
+
+
 def test_a_unit_named_like_a_built_in_shadows_it_only_in_its_study(designs,
                                                                    isolated_registry):
     ablation.load_study(designs)

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 
 from ablation import registry, report, study
+from ablation import runs as load
 from ablation.recipe import Recipe
-from ablation.report import load, markdown, stats
+from ablation.report import markdown, stats
 
 RECIPE = Recipe(epochs=3, train_limit=100, test_limit=50)
 
@@ -294,8 +295,9 @@ def test_a_raised_max_seeds_extends_a_design_with_alpha_left_and_only_then(resul
     import io
 
     from ablation import results as res_mod
-    from ablation import sequential, verdict
+    from ablation import verdict
     from ablation.errors import AblationError
+    from ablation.policies import looks as sequential
     from ablation.runner import Plan
 
     blog = study.load_study()

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from ablation import data, registry, training
+from ablation import callbacks, data, registry, training
 from ablation.recipe import Recipe
 from ablation.registry import Variant
 
@@ -43,7 +43,7 @@ def _snapshot(root, recipe: Recipe):
     stream = data.TrainStream(data.synthetic(16, 8), 8, seed=0, epochs=1,
                               mixup=recipe.mixup, cutmix=recipe.cutmix)
     model.fit(iter(stream), steps_per_epoch=STEPS, epochs=1, verbose=0)
-    backup = training.AtomicBackup(root, IDENTITY)
+    backup = callbacks.AtomicBackup(root, IDENTITY)
     backup.set_model(model)
     backup.on_epoch_end(0, {"loss": 1.0})
     return root, state(model)
@@ -62,7 +62,7 @@ def test_resume_restores_weights_optimizer_step_and_momenta_bit_for_bit(
     model = fresh(1, recipe)  # other initial weights, an untouched optimizer
     before = state(model)
     assert not all(np.array_equal(a, b) for a, b in zip(before, saved, strict=True))
-    assert training.AtomicBackup(root, IDENTITY).resume(model, STEPS) == 1
+    assert callbacks.AtomicBackup(root, IDENTITY).resume(model, STEPS) == 1
     after = state(model)
     assert len(after) == len(saved)
     for a, b in zip(after, saved, strict=True):
@@ -81,12 +81,12 @@ def test_a_load_that_silently_does_nothing_is_caught(snapshot, monkeypatch):
     root, _ = snapshot
     model = fresh(1)
     monkeypatch.setattr(type(model), "load_weights", lambda self, path: None)
-    with pytest.raises(training.DamagedSnapshot, match="optimizer state is at step 0"):
-        training.AtomicBackup(root, IDENTITY).resume(model, STEPS)
+    with pytest.raises(callbacks.DamagedSnapshot, match="optimizer state is at step 0"):
+        callbacks.AtomicBackup(root, IDENTITY).resume(model, STEPS)
 
 
 def test_no_snapshot_means_epoch_zero(tmp_path):
-    assert training.AtomicBackup(tmp_path / "backup", IDENTITY).resume(fresh(1), STEPS) == 0
+    assert callbacks.AtomicBackup(tmp_path / "backup", IDENTITY).resume(fresh(1), STEPS) == 0
 
 
 def _latest(root):
@@ -124,8 +124,8 @@ def test_every_kind_of_damage_fails_in_one_line_and_keeps_the_files(snapshot, tm
     damage, says = DAMAGE[kind]
     damage(root)
     files = sorted(p.relative_to(root) for p in root.rglob("*"))
-    with pytest.raises(training.DamagedSnapshot) as err:
-        training.AtomicBackup(root, IDENTITY).resume(fresh(1), STEPS)
+    with pytest.raises(callbacks.DamagedSnapshot) as err:
+        callbacks.AtomicBackup(root, IDENTITY).resume(fresh(1), STEPS)
     message = str(err.value)
     assert says in message and "\n" not in message
     assert "Delete" in message and "--retry-failed" in message

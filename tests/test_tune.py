@@ -8,16 +8,14 @@ import json
 import math
 import os
 import signal
-from pathlib import Path
 
 import pytest
 from conftest import hold_after, one_line_error, run_cli, run_dirs, start_cli, wait_for
 
-from ablation import phases, tune
+from ablation import tune
 from ablation.errors import AblationError
-from ablation.protocol import HELD_MARKER
+from ablation.protocol import HELD_MARKER, RunRecord
 from ablation.recipe import Recipe
-from ablation.report.load import Run
 
 BASE = Recipe(epochs=1, validation=40)
 
@@ -60,11 +58,11 @@ def test_bad_tune_tables_are_one_line(table, says):
 
 def _run(variant, setting, val, test, phase="tune", seed=0, status="done"):
     rec = {**BASE.to_dict(), **setting}
-    return Run({"variant": variant, "seed": seed, "recipe": rec, "recipe_id": "x",
-                "status": status, "phase": phase, "final_validation_accuracy": val,
-                "final_val_accuracy": test, "epochs_done": 1,
-                "tuning": {"group": "g", "fields": ["lr"], "base": {"lr": 0.1}}},
-               None, Path("."))
+    return RunRecord.parse({"variant": variant, "seed": seed, "recipe": rec, "recipe_id": "x",
+                            "status": status, "phase": phase,
+                            "final_validation_accuracy": val, "final_test_accuracy": test,
+                            "epochs_done": 1,
+                            "tuning": {"group": "g", "fields": ["lr"], "base": {"lr": 0.1}}})
 
 
 def test_the_choice_is_the_validation_argmax_never_the_test_set_and_ties_go_near():
@@ -80,7 +78,7 @@ def test_the_choice_is_the_validation_argmax_never_the_test_set_and_ties_go_near
         _run("b", {"lr": 0.01}, 0.7, 0.2), _run("b", {"lr": 1.0}, 0.7, 0.2),
         _run("b", {"lr": 0.1}, None, None, status="failed"),
     ]
-    scores = phases.scores(runs, "g", ["lr"])
+    scores = tune.scores(runs, "g", ["lr"])
     assert scores["a"][0][tune.key({"lr": 1.0})] == [0.5]  # the failed seed left out
     c = tune.select(*scores["a"], t, base)
     assert c.setting == {"lr": 0.01} and c.accuracy == pytest.approx(0.75) and c.seeds == 2

@@ -344,8 +344,9 @@ def test_seeds_needed_is_finite_monotone_and_right_where_the_solver_gave_up():
 def test_a_diverged_run_leaves_the_other_pairs_seeds_needed_alone(tmp_path):
     from pathlib import Path
 
+    from ablation.protocol import RunRecord
     from ablation.report import stats
-    from ablation.report.load import Run
+    from ablation.runs import Run
     from ablation.study import Comparison
 
     def runs(diverge: bool, drop: bool = False) -> list[Run]:
@@ -358,9 +359,10 @@ def test_a_diverged_run_leaves_the_other_pairs_seeds_needed_alone(tmp_path):
                     if drop:
                         continue
                     acc = 0.10 if diverge else acc
-                out.append(Run({"variant": v, "seed": s, "status": "done", "epochs_done": 1,
-                                "recipe": {"epochs": 1}, "final_val_accuracy": acc,
-                                "test_images": 10000, "num_classes": 10}, None, Path(".")))
+                out.append(Run(RunRecord.parse(
+                    {"variant": v, "seed": s, "status": "done", "epochs_done": 1,
+                     "recipe": {"epochs": 1}, "recipe_id": "r", "final_val_accuracy": acc,
+                     "test_images": 10000, "num_classes": 10}), None, Path(".")))
         return out
 
     class _Study:

@@ -102,10 +102,9 @@ def balanced_subset(y: np.ndarray, limit: int | None, num_classes: int,
 
     The remainder of limit / num_classes goes to the lowest class ids. With `what` (the
     flag, for the message) a limit above the split's size, or a class with fewer images
-    than its share, is an error, never the whole set or a silent imbalance.
+    than its share, is an error, never a silent imbalance (a limit above the split's
+    size is `check_sizes`'s).
     """
-    if what and limit and limit > len(y):
-        raise AblationError(f"{what} {limit:,} is more than the split's {len(y):,} images")
     if not limit or limit >= len(y):
         return np.arange(len(y))
     per, extra = divmod(limit, num_classes)
@@ -120,14 +119,42 @@ def balanced_subset(y: np.ndarray, limit: int | None, num_classes: int,
     return np.sort(np.concatenate(idx))
 
 
+def check_sizes(dataset: str, train: int | None, test: int | None, validation: int = 0,
+                train_limit: int | None = None, test_limit: int | None = None) -> None:
+    """The one rule for subsets and the validation split against a dataset's sizes (None:
+    not known), whether `ablation run` checks it before queueing or a job as it loads:
+    one line naming the flag."""
+    if validation and train is not None and validation > train:
+        raise AblationError(f"validation {validation:,} is more than the {train:,} training "
+                            f"images of {dataset}")
+    if validation and train is not None and validation == train:
+        raise AblationError(f"validation {validation:,} leaves no training image (the "
+                            f"training split of {dataset} has {train:,})")
+    left = None if train is None else train - validation
+    if train_limit and left is not None and train_limit > left:
+        raise AblationError(f"train-limit {train_limit:,} is more than the {left:,} training "
+                            f"images of {dataset}" + (" left after the validation split"
+                                                      if validation else ""))
+    if test_limit and test is not None and test_limit > test:
+        raise AblationError(f"test-limit {test_limit:,} is more than the {test:,} test images "
+                            f"of {dataset}")
+
+
+def check_recipe_sizes(recipe, record: dict | None = None) -> None:
+    """`check_sizes` for a recipe: the sizes of a path dataset as `prepare` recorded
+    them, else of a named dataset (known without reading it)."""
+    if record is None:
+        shape = describe(resolve(recipe.dataset), recipe.image_hw)
+        record = {"train_images": shape.train, "test_images": shape.test}
+    check_sizes(recipe.dataset, record["train_images"], record["test_images"],
+                recipe.validation, recipe.train_limit, recipe.test_limit)
+
+
 def held_out(y: np.ndarray, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(training, validation) indices: `n` class-balanced images held out, the last of
     each class (the remainder of n / classes to the lowest class ids), so the training
     images a `train_limit` takes (the first of each class) are the same with or without a
     validation split as long as the class has room."""
-    if n >= len(y):
-        raise AblationError(f"validation {n:,} leaves no training image (the training split "
-                            f"has {len(y):,})")
     per, extra = divmod(n, num_classes)
     val = []
     for c in range(num_classes):
@@ -228,6 +255,7 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
     if any(s == 0 for s in std):
         raise AblationError(f"{where}: a channel has the same value in every training image "
                             "(std 0): it cannot be normalised")
+    check_sizes(dataset, len(y_tr), len(y_te), validation, train_limit, test_limit)
     x_val = y_val = None
     if validation:
         keep, val = held_out(y_tr, validation, k)
@@ -294,7 +322,7 @@ def _write_npz(path: Path, **arrays) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise results.disk_error(e, path) from None
+        raise results.disk_error(e, path) from e
 
 
 def synthetic(n_train: int = 256, n_test: int = 128, num_classes: int = 10,

@@ -132,7 +132,7 @@ def _read_pickle(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as e:  # truncated, corrupt or hostile
-        raise AblationError(f"damaged data file {path}: {e}") from None
+        raise AblationError(f"damaged data file {path}: {e}") from e
     if not isinstance(obj, dict):
         raise AblationError(f"damaged data file {path}: not a CIFAR batch")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -146,7 +146,7 @@ def read_split(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarr
             x = np.asarray(d["data"], dtype=np.uint8)
             y = np.asarray(d[label_key], dtype=np.int64)
         except KeyError as e:
-            raise AblationError(f"damaged data file {folder / fname}: no {e} entry") from None
+            raise AblationError(f"damaged data file {folder / fname}: no {e} entry") from e
         if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
             raise AblationError(f"damaged data file {folder / fname}: shape {x.shape}")
         xs.append(x)
@@ -189,7 +189,7 @@ def _keras_download(dataset: str) -> Path:
         raise AblationError(
             f"could not download {dataset} through keras.datasets ({e}); pass --data-dir "
             "or set ABLATION_DATA_DIR to a folder holding the extracted dataset"
-        ) from None
+        ) from e
     base = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
     found = resolve_data_dir(dataset, base) if base.exists() else None
     if found is None:
@@ -221,7 +221,7 @@ def read_cifar(dataset: str, data_dir) -> tuple[np.ndarray, ...]:
         x_te, y_te = read_split(folder, layout["test"], layout["label_key"])
     except FileNotFoundError as e:
         raise AblationError(f"incomplete dataset in {folder}: missing {Path(e.filename).name}; "
-                            "re-extract the official archive there") from None
+                            "re-extract the official archive there") from e
     return x_tr, y_tr, x_te, y_te, str(folder)
 
 
@@ -234,7 +234,7 @@ def read_keras(dataset: str) -> tuple[np.ndarray, ...]:
     except Exception as e:
         raise AblationError(f"could not load {dataset} through keras.datasets "
                             f"({str(e).splitlines()[0][:200]}); it downloads once, so the "
-                            "first run needs a network") from None
+                            "first run needs a network") from e
     return (*_arrays(x_tr, y_tr, x_te, y_te, f"keras.datasets.{dataset}"),
             f"keras.datasets.{dataset}")
 
@@ -310,7 +310,7 @@ def read_npz(path: Path, content: bytes | None = None) -> tuple[np.ndarray, ...]
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise AblationError(f"{where}: not a readable .npz ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+                            f"{str(e).splitlines()[0][:160] if str(e) else ''})") from e
     return (*arrays, names)
 
 
@@ -354,7 +354,7 @@ def _open(path: Path):
         return img
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise AblationError(f"cannot read image {path}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120] if str(e) else ''}") from None
+                            f"{str(e).splitlines()[0][:120] if str(e) else ''}") from e
 
 
 def _folder_shape(root: Path, splits: dict, image_size) -> tuple[int, int, int]:
@@ -392,7 +392,7 @@ def read_folder(root: Path, image_size: tuple[int, int] | None) -> tuple[np.ndar
                     img = img.resize((w, h), Image.BILINEAR)
                 x[i] = np.asarray(img, np.uint8).reshape(h, w, c)
             except (OSError, ValueError) as e:
-                raise AblationError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
+                raise AblationError(f"cannot read image {p}: {type(e).__name__}: {e}") from e
         out += [x, np.array([k for k, _ in files], np.int64)]
     return (*out, names)
 
@@ -433,7 +433,7 @@ def describe(source: Source, image_size: tuple[int, int] | None = None) -> Shape
             with zipfile.ZipFile(source.path) as zf:
                 heads = {k: _npz_header(zf, k, where) for k in NPZ_KEYS}
         except zipfile.BadZipFile as e:
-            raise AblationError(f"{where}: not a readable .npz ({e})") from None
+            raise AblationError(f"{where}: not a readable .npz ({e})") from e
         with np.load(source.path, allow_pickle=False) as z:
             names = tuple(str(n) for n in z["class_names"]) if "class_names" in z.files else ()
             labels = [z["y_train"], z["y_test"]]

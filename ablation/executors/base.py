@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ablation import results
 from ablation.errors import AblationError
-from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome
+from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome, RunRecord
 
 LineSink = Callable[[int, str], None]  # (job id, progress payload) -> None
 
@@ -51,17 +50,18 @@ def train_command(run_dir: str) -> list[str]:
 
 def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outcome:
     """Turn a finished job's process into a queue state."""
-    summary = {}
+    record = None
     with contextlib.suppress(FileNotFoundError, AblationError):
-        summary = results.read_json(Path(run_dir) / "summary.json")
-    if code == Exit.DONE and summary.get("status") == JobState.DONE:
+        record = RunRecord.read(Path(run_dir))
+    status = record.status if record else None
+    if code == Exit.DONE and status == JobState.DONE:
         return Outcome(job_id, JobState.DONE)
     if code in (Exit.INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
         return Outcome(job_id, JobState.INTERRUPTED, "interrupted; resumes from its last epoch")
     if code == Exit.NO_DEVICE:
         return Outcome(job_id, JobState.INTERRUPTED,
-                       summary.get("error") or "given a GPU, it sees none", machine=True)
-    reason = summary.get("error") if summary.get("status") == JobState.FAILED else None
+                       (record and record.error) or "given a GPU, it sees none", machine=True)
+    reason = record.error if status == JobState.FAILED else None
     if not reason:
         last = [t for t in tail if t.strip()]
         reason = f"exit code {code}" + (f": {last[-1].strip()[:300]}" if last else "")

@@ -162,7 +162,7 @@ class RayExecutor:
                 ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise AblationError(f"cannot connect to Ray at {address or 'a new local instance'}:"
-                                f" {str(e).splitlines()[0]}") from None
+                                f" {str(e).splitlines()[0]}") from e
         nodes = ray.nodes()
         gpus = float(ray.cluster_resources().get("GPU", 0))
         self.gpus_per_job = (1.0 if gpus else 0.0) if gpus_per_job is None else gpus_per_job

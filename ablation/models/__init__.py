@@ -12,10 +12,7 @@ the README ("Deviations from the papers").
 """
 
 from ablation.models.network import (
-    DOWNSAMPLES,
     HEADS,
-    PROJECTION_INPUTS,
-    SHORTCUTS,
     STEMS,
     ModelInfo,
     build_model,
@@ -38,8 +35,8 @@ from ablation.models.units import (
     user_units,
 )
 
-__all__ = ["ACTIVATIONS", "BN_EPSILON", "BN_MOMENTUM", "BUILTIN_UNITS", "DOWNSAMPLES",
-           "HEADS", "OPS", "PROJECTION_INPUTS", "SHORTCUTS", "STEMS", "Block", "ModelInfo",
+__all__ = ["ACTIVATIONS", "BN_EPSILON", "BN_MOMENTUM", "BUILTIN_UNITS",
+           "HEADS", "OPS", "STEMS", "Block", "ModelInfo",
            "OpError", "UnitError", "build_model", "check_counts", "count_params",
            "layer_inputs", "load_pretrained", "resolve", "shadowed", "shortcut", "signature",
            "unit", "unit_source_hash", "user_unit_hash", "user_units"]

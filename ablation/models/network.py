@@ -95,9 +95,6 @@ HEADS: dict[str, Callable[[Any, Any, int, Variant], Any]] = {
     "dense": head_dense,
     "dense_bn": head_dense_bn,
 }
-SHORTCUTS = ("projection", "pad")
-PROJECTION_INPUTS = ("preact", "input")
-DOWNSAMPLES = ("stride", "pool")
 
 _KERAS_HINT = "Only input tensors may be passed"
 
@@ -116,7 +113,7 @@ def _run(g: Graph, what: str, fn: Callable, *args: Any, failed: str = "") -> Any
         if _KERAS_HINT in text:  # Keras' own message names our counting tensor's class
             text = ("a Keras layer was called on a tensor directly (a Keras layer in a unit "
                     "goes through ops.layer(layer, x))")
-        raise UnitError(f"{failed or what + ' failed'}: {text}") from None
+        raise UnitError(f"{failed or what + ' failed'}: {text}") from e
 
 
 def _network(g: Graph, v: Variant, num_classes: int, input_shape: tuple[int, ...]) -> Any:
@@ -154,7 +151,7 @@ def _network(g: Graph, v: Variant, num_classes: int, input_shape: tuple[int, ...
     try:
         g.finish(out)
     except OpError as e:
-        raise UnitError(str(e)) from None
+        raise UnitError(str(e)) from e
     return out
 
 
@@ -273,7 +270,7 @@ def load_pretrained(model: Any, source: str) -> int:
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else \
             type(e).__name__
         raise AblationError(f"cannot load the pretrained VGG19 weights {source!r} ({why}); "
-                            f"{remedy}") from None
+                            f"{remedy}") from e
     theirs = [layer for layer in ref.layers if isinstance(layer, keras.layers.Conv2D)]
     ours = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     shapes = [tuple(w.shape for w in layer.weights) for layer in ours]

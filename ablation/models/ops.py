@@ -280,7 +280,7 @@ def _bound(fn: Callable, g: Graph) -> Callable:
         try:
             sig.bind(g, *args, **kwargs)
         except TypeError as e:
-            raise OpError(f"{signature(fn.__name__)}: {e}") from None
+            raise OpError(f"{signature(fn.__name__)}: {e}") from e
         return fn(g, *args, **kwargs)
 
     call.__name__ = fn.__name__
@@ -586,4 +586,4 @@ def layer(g, layer, *inputs):
     except Exception as e:
         raise OpError(f"ops.layer {layer.name} ({type(layer).__name__}): "
                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                      ) from None
+                      ) from e

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import AfterValidator, ConfigDict, Field
 
-from ablation.errors import AblationError, did_you_mean
+from ablation.errors import AblationError, did_you_mean, validation_line
 
 # Keras mixed-precision policy of each precision the recipe accepts.
 # fp32 is true float32, as on the blog's GPU; tf32 lets Ampere-and-later GPUs run float32
@@ -38,11 +38,30 @@ PRECISION_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloa
 PRECISIONS = tuple(PRECISION_POLICIES)
 AUGMENTS = ("blog", "crop")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
-# each optimizer's Keras class, whose name is also how a report writes it
-OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "nadam": "Nadam",
-                     "rmsprop": "RMSprop", "lion": "Lion"}
-OPTIMIZERS = tuple(OPTIMIZER_CLASSES)
-DECOUPLED = ("adamw", "lion")  # optimizers whose weight decay is decoupled by definition
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What the recipe knows of an optimizer, in one place: its Keras class (also how a
+    report writes it), the recipe fields it takes besides lr and weight decay (passed to
+    Keras when set; the others are refused with it), and whether it decays weights
+    decoupled by definition."""
+
+    keras: str
+    settings: tuple[str, ...]
+    decoupled: bool = False
+
+
+_BETAS = ("beta_1", "beta_2", "epsilon")
+OPTIMIZER_SPECS = {
+    "sgd": OptimizerSpec("SGD", ("momentum", "nesterov")),
+    "adam": OptimizerSpec("Adam", _BETAS),
+    "adamw": OptimizerSpec("AdamW", _BETAS, decoupled=True),
+    "nadam": OptimizerSpec("Nadam", _BETAS),
+    "rmsprop": OptimizerSpec("RMSprop", ("epsilon",)),
+    "lion": OptimizerSpec("Lion", ("beta_1", "beta_2"), decoupled=True),
+}
+OPTIMIZERS = tuple(OPTIMIZER_SPECS)
 DECAYS = ("auto", "l2", "decoupled")
 SCHEDULES = ("step", "cosine", "linear", "constant")
 WARMUPS = ("constant", "linear")
@@ -211,20 +230,17 @@ class Recipe:
                                 f"{self.schedule} schedule has none")
         if self.min_lr and self.min_lr >= self.lr:
             raise AblationError(f"min-lr {self.min_lr:g} must be below lr {self.lr:g}")
-        if self.decay == "l2" and self.optimizer in DECOUPLED:
+        spec = OPTIMIZER_SPECS[self.optimizer]
+        if self.decay == "l2" and spec.decoupled:
             raise AblationError(f"{self.optimizer} decays weights decoupled by definition; "
                                 "for L2 in the loss use adam (or sgd)")
-        if self.optimizer != "sgd":
-            for name in ("momentum", "nesterov"):
-                if getattr(self, name) != getattr(DEFAULTS, name):
-                    raise AblationError(f"{name} is SGD's setting; {self.optimizer} takes "
-                                        "beta-1 and beta-2")
-        allowed = {"sgd": (), "adam": ("beta_1", "beta_2", "epsilon"),
-                   "adamw": ("beta_1", "beta_2", "epsilon"),
-                   "nadam": ("beta_1", "beta_2", "epsilon"), "rmsprop": ("epsilon",),
-                   "lion": ("beta_1", "beta_2")}[self.optimizer]
-        for name in ("beta_1", "beta_2", "epsilon"):
-            if getattr(self, name) is not None and name not in allowed:
+        for name in ("momentum", "nesterov"):  # SGD's, at their defaults for the others
+            if name not in spec.settings and getattr(self, name) != getattr(DEFAULTS, name):
+                raise AblationError(f"{name} is SGD's setting; {self.optimizer} takes "
+                                    "beta-1 and beta-2")
+        allowed = [n for n in spec.settings if n in _BETAS]
+        for name in _BETAS:
+            if getattr(self, name) is not None and name not in spec.settings:
                 raise AblationError(f"{name.replace('_', '-')} is not a setting of "
                                     f"{self.optimizer}" + (f" (it takes {', '.join(allowed)})"
                                                            if allowed else ""))
@@ -238,9 +254,12 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if k == "milestones" else v) for k, v in d.items()
-                      if k in known})
+        """`to_dict`'s plain data (a run record's, a job's config) as a recipe; an unknown
+        key or a bad value is one line naming it."""
+        try:
+            return _RECIPE.validate_python(d)
+        except pydantic.ValidationError as e:
+            raise AblationError(_message(e)) from e
 
     @classmethod
     def parse(cls, table: dict, allowed: tuple[str, ...] | None = None,
@@ -297,21 +316,10 @@ class Recipe:
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """The learning rate of training step `step` (0-based): the warm-up, then the
-        schedule. What `schedule.RecipeSchedule` computes inside the optimizer."""
-        warm = self.warmup_epochs * steps_per_epoch
-        if step < warm:
-            if self.warmup == "constant":
-                return self.warmup_lr
-            return self.warmup_lr + (self.lr - self.warmup_lr) * step / warm
-        if self.schedule == "step":
-            epoch = step // steps_per_epoch
-            return self.lr / 10 ** sum(epoch >= d for d in self.lr_drops())
-        if self.schedule == "constant":
-            return self.lr
-        t = (step - warm) / max(1, self.epochs * steps_per_epoch - warm)
-        if self.schedule == "cosine":
-            return self.min_lr + (self.lr - self.min_lr) * (1 + math.cos(math.pi * t)) / 2
-        return self.lr - (self.lr - self.min_lr) * t  # linear
+        schedule (`lr_formula`, the one definition, here on float64 numbers)."""
+        import numpy as np
+
+        return float(lr_formula(self, np.float64(step), steps_per_epoch, _NumpyOps))
 
     def learning_rate(self, epoch: int, steps_per_epoch: int = 1) -> float:
         """lr at the first step of a 0-based epoch (the whole epoch's, for the step
@@ -330,15 +338,15 @@ class Recipe:
     def decoupled(self) -> bool:
         """Weight decay is applied by the optimizer, not as L2 in the loss."""
         return self.decay == "decoupled" or (self.decay == "auto"
-                                             and self.optimizer in DECOUPLED)
+                                             and OPTIMIZER_SPECS[self.optimizer].decoupled)
 
     def describe(self) -> str:
         """One line for reports: every field that shapes training, in words."""
-        opt = f"{OPTIMIZER_CLASSES[self.optimizer]} lr {self.lr:g}"
+        opt = f"{OPTIMIZER_SPECS[self.optimizer].keras} lr {self.lr:g}"
         if self.optimizer == "sgd":
             opt += f" (momentum {self.momentum:g}{', Nesterov' if self.nesterov else ''})"
         betas = [f"{k.replace('_', ' ')} {getattr(self, k):g}"
-                 for k in ("beta_1", "beta_2", "epsilon") if getattr(self, k) is not None]
+                 for k in _BETAS if getattr(self, k) is not None]
         if betas:
             opt += f" ({', '.join(betas)})"
         wd = (f"wd {self.weight_decay:g} decoupled" if self.decoupled
@@ -369,6 +377,62 @@ class Recipe:
                           f"precision {self.precision}"])
 
 
+def lr_formula(r: Recipe, step: Any, steps_per_epoch: int, ops: Any) -> Any:
+    """The learning rate at optimizer step `step`, written once for both places that
+    need it: `Recipe.lr_at` (numbers: history.csv's lr, the report) and, inside the
+    compiled train step, `schedule.RecipeSchedule` (tensors). `ops` is the array API
+    (numpy's or keras.ops: where, cos, clip, take, full_like, cast).
+
+    The warm-up (constant at warmup_lr, or linear from warmup_lr to lr), then the
+    schedule: step (lr / 10 per milestone passed, from a table of lr / 10**k, so each
+    epoch's lr is exactly the number a per-epoch scheduler sets), constant, or cosine /
+    linear from lr to min_lr over the steps after the warm-up."""
+    warm = float(r.warmup_epochs * steps_per_epoch)
+    if r.warmup == "constant":
+        early = ops.full_like(step, r.warmup_lr)
+    else:
+        early = r.warmup_lr + (r.lr - r.warmup_lr) * step / max(warm, 1.0)
+    if r.schedule == "step":
+        drops = [d * steps_per_epoch for d in r.lr_drops()]
+        levels = [r.lr / 10 ** k for k in range(len(drops) + 1)]
+        k = sum(ops.cast(step >= d, "int32") for d in drops) if drops else 0
+        main = ops.take(ops.cast(levels, "float"), k)
+    elif r.schedule == "constant":
+        main = ops.full_like(step, r.lr)
+    else:
+        total = max(1.0, r.epochs * steps_per_epoch - warm)
+        t = ops.clip((step - warm) / total, 0.0, 1.0)
+        if r.schedule == "cosine":
+            main = r.min_lr + (r.lr - r.min_lr) * (1 + ops.cos(math.pi * t)) / 2
+        else:
+            main = r.lr - (r.lr - r.min_lr) * t
+    return ops.where(step < warm, early, ops.cast(main, "float"))
+
+
+class _NumpyOps:
+    """`lr_formula`'s array API on float64 numbers (numpy)."""
+
+    @staticmethod
+    def cast(x: Any, dtype: str) -> Any:
+        import numpy as np
+
+        return np.asarray(x, dtype=np.int64 if dtype == "int32" else np.float64)
+
+    @staticmethod
+    def full_like(x: Any, v: float) -> Any:
+        import numpy as np
+
+        return np.full_like(x, v, dtype=np.float64)
+
+    def __getattr__(self, name: str) -> Any:  # where, cos, clip, take
+        import numpy as np
+
+        return getattr(np, name)
+
+
+_NumpyOps = _NumpyOps()
+
+
 # what the run, not the network, decides: the data, its length and its batches; a variant
 # may fix any other field for itself (its `recipe`), e.g. ResNet-110's warm-up
 RUN_FIELDS = ("dataset", "epochs", "batch_size", "augment", "train_limit", "test_limit",
@@ -393,9 +457,10 @@ _FIELD_ADAPTERS: dict[str, pydantic.TypeAdapter] = {}
 
 def _message(e: pydantic.ValidationError) -> str:
     """A schema error as one line: the field (as its flag is spelled) and what is wrong."""
-    err = e.errors(include_url=False)[0]
-    name = str(err["loc"][0]) if err["loc"] else "?"
-    return f"{name.replace('_', '-')} {_why(err, name)}, got {err.get('input')!r}"
+    def why(key: str, err: dict) -> str:
+        return f"{_why(err, key)}, got {err.get('input')!r}"
+
+    return validation_line(e, why=why, spell=lambda key: key.replace("_", "-"))
 
 
 def _why(err: dict, name: str) -> str:
@@ -413,7 +478,7 @@ def _validate(values: dict) -> dict:
     try:
         return _SCHEMA.model_validate(values).model_dump()
     except pydantic.ValidationError as e:
-        raise AblationError(_message(e)) from None
+        raise AblationError(_message(e)) from e
 
 
 def check_field(name: str, value: Any) -> Any:
@@ -426,7 +491,9 @@ def check_field(name: str, value: Any) -> Any:
     try:
         return adapter.validate_python(value)
     except pydantic.ValidationError as e:
-        raise AblationError(_why(e.errors(include_url=False)[0], name)) from None
+        raise AblationError(_why(e.errors(include_url=False)[0], name)) from e
 
 
+Recipe.__pydantic_config__ = ConfigDict(extra="forbid")
+_RECIPE = pydantic.TypeAdapter(Recipe)
 DEFAULTS = Recipe()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablation.recipe import OPTIMIZER_CLASSES, Recipe
+from ablation.recipe import OPTIMIZER_SPECS, Recipe
 
 NOT_DECAYED = ["bias", "gamma", "beta"]  # variable names decoupled decay leaves alone
 
@@ -31,11 +31,10 @@ def l2(recipe: Recipe) -> float:
 def optimizer(recipe: Recipe, keras_module: Any, learning_rate: Any = None) -> Any:
     """The recipe's Keras optimizer. `learning_rate`: a schedule (training), else the
     recipe's lr as a number (the saved model's copy, which must load in plain Keras)."""
+    spec = OPTIMIZER_SPECS[recipe.optimizer]
     kw: dict[str, Any] = {"learning_rate": recipe.lr if learning_rate is None
                           else learning_rate}
-    if recipe.optimizer == "sgd":
-        kw.update(momentum=recipe.momentum, nesterov=recipe.nesterov)
-    for name in ("beta_1", "beta_2", "epsilon"):
+    for name in spec.settings:  # its own settings the recipe sets (else Keras' defaults)
         if getattr(recipe, name) is not None:
             kw[name] = getattr(recipe, name)
     kw["weight_decay"] = recipe.weight_decay if recipe.decoupled else None
@@ -43,7 +42,7 @@ def optimizer(recipe: Recipe, keras_module: Any, learning_rate: Any = None) -> A
         kw["global_clipnorm"] = recipe.grad_clip
     if recipe.ema:
         kw.update(use_ema=True, ema_momentum=recipe.ema)
-    opt = getattr(keras_module.optimizers, OPTIMIZER_CLASSES[recipe.optimizer])(**kw)
+    opt = getattr(keras_module.optimizers, spec.keras)(**kw)
     if recipe.decoupled:
         opt.exclude_from_weight_decay(var_names=NOT_DECAYED)
     return opt

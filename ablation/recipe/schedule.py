@@ -4,52 +4,45 @@
 own step counter, in the compiled step, so a continuous schedule (cosine, linear, a
 linear warm-up) changes every step however many steps run per host sync, and a resumed
 job, whose step counter comes back with its snapshot, continues where it stopped. It
-computes exactly `Recipe.lr_at` (the formula; tests/test_recipes.py holds one against
-the other at every step), in float32.
+evaluates the recipe's one formula (`ablation.recipe.lr_formula`, which `Recipe.lr_at`
+evaluates on numbers) on float32 tensors.
 """
 
 from __future__ import annotations
 
-import math
-
 import keras
 
-from ablation.recipe import Recipe
+from ablation.recipe import Recipe, lr_formula
+
+
+class _KerasOps:
+    """`lr_formula`'s array API on float32 tensors (keras.ops)."""
+
+    @staticmethod
+    def cast(x, dtype: str):
+        return keras.ops.cast(keras.ops.convert_to_tensor(x), "float32" if dtype == "float"
+                              else dtype)
+
+    @staticmethod
+    def full_like(x, v: float):
+        return keras.ops.full_like(x, v)
+
+    def __getattr__(self, name: str):  # where, cos, clip, take
+        return getattr(keras.ops, name)
+
+
+_KERAS_OPS = _KerasOps()
 
 
 class RecipeSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """The recipe's warm-up and schedule as a function of the optimizer's step.
-
-    A step schedule takes its values from a table of the recipe's own lr / 10**k, so each
-    epoch's lr is the float32 of the same number a per-epoch scheduler would set."""
+    """The recipe's warm-up and schedule as a function of the optimizer's step."""
 
     def __init__(self, recipe: Recipe, steps_per_epoch: int):
         self.recipe, self.steps_per_epoch = recipe, int(steps_per_epoch)
-        drops = recipe.lr_drops()
-        self.levels = [recipe.lr / 10 ** k for k in range(len(drops) + 1)]
-        self.drops = [d * self.steps_per_epoch for d in drops]
 
     def __call__(self, step):
-        ops, r = keras.ops, self.recipe
-        s = ops.cast(step, "float32")
-        warm = float(r.warmup_epochs * self.steps_per_epoch)
-        if r.warmup == "constant":
-            early = ops.full_like(s, r.warmup_lr)
-        else:
-            early = r.warmup_lr + (r.lr - r.warmup_lr) * s / max(warm, 1.0)
-        if r.schedule == "step":
-            k = sum(ops.cast(s >= d, "int32") for d in self.drops) if self.drops else 0
-            main = ops.take(ops.convert_to_tensor(self.levels, "float32"), k)
-        elif r.schedule == "constant":
-            main = ops.full_like(s, r.lr)
-        else:
-            total = max(1.0, r.epochs * self.steps_per_epoch - warm)
-            t = ops.clip((s - warm) / total, 0.0, 1.0)
-            if r.schedule == "cosine":
-                main = r.min_lr + (r.lr - r.min_lr) * (1 + ops.cos(math.pi * t)) / 2
-            else:
-                main = r.lr - (r.lr - r.min_lr) * t
-        return ops.where(s < warm, early, ops.cast(main, "float32"))
+        s = keras.ops.cast(step, "float32")
+        return lr_formula(self.recipe, s, self.steps_per_epoch, _KERAS_OPS)
 
     def get_config(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "steps_per_epoch": self.steps_per_epoch}

@@ -20,7 +20,8 @@ from ablation.errors import AblationError
 from ablation.recipe import Recipe
 from ablation.report import figures, markdown, stats, tuned
 from ablation.report import latex as latex_mod
-from ablation.report.load import Run, for_study, load_runs, responses_frame, runs_frame
+from ablation.report.frames import responses_frame, runs_frame
+from ablation.runs import Run, for_study, load_runs
 
 __all__ = ["COMPARISONS_CSV", "Run", "build", "comparison_rows", "load_runs", "runs_frame"]
 
@@ -34,9 +35,9 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
     by_variant = {v: sorted([r for r in runs if r.variant == v and len(r.history)],
                             key=lambda r: r.seed) for v in cmp.variants}
     present = {v: rs for v, rs in by_variant.items() if rs}
-    recipe = runs[0].summary["recipe"]
-    if runs[0].summary.get("tuning"):  # a tuned comparison: its commands rerun the phases
-        recipe = tuned.rerun_recipe(study, runs[0].summary)
+    recipe = runs[0].record.recipe.to_dict()
+    if runs[0].record.tuning:  # a tuned comparison: its commands rerun the phases
+        recipe = tuned.rerun_recipe(study, runs[0].record)
     seeds = max((len(rs) for rs in present.values()), default=1)
     out = [f"### {n}. {cmp.title}", ""]
     if cmp.question:
@@ -63,8 +64,8 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
     if published:
         out += [f"Published error: {cmp.published_source or 'published'} — set beside ours, "
                 "never pooled with it; ours is 100 − final test accuracy.", ""]
-    started = sorted({f"{v} from {r.summary['pretrained']!r} weights" for v, rs in present.items()
-                      for r in rs if r.summary.get("pretrained")})
+    started = sorted({f"{v} from {r.record.pretrained!r} weights" for v, rs in present.items()
+                      for r in rs if r.record.pretrained})
     if started:
         out += [f"Pretrained: {'; '.join(started)} (its convolutions); every other run here "
                 "trained from scratch.", ""]
@@ -131,9 +132,9 @@ def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir,
 
 def _recipe_order(item: tuple[str, list[Run]]) -> tuple:
     rid, runs = item
-    r = runs[0].summary["recipe"]
-    subset = bool(r.get("train_limit") or r.get("test_limit"))
-    return (subset, -r["epochs"], -len(runs), rid)
+    r = runs[0].record.recipe
+    subset = bool(r.train_limit or r.test_limit)
+    return (subset, -r.epochs, -len(runs), rid)
 
 
 def _plain_groups(runs: list[Run]) -> dict[str, list[Run]]:
@@ -141,8 +142,8 @@ def _plain_groups(runs: list[Run]) -> dict[str, list[Run]]:
     span many recipes and are grouped by tuning group instead (`tuned.groups`)."""
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        if not r.summary.get("phase"):
-            groups.setdefault(r.summary["recipe_id"], []).append(r)
+        if not r.record.phase:
+            groups.setdefault(r.record.recipe_id, []).append(r)
     return groups
 
 
@@ -212,14 +213,14 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
         raise AblationError(f"no runs of study {study.name!r} in {results_dir}; run "
                             f"`{cmd}` first")
     # a tuned study's runs (both phases) have their own section: they span many recipes
-    phased = [r for r in runs if r.summary.get("phase")]
+    phased = [r for r in runs if r.record.phase]
     groups = _plain_groups(runs)
     if recipe:
         groups = {k: v for k, v in groups.items() if k.startswith(recipe)}
     if epochs:
-        groups = {k: v for k, v in groups.items() if v[0].summary["recipe"]["epochs"] == epochs}
+        groups = {k: v for k, v in groups.items() if v[0].record.recipe.epochs == epochs}
     if on == "validation":
-        groups = {k: v for k, v in groups.items() if v[0].summary["recipe"].get("validation")}
+        groups = {k: v for k, v in groups.items() if v[0].record.recipe.validation}
         if not groups and not phased:
             raise AblationError("--on validation: no recipe here holds out a validation "
                                 "split (set validation = N in the recipe)")
@@ -229,7 +230,7 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise results.disk_error(e, out_dir) from None
+        raise results.disk_error(e, out_dir) from e
     col = figures.colours(list(study.variant_names))
     selected = [r for rs in groups.values() for r in rs]
     lines = [f"# {study.title}", ""]
@@ -245,8 +246,8 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
     listed = [(f"`{rid}`", rs) for rid, rs in ordered] + [
         (f"tuning group `{gid}` (both phases)", rs) for gid, rs in sorted(tuned_groups.items())]
     for name, rs in listed:
-        lines.append(f"| {name} | {markdown.dataset_name(rs[0].summary)} | "
-                     f"{rs[0].summary['recipe']['epochs']} | {len(rs)} | "
+        lines.append(f"| {name} | {markdown.dataset_name(rs[0].record)} | "
+                     f"{rs[0].record.recipe.epochs} | {len(rs)} | "
                      f"{len({r.variant for r in rs})} |")
     lines.append("")
     designs = results.read_designs(Path(results_dir))

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablation.report.load import Run
 from ablation.results import TEST, Split
+from ablation.runs import Run
 
 
 def colours(names: list[str]) -> dict[str, tuple]:

@@ -11,10 +11,11 @@ import pandas as pd
 
 from ablation import registry, results, verdict
 from ablation import study as studies
+from ablation.protocol import RunRecord
 from ablation.recipe import Recipe
 from ablation.report import stats
-from ablation.report.load import Run
 from ablation.results import DEFAULT_RESULTS, TEST, Split
+from ablation.runs import Run
 
 
 def table(df: pd.DataFrame) -> str:
@@ -244,40 +245,44 @@ def verdict_rows(key: str, recipe_id: str, pairs: list[verdict.Pair],
              "a_setting": "", "b_setting": ""} for p in pairs]
 
 
-def dataset_name(summary: dict) -> str:
+def dataset_name(record: RunRecord) -> str:
     """A run's dataset as a reader knows it: its name, or a path's last part and its
     content hash (what the recipe id holds)."""
-    r = summary["recipe"]
-    if r.get("data_hash"):
-        return f"{Path(r['dataset']).name} (sha256 {r['data_hash'][:12]})"
-    return str(summary.get("dataset", r["dataset"]))
+    r = record.recipe
+    if r.data_hash:
+        return f"{Path(r.dataset).name} (sha256 {r.data_hash[:12]})"
+    return str(record.dataset or r.dataset)
 
 
 def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
-    r = runs[0].summary["recipe"]
-    s0 = runs[0].summary
-    shape = s0.get("input_shape")
-    held = (f", {s0['validation_images']:,} held out for validation"
-            if s0.get("validation_images") else "")
+    s0 = runs[0].record
+    r = s0.recipe
+    shape = s0.input_shape
+    held = (f", {s0.validation_images:,} held out for validation"
+            if s0.validation_images else "")
     seeds = sorted({x.seed for x in runs})
-    devices = sorted({str(x.summary.get("device", "?")) for x in runs})
-    versions = sorted({f"Python {x.summary.get('python', '?')}, Keras "
-                       f"{x.summary.get('keras', '?')}, {x.summary.get('backend', '?')} "
-                       f"{x.summary.get('backend_version', '')}".strip() for x in runs})
-    commits = sorted({(str(x.summary.get("git_commit") or "unknown")[:10]
-                       + (" (dirty)" if x.summary.get("git_dirty") else "")) for x in runs})
+
+    def known(v) -> str:
+        return "?" if v is None else str(v)
+
+    devices = sorted({known(x.record.device) for x in runs})
+    versions = sorted({f"Python {known(x.record.python)}, Keras {known(x.record.keras)}, "
+                       f"{known(x.record.backend)} {x.record.backend_version or ''}".strip()
+                       for x in runs})
+    commits = sorted({(str(x.record.git_commit or "unknown")[:10]
+                       + (" (dirty)" if x.record.git_dirty else "")) for x in runs})
     own = sorted({f"{x.variant}: " + ", ".join(f"{k} {v}" for k, v in sorted(
-        x.summary["definition"].get("recipe", {}).items()))
-        for x in runs if (x.summary.get("definition") or {}).get("recipe")})
+        x.record.definition.get("recipe", {}).items()))
+        for x in runs if (x.record.definition or {}).get("recipe")})
     lines = [
         f"## Recipe `{recipe_id}`", "",
-        f"- **Dataset**: {dataset_name(s0)}, {s0.get('train_images', '?')} train / "
-        f"{s0.get('test_images', '?')} test images{held}"
-        + (f" ({'x'.join(map(str, shape))}, {s0.get('num_classes')} classes)"
-           if shape and (tuple(shape), s0.get("num_classes")) != ((32, 32, 3), 10) else "")
+        f"- **Dataset**: {dataset_name(s0)}, {known(s0.train_images)} train / "
+        f"{known(s0.test_images)} test images{held}"
+        + (f" ({'x'.join(map(str, shape))}, {s0.num_classes} classes)"
+           if shape and (tuple(shape), s0.num_classes) != ((32, 32, 3), 10) else "")
         + (" — **a subset of the data, not comparable with the blog**"
-           if r.get("train_limit") or r.get("test_limit") else ""),
-        f"- **Recipe**: {Recipe.from_dict(r).describe()}",
+           if r.train_limit or r.test_limit else ""),
+        f"- **Recipe**: {r.describe()}",
         *([f"- **Variants with recipe fields of their own**: {'; '.join(own)}"] if own else []),
         f"- **Runs**: {len(runs)} ({len({x.variant for x in runs})} variants, seeds "
         f"{', '.join(map(str, seeds))})",
@@ -285,9 +290,8 @@ def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
         f"- **Software**: {'; '.join(versions)}; code {', '.join(commits)}",
     ]
     partial = sorted(f"{x.variant} s{x.seed} "
-                     f"({x.summary.get('epochs_done', 0)}/{r['epochs']} epochs, "
-                     f"{x.summary.get('status', '?')})"
-                     for x in runs if (x.summary.get("epochs_done") or 0) < r["epochs"])
+                     f"({x.record.epochs_done}/{r.epochs} epochs, {x.record.status})"
+                     for x in runs if x.record.epochs_done < r.epochs)
     if partial:
         lines.append(f"- **Partial runs** (fewer epochs than planned): {', '.join(partial)}")
     return [*lines, ""]

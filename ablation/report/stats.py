@@ -14,8 +14,8 @@ import pandas as pd
 from ablation import study as studies
 from ablation import verdict
 from ablation.protocol import JobState
-from ablation.report.load import Run
 from ablation.results import TEST, Split
+from ablation.runs import Run
 
 FLAT = 0.05  # a fitted change below 5 % of the mean response over the network is "flat"
 
@@ -26,21 +26,21 @@ def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
     error (%)."""
     rows = []
     for v, rs in runs_by_variant.items():
-        s = [r.summary for r in rs]
+        s = [r.record for r in rs]
 
         def col(key: str, ss=s) -> list[float]:
-            return [float(x[key]) for x in ss if x.get(key) is not None]
+            return [v for x in ss if (v := x.number(key)) is not None]
 
         finals = col(split.final)
         h5 = [x for x in col("h5_bytes") if x]
         rows.append({
             "variant": v, "seeds": len(rs),
-            "params_total": s[0].get("params_total"),
-            "params_trainable": s[0].get("params_trainable"),
-            "params_non_trainable": s[0].get("params_non_trainable"),
+            "params_total": s[0].params_total,
+            "params_trainable": s[0].params_trainable,
+            "params_non_trainable": s[0].params_non_trainable,
             "h5_mb": float(np.mean(h5)) / 1e6 if h5 else math.nan,
-            "epochs_min": min(x.get("epochs_done", 0) for x in s),
-            "epochs_max": max(x.get("epochs_done", 0) for x in s),
+            "epochs_min": min(x.epochs_done for x in s),
+            "epochs_max": max(x.epochs_done for x in s),
             "best_mean": _mean(col(split.best)),
             "best_std": _std(col(split.best)),
             "final_mean": _mean(finals), "final_std": _std(finals),
@@ -68,16 +68,14 @@ def finished(runs: list[Run], split: Split = TEST) -> list[Run]:
     """Runs that trained every planned epoch and ended `done` with an accuracy on `split`:
     the only ones a verdict pools (partial, running, interrupted and failed runs never
     are)."""
-    return [r for r in runs if r.summary.get("status") == JobState.DONE
-            and (r.summary.get("epochs_done") or 0) >= r.summary["recipe"]["epochs"]
-            and r.summary.get(split.final) is not None]
+    return [r for r in runs if r.record.finished and r.record.number(split.final) is not None]
 
 
 def finals_by_variant(runs: list[Run], split: Split = TEST) -> dict[str, dict[int, float]]:
     """variant -> {seed: final accuracy on `split`} over finished runs."""
     out: dict[str, dict[int, float]] = {}
     for r in finished(runs, split):
-        out.setdefault(r.variant, {})[r.seed] = float(r.summary[split.final])
+        out.setdefault(r.variant, {})[r.seed] = r.record.number(split.final)
     return out
 
 
@@ -103,21 +101,21 @@ def diverged(runs: list[Run], split: Split = TEST) -> set[tuple[str, int]]:
     accuracy within 3 binomial standard errors of chance while the recipe's median
     finished run is more than 6 above it (so a short or tiny recipe, where no run learns
     much, never calls its runs diverged). docs/statistics.md."""
-    out = {(r.variant, r.seed) for r in runs if r.summary.get("status") == JobState.FAILED
-           and "NaN" in str(r.summary.get("error") or "")}
+    out = {(r.variant, r.seed) for r in runs if r.record.status == JobState.FAILED
+           and "NaN" in str(r.record.error or "")}
     done = finished(runs, split)
     if not done:
         return out
-    s0 = done[0].summary
-    chance = 1.0 / float(s0.get("num_classes") or 10)
-    n = float(s0.get(split.images) or 0)
+    s0 = done[0].record
+    chance = 1.0 / float(s0.num_classes or 10)
+    n = float(s0.number(split.images) or 0)
     if n <= 0:
         return out
     se = math.sqrt(chance * (1 - chance) / n)
-    median = float(np.median([r.summary[split.final] for r in done]))
+    median = float(np.median([r.record.number(split.final) for r in done]))
     if median > chance + LEARNED_SE * se:
         out |= {(r.variant, r.seed) for r in done
-                if r.summary[split.final] <= chance + CHANCE_SE * se}
+                if r.record.number(split.final) <= chance + CHANCE_SE * se}
     return out
 
 
@@ -126,7 +124,7 @@ def ended(runs: list[Run]) -> dict[str, set[int]]:
     look waits for (a failed seed is run, and left out)."""
     out: dict[str, set[int]] = {}
     for r in runs:
-        if r.summary.get("status") in (JobState.DONE, JobState.FAILED):
+        if r.record.status in (JobState.DONE, JobState.FAILED):
             out.setdefault(r.variant, set()).add(r.seed)
     return out
 
@@ -218,8 +216,8 @@ def resolution(runs: list[Run], split: Split = TEST) -> tuple[float, int, float]
     done = finished(runs, split)
     if not done:
         return None
-    n = int(done[0].summary.get(split.images) or 0)
-    acc = float(np.mean([r.summary[split.final] for r in done]))
+    n = int(done[0].record.number(split.images) or 0)
+    acc = float(np.mean([r.record.number(split.final) for r in done]))
     if n <= 0:
         return None
     return 100 * math.sqrt(acc * (1 - acc) / n), n, acc

@@ -1,5 +1,5 @@
 """The report's tuned comparisons (a study with `[tune]`): per tuning group, each
-variant's chosen setting (replayed from the tuning runs by `ablation.phases.choose`, as
+variant's chosen setting (replayed from the tuning runs by `ablation.tune.choose`, as
 the runner chose it), the tuning figure, where the choice sits at the edge of what was
 tried, whether the ranking holds across settings, and the verdicts of the comparison
 phase on the test set."""
@@ -10,38 +10,41 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation import phases, results, tune
+from ablation import results, tune
 from ablation import study as studies
+from ablation.protocol import RunRecord
 from ablation.recipe import Recipe
 from ablation.report import figures, markdown, stats
-from ablation.report.load import Run
+from ablation.runs import Run
 
 
 def groups(runs: list[Run]) -> dict[str, list[Run]]:
     """The runs of each tuning group (both phases), by group id."""
     out: dict[str, list[Run]] = {}
     for r in runs:
-        g = (r.summary.get("tuning") or {}).get("group")
-        if r.summary.get("phase") in tune.PHASES and g:
-            out.setdefault(g, []).append(r)
+        if r.record.phase in tune.PHASES and r.record.tuning:
+            out.setdefault(r.record.tuning.group, []).append(r)
     return out
 
 
-def rerun_recipe(study: studies.Study, summary: dict) -> dict:
+def rerun_recipe(study: studies.Study, record: RunRecord) -> dict:
     """The recipe a command that reruns a tuned run's study should name: the run's, its
     tuned fields back at the base's values and its validation split back at the study
     recipe's when [tune] set it, since the phases derive both again."""
-    recipe = {**summary["recipe"], **summary["tuning"]["base"]}
+    recipe = {**record.recipe.to_dict(), **record.tuning.base}
     if study.tune is not None and study.tune.validation is not None:
         recipe["validation"] = study.recipe().validation
     return recipe
 
 
+def _records(rs: list[Run]) -> list[RunRecord]:
+    return [r.record for r in rs]
+
+
 def _base(rs: list[Run]) -> Recipe:
     """The group's base recipe: any of its runs' recipe, the tuned fields set back to the
     base's values (recorded with every run of the group)."""
-    rec = rs[0].summary["tuning"]
-    return Recipe.from_dict({**rs[0].summary["recipe"], **rec["base"]})
+    return rs[0].record.recipe.replace(**rs[0].record.tuning.base)
 
 
 def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
@@ -54,20 +57,20 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
     rows: list[dict] = []
     designs = results.read_designs(Path(results_dir))
     for gid, rs in sorted(groups(runs).items()):
-        if t is None or set(rs[0].summary["tuning"]["fields"]) != set(t.fields):
-            lines += [f"## Tuning group `{gid}`: tuned {rs[0].summary['tuning']['fields']}, "
+        if t is None or set(rs[0].record.tuning.fields) != set(t.fields):
+            lines += [f"## Tuning group `{gid}`: tuned {rs[0].record.tuning.fields}, "
                       "which the study's [tune] no longer names; left out", ""]
             continue
         base = _base(rs)
         variants = sorted({r.variant for r in rs}, key=list(study.variant_names).index)
-        choices = phases.choose(rs, study, t, base, variants)
-        held = rs[0].summary["recipe"].get("validation")
+        choices = tune.choose(_records(rs), study.name, t, base, variants)
+        held = rs[0].record.recipe.validation
         lines += [f"## Tuned comparisons (group `{gid}`)", "",
                   f"- **Tuned**: {', '.join(t.fields)}, for each variant, on {held:,} "
                   f"held-out validation images; {len(t.candidates())} setting(s) x {t.seeds} "
                   "tuning seed(s); chosen by final validation accuracy (mean over the tuning "
                   "seeds), a tie to the setting nearest the base recipe's ("
-                  + ", ".join(f"{k} {v}" for k, v in rs[0].summary["tuning"]["base"].items())
+                  + ", ".join(f"{k} {v}" for k, v in rs[0].record.tuning.base.items())
                   + "). The test set is never read to choose.",
                   f"- **Base recipe**: {base.describe()}",
                   "- **The verdicts below** are best against best on this grid: each variant "
@@ -75,7 +78,7 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
                   "seeds), judged on the test set (docs/statistics.md).", ""]
         fig_dir = out_dir / f"tuned-{gid}"
         fig_dir.mkdir(parents=True, exist_ok=True)
-        scores = phases.scores(rs, gid, t.fields)
+        scores = tune.scores(_records(rs), gid, t.fields)
         means = {v: {k: sum(a) / len(a) for k, a in scores[v][0].items() if a}
                  for v in variants if v in scores}
         settings = {k: s for v in scores for k, s in scores[v][1].items()}
@@ -105,9 +108,9 @@ def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs
     """A tuning group's comparison runs at the chosen settings, and their verdicts (the
     group's recorded --until-decided design replayed, if any)."""
     t = study.tune
-    compare = [r for r in rs if r.summary.get("phase") == "compare"
+    compare = [r for r in rs if r.record.phase == "compare"
                and choices.get(r.variant) is not None
-               and tune.setting_of(r.summary["recipe"], t.fields)
+               and tune.setting_of(r.record.recipe.to_dict(), t.fields)
                == choices[r.variant].setting]
     if not compare:
         return [], None
@@ -125,10 +128,10 @@ def verdict_groups(study: studies.Study, runs: list[Run], results_dir: Path,
     designs = results.read_designs(Path(results_dir))
     for gid, rs in sorted(groups(runs).items()):
         t = study.tune
-        if t is None or set(rs[0].summary["tuning"]["fields"]) != set(t.fields):
+        if t is None or set(rs[0].record.tuning.fields) != set(t.fields):
             continue
         variants = sorted({r.variant for r in rs}, key=list(study.variant_names).index)
-        choices = phases.choose(rs, study, t, _base(rs), variants)
+        choices = tune.choose(_records(rs), study.name, t, _base(rs), variants)
         compare, judged = _judge(study, gid, rs, choices, designs, margin)
         if compare:
             yield gid, compare, judged, {v: tune.key(c.setting) for v, c in choices.items()

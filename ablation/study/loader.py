@@ -92,7 +92,7 @@ class Study:
                 home = builtin_home(pat) if pat not in self.variant_names else None
                 if home and home != self.name:
                     raise AblationError(f"{e}; {pat!r} belongs to the built-in study "
-                                        f"{home!r}: add --study {home}") from None
+                                        f"{home!r}: add --study {home}") from e
             raise
 
     def recipe(self, overrides: dict | None = None) -> Recipe:
@@ -199,15 +199,15 @@ class _Loader:
         try:
             return schema.validate(model, table, where)
         except AblationError as e:
-            raise self.fail(str(e)) from None
+            raise self.fail(str(e)) from e
 
     def load(self) -> Study:
         try:
             doc = tomllib.loads(self.path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise self.fail(f"not valid TOML: {e}") from None
+            raise self.fail(f"not valid TOML: {e}") from e
         except OSError as e:
-            raise self.fail(f"cannot read: {e.strerror}") from None
+            raise self.fail(f"cannot read: {e.strerror}") from e
         top = self.check(schema.StudyFile, doc)
         name = top.name or self.path.stem
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -227,11 +227,11 @@ class _Loader:
         try:
             base = Recipe.parse(top.recipe)
         except AblationError as e:
-            raise self.fail(f"[recipe] {e}") from None
+            raise self.fail(f"[recipe] {e}") from e
         try:
             tuned = tune.parse(top.tune, base, name)
         except AblationError as e:
-            raise self.fail(str(e)) from None
+            raise self.fail(str(e)) from e
         extra = sorted(set(top.analysis) - set(verdict.SETTINGS_KEYS))
         if extra:
             raise self.fail(f"unknown [analysis] key {extra[0]!r} (allowed: "
@@ -239,7 +239,7 @@ class _Loader:
         try:
             settings = verdict.Settings(**top.analysis)
         except AblationError as e:
-            raise self.fail(f"[analysis] {e}") from None
+            raise self.fail(f"[analysis] {e}") from e
 
         self.shape = self.data_shape(top.recipe)
         own = self.variants(top.variant)
@@ -311,6 +311,11 @@ class _Loader:
         d["label"] = d.get("label") or spec.name
         if self.module:  # the study's own units come first for its own variants
             d["unit_module"] = self.module
+        for key, known in (("stem", models.STEMS), ("head", models.HEADS),
+                           ("head_act", models.ACTIVATIONS)):
+            if key in given and given[key] not in known:
+                raise self.fail(f"{where}unknown {key} {given[key]!r} (known: "
+                                f"{', '.join(known)})")
         units = models.units.known(d.get("unit_module"))
         unit = d["unit"]
         for u in [*(unit if isinstance(unit, list) else [unit]), d.get("down_unit")]:
@@ -324,14 +329,14 @@ class _Loader:
         try:
             Recipe.parse(d.get("recipe") or {}, VARIANT_FIELDS)
         except AblationError as e:
-            raise self.fail(f"{where}recipe: {e}") from None
+            raise self.fail(f"{where}recipe: {e}") from e
         v = Variant.from_dict(d)
         try:  # runs every unit on shapes: a broken unit fails here, a stuck one stops
             with _time_limit(UNIT_CHECK_SECONDS, f"{where}counting its network did not end "
                              f"within {UNIT_CHECK_SECONDS} s (a unit in an endless loop?)"):
                 models.count_params(v, self.shape[1], self.shape[0])
         except AblationError as e:
-            raise self.fail(str(e)) from None
+            raise self.fail(str(e)) from e
         return v
 
     # --- comparisons

@@ -10,15 +10,14 @@ recipe's own fields are the recipe's schema (`ablation.recipe`); `[analysis]` is
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import dataclasses
+from typing import Annotated, Any
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from ablation.errors import AblationError
-from ablation.models import ACTIVATIONS, DOWNSAMPLES, HEADS, PROJECTION_INPUTS, SHORTCUTS, STEMS
-
-NAME = r"^[A-Za-z0-9][\w.-]*$"
+from ablation.errors import AblationError, validation_line
+from ablation.registry import Variant
 
 
 def _why(message: str) -> Any:
@@ -27,58 +26,25 @@ def _why(message: str) -> Any:
     return Field(json_schema_extra={"why": message})
 
 
-def _positive(v: int) -> int:
-    if v <= 0:
-        raise ValueError("must be a positive integer")
-    return v
-
-
-def _below_one(v: float) -> float:
-    if not 0 <= v < 1:
-        raise ValueError("must be a number from 0 to below 1")
-    return v
-
-
-PosInt = Annotated[int, AfterValidator(_positive)]
-Stage = Annotated[list[PosInt], Field(min_length=2, max_length=3)]
-
-
 class _Table(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class VariantTable(_Table):
-    """A `[[variant]]` (docs/studies.md): any Variant field, and `base`. Every key but
-    `name` is optional here: a base supplies the rest."""
+def _variant_key(f: dataclasses.Field) -> tuple[Any, Any]:
+    """A `[[variant]]` key from the Variant field that declares it: its type as a study
+    file writes it, with its message; optional (a base supplies the rest), but `name`."""
+    toml, why = f.metadata["toml"], f.metadata["why"]
+    kind = Annotated[toml, _why(why)] if why else toml
+    if f.name == "name":
+        return kind, ...
+    return Annotated[toml | None, _why(why)] if why else toml | None, None
 
-    name: Annotated[str, Field(pattern=NAME), _why(
-        "needs a name of letters, digits, '_', '.', '-'")]
-    base: str | None = None
-    label: str = ""
-    description: str = ""
-    unit: str | Annotated[list[str], Field(min_length=1)] | None = None
-    down_unit: str | None = None
-    stages: Annotated[Annotated[list[Stage], Field(min_length=1)] | None, _why(
-        "must be a list of [blocks, width] or [blocks, width, inner], positive "
-        "integers")] = None
-    stem_filters: Annotated[PosInt | None, _why("must be a positive integer")] = None
-    stem: Literal[tuple(STEMS)] | None = None
-    head: Literal[tuple(HEADS)] | None = None
-    head_act: Literal[ACTIVATIONS] | None = None
-    shortcut: Literal[SHORTCUTS] | None = None
-    projection_input: Literal[PROJECTION_INPUTS] | None = None
-    first_stage_stride: Annotated[Literal[1, 2] | None, _why("must be 1 or 2")] = None
-    downsample: Literal[DOWNSAMPLES] | None = None
-    head_widths: Annotated[list[PosInt] | None, _why(
-        "must be a list of positive integers")] = None
-    dropout: Annotated[Annotated[int | float, AfterValidator(_below_one)] | None, _why(
-        "must be a number from 0 to below 1")] = None
-    pretrained: Annotated[str | None, _why(
-        'must be "imagenet" or a weights file path')] = None
-    reference_params: Annotated[
-        Annotated[list[int], Field(min_length=3, max_length=3)] | None,
-        _why("must be [total, trainable, non-trainable]")] = None
-    recipe: Annotated[dict[str, Any] | None, _why("must be a table")] = None
+
+# A `[[variant]]` (docs/studies.md): any Variant field (registry.Variant declares each
+# one: its type, its check, its message), and `base`
+VariantTable = pydantic.create_model(
+    "VariantTable", __base__=_Table, base=(str | None, None),
+    **{f.name: _variant_key(f) for f in dataclasses.fields(Variant) if "toml" in f.metadata})
 
 
 class Reference(_Table):
@@ -133,25 +99,13 @@ class StudyFile(_Table):
 
 def one_line(model: type[BaseModel], e: pydantic.ValidationError, where: str = "") -> str:
     """A schema violation as one line: `where` (the table), the key and what is wrong."""
-    err = e.errors(include_url=False)[0]
-    loc = [str(p) for p in err["loc"]]
-    key = loc[0] if loc else "?"
-    field = model.model_fields.get(key)
-    extra = field.json_schema_extra if field is not None else None
-    why = extra.get("why") if isinstance(extra, dict) else None
-    if err["type"] == "extra_forbidden" and len(loc) == 1:
-        what = "top-level key" if model is StudyFile else "key"
-        return (f"{where}unknown {what} {key!r} (allowed: "
-                f"{', '.join(sorted(model.model_fields))})")
-    if why:
-        return f"{where}{why}" if why.startswith(("[", "needs")) else f"{where}{key} {why}"
-    if err["type"] == "missing":
-        return f"{where}needs {key}"
-    if err["type"] == "literal_error":
-        known = str(err.get("ctx", {}).get("expected", "")).replace("'", "")
-        return f"{where}unknown {key} {err.get('input')!r} (known: {known})"
-    msg = err["msg"]
-    return f"{where}{key}: {msg[:1].lower()}{msg[1:]}, got {err.get('input')!r}"
+    def why(key: str, err: dict) -> str | None:
+        field = model.model_fields.get(key)
+        extra = field.json_schema_extra if field is not None else None
+        return extra.get("why") if isinstance(extra, dict) else None
+
+    return validation_line(e, where, why, model.model_fields,
+                           what="top-level key" if model is StudyFile else "key")
 
 
 def validate(model: type[BaseModel], table: Any, where: str = "") -> BaseModel:
@@ -159,4 +113,4 @@ def validate(model: type[BaseModel], table: Any, where: str = "") -> BaseModel:
     try:
         return model.model_validate(table)
     except pydantic.ValidationError as e:
-        raise AblationError(one_line(model, e, where)) from None
+        raise AblationError(one_line(model, e, where)) from e

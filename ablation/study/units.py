@@ -48,7 +48,7 @@ def import_units(source: str, where: str = "") -> tuple[str, list[str]]:
             module = importlib.import_module(source)
     except Exception as e:
         raise AblationError(f"{prefix}cannot import units {source}: "
-                            f"{type(e).__name__}: {e}".splitlines()[0]) from None
+                            f"{type(e).__name__}: {e}".splitlines()[0]) from e
     found = models.user_units(module.__name__)
     if not found:
         raise AblationError(f"{prefix}units {source} defines no unit (decorate each with "

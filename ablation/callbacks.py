@@ -1,0 +1,280 @@
+"""The training callbacks a job adds to Keras' own (`CSVLogger`, `LearningRateScheduler`,
+`TerminateOnNaN`, `SwapEMAWeights`, `TensorBoard`): what a run needs that Keras does not
+do, each on public Keras calls only.
+
+* `AtomicBackup`: Keras' `BackupAndRestore`, made atomic and checked whole;
+* `Recorder`: lr, epoch time and images/s into the epoch's logs, and the progress line
+  the runner reads (`ablation.protocol.EpochRecord`);
+* `HeldOut`: the held-out validation split evaluated every epoch;
+* `EpochScalars`: TensorBoard scalars where Keras' callback cannot run (no TensorFlow);
+* `SummaryKeeper`: the run record rewritten after every epoch;
+* `HoldForTest`: the protocol's test hook (`ablation.protocol.HOLD_ENV`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from ablation import data, results
+from ablation.errors import AblationError
+from ablation.protocol import HELD_MARKER, EpochRecord, JobConfig, held_line, number
+from ablation.recipe import Recipe
+
+
+def _finite(logs: dict | None) -> bool:
+    return not logs or all(math.isfinite(float(v)) for v in logs.values()
+                           if isinstance(v, int | float))
+
+
+class DamagedSnapshot(AblationError):
+    """A snapshot that cannot be trusted whole: the job fails, the files stay."""
+
+
+class AtomicBackup(keras.callbacks.Callback):
+    """Keras' BackupAndRestore, made atomic and checked, on public calls only.
+
+    Stock BackupAndRestore writes the weights, then the epoch, as two files: a kill
+    between them pairs new weights with an old epoch, and one epoch is trained twice.
+    Here each snapshot (`model.save_weights`, which holds the optimizer's variables,
+    plus a metadata file: epoch, variant, recipe, definition) goes into its own folder,
+    renamed into place, then a one-line LATEST pointer is swapped atomically. A snapshot
+    of a NaN epoch is never taken.
+
+    A snapshot is trusted whole or not at all (`resume`): weights, optimizer state and
+    epoch must all be there, readable, agree with each other (the optimizer's step
+    count is the epoch's), and belong to this job. Anything else — a missing or damaged
+    weights file, missing or damaged metadata, a LATEST pointing nowhere, another job's
+    snapshot — fails the job in one line and keeps the files for inspection; it never
+    trains on. Deleting the run's `backup/` folder starts the job again from epoch 0.
+    """
+
+    WEIGHTS, META = "latest.weights.h5", "training_metadata.json"
+
+    def __init__(self, root: Path, identity: dict | None = None):
+        super().__init__()
+        self.root = Path(root)
+        self.identity = dict(identity or {})
+
+    def _damaged(self, what: str) -> DamagedSnapshot:
+        return DamagedSnapshot(
+            f"damaged snapshot in {self.root}: {what}; the files are kept for inspection. "
+            f"Delete {self.root} to start this job again from epoch 0, then rerun with "
+            "--retry-failed")
+
+    def snapshot(self) -> tuple[Path, int] | None:
+        """The latest snapshot's folder and epoch, checked; None when there is none."""
+        pointer = self.root / "LATEST"
+        if not pointer.exists():
+            return None
+        try:
+            folder = self.root / pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise self._damaged(f"unreadable LATEST ({e})") from e
+        if not folder.name or not folder.is_dir():
+            raise self._damaged(f"LATEST points to {folder.name or 'nothing'}, which is "
+                                "not there")
+        try:
+            meta = results.read_json(folder / self.META)
+        except FileNotFoundError:
+            raise self._damaged(f"no {self.META} in {folder.name}") from None
+        except AblationError:
+            raise self._damaged(f"unreadable {self.META} in {folder.name}") from None
+        epoch = meta.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise self._damaged(f"no valid epoch in {folder.name}/{self.META}")
+        for key, want in self.identity.items():
+            if key in meta and meta[key] != want:
+                raise self._damaged(f"it belongs to another job ({key} {meta[key]!r}, "
+                                    f"this job's is {want!r})")
+        if not (folder / self.WEIGHTS).is_file():
+            raise self._damaged(f"no {self.WEIGHTS} in {folder.name}")
+        return folder, epoch
+
+    def resume(self, model: Any, steps_per_epoch: int) -> int:
+        """Load the latest snapshot into `model` (built, with its optimizer) and return
+        its epoch; 0 when there is none. Raises DamagedSnapshot when it cannot be
+        trusted whole."""
+        found = self.snapshot()
+        if found is None:
+            return 0
+        folder, epoch = found
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(str(folder / self.WEIGHTS))
+        except Exception as e:  # truncated, not HDF5, another network's weights
+            raise self._damaged(f"cannot load {folder.name}/{self.WEIGHTS} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                                ) from e
+        steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        # loss scaling (fp16) skips the steps whose gradients overflowed: at most that
+        scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        if not (0 < steps <= epoch * steps_per_epoch if scaled
+                else steps == epoch * steps_per_epoch):
+            raise self._damaged(f"its optimizer state is at step {steps}, not at the end of "
+                                f"epoch {epoch} (step {epoch * steps_per_epoch})")
+        return epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _finite(logs):
+            return
+        name = f"epoch-{epoch + 1:04d}"
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:  # VGG19's snapshot is ~310 MB (weights and momenta): a full disk is likely
+            tmp.mkdir(parents=True)
+            self.model.save_weights(str(tmp / self.WEIGHTS))
+            with open(tmp / self.WEIGHTS, "rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # the last good snapshot stays
+            raise results.disk_error(e, tmp / self.WEIGHTS) from e
+        results.atomic_write_json(tmp / self.META, {"epoch": epoch + 1, **self.identity})
+        final = self.root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        results.atomic_write_text(self.root / "LATEST", name + "\n")
+        for old in self.root.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+class Recorder(keras.callbacks.Callback):
+    """Adds `lr`, `epoch_seconds` and training images/s to the epoch logs (before
+    CSVLogger sees them), keeps each epoch's training images/s in `rates` (the run
+    record's median) and prints one progress record per epoch."""
+
+    def __init__(self, cfg: JobConfig, recipe: Recipe, stream: data.TrainStream,
+                 start_epoch: int, rates: list[float]):
+        super().__init__()
+        self.cfg, self.recipe, self.stream, self.start_epoch = cfg, recipe, stream, start_epoch
+        self.n_train = len(stream.ds.y_train)
+        self.train_rates = rates
+        self.nan = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+        self.t_train = None
+
+    def on_test_begin(self, logs=None):
+        self.t_train = time.perf_counter() - self.t0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
+            self.nan = True
+            self.stream.stop()  # let the generator end, so fit can return cleanly
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        seconds = time.perf_counter() - self.t0
+        train_s = self.t_train or seconds
+        logs.pop("learning_rate", None)  # Keras' float32 echo of what we set
+        logs["lr"] = self.recipe.learning_rate(epoch, self.stream.steps_per_epoch)
+        logs["epoch_seconds"] = round(seconds, 3)
+        logs["images_per_second"] = round(self.n_train / train_s, 1)
+        self.train_rates.append(self.n_train / train_s)
+        done = epoch + 1
+        record = EpochRecord(
+            job=self.cfg.index, of=self.cfg.total, variant=self.cfg.variant, seed=self.cfg.seed,
+            epoch=done, epochs=self.recipe.epochs, seconds=seconds,
+            eta_job=seconds * (self.recipe.epochs - done), first=epoch == self.start_epoch,
+            **{k: number(logs.get(k)) for k in ("loss", "accuracy", "val_loss", "val_accuracy",
+                                              "lr", "validation_accuracy")})
+        print(record.line(), flush=True)
+
+
+class EpochScalars(keras.callbacks.Callback):
+    """Per-epoch TensorBoard scalars where Keras' TensorBoard callback cannot run: it
+    needs TensorFlow, which a JAX machine may not have (and which a JAX job keeps off
+    the GPU: `backend.keep_tensorflow_off_gpu`). Written with tensorboard's own writer,
+    into the same train/ and validation/ runs and `epoch_*` tags as Keras' callback."""
+
+    def __init__(self, logdir: Path):
+        super().__init__()
+        from tensorboard.summary import Writer
+
+        self.writers = {"train": Writer(str(logdir / "train")),
+                        "validation": Writer(str(logdir / "validation"))}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            v = number(value)
+            if v is None:
+                continue
+            run, tag = (("validation", key[4:]) if key.startswith("val_") else ("train", key))
+            self.writers[run].add_scalar(f"epoch_{tag}", v, step=epoch)
+        for w in self.writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self.writers.values():
+            w.close()
+
+
+def tensorboard_callback(run_dir: Path) -> tuple[Any | None, str | None]:
+    """Keras' TensorBoard callback on TensorFlow, EpochScalars on other backends, or
+    (None, a note) when the tensorboard package is missing."""
+    try:
+        import tensorboard  # noqa: F401  (TF 2.20+ no longer brings it along)
+    except ImportError:
+        return None, "TensorBoard logs skipped: the tensorboard package is not installed"
+    if keras.backend.backend() == "tensorflow":
+        return keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
+                                           profile_batch=0), None
+    return EpochScalars(run_dir / "tensorboard"), None
+
+
+class HeldOut(keras.callbacks.Callback):
+    """Evaluates the held-out validation split after every epoch, into the epoch's logs as
+    `validation_accuracy` and `validation_loss` (the test set's stay `val_*`, Keras'
+    names for fit's validation data, as the blog's logs had them)."""
+
+    def __init__(self, batches: Any, swap: list):
+        super().__init__()
+        self.batches, self.swap = batches, swap
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not _finite(logs):
+            return
+        out = self.model.evaluate(self.batches, verbose=0, return_dict=True,
+                                  callbacks=self.swap)
+        logs["validation_accuracy"] = out.get("accuracy")
+        logs["validation_loss"] = out.get("loss")
+
+
+
+
+class SummaryKeeper(keras.callbacks.Callback):
+    """Keeps the run record (summary.json) current after every epoch, so reports show
+    runs still going. `write()` rewrites it."""
+
+    def __init__(self, write: Callable[[], Any]):
+        super().__init__()
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.write()
+
+
+class HoldForTest(keras.callbacks.Callback):
+    """The protocol's test hook (HOLD_ENV): after each listed finished epoch, whose backup
+    is already taken, write the marker (`protocol.held_line`: the epoch, this process and
+    its parent, so a test signals only its own job) and wait until a signal ends it."""
+
+    def __init__(self, run_dir: Path, after: set[int]):
+        super().__init__()
+        self.marker, self.after = Path(run_dir) / HELD_MARKER, after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 in self.after:
+            results.atomic_write_text(self.marker, held_line(epoch + 1))
+            while True:
+                time.sleep(3600)

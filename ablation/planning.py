@@ -1,0 +1,85 @@
+"""From a study, its selected variants and the command's flags to what `ablation run`
+drives: the plan of jobs (its recipe checked whole, the data prepared once) and the
+policy that decides what to queue (a plain run, the tuning phases, --until-decided).
+
+The domain rules a run must pass before anything is queued live here, not in the
+command line: every pretrained weights file is there, every variant's own recipe fields
+make a valid recipe with the run's, the subsets and the validation split fit the data.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ablation import data, registry, verdict
+from ablation import study as studies
+from ablation.errors import AblationError
+from ablation.policies import Fixed
+from ablation.runner import Plan, Policy
+
+
+def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
+         data_dir: str | None = None, seeds: int = 1, keep_model: bool = True,
+         retry_failed: bool = False, dry_run: bool = False) -> Plan:
+    """The jobs of `names` under the study's recipe with `overrides` (the flags given),
+    checked: one AblationError naming the problem before anything is queued."""
+    try:
+        recipe = study.recipe(overrides)
+    except AblationError as e:
+        raise AblationError(f"{e} (the recipe: study {study.name}'s [recipe], then the "
+                            "flags)") from e
+    variants = [registry.get(n) for n in names]
+    for v in variants:  # a local weights file a job would start from must be there now
+        w = v.pretrained
+        if w and w != "imagenet" and not Path(w).is_file():
+            raise AblationError(f"{v.name} starts from the pretrained weights {w}, which do "
+                                "not exist; fix the path in the study file, or leave the "
+                                "variant out")
+    for v in variants:  # what each job trains with: the variant's own fields on top
+        try:
+            v.train_recipe(recipe)
+        except AblationError as e:
+            raise AblationError(f"{v.name} (its recipe sets {dict(v.recipe)}): {e}") from e
+    folder = data.resolve_data_dir(recipe.dataset, data_dir)
+    # a dataset by path: hashed (its content names the recipe id), its statistics taken,
+    # a folder decoded once into the results folder (not for a dry run: it writes nothing)
+    record = data.prepare(recipe.dataset, recipe.image_hw, Path(results), decode=not dry_run)
+    if record is not None:
+        recipe = recipe.replace(dataset=record["path"], data_hash=record["content_hash"])
+    data.check_recipe_sizes(recipe, record)
+    if study.tune is not None:  # every candidate's recipe is a valid one with the flags
+        for c in study.tune.candidates():
+            data.check_recipe_sizes(study.tune.recipe(recipe, c), record)
+    if folder is not None and not dry_run:
+        data.check(recipe.dataset, folder)
+    return Plan(variants, seeds, recipe, Path(results),
+                str(folder.resolve()) if folder else None, keep_model=keep_model,
+                retry_failed=retry_failed,
+                study=study.name if study.builtin else str(study.path), data=record)
+
+
+def policy(plan: Plan, study: studies.Study, seeds: int | None = None,
+           until_decided: bool = False, max_seeds: int | None = None,
+           margin: float | None = None, out=sys.stdout) -> Policy:
+    """What decides the jobs: the plan once, or --until-decided's looks; for a study with
+    [tune], the tuning phase first, then either for the comparison."""
+    if until_decided and seeds is not None:
+        raise AblationError("--until-decided chooses the seeds itself (in looks, up to "
+                            "--max-seeds); drop --seeds")
+    if max_seeds is not None and not until_decided:
+        raise AblationError("--max-seeds only goes with --until-decided")
+
+    def compare(p: Plan) -> Policy:
+        if until_decided:
+            from ablation.policies.looks import UntilDecided
+
+            return UntilDecided(p, study, max_seeds or verdict.LOOKS[-1],
+                                study.analysis.replace(margin=margin), out)
+        return Fixed(p)
+
+    if study.tune is not None:
+        from ablation.policies.tuned import Tuned
+
+        return Tuned(plan, study, study.tune, seeds or 1, compare, out)
+    return compare(plan)

@@ -1,0 +1,43 @@
+"""Recorded runs as tidy frames: one row per run (runs.csv), one row per (run, epoch),
+one row per (run, layer) of layer responses. The runs themselves are read by
+`ablation.runs`."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ablation.runs import Run
+
+
+def runs_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per run with its summary fields (recipe flattened), for runs.csv."""
+    rows = []
+    for r in runs:
+        s = {k: v for k, v in r.record.to_json().items()
+             if k not in ("recipe", "definition", "train_recipe")}
+        s.update({f"recipe_{k}": v for k, v in r.record.recipe.to_dict().items()})
+        s["run_dir"] = str(r.folder)
+        rows.append(s)
+    df = pd.DataFrame(rows)
+    first = ["recipe_id", "variant", "seed", "status", "epochs_done", "epochs_planned",
+             "best_test_accuracy", "final_test_accuracy"]
+    cols = [c for c in first if c in df.columns] + sorted(c for c in df.columns
+                                                          if c not in first)
+    return df[cols].sort_values(["recipe_id", "variant", "seed"], kind="stable")
+
+
+def history_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per (run, epoch): variant, seed, epoch and the recorded metrics."""
+    parts = [r.history.assign(variant=r.variant, seed=r.seed) for r in runs if len(r.history)]
+    if not parts:
+        return pd.DataFrame(columns=["variant", "seed", "epoch"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def responses_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per (run, 3x3 layer): variant, seed, index, layer, std."""
+    parts = [r.responses.assign(variant=r.variant, seed=r.seed) for r in runs
+             if r.responses is not None and len(r.responses)]
+    if not parts:
+        return pd.DataFrame(columns=["variant", "seed", "index", "layer", "std"])
+    return pd.concat(parts, ignore_index=True)
