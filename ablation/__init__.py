@@ -7,7 +7,11 @@ Public API (stable; docs/studies.md):
   model; `count_params(...)`: exact counts, depth and multiply-adds without building;
 * `load_study(name_or_path)`: a built-in study or a study file; registers its variants;
 * `unit(name)`: decorator registering a residual unit `(ops, x, block) -> y`;
-  `shortcut(ops, x, h, block)`: the block's shortcut, for use inside a unit.
+  `shortcut(ops, x, h, block)`: the block's shortcut, for use inside a unit;
+* `stem(name)`, `head(name)`: decorators registering a stem or a head `(ops, x, net) -> y`
+  (0.6; `Net`: what they read of the network);
+* `load_model(path)`: a run's saved `.h5` (or its run folder), its study's own layers
+  imported first (0.6).
 
 Keras is imported only when a model is built, so listing, status and reports stay fast.
 Its backend is KERAS_BACKEND when set, else TensorFlow, else JAX (ablation.backend).
@@ -24,15 +28,17 @@ _backend.prefer_installed()
 # TensorFlow's C++ start-up log lines never reach a user's terminal (ablation.backend)
 _backend.quiet_tensorflow_import()
 
-__version__ = "0.5.0"
-__all__ = ["Block", "Study", "__version__", "build_model", "count_params", "load_study",
-           "shortcut", "unit", "variants"]
+__version__ = "0.6.0"
+__all__ = ["Block", "Net", "Study", "__version__", "build_model", "count_params", "head",
+           "load_model", "load_study", "shortcut", "stem", "unit", "variants"]
 
 # The API's names load their modules on first use (PEP 562), so `import ablation` (and
 # the command line, which installs its signal handling first) starts in milliseconds.
-_LAZY = {"Block": "ablation.models", "build_model": "ablation.models",
+_LAZY = {"Block": "ablation.models", "Net": "ablation.models", "build_model": "ablation.models",
          "count_params": "ablation.models", "shortcut": "ablation.models",
-         "unit": "ablation.models", "Study": "ablation.study", "load_study": "ablation.study"}
+         "unit": "ablation.models", "stem": "ablation.models", "head": "ablation.models",
+         "load_model": "ablation.runs", "Study": "ablation.study",
+         "load_study": "ablation.study"}
 
 
 def __getattr__(name: str) -> Any:

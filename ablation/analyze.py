@@ -28,7 +28,7 @@ from ablation import data, results
 from ablation.errors import AblationError
 from ablation.models import layer_inputs
 from ablation.protocol import Exit, JobState
-from ablation.runs import RESPONSES, Run, load_runs
+from ablation.runs import RESPONSES, Run, load_model, load_runs
 
 AFTER_BN, CONV_OUTPUT = "after BN", "conv output"
 BATCH = 100
@@ -74,19 +74,11 @@ def measure(h5: Path, x: np.ndarray) -> pd.DataFrame:
     """The response std of each 3x3 layer of the saved model over images x."""
     import keras
 
-    units = h5.parent / "units.py"
-    if units.is_file():  # the run's copy of its units: it registers their Keras layers
-        from ablation.study import import_units
-
-        import_units(str(units), f"layers of {h5}")
-    try:
-        model = keras.models.load_model(str(h5), compile=False)
-    except Exception as e:  # truncated, not HDF5, not a Keras model
-        raise AblationError(f"cannot load {h5}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]}") from e
+    model = load_model(h5)
     points = response_points(model)
-    if not points:
-        raise AblationError(f"{h5} has no 3x3 convolution")
+    if not points:  # a token model (ViT, MLP-Mixer): it loads, and has nothing to measure
+        return pd.DataFrame(columns=["index", "layer", "stage", "block", "kernel", "point",
+                                     "measured_at", "std", "images"])
     probe = keras.Model(model.inputs[0], [model.get_layer(p[1]).output for p in points])
     n = np.zeros(len(points))
     mean = np.zeros(len(points))
@@ -170,6 +162,10 @@ def main(results_dir: Path, variants: list[str], images: int = 1000, force: bool
         except AblationError as e:
             failed += 1
             print(f"{name}: FAILED: {e}", file=sys.stderr, flush=True)
+            continue
+        if not len(df):
+            print(f"{name}: loaded; no 3x3 convolution, nothing to measure", file=out,
+                  flush=True)
             continue
         buf = io.StringIO()
         df.to_csv(buf, index=False)

@@ -61,8 +61,9 @@ def cmd_list(args) -> int:
                      "params_trainable": info.params_trainable,
                      "params_non_trainable": info.params_non_trainable,
                      "macs": info.macs, "description": v.description})
-    shadows = [f"unit {u!r} of {study.units_source} shadows the built-in unit {u!r} for this "
-               "study's own variants" for u in study.shadowed]
+    shadows = [f"{kind} {u!r} of {study.units_source} shadows the built-in {kind} {u!r} for "
+               "this study's own variants"
+               for kind, u in [*(("unit", u) for u in study.shadowed), *study.shadowed_parts]]
     if args.json:
         print(json.dumps(rows, indent=2))
         for line in shadows:
@@ -136,6 +137,7 @@ def cmd_run(args) -> int:
     view = runner.View(plan.results, study)
     if args.dry_run:
         return policy.dry_run(view)
+    args.slurm_table = study.slurm  # the study's [slurm] table: --executor slurm's defaults
     executor = EXECUTORS[args.executor]()
     return runner.drive(policy, view, lambda sink: executor.from_args(args, sink))
 

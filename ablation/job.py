@@ -87,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m ablation.job RUN_DIR", file=sys.stderr)
         return Exit.USAGE
     _watch_parent()
-    # SIGTERM (from the runner on Ctrl-C, or Ray cancelling) unwinds like Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM (from the runner on Ctrl-C, Ray cancelling, Slurm preempting or cancelling)
+    # and Slurm's early warnings (SIGUSR1/2 before a time limit) unwind like Ctrl-C: the
+    # job stops at a safe point, its last finished epoch in its snapshot
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.default_int_handler)
     run_dir = Path(argv[0])
     try:
         return run(run_dir)

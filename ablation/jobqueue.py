@@ -1,7 +1,7 @@
 """The job queue: one SQLite database per results folder.
 
 States (`ablation.protocol.JobState`): queued -> running -> done | failed |
-interrupted. A claim is one `BEGIN IMMEDIATE` transaction, so two runners on the same
+interrupted | paused. A claim is one `BEGIN IMMEDIATE` transaction, so two runners on the same
 folder never take the same job. A running job is reclaimed only when its runner is
 provably gone: on the same host, its process no longer exists (pid and creation time,
 through psutil, so a recycled pid does not fool us); on another host, its heartbeat
@@ -164,7 +164,9 @@ class JobQueue:
                     "SELECT id, status FROM jobs WHERE variant=? AND tag=? AND seed=? AND"
                     " recipe_id=?", (variant, tag, seed, recipe_id)).fetchone()
                 ids.append(row["id"])
-                if row["status"] == JobState.INTERRUPTED or (
+                # interrupted jobs go on; a paused one (a rung of successive halving) is
+                # in a plan only when the search promotes it
+                if row["status"] in (JobState.INTERRUPTED, JobState.PAUSED) or (
                         retry_failed and row["status"] == JobState.FAILED):
                     self.db.execute("UPDATE jobs SET status=?, error=NULL WHERE id=?",
                                     (JobState.QUEUED, row["id"]))

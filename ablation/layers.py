@@ -1,4 +1,8 @@
-"""Speed layers for the training path; the saved model never contains them.
+"""The layers of ablation's own: speed layers for the training path (the saved model
+never contains them), and the two layers the token ops make (`ops.position_embedding`,
+`ops.class_token`), which no Keras layer does. Those two are registered with Keras
+(package "ablation"), so a saved model holding them loads once `ablation.layers` is
+imported (`ablation.load_model` does it).
 
 `FusedBatchNormalization` computes exactly what `keras.layers.BatchNormalization`
 computes, but on the TensorFlow backend it runs TensorFlow's fused kernel
@@ -68,3 +72,40 @@ class BiasAddConv2D(keras.layers.Conv2D):
                          dilations=self.dilation_rate, data_format="NHWC")
         return tf.nn.bias_add(y, tf.cast(self.bias, self.compute_dtype), data_format="NHWC")
 
+
+
+@keras.saving.register_keras_serializable(package="ablation")
+class PositionEmbedding(keras.layers.Layer):
+    """x + a learned embedding of x's shape without the batch (ViT's position
+    embedding), initialised N(0, 0.02²) as ViT's; its weight is never weight-decayed
+    (`position_embedding`: ablation.recipe.optimizer.NOT_DECAYED)."""
+
+    def build(self, input_shape):
+        self.position_embedding = self.add_weight(
+            shape=tuple(input_shape[1:]), name="position_embedding",
+            initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+    def call(self, x):
+        return x + keras.ops.cast(self.position_embedding, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="ablation")
+class ClassToken(keras.layers.Layer):
+    """A learned token put before the tokens: (N, L, C) -> (N, L + 1, C), initialised at
+    0 as ViT's; never weight-decayed (`class_token`)."""
+
+    def build(self, input_shape):
+        self.class_token = self.add_weight(shape=(1, 1, input_shape[-1]), name="class_token",
+                                           initializer="zeros")
+
+    def call(self, x):
+        token = keras.ops.cast(self.class_token, x.dtype)
+        token = keras.ops.broadcast_to(token, (keras.ops.shape(x)[0], 1, x.shape[-1]))
+        return keras.ops.concatenate([token, x], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        length = None if input_shape[1] is None else input_shape[1] + 1
+        return (input_shape[0], length, input_shape[2])

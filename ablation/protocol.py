@@ -27,13 +27,16 @@ from ablation.recipe import Recipe
 
 
 class JobState(StrEnum):
-    """A job's state in the queue: queued -> running -> done | failed | interrupted."""
+    """A job's state in the queue: queued -> running -> done | failed | interrupted, or
+    (0.6) paused: stopped at a rung of successive halving, its snapshot kept, queued
+    again only if the search promotes it."""
 
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    PAUSED = "paused"
 
 
 NEW = "new"  # `--dry-run`'s word for a job the queue has not seen yet
@@ -174,6 +177,9 @@ class JobConfig:
     # validation split) or "compare" (a variant at its chosen setting); None otherwise
     phase: str | None = None
     tuning: dict | None = None  # the tuning group: fields, the base's values, group id
+    # (0.6) stop after this epoch, the backup kept (a rung of successive halving); the
+    # schedule stays the full run's
+    stop_after: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)

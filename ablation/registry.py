@@ -119,7 +119,7 @@ class Variant:
     def train_recipe(self, recipe):
         """`recipe` with this network's own fixed fields on top (`recipe`: what every job,
         bench measurement and projection of it trains with)."""
-        return recipe.replace(**dict(self.recipe))
+        return recipe.overlay(dict(self.recipe))
 
     def stage_unit(self, stage: int) -> str:
         """The unit of stage `stage` (0-based)."""

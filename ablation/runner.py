@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ablation import results, runs, study
+from ablation import results, runs, study, tune
 from ablation.errors import AblationError
 from ablation.executors import Executor, LineSink
 from ablation.jobqueue import DB_NAME, JobQueue
@@ -45,6 +45,12 @@ class PlannedJob:
     tag: str  # definition tag in the run folder's name ("" for built-in variants)
     run_dir: Path
     recipe: Recipe
+    until: int | None = None  # stop after this epoch (a rung of successive halving)
+
+    @property
+    def target(self) -> int:
+        """The epoch the job trains to: its rung's, else the recipe's last."""
+        return self.until or self.recipe.epochs
 
 
 @dataclass
@@ -65,7 +71,9 @@ class Plan:
     recipes: dict[str, list[Recipe]] | None = None  # variant -> its recipes
     first_seed: int = 0
     phase: str | None = None  # "tune" or "compare" for a study with [tune]
-    tuning: dict | None = None  # its tuning group (ablation.phases.tuning_record)
+    tuning: dict | None = None  # its tuning group (ablation.tune.tuning_record)
+    # (variant, recipe id) -> the epoch to stop after (successive halving's rungs)
+    until: dict[tuple[str, str], int] | None = None
 
     def recipes_of(self, variant: str) -> list[Recipe]:
         return (self.recipes or {}).get(variant, [self.recipe])
@@ -75,17 +83,26 @@ class Plan:
         for v in self.variants:
             tag = study.folder_tag(v)
             for r in self.recipes_of(v.name):
+                stop = (self.until or {}).get((v.name, r.id))
                 for s in range(self.first_seed, self.first_seed + self.seeds):
                     out.append(PlannedJob(v, s, tag, results.run_dir(
-                        self.results, r.id, v.name, s, tag), r))
+                        self.results, r.id, v.name, s, tag), r,
+                        stop if stop and stop < r.epochs else None))
         return out
+
+    def setting(self, job: PlannedJob) -> str:
+        """What sets the job apart in a progress line: a tuning candidate's setting, as
+        " (lr 0.1)"; "" otherwise."""
+        if not self.tuning:
+            return ""
+        return f" ({tune.words(tune.setting_of(job.recipe.to_dict(), self.tuning['fields']))})"
 
     def config(self, job: PlannedJob, index: int, total: int) -> JobConfig:
         """What the training process of `job` is told (its config.json)."""
         return JobConfig(job.variant.name, job.seed, job.recipe, self.data_dir,
                          self.keep_model, index, total, job.variant.to_dict(),
                          study.definition_hash(job.variant), study.unit_records(job.variant),
-                         self.study, self.data, self.phase, self.tuning)
+                         self.study, self.data, self.phase, self.tuning, job.until)
 
 
 class Progress:
@@ -94,6 +111,7 @@ class Progress:
 
     def __init__(self, workers: int = 1, out=sys.stdout):
         self.left: dict[int, int] = {}  # job id -> epochs still to train
+        self.labels: dict[int, str] = {}  # job id -> its setting, for a tuning job
         self.variant_of: dict[int, str] = {}
         self.epoch_s: dict[str, list[tuple[bool, float]]] = {}
         self.workers = max(1, workers)
@@ -139,7 +157,8 @@ class Progress:
         def f(v: float | None, spec: str) -> str:
             return format(v, spec) if v is not None else "nan"
 
-        print(f"[job {p.job}/{p.of}] {p.variant} s{p.seed}  epoch {p.epoch}/{p.epochs}"
+        print(f"[job {p.job}/{p.of}] {p.variant} s{p.seed}{self.labels.get(job_id, '')}"
+              f"  epoch {p.epoch}/{p.epochs}"
               f"  loss {f(p.loss, '.4f')} acc {f(p.accuracy, '.4f')}"
               f" test_acc {f(p.val_accuracy, '.4f')}"
               + (f" valid_acc {f(p.validation_accuracy, '.4f')}"
@@ -175,14 +194,17 @@ def unfinished(plan: Plan) -> int:
                    if (r.variant, r.seed, r.recipe_id) in jobs)
 
 
-def _done_on_disk(run_dir: Path, epochs: int) -> bool:
-    """A run folder whose record says done, every epoch trained: the queue that knew it
-    may have been lost (a damaged queue moved aside), the run was not."""
+def _done_on_disk(job: PlannedJob) -> JobState | None:
+    """A run folder whose record says done (or paused at a rung), its target epoch
+    trained: the queue that knew it may have been lost (a damaged queue moved aside), or
+    a rerun asks again for a rung a job already reached; the run was not."""
     try:
-        r = RunRecord.read(Path(run_dir))
+        r = RunRecord.read(Path(job.run_dir))
     except (FileNotFoundError, AblationError):
-        return False
-    return r.status == JobState.DONE and r.epochs_done >= epochs
+        return None
+    if r.status in (JobState.DONE, JobState.PAUSED) and r.epochs_done >= job.target:
+        return JobState.DONE if r.status == JobState.DONE else JobState.PAUSED
+    return None
 
 
 # --- what a policy answers, and what it reads ----------------------------------------------
@@ -222,12 +244,15 @@ class View:
     study: study.Study
     code: int = Exit.DONE  # the worst exit code of the steps run so far
     step_code: int = Exit.DONE  # the last step's
+    slots: int = 1  # jobs the executor runs at once
+    free: int = 1  # of them, free now (what an asynchronous policy may fill)
+    history: bool = False  # read the runs' histories too (a policy that needs curves)
     _runs: list | None = field(default=None, repr=False)
 
     def runs(self) -> list[runs.Run]:
-        """The study's runs, records only (no history), as they are on disk now."""
+        """The study's runs as they are on disk now: records only, unless `history`."""
         if self._runs is None:
-            self._runs = runs.study_runs(self.results, self.study)
+            self._runs = runs.study_runs(self.results, self.study, history=self.history)
         return self._runs
 
     def records(self) -> list[RunRecord]:
@@ -242,6 +267,16 @@ class View:
 
     def states(self) -> dict[tuple[str, str, int, str], JobState]:
         return states(self.results)
+
+    def active(self) -> set[tuple[str, str, int, str]]:
+        """The jobs queued, or running under a runner that is alive: (variant, tag, seed,
+        recipe id). A job whose runner was killed is not active: it waits to resume."""
+        if not (Path(self.results) / DB_NAME).exists():
+            return set()
+        with JobQueue(Path(self.results)) as q:
+            return {(r.variant, r.tag, r.seed, r.recipe_id) for r in q.all()
+                    if r.status == JobState.QUEUED
+                    or (r.status == JobState.RUNNING and not q.gone(r))}
 
     @property
     def failed(self) -> int:
@@ -264,12 +299,13 @@ class _Step:
         status = {r.id: r.status for r in queue.all()}
         todo = [i for i in self.ids if status[i] != JobState.DONE]
         skipped = len(self.ids) - len(todo)
-        found = [i for i in todo
-                 if _done_on_disk(self.planned[i].run_dir, self.planned[i].recipe.epochs)]
-        for i in found:  # done, by its own files: the queue learns it, nothing retrains
-            queue.finish(i, JobState.DONE)
+        found = {i: state for i in todo if (state := _done_on_disk(self.planned[i]))}
+        for i, state in found.items():  # done by its own files: the queue learns it
+            queue.finish(i, state)
         self.pending = [i for i in todo if i not in found]
-        progress.add({i: self.planned[i].recipe.epochs for i in self.pending})
+        progress.add({i: self.planned[i].target for i in self.pending})
+        self.labels = progress.labels
+        self.labels.update({i: plan.setting(self.planned[i]) for i in self.ids})
         print(f"{len(self.ids)} job(s): {skipped} already done, "
               + (f"{len(found)} found done in their run folders, " if found else "")
               + f"{len(self.pending)} to run with {executor.describe}; results in "
@@ -284,12 +320,18 @@ class _Step:
         status = {r.id: r.status for r in self.queue.all()}
         new = [i for i in ids if i not in self.index]
         self.planned.update(planned)
+        self.labels.update({i: plan.setting(planned[i]) for i in ids})
         for i in new:
             self.ids.append(i)
             self.index[i] = len(self.ids)
         again = [i for i in ids if status[i] == JobState.QUEUED and i not in self.pending]
+        for i in again:
+            state = _done_on_disk(self.planned[i])
+            if state:  # a rung it reached already (a rerun after a kill)
+                self.queue.finish(i, state)
+        again = [i for i in again if self.queue.get(i).status == JobState.QUEUED]
         self.pending += again
-        progress.add({i: self.planned[i].recipe.epochs for i in again})
+        progress.add({i: self.planned[i].target for i in again})
 
     def config(self, job_id: int) -> JobConfig:
         return self.plan.config(self.planned[job_id], self.index[job_id], len(self.ids))
@@ -307,6 +349,8 @@ def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Exe
     executor: Executor | None = None
     with JobQueue(view.results) as queue:
         try:
+            executor = executor_factory(progress.line)
+            progress.workers = view.slots = view.free = executor.size
             while True:
                 decision = policy.next(view)
                 if isinstance(decision, Stop):
@@ -315,9 +359,6 @@ def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Exe
                     return view.code if decision.code is None else decision.code
                 if decision.header:
                     print(decision.header, file=out, flush=True)
-                if executor is None:
-                    executor = executor_factory(progress.line)
-                    progress.workers = executor.size
                 step = _Step(decision.plan, queue, executor, progress, out)
                 machine = _run_step(step, policy, view, executor, progress, out, err)
                 view.step_code = step.report(out, err)
@@ -359,12 +400,13 @@ def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
             progress.forget(o.job_id)
             machine = machine or (o.error if o.machine else None)
             job = step.queue.get(o.job_id)
-            msg = (f"[job {step.index[o.job_id]}/{len(step.ids)}] {job.label} s{job.seed}:"
-                   f" {o.status}")
+            msg = (f"[job {step.index[o.job_id]}/{len(step.ids)}] {job.label} s{job.seed}"
+                   f"{step.labels.get(o.job_id, '')}: {o.status}")
             print(msg + (f" ({o.error})" if o.error else ""), flush=True,
                   file=err if o.status == JobState.FAILED else out)
         if ended and asynchronous and machine is None:
             view.changed()
+            view.free = max(0, executor.capacity - len(step.pending))
             more = policy.extend(view)
             if more is not None:
                 if more.header:
@@ -401,10 +443,12 @@ def _stop(stop: KeyboardInterrupt, queue: JobQueue, executor: Executor | None, o
 def _report(queue: JobQueue, ids: list[int], skipped: int, out, err) -> int:
     rows = [queue.get(i) for i in ids]
     by = {s: [r for r in rows if r.status == s]
-          for s in (JobState.DONE, JobState.FAILED, JobState.RUNNING)}
+          for s in (JobState.DONE, JobState.FAILED, JobState.RUNNING, JobState.PAUSED)}
     failed = by[JobState.FAILED]
+    paused = by[JobState.PAUSED]
     print(f"finished: {len(by[JobState.DONE])} done ({skipped} from earlier runs), "
-          f"{len(failed)} failed, {len(by[JobState.RUNNING])} still running elsewhere",
+          + (f"{len(paused)} stopped at a rung, " if paused else "")
+          + f"{len(failed)} failed, {len(by[JobState.RUNNING])} still running elsewhere",
           file=out, flush=True)
     for r in failed:
         print(f"  FAILED {r.label} s{r.seed}: {r.error} (log: {r.run_dir}/train.log)",

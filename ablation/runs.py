@@ -132,6 +132,33 @@ def study_runs(results_dir: Path, study: studies.Study, history: bool = False) -
     return for_study(load_runs(results_dir, quiet, history), study, quiet)
 
 
+def load_model(path: str | Path, compile: bool = False):
+    """A run's trained model (public API): `path` is its run folder or its `model.h5`.
+    What its layers need is imported first: ablation's own layers (the token models'
+    position embedding and class token) and the run's copy of its study's units file
+    (`units.py`), whose Keras layers it registers. A study's layer class that the units
+    file registers itself (`@keras.saving.register_keras_serializable`) loads in plain
+    Keras once that file is imported; ablation registers the others under the package
+    `ablation_units` (docs/studies.md)."""
+    import keras
+
+    from ablation import layers  # noqa: F401  (registers ablation's own layers)
+
+    path = Path(path)
+    h5 = path / "model.h5" if path.is_dir() else path
+    if not h5.is_file():
+        raise AblationError(f"no saved model {h5} (a run trained with --no-keep-model keeps "
+                            "none)")
+    units = h5.parent / "units.py"
+    if units.is_file():  # the run's copy of its units: it registers their Keras layers
+        studies.import_units(str(units), f"layers of {h5}")
+    try:
+        return keras.models.load_model(str(h5), compile=compile)
+    except Exception as e:  # truncated, not HDF5, not a Keras model, an unknown layer
+        raise AblationError(f"cannot load {h5}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}") from e
+
+
 def speeds(results_dir: Path) -> dict[str, float]:
     """Median training images/s of each variant's finished runs in a results folder."""
     seen: dict[str, list[float]] = {}

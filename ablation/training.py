@@ -87,7 +87,8 @@ def training_model(variant: str | Variant, recipe: Recipe, num_classes: int,
         schedule = RecipeSchedule(recipe, steps_per_epoch)
     model = compile_model(models.build_model(variant, num_classes=num_classes,
                                              input_shape=input_shape,
-                                             weight_decay=l2(recipe), fast=True),
+                                             weight_decay=l2(recipe), fast=True,
+                                             bias_decay=recipe.bias_decay),
                           recipe, keras, schedule, jit_compile=jit_compile,
                           steps_per_execution=steps_per_execution)
     _build_training_state(model, num_classes)
@@ -120,7 +121,8 @@ def standard_copy(model: Any, variant: str | Variant, recipe: Recipe, num_classe
         model.optimizer.build(model.trainable_variables)
     last = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     std = compile_model(models.build_model(variant, num_classes=num_classes,
-                                           input_shape=input_shape, weight_decay=l2(recipe)),
+                                           input_shape=input_shape, weight_decay=l2(recipe),
+                                           bias_decay=recipe.bias_decay),
                         recipe, keras, last)
     std.set_weights(model.get_weights())
     std.optimizer.build(std.trainable_variables)
@@ -238,6 +240,12 @@ class Job:
     def history_path(self) -> Path:
         return self.run_dir / "history.csv"
 
+    @property
+    def stop(self) -> int:
+        """The epoch this process trains to: a rung's (successive halving: the backup is
+        kept, the schedule is the full run's), else the last."""
+        return min(self.cfg.stop_after or self.recipe.epochs, self.recipe.epochs)
+
 
 def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     """The job's variant, recipe and data; its compiled model (counts checked against the
@@ -258,8 +266,9 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     backup = AtomicBackup(run_dir / "backup", {
         "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
         "definition_hash": study.definition_hash(variant)})
+    stop = min(cfg.stop_after or recipe.epochs, recipe.epochs)
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
-                              epochs=recipe.epochs, threads=execution["loader_threads"],
+                              epochs=stop, threads=execution["loader_threads"],
                               mixup=recipe.mixup, cutmix=recipe.cutmix)
     start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
     pretrained = {}
@@ -316,7 +325,7 @@ def callbacks(job: Job, record: Record) -> tuple[list, Recorder]:
     """Keras' callbacks and ours, in the order the exactly-once history needs: the CSV
     row is flushed before the backup is taken."""
     recipe = job.recipe
-    recorder = Recorder(job.cfg, recipe, job.stream, job.start, record.rates)
+    recorder = Recorder(job.cfg, recipe, job.stream, job.start, record.rates, job.stop)
     # the test set (and the validation split) see the averaged weights; training, and
     # the backup, the raw ones
     swap = [keras.callbacks.SwapEMAWeights()] if recipe.ema else []
@@ -336,16 +345,17 @@ def callbacks(job: Job, record: Record) -> tuple[list, Recorder]:
 
 
 def fit(job: Job, extra: list) -> None:
-    """Train from the restored epoch to the last (a job killed after its last epoch but
-    before saving trains nothing more)."""
+    """Train from the restored epoch to the job's stop (a job killed after its last epoch
+    but before saving trains nothing more)."""
     recipe = job.recipe
-    if job.start < recipe.epochs:
+    if job.start < job.stop:
         job.model.fit(iter(job.stream), steps_per_epoch=job.stream.steps_per_epoch,
-                      epochs=recipe.epochs, initial_epoch=job.start,
+                      epochs=job.stop, initial_epoch=job.start,
                       validation_data=data.test_batches(job.ds, recipe.batch_size),
                       callbacks=extra, verbose=0, shuffle=False)
-    elif recipe.ema:  # what fit does at its end: the averaged weights become the model's
-        job.model.optimizer.finalize_variable_values(job.model.trainable_variables)
+    elif recipe.ema and job.stop == recipe.epochs:  # what fit does at its end: the
+        job.model.optimizer.finalize_variable_values(  # averaged weights become the model's
+            job.model.trainable_variables)
 
 
 def save(job: Job) -> int:
@@ -396,13 +406,18 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     fit(job, extra)
 
     epochs = len(results.read_history(job.history_path))
-    if recorder.nan or epochs < job.recipe.epochs:
+    if recorder.nan or epochs < job.stop:
         why = (f"loss became NaN in epoch {epochs}/{job.recipe.epochs} (TerminateOnNaN "
                "stopped it)" if recorder.nan
                else f"training stopped after {epochs} of {job.recipe.epochs} epochs")
         record.write(JobState.FAILED, error=why)
         print(f"FAILED: {why}", flush=True)
         return Exit.FAILED
+    if job.stop < job.recipe.epochs:  # a rung: the snapshot stays, to go on if promoted
+        record.write(JobState.PAUSED)
+        print(f"paused after epoch {job.stop} of {job.recipe.epochs} (a rung of successive "
+              "halving)", flush=True)
+        return Exit.DONE
     size = save(job)
     record.write(JobState.DONE, h5_bytes=size,
                  model_file="model.h5" if cfg.keep_model else None)

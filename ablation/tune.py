@@ -33,12 +33,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ablation.errors import AblationError, did_you_mean
+from ablation.halving import Halving
 from ablation.protocol import JobState, RunRecord
 from ablation.recipe import VARIANT_FIELDS, Recipe, check_field
 
 RECIPE_FIELDS = {f.name for f in fields(Recipe)}
 TUNABLE = (*VARIANT_FIELDS, "batch_size")  # what [tune] may search: not the data, not epochs
-SETTINGS = ("samples", "seeds", "validation")  # [tune]'s own keys
+SETTINGS = ("samples", "seeds", "validation", "halving", "budget")  # [tune]'s own keys
 PHASES = ("tune", "compare")
 EDGE = 0.1  # a choice in the outer 10 % of a range (or at a grid's end) is at its edge
 
@@ -94,6 +95,10 @@ class Tune:
     seeds: int
     validation: int | None  # None: the recipe's own `validation` (a study's, a flag's)
     seed: int  # of the quasi-random sampler: from the study's name and its [tune] table
+    # (0.6) successive halving (rungs, promotion: ablation.halving), and the
+    # tuning phase's budget in epochs per variant (over all its tuning seeds)
+    halving: Halving | None = None
+    budget: int | None = None
 
     @property
     def fields(self) -> list[str]:
@@ -115,6 +120,13 @@ class Tune:
             if c not in out:
                 out.append(c)
         return out
+
+    def warnings(self) -> list[str]:
+        """What the table asks that tunes nothing: an axis of one value (said by `run`,
+        its dry run and the report)."""
+        return [f"[tune] {a.name} has one candidate ({a.values[0]}): nothing is tuned on "
+                "it; list several values or give a range" for a in self.axes
+                if not a.is_range and len(a.values) == 1]
 
     def recipe(self, base: Recipe, setting: dict) -> Recipe:
         """A candidate's recipe: the base with the validation split and the setting."""
@@ -138,6 +150,7 @@ def parse(table: dict, base: Recipe, study: str) -> Tune | None:
         return AblationError(f"[tune] {msg}")
 
     settings = {k: table[k] for k in SETTINGS if k in table}
+    halving = _halving(settings.pop("halving", None), bad)
     for k, v in settings.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise bad(f"{k} must be a positive integer, got {v!r}")
@@ -153,11 +166,38 @@ def parse(table: dict, base: Recipe, study: str) -> Tune | None:
     if not axes:
         raise bad("names no field to tune (e.g. lr = [0.05, 0.1, 0.2])")
     digest = hashlib.sha256(json.dumps([study, table], sort_keys=True, default=str).encode())
-    tune = Tune(tuple(axes), settings.get("samples", 8), settings.get("seeds", 1),
-                settings.get("validation"), int(digest.hexdigest()[:8], 16))
+    budget = settings.get("budget")
+    samples = settings.get("samples", 64 if budget else 8)  # a budget: draw until spent
+    tune = Tune(tuple(axes), samples, settings.get("seeds", 1), settings.get("validation"),
+                int(digest.hexdigest()[:8], 16), halving, budget)
+    if halving is not None and halving.min_epochs and halving.min_epochs >= base.epochs:
+        raise bad(f"halving min_epochs {halving.min_epochs} leaves no rung before the last "
+                  f"(epochs {base.epochs})")
     for c in tune.candidates():
         tune.recipe(base, c)  # every candidate's recipe is a valid recipe
     return tune
+
+
+def _halving(spec: Any, bad) -> Halving | None:
+    """`halving = 3` (the reduction factor) or `halving = { factor = 3, min_epochs = 2 }`."""
+    if spec is None:
+        return None
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = {"factor": spec}
+    if not isinstance(spec, dict) or set(spec) - {"factor", "min_epochs", "reserve"}:
+        raise bad("halving is a reduction factor (halving = 3) or { factor = 3, "
+                  "min_epochs = N, reserve = 0.5 }")
+    factor, first = spec.get("factor", 3), spec.get("min_epochs")
+    reserve = spec.get("reserve", 0.0)
+    if isinstance(reserve, bool) or not isinstance(reserve, int | float) \
+            or not 0 <= reserve <= 1:
+        raise bad(f"halving reserve must be a number from 0 to 1, got {reserve!r}")
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise bad(f"halving factor must be an integer of at least 2, got {factor!r}")
+    if first is not None and (isinstance(first, bool) or not isinstance(first, int)
+                              or first < 1):
+        raise bad(f"halving min_epochs must be a positive integer, got {first!r}")
+    return Halving(factor, first, float(reserve))
 
 
 def _axis(name: str, spec: Any, bad) -> Axis:

@@ -12,11 +12,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 EXAMPLE_UNITS = ("se_units.py", "convnext_units.py", "resnext_units.py",
-                 "stochastic_depth_units.py")
+                 "stochastic_depth_units.py", "convmixer_units.py", "vit_units.py",
+                 "mlp_mixer_units.py")
 
 MORE_UNITS = '''
 
 import keras  # noqa: E402
+
+from ablation import head, stem  # noqa: E402
 
 
 @unit("e_silu")  # SiLU in place of every ReLU of (e); the variant sets head_act = "silu"
@@ -84,6 +87,58 @@ def kitchen(ops, x, block):
     else:
         s = x
     return ops.add(y, s, f"{n}_add")
+
+
+class Gate(keras.layers.Layer):
+    """A sigmoid gate with a learned bias per channel: a layer of the study's own that
+    the file does NOT register with Keras (ablation does, as the file is imported)."""
+
+    def build(self, input_shape):
+        self.shift = self.add_weight(shape=(input_shape[-1],), name="shift",
+                                     initializer="zeros")
+
+    def call(self, x):
+        return keras.ops.sigmoid(x + self.shift)
+
+
+@unit("cbam")  # CBAM's channel attention: one MLP shared by the average and max pools
+def cbam(ops, x, block):
+    n, c = block.name, x.shape[-1]
+    mlp1 = keras.layers.Dense(max(1, c // 4), activation="relu", name=f"{n}_ca_mlp1")
+    mlp2 = keras.layers.Dense(c, name=f"{n}_ca_mlp2")
+    avg = ops.pool(x, f"{n}_ca_avg")
+    top = ops.layer(keras.layers.GlobalMaxPooling2D(name=f"{n}_ca_max"), x)
+    a = ops.layer(mlp2, ops.layer(mlp1, avg, main=False), main=False)
+    m = ops.layer(mlp2, ops.layer(mlp1, top, main=False), main=False)  # the same layers
+    gate = ops.layer(Gate(name=f"{n}_ca_gate"), ops.add(a, m, f"{n}_ca_sum"))
+    y = ops.multiply(x, gate, f"{n}_ca_scale")
+    y = ops.conv(ops.relu(ops.bn(y, f"{n}_bn"), f"{n}_relu"), block.filters, 3,
+                 block.stride, f"{n}_conv")
+    s = ops.conv(x, block.filters, 1, block.stride, f"{n}_proj", main=False) \
+        if block.project else x
+    return ops.add(y, s, f"{n}_add")
+
+
+@unit("map_attention")  # self-attention over a map's positions, through ops.layer with
+def map_attention(ops, x, block):  # MultiHeadAttention's two tensor arguments
+    n = block.name
+    h = ops.layernorm(x, f"{n}_ln")
+    mha = keras.layers.MultiHeadAttention(2, 8, attention_axes=(1, 2), name=f"{n}_mha")
+    return ops.add(x, ops.layer(mha, h, h), f"{n}_add")
+
+
+@stem("t_tokens")  # a token stem of the study's own: patches, a class token, positions
+def t_tokens(ops, x, net):
+    y = ops.conv(x, net.stem_filters, 8, 8, "stem_patchify")
+    y = ops.class_token(ops.tokens(y, "stem_tokens"), "stem_cls")
+    return ops.position_embedding(y, "stem_pos")
+
+
+@head("t_head")  # a head of the study's own: LayerNorm, mean of the tokens, dense
+def t_head(ops, x, net):
+    x = ops.dense(ops.pool(ops.layernorm(x, "head_ln"), "head_pool"), net.num_classes,
+                  "head_dense")
+    return x
 
 
 @unit("plain")  # the study's own `plain` shadows the built-in one: (e) + LayerScale
@@ -187,6 +242,49 @@ stem = "conv_bn_relu"
 head = "plain"
 shortcut = "pad"
 
+# token models: a patchify stem of the study's own, attention, MLP mixing, a shared MLP
+# and an unregistered layer class (CBAM), attention over a map through ops.layer
+[[variant]]
+name = "t_convmixer"
+unit = "convmixer"
+stem = "convmixer_patches"
+stem_filters = 32
+stages = [[2, 32]]
+head = "plain"
+
+[[variant]]
+name = "t_vit"
+unit = "vit"
+stem = "vit_patches"
+stem_filters = 32
+stages = [[2, 32]]
+head = "ln_cls"
+
+[[variant]]
+name = "t_mixer"
+unit = "mixer"
+stem = "mixer_patches"
+stem_filters = 32
+stages = [[2, 32]]
+head = "ln_gap"
+
+[[variant]]
+name = "mix_d"
+base = "t_e"
+unit = ["convmixer", "cbam", "map_attention"]
+stem = "convmixer_patches"
+stem_filters = 16
+stages = [[1, 16], [1, 32], [1, 32]]
+head = "ln_gap"
+
+[[variant]]
+name = "mix_e"
+unit = ["vit", "mixer"]
+stem = "t_tokens"
+stem_filters = 32
+stages = [[1, 32], [1, 32]]
+head = "t_head"
+
 [[comparison]]
 title = "Designs against (e)"
 variants = ["t_e", "t_se", "t_convnext", "t_resnext", "t_droppath", "t_silu", "t_dilated",
@@ -194,7 +292,7 @@ variants = ["t_e", "t_se", "t_convnext", "t_resnext", "t_droppath", "t_silu", "t
 
 [[comparison]]
 title = "Three designs a network"
-variants = ["mix_a", "mix_b", "mix_c"]
+variants = ["mix_a", "mix_b", "mix_c", "mix_d", "mix_e"]
 '''
 
 
@@ -318,6 +416,83 @@ def keras_resnext(x, w, stride, project, i, j, n_stages, inner=None, groups=8):
     return L.Activation("relu")(L.Add()([y, s]))
 
 
+def keras_convmixer(x, w, stride, project, i, j, n_stages, k=5):
+    L = _layers()
+    y = L.BatchNormalization()(L.Activation("gelu")(L.DepthwiseConv2D(k, padding="same")(x)))
+    x = L.Add()([x, y])
+    return L.BatchNormalization()(L.Activation("gelu")(L.Conv2D(w, 1)(x)))
+
+
+def keras_vit(x, w, stride, project, i, j, n_stages, heads=4, mlp=2):
+    L = _layers()
+    h = L.LayerNormalization()(x)
+    x = L.Add()([x, L.MultiHeadAttention(heads, w // heads)(h, h)])
+    y = L.Dense(mlp * w, activation="gelu")(L.LayerNormalization()(x))
+    return L.Add()([x, L.Dense(w)(y)])
+
+
+def keras_mixer(x, w, stride, project, i, j, n_stages, token_mlp=64, channel_mlp=256):
+    L = _layers()
+    y = L.Permute((2, 1))(L.LayerNormalization()(x))
+    y = L.Dense(x.shape[1])(L.Dense(token_mlp, activation="gelu")(y))
+    x = L.Add()([x, L.Permute((2, 1))(y)])
+    y = L.Dense(channel_mlp, activation="gelu")(L.LayerNormalization()(x))
+    return L.Add()([x, L.Dense(w)(y)])
+
+
+def keras_cbam(x, w, stride, project, i, j, n_stages):
+    L = _layers()
+    c = x.shape[-1]
+    mlp1, mlp2 = L.Dense(max(1, c // 4), activation="relu"), L.Dense(c)  # shared
+    a = mlp2(mlp1(L.GlobalAveragePooling2D()(x)))
+    m = mlp2(mlp1(L.GlobalMaxPooling2D()(x)))
+
+    class Gate(L.Layer):
+        def build(self, shape):
+            self.b = self.add_weight(shape=(shape[-1],))
+
+        def call(self, t):
+            return t + self.b
+
+    g = L.Activation("sigmoid")(Gate()(L.Add()([a, m])))
+    y = L.Multiply()([x, L.Reshape((1, 1, c))(g)])
+    y = L.Conv2D(w, 3, strides=stride, padding="same")(
+        L.Activation("relu")(L.BatchNormalization()(y)))
+    s = L.Conv2D(w, 1, strides=stride)(x) if project else x
+    return L.Add()([y, s])
+
+
+def keras_map_attention(x, w, stride, project, i, j, n_stages):
+    L = _layers()
+    h = L.LayerNormalization()(x)
+    return L.Add()([x, L.MultiHeadAttention(2, 8, attention_axes=(1, 2))(h, h)])
+
+
+def _token_stem(x, width, patch):
+    """Patches as tokens, a class token before them, a position embedding added."""
+    L = _layers()
+
+    class ClassToken(L.Layer):
+        def build(self, shape):
+            self.t = self.add_weight(shape=(1, 1, shape[-1]))
+
+        def call(self, t):
+            import keras
+            tok = keras.ops.broadcast_to(self.t, (keras.ops.shape(t)[0], 1, t.shape[-1]))
+            return keras.ops.concatenate([tok, t], axis=1)
+
+    class Positions(L.Layer):
+        def build(self, shape):
+            self.p = self.add_weight(shape=tuple(shape[1:]))
+
+        def call(self, t):
+            return t + self.p
+
+    y = L.Conv2D(width, patch, strides=patch)(x)
+    y = L.Reshape((y.shape[1] * y.shape[2], width))(y)
+    return Positions()(ClassToken()(y))
+
+
 def keras_net(stages, block, stem_filters=16, stem="conv", head="bn_relu", head_act="relu",
               num_classes=10):
     """A ResNet-like net in plain Keras: stem, stages of `block`, head."""
@@ -325,7 +500,16 @@ def keras_net(stages, block, stem_filters=16, stem="conv", head="bn_relu", head_
 
     L = keras.layers
     inp = keras.Input((32, 32, 3))
-    x = L.Conv2D(stem_filters, 3, padding="same")(inp)
+    if stem in ("conv", "conv_bn_relu"):
+        x = L.Conv2D(stem_filters, 3, padding="same")(inp)
+    elif stem.startswith("convmixer"):  # patches of 2, GELU, BN
+        x = L.BatchNormalization()(L.Activation("gelu")(
+            L.Conv2D(stem_filters, 2, strides=2)(inp)))
+    elif stem.startswith("mixer"):  # patches of 4 as tokens
+        x = L.Conv2D(stem_filters, 4, strides=4)(inp)
+        x = L.Reshape((x.shape[1] * x.shape[2], stem_filters))(x)
+    else:  # "vit4" or "tokens8": patches as tokens, class token, positions
+        x = _token_stem(inp, stem_filters, 4 if stem == "vit4" else 8)
     if stem == "conv_bn_relu":
         x = L.Activation("relu")(L.BatchNormalization()(x))
     width = stem_filters
@@ -339,7 +523,13 @@ def keras_net(stages, block, stem_filters=16, stem="conv", head="bn_relu", head_
             width = w
     if head == "bn_relu":
         x = L.Activation(head_act)(L.BatchNormalization()(x))
-    x = L.GlobalAveragePooling2D()(x)
+    if head == "ln_cls":
+        x = L.LayerNormalization()(x)
+        x = L.Reshape((width,))(L.Cropping1D((0, x.shape[1] - 1))(x))
+    elif head == "ln_gap":
+        x = L.LayerNormalization()(x)
+    if head != "ln_cls":
+        x = (L.GlobalAveragePooling1D() if len(x.shape) == 3 else L.GlobalAveragePooling2D())(x)
     return keras.Model(inp, L.Dense(num_classes, activation="softmax")(x))
 
 
@@ -372,7 +562,21 @@ DESIGNS = {
                                [keras_droppath, keras_silu, keras_dilated], head_act="silu"),
     "mix_c": lambda: keras_net(TINY, [keras_gn, keras_layerscale, keras_kitchen]),
 }
-MIXED = ("mix_a", "mix_b", "mix_c")  # every design, and every op, in three networks
+DESIGNS.update({
+    "t_convmixer": lambda: keras_net([[2, 32]], keras_convmixer, stem_filters=32,
+                                     stem="convmixer", head="plain"),
+    "t_vit": lambda: keras_net([[2, 32]], keras_vit, stem_filters=32, stem="vit4",
+                               head="ln_cls"),
+    "t_mixer": lambda: keras_net([[2, 32]], keras_mixer, stem_filters=32, stem="mixer",
+                                 head="ln_gap"),
+    "mix_d": lambda: keras_net([[1, 16], [1, 32], [1, 32]],
+                               [keras_convmixer, keras_cbam, keras_map_attention],
+                               stem_filters=16, stem="convmixer", head="ln_gap"),
+    "mix_e": lambda: keras_net([[1, 32], [1, 32]], [keras_vit, keras_mixer], stem_filters=32,
+                               stem="tokens8", head="ln_gap"),
+})
+# every design, and every op, in five networks
+MIXED = ("mix_a", "mix_b", "mix_c", "mix_d", "mix_e")
 
 
 def _full(n):
@@ -394,4 +598,10 @@ EXAMPLE_NETS = {
     ("stochastic_depth.toml", "resnet56_e_dp"): lambda: keras_net(_full(9), keras_droppath),
     ("stochastic_depth.toml", "resnet110_e_dp"): lambda: keras_net(_full(18),
                                                                    keras_droppath),
+    ("convmixer.toml", "convmixer_256_8"): lambda: keras_net(
+        [[8, 256]], keras_convmixer, stem_filters=256, stem="convmixer", head="plain"),
+    ("vit.toml", "vit_96_6"): lambda: keras_net([[6, 96]], keras_vit, stem_filters=96,
+                                                stem="vit4", head="ln_cls"),
+    ("mlp_mixer.toml", "mixer_128_6"): lambda: keras_net(
+        [[6, 128]], keras_mixer, stem_filters=128, stem="mixer", head="ln_gap"),
 }

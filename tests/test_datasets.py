@@ -156,6 +156,14 @@ BAD = {
     "labels out of range": ("labels.npz", "y_test holds label 7, outside 0..3"),
     "mismatched lengths": ("lengths.npz", "x_train has 120 images but y_train 119 labels"),
     "not uint8": ("floats.npz", "x_train must be uint8 images"),
+    "channels first": ("channels_first.npz", "x_train looks channels-first (120 x 3 x 16 x 16):"
+                       " store images as N x H x W x C"),
+    "labels from 1": ("from_one.npz", "y_train has no image of class 0 (labels run 1..4): "
+                      "number the classes 0..K-1, or give class_names"),
+    "one-hot labels": ("one_hot.npz", "y_train looks one-hot (120 x 4): store integer class "
+                       "ids"),
+    "labels short of the names": ("named_gap.npz", "y_train has no image of class 4 (labels "
+                                    "run 0..3), one of its 5 class names"),
     "a plain file": ("notes.txt", "a file must be an .npz"),
 }
 
@@ -179,8 +187,51 @@ def bad_data(tmp_path_factory, datasets) -> Path:
     np.savez(root / "lengths.npz", x_train=x, y_train=y[:-1], x_test=xt, y_test=yt)
     np.savez(root / "floats.npz", x_train=x.astype(np.float32), y_train=y, x_test=xt,
              y_test=yt)
+    np.savez(root / "channels_first.npz", x_train=np.moveaxis(x, -1, 1), y_train=y,
+             x_test=np.moveaxis(xt, -1, 1), y_test=yt)
+    np.savez(root / "from_one.npz", x_train=x, y_train=y + 1, x_test=xt, y_test=yt + 1)
+    np.savez(root / "one_hot.npz", x_train=x, y_train=np.eye(4, dtype=np.int64)[y], x_test=xt,
+             y_test=np.eye(4, dtype=np.int64)[yt])
+    np.savez(root / "named_gap.npz", x_train=x, y_train=y, x_test=xt, y_test=yt,
+             class_names=np.array(["a", "b", "c", "d", "e"]))
     (root / "notes.txt").write_text("hello")
     return root
+
+
+@pytest.mark.parametrize("case", ["channels first", "labels from 1", "one-hot labels"])
+def test_bad_data_is_refused_when_the_command_starts_by_list_and_dry_run(case, bad_data,
+                                                                         tmp_path):
+    """What a run would refuse, `list` and `--dry-run` refuse too: the data is checked
+    when the command starts, once."""
+    dataset, says = BAD[case]
+    study = tmp_path / "s.toml"
+    study.write_text(f'[recipe]\ndataset = "{bad_data / dataset}"\n[[variant]]\nname = "v"\n'
+                     'base = "resnet32_e"\n')
+    assert says in one_line_error(run_cli("list", "--study", str(study)))
+    assert says in one_line_error(run_cli("run", "--study", str(study), "--all", "--dry-run",
+                                          "--results", str(tmp_path / "r")))
+
+
+def test_a_validation_split_as_large_as_the_training_set_is_refused_at_the_start(
+        datasets, tmp_path):
+    """Before 0.6 the dry run passed and every queued job failed; a [tune] table's split
+    is checked the same way, and a [tune] axis of one value is a warning."""
+    res = tmp_path / "r"
+    r = run_cli("run", "resnet32_e", "--dataset", str(datasets / "squares.npz"),
+                "--validation", "120", "--dry-run", "--results", str(res))
+    assert "validation 120 leaves no training image" in one_line_error(r)
+    study = tmp_path / "t.toml"
+    study.write_text(f'[recipe]\ndataset = "{datasets / "squares.npz"}"\n[tune]\nlr = [0.1]\n'
+                     'validation = 120\n[[variant]]\nname = "v"\nbase = "resnet32_e"\n'
+                     '[[comparison]]\ntitle = "v"\nvariants = ["v", "resnet32_e"]\n')
+    r = run_cli("run", "--study", str(study), "--all", "--dry-run", "--results", str(res))
+    assert "validation 120 leaves no training image" in one_line_error(r)
+    study.write_text(study.read_text().replace("validation = 120", "validation = 40"))
+    r = run_cli("run", "--study", str(study), "--all", "--dry-run", "--results", str(res))
+    assert r.returncode == 0, r.stderr
+    assert ("warning: [tune] lr has one candidate (0.1): nothing is tuned on it; list "
+            "several values or give a range") in r.stderr
+    assert not res.exists()
 
 
 @pytest.mark.parametrize("case", list(BAD))

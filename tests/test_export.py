@@ -120,6 +120,14 @@ def test_export_mistakes_are_one_line(tmp_path, tiny_e_results):
     r = run_cli("export", "mlflow", "--results", str(empty), "--tracking-uri",
                 _store(tmp_path))
     assert "no runs of study 'blog'" in one_line_error(r)
+    # a misspelt scheme, and a plain folder (MLflow's file store): what works, in one line
+    for uri, says in (("sqllite:///x.db", "unknown scheme 'sqllite'; did you mean sqlite?"),
+                      (f"file://{tmp_path}/store", "a plain folder (MLflow's file store) is "
+                       "not a store MLflow 3 writes to; use a database file, e.g. sqlite:///")):
+        line = one_line_error(run_cli("export", "mlflow", "--results",
+                                      str(tiny_e_results[0]), "--tracking-uri", uri))
+        assert line.startswith(f"ablation: error: MLflow tracking URI {uri}: ") and says \
+            in line, line
     # a server that is not there: one line, fast, and nothing written anywhere
     r = run_cli("export", "mlflow", "--results", str(tiny_e_results[0]), "--tracking-uri",
                 "http://127.0.0.1:9", timeout=120)

@@ -84,6 +84,13 @@ def test_a_refused_pickle_fails_its_job_on_stderr(tmp_path, cifar_dir, tiny):
     assert r.returncode == 1
     assert "refusing to load posix.system" in r.stderr and "refusing" not in r.stdout
     assert "pwned" not in r.stdout + r.stderr
+    # the job failed before its first epoch: its record still says which run it is, so
+    # a report lists it as failed, never as a damaged file
+    from ablation.protocol import RunRecord
+
+    record = RunRecord.read(run_dirs(tmp_path / "r")[0])
+    assert (record.variant, record.seed, record.status) == ("tiny8", 0, "failed")
+    assert "refusing to load posix.system" in record.error
 
 
 SITE = '''\

@@ -59,6 +59,21 @@ def test_the_designs_count_like_independent_keras_models(designs, isolated_regis
     assert ablation.build_model("t_resnext").get_layer("s1b1_conv2").groups == 8
     assert ablation.build_model("t_silu").get_layer("head_act").get_config()[
         "activation"] == "silu"
+    # (0.6) a layer applied twice shares its weights, counted once; gates beside the
+    # branch (main=False) and a shared layer's second use are no depth
+    d = ablation.build_model("mix_d")
+    nodes = {c["name"]: c["inbound_nodes"] for c in d.get_config()["layers"]}
+    assert len(nodes["s2b1_ca_mlp1"]) == 2  # one layer, two calls (the average and max)
+    # stem conv, ConvMixer's depthwise and pointwise, CBAM's 3x3 (its MLPs are beside
+    # the branch), the attention (a kernel, through ops.layer), the dense head
+    assert ablation.count_params("mix_d").depth == 1 + 2 + 1 + 1 + 1
+    # ops.layer gave MultiHeadAttention its query and value as two arguments
+    assert len(nodes["s3b1_mha"][0]["args"]) == 2
+    # a stem and a head of the study's own, and the token ops' layers
+    e = ablation.build_model("mix_e")
+    assert e.get_layer("stem_cls").__class__.__name__ == "ClassToken"
+    assert tuple(e.get_layer("stem_pos").position_embedding.shape) == (17, 32)
+    assert ablation.count_params("t_vit").macs > 0  # attention's multiply-adds by rule
 
 
 @pytest.mark.parametrize("example,variant", list(EXAMPLE_NETS))
@@ -185,6 +200,53 @@ def test_a_units_mistake_is_one_line_at_list(tmp_path, case):
         assert internal not in line, line
 
 
+BAD_PARTS = {  # (0.6) a study's own stem or head: the same one line at `ablation list`
+    "stem unused": ("""
+@stem("s")
+def s(ops, x, net):
+    y = ops.conv(x, net.stem_filters, 3, 1, "stem_conv")
+    ops.bn(y, "stem_bn")
+    return y
+""", 'stem = "s"', "stem 's' of mine computes layer 'stem_bn' but never uses it"),
+    "head bad argument": ("""
+@head("h")
+def h(ops, x, net):
+    return ops.dense(ops.pool(x, "p"), net.num_classes, "d", activation="softmaxx")
+""", 'head = "h"', "head 'h' failed in mine: ops.dense: unknown activation 'softmaxx'"),
+    "unknown stem": ("", 'stem = "patchify3"', "unknown stem 'patchify3' (known: conv, "
+                     "conv_bn_relu, none, patchify2, patchify4, deep3)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PARTS))
+def test_a_stem_or_heads_mistake_is_one_line_at_list(tmp_path, case):
+    body, key, needle = BAD_PARTS[case]
+    (tmp_path / "u.py").write_text("from ablation import head, stem, unit\n" + body +
+                                   "\n@unit('u')\ndef u(ops, x, block):\n    return x\n")
+    (tmp_path / "s.toml").write_text(f'units = "u.py"\n[[variant]]\nname = "mine"\n'
+                                     f'base = "resnet32_e"\n{key}\n')
+    line = one_line_error(run_cli("list", "--study", str(tmp_path / "s.toml")))
+    assert needle in line and str(tmp_path / "s.toml") in line, line
+
+
+def test_the_token_examples_train_an_epoch_on_the_training_path(isolated_registry):
+    """ConvMixer, ViT and MLP-Mixer at their full size: one epoch of 64 images on what
+    `ablation run` trains (ablation's compiled model: fused layers, the recipe)."""
+    import numpy as np
+
+    from ablation import data, training
+    from ablation.recipe import Recipe
+
+    ds = data.synthetic(64, 16)
+    x, y = data.normalise(ds.x_train, ds.mean, ds.std), data.one_hot(ds.y_train, 10)
+    for example, variant in (("convmixer.toml", "convmixer_256_8"), ("vit.toml", "vit_96_6"),
+                             ("mlp_mixer.toml", "mixer_128_6")):
+        ablation.load_study(EXAMPLES / example)
+        model = training.training_model(variant, Recipe(epochs=1, batch_size=32), 10)
+        h = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        assert np.isfinite(h.history["loss"][0]), variant
+
+
 def test_a_broken_units_author_sees_their_own_traceback_under_ablation_debug(tmp_path):
     """One line by default; with ABLATION_DEBUG the whole chain, down to the unit's own
     line, then the same one line."""
@@ -274,12 +336,16 @@ def test_the_designs_train_report_and_load_in_plain_keras(designs, tmp_path, cif
     md = (out / "README.md").read_text()
     for name in MIXED:
         assert f"| {name} " in md
+    # plain Keras: the networks of standard layers as they are; those with a Keras layer
+    # of the study's own (LayerScale, registered by the file; Gate, registered by
+    # ablation as the file's units register) or ablation's own token layers once the
+    # run's copy of the units file is imported
     code = ("import importlib.util, json, sys, keras\n"
             "out = {}\n"
             "for run in sys.argv[1:]:\n"
             "    name = run.split('/')[-1].split('-')[0]\n"
-            "    if name == 'mix_c':  # LayerScale: Keras must know the class\n"
-            "        spec = importlib.util.spec_from_file_location('units', run + '/units.py')\n"
+            "    if name in ('mix_c', 'mix_d', 'mix_e'):\n"
+            "        spec = importlib.util.spec_from_file_location('u' + name, run + '/units.py')\n"
             "        spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
             "    m = keras.models.load_model(run + '/model.h5')\n"
             "    out[name] = [m.count_params(), m.optimizer.__class__.__name__]\n"
@@ -289,6 +355,12 @@ def test_the_designs_train_report_and_load_in_plain_keras(designs, tmp_path, cif
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     got = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert got == {n: [s["params_total"], "SGD"] for n, s in summaries.items()}
+    # ablation analyze loads them too: the token model with no 3x3 conv is said so
+    an = run_cli("analyze", "--study", str(designs), "mix_d", "mix_e", "--images", "10",
+                 "--results", str(res), "--data-dir", str(cifar_dir))
+    assert an.returncode == 0, an.stdout + an.stderr
+    assert "mix_e s0" in an.stdout and "no 3x3 convolution, nothing to measure" in an.stdout
+    assert "mix_d s0" in an.stdout and "3x3 layers, response std" in an.stdout
 
 
 def test_the_docs_table_gives_every_op_with_its_signature():

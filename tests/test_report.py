@@ -113,6 +113,10 @@ def test_until_decided_runs_looks_reports_them_and_resumes(results, tmp_path, ci
     shutil.copytree(results, copy)
     cmd = ["run", "resnet32", "resnet32_e", "--until-decided", "--max-seeds", "3", *TINY,
            "--workers", "2", "--data-dir", str(cifar_dir), "--results", str(copy)]
+    plan = run_cli(*cmd, "--dry-run")  # the first look's jobs, not one seed's
+    assert plan.returncode == 0, plan.stderr
+    assert "look 1: 6 job(s), 3 seeds of resnet32, resnet32_e" in plan.stdout
+    assert plan.stdout.count("[done]") == 4 and plan.stdout.count("[new]") == 2
     r = run_cli(*cmd)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "looks at 3 seeds" in r.stdout and "6 job(s): 4 already done, 2 to run" in r.stdout

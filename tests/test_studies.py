@@ -70,7 +70,8 @@ def test_the_blog_is_a_built_in_study_like_any_other():
     s = study.load_study("blog")
     assert s.builtin and s.path.name == "blog.toml" and s.path.parent == study.BUILTIN_DIR
     assert list(s.variant_names) == ablation.variants() and len(s.comparisons) == 6
-    assert study.builtin_names() == ["blog", "he2015", "identity2016"]
+    assert study.builtin_names() == ["blog", "he2015", "identity2016", "tricks2019",
+                                     "wrn2016"]
     r = run_cli("studies")
     assert r.returncode == 0 and all(n in r.stdout for n in ("blog", "he2015", "identity2016"))
 
@@ -129,7 +130,7 @@ from ablation import unit
 
 @unit("g")
 def unit_g(ops, x, block):
-    return ops.attention(x, 8)
+    return ops.transformer(x, 8)
 '''
 
 
@@ -154,7 +155,7 @@ def _g(units: str) -> tuple[str, str]:
      "cannot import units"),
     (*_g(BROKEN_UNIT), "unit 'g' failed in block s2b1 of mine_g"),
     (*_g(RAISING_UNIT), "unit 'g' failed in block s1b1 of mine_g: ValueError"),
-    (*_g(UNKNOWN_OP_UNIT), "unknown op 'attention'"),
+    (*_g(UNKNOWN_OP_UNIT), "unknown op 'transformer'"),
     ('[[variant]]\nname = "mine"\nbase = "resnet32"\nstage = [[1, 16]]\n', UNITS,
      "unknown key 'stage'"),
     ('[recipe]\nepochs = 0\n', UNITS, "[recipe] epochs must be at least 1"),

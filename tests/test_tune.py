@@ -130,6 +130,13 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
     assert "phase tune: 4 job(s), 4 to run (lr: 2 setting(s) x 1 seed(s) x 2 variant(s))" \
         in plan.stdout
     assert "phase compare: 4 job(s)" in plan.stdout and "seeds 1..2" in plan.stdout
+    # --until-decided: the comparison's first look, and the looks after it, said as such
+    looks = run_cli(*[a for a in args if a not in ("--seeds", "2")], "--until-decided",
+                    "--dry-run")
+    assert looks.returncode == 0, looks.stderr
+    assert ("phase compare: 6 job(s) (each variant at the setting the tuning chooses; seeds "
+            "from 1 in looks of 3, 5, 8, 12 (more only where a pair is undecided) (the first "
+            "look))") in looks.stdout
     # the first tuning job is killed after its epoch, before it saved: a rerun resumes it
     p = start_cli(*args, "--workers", "1", env=hold_after(1))
     held = lambda: (res / "runs").exists() and any(  # noqa: E731
@@ -141,6 +148,9 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
     assert r.returncode == 0, r.stdout + r.stderr
     assert "phase 1/2, tune" in r.stdout and "phase 2/2, compare" in r.stdout
     assert " test_acc " in r.stdout and " valid_acc " in r.stdout  # the split that chooses
+    # a tuning job's lines say the setting it trains
+    # (the held job, t8 at lr 0.03, resumes after its only epoch: no epoch line)
+    assert "] t8 s0 (lr 0.1)  epoch 1/1" in r.stdout and " s0 (lr 0.1): done" in r.stdout
     runs, attempts = {}, []
     for d in run_dirs(res):
         cfg = json.loads((d / "config.json").read_text())

@@ -244,41 +244,78 @@ def read_keras(dataset: str) -> tuple[np.ndarray, ...]:
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _arrays(x_tr, y_tr, x_te, y_te, where: str, classes: int | None = None
-            ) -> tuple[np.ndarray, ...]:
-    """Check and shape image arrays: uint8 (N, H, W) or (N, H, W, C), integer labels of
-    the same length, labels in range; greyscale gains its channel axis."""
-    out = []
-    for key, x, y in (("x_train", x_tr, y_tr), ("x_test", x_te, y_te)):
-        x, y = np.asarray(x), np.asarray(y)
-        if x.dtype != np.uint8:
-            raise AblationError(f"{where}: {key} must be uint8 images (0..255), got {x.dtype}")
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.ndim != 4 or not all(x.shape[1:]):
-            raise AblationError(f"{where}: {key} must be N x H x W (x C) images, got shape "
-                                f"{x.shape}")
-        ykey = "y" + key[1:]
+def _check_images(key: str, shape: tuple, dtype, where: str) -> None:
+    """An image array's layout, from its header: uint8, N x H x W (x C), channels last."""
+    if dtype != np.uint8:
+        raise AblationError(f"{where}: {key} must be uint8 images (0..255), got {dtype}")
+    if len(shape) not in (3, 4) or not all(shape[1:]):
+        raise AblationError(f"{where}: {key} must be N x H x W (x C) images, got shape "
+                            f"{tuple(shape)}")
+    if len(shape) == 4 and shape[1] in (1, 3) and shape[3] > 4:
+        raise AblationError(f"{where}: {key} looks channels-first ({' x '.join(map(str, shape))}"
+                            "): store images as N x H x W x C (numpy: "
+                            "np.moveaxis(x, 1, -1))")
+
+
+def _check_labels(y_train: np.ndarray, y_test: np.ndarray, names: list[str] | tuple,
+                  where: str) -> int:
+    """Integer class ids 0..K-1, one per image: K is the class names' count, else the
+    largest id + 1, and every class has a training image (labels 1..4 with no class 0
+    would train a 5-way network with a class that never occurs). Returns K."""
+    ys = []
+    for key, y in (("y_train", y_train), ("y_test", y_test)):
+        y = np.asarray(y)
         y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+        if y.ndim == 2 and y.shape[1] > 1:
+            raise AblationError(f"{where}: {key} looks one-hot ({y.shape[0]} x {y.shape[1]}): "
+                                "store integer class ids, one per image (numpy: "
+                                "y.argmax(1))")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise AblationError(f"{where}: {ykey} must be integer labels, one per image, got "
+            raise AblationError(f"{where}: {key} must be integer labels, one per image, got "
                                 f"{y.dtype} of shape {y.shape}")
+        ys.append(y)
+    k = len(names) or int(max((int(y.max()) for y in ys if len(y)), default=0)) + 1
+    for key, y in zip(("y_train", "y_test"), ys, strict=True):
+        bad = y[(y < 0) | (y >= k)]
+        if len(bad):
+            raise AblationError(f"{where}: {key} holds label {int(bad[0])}, outside 0..{k - 1}"
+                                + (f" ({k} class names)" if names else ""))
+    missing = sorted(set(range(k)) - set(np.unique(ys[0]).tolist()))
+    if missing:
+        seen = np.unique(ys[0])
+        raise AblationError(
+            f"{where}: y_train has no image of class {missing[0]}"
+            + (f" (labels run {int(seen.min())}..{int(seen.max())})" if len(seen) else "")
+            + (f", one of its {k} class names" if names else
+               ": number the classes 0..K-1, or give class_names"))
+    return k
+
+
+def _arrays(x_tr, y_tr, x_te, y_te, where: str, names: list[str] | tuple = ()
+            ) -> tuple[np.ndarray, ...]:
+    """Check and shape image arrays: uint8 (N, H, W) or (N, H, W, C) channels last,
+    integer labels of the same length, classes 0..K-1 each with a training image;
+    greyscale gains its channel axis."""
+    out = []
+    for key, x in (("x_train", x_tr), ("x_test", x_te)):
+        x = np.asarray(x)
+        _check_images(key, x.shape, x.dtype, where)
+        out.append(x[..., None] if x.ndim == 3 else x)
+    _check_labels(y_tr, y_te, names, where)
+    result = []
+    for key, x, y in (("x_train", out[0], y_tr), ("x_test", out[1], y_te)):
+        y = np.asarray(y).reshape(-1)
+        ykey = "y" + key[1:]
         if len(x) != len(y):
             raise AblationError(f"{where}: {key} has {len(x)} images but {ykey} "
                                 f"{len(y)} labels")
         if not len(x):
             raise AblationError(f"{where}: {key} holds no images")
-        out += [np.ascontiguousarray(x), y.astype(np.int64)]
-    if out[0].shape[1:] != out[2].shape[1:]:
-        raise AblationError(f"{where}: train images are {out[0].shape[1:]}, test images "
-                            f"{out[2].shape[1:]} (H, W, C): they must agree")
-    k = classes or int(max(out[1].max(), out[3].max())) + 1
-    for key, y in (("y_train", out[1]), ("y_test", out[3])):
-        bad = y[(y < 0) | (y >= k)]
-        if len(bad):
-            raise AblationError(f"{where}: {key} holds label {int(bad[0])}, outside 0..{k - 1}"
-                                + (f" ({k} class names)" if classes else ""))
-    return tuple(out)
+        result += [np.ascontiguousarray(x), y.astype(np.int64)]
+    if result[0].shape[1:] != result[2].shape[1:]:
+        raise AblationError(f"{where}: train images are {result[0].shape[1:]}, test images "
+                            f"{result[2].shape[1:]} (H, W, C): they must agree")
+    return tuple(result)
 
 
 def _npz_header(zf: zipfile.ZipFile, key: str, where: str) -> tuple[tuple, np.dtype]:
@@ -305,7 +342,7 @@ def read_npz(path: Path, content: bytes | None = None) -> tuple[np.ndarray, ...]
                 raise AblationError(f"{where}: no {missing[0]} array (it needs "
                                     f"{', '.join(NPZ_KEYS)})")
             names = [str(n) for n in z["class_names"]] if "class_names" in z.files else []
-            arrays = _arrays(*(z[k] for k in NPZ_KEYS), where, len(names) or None)
+            arrays = _arrays(*(z[k] for k in NPZ_KEYS), where, names)
     except AblationError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
@@ -437,15 +474,14 @@ def describe(source: Source, image_size: tuple[int, int] | None = None) -> Shape
         with np.load(source.path, allow_pickle=False) as z:
             names = tuple(str(n) for n in z["class_names"]) if "class_names" in z.files else ()
             labels = [z["y_train"], z["y_test"]]
-        (shape, dtype) = heads["x_train"]
-        if dtype != np.uint8 or len(shape) not in (3, 4):
-            raise AblationError(f"{where}: x_train must be uint8 images N x H x W (x C), got "
-                                f"{dtype} of shape {shape}")
+        for key in ("x_train", "x_test"):  # what a run would refuse, refused now
+            _check_images(key, *heads[key], where)
+        shape = heads["x_train"][0]
         hwc = (*shape[1:3], shape[3] if len(shape) == 4 else 1)
         if image_size is not None:
             raise AblationError(f"{where}: image_size resizes the images of a folder; "
                                 "resize an .npz's arrays yourself")
-        k = len(names) or int(max(int(np.max(y)) if len(y) else 0 for y in labels)) + 1
+        k = _check_labels(*labels, names, where)
         return Shape(hwc, k, names, shape[0], heads["x_test"][0][0])
     names, splits = folder_layout(source.path)
     return Shape(_folder_shape(source.path, splits, image_size), len(names), tuple(names),

@@ -6,7 +6,8 @@ module and one map entry here, never a CLI edit. Imports point one way: this map
 each executor -> `base` (the protocol and what they share).
 
 - `local`: subprocesses on this machine, K per GPU (`--jobs-per-gpu`), or on the CPU;
-- `ray`: Ray tasks across a cluster (`ray_cluster`, loaded only when chosen).
+- `ray`: Ray tasks across a cluster (`ray_cluster`, loaded only when chosen);
+- `slurm`: Slurm jobs through submitit, from the login node (`slurm`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ def _ray() -> type:
     return RayExecutor
 
 
+def _slurm() -> type:
+    from ablation.executors.slurm import SlurmExecutor
+
+    return SlurmExecutor
+
+
 # --executor NAME -> the class (a callable, so heavy modules load only when chosen)
-EXECUTORS: dict[str, Callable[[], type]] = {"local": _local, "ray": _ray}
+EXECUTORS: dict[str, Callable[[], type]] = {"local": _local, "ray": _ray, "slurm": _slurm}
 
 __all__ = ["EXECUTORS", "Executor", "LineSink"]

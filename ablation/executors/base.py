@@ -54,8 +54,8 @@ def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outc
     with contextlib.suppress(FileNotFoundError, AblationError):
         record = RunRecord.read(Path(run_dir))
     status = record.status if record else None
-    if code == Exit.DONE and status == JobState.DONE:
-        return Outcome(job_id, JobState.DONE)
+    if code == Exit.DONE and status in (JobState.DONE, JobState.PAUSED):
+        return Outcome(job_id, status)
     if code in (Exit.INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
         return Outcome(job_id, JobState.INTERRUPTED, "interrupted; resumes from its last epoch")
     if code == Exit.NO_DEVICE:

@@ -3,27 +3,30 @@
 * `ops`: each op defined once (its arguments, its count rule, its Keras layer), and the
   two interpreters that run them: counting (exact parameters, depth and multiply-adds
   without building) and building (the Keras model);
+* `parts`: units, stems and heads by name, the built-in ones and a study's own (in its
+  module's namespace); `Net`, what a stem or head reads; the built-in stems and heads;
 * `units`: `Block`, the built-in residual units of He et al. 2016 (Fig. 4 a-e, basic and
-  bottleneck) and the blog's, and the units a study brings, in its own namespace;
-* `network`: stems, heads and the builder that turns a variant into either.
+  bottleneck) and the blog's;
+* `network`: the builder that turns a variant into counts or a Keras model.
 
 Deviations from the papers that the blog's parameter counts demand are documented in
 the README ("Deviations from the papers").
 """
 
 from ablation.models.network import (
-    HEADS,
-    STEMS,
     ModelInfo,
     build_model,
     check_counts,
     count_params,
     layer_inputs,
     load_pretrained,
+    net_of,
 )
 from ablation.models.ops import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM, OPS, OpError, signature
+from ablation.models.parts import HEADS, STEMS, Net, Parts, head, register_layers, stem
 from ablation.models.units import (
     BUILTIN_UNITS,
+    UNITS,
     Block,
     UnitError,
     resolve,
@@ -35,8 +38,12 @@ from ablation.models.units import (
     user_units,
 )
 
-__all__ = ["ACTIVATIONS", "BN_EPSILON", "BN_MOMENTUM", "BUILTIN_UNITS",
-           "HEADS", "OPS", "STEMS", "Block", "ModelInfo",
-           "OpError", "UnitError", "build_model", "check_counts", "count_params",
-           "layer_inputs", "load_pretrained", "resolve", "shadowed", "shortcut", "signature",
-           "unit", "unit_source_hash", "user_unit_hash", "user_units"]
+# every kind of part by the name its records use (a job's config, a definition)
+PARTS: dict[str, Parts] = {"unit": UNITS, "stem": STEMS, "head": HEADS}
+
+__all__ = ["ACTIVATIONS", "BN_EPSILON", "BN_MOMENTUM", "BUILTIN_UNITS", "HEADS", "OPS",
+           "PARTS", "STEMS", "UNITS", "Block", "ModelInfo", "Net", "OpError", "Parts",
+           "UnitError", "build_model", "check_counts", "count_params", "head",
+           "layer_inputs", "load_pretrained", "net_of", "register_layers", "resolve",
+           "shadowed", "shortcut",
+           "signature", "stem", "unit", "unit_source_hash", "user_unit_hash", "user_units"]

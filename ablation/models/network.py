@@ -1,8 +1,9 @@
 """The one builder: a variant (a registry row) becomes stem, stages of units, head.
 
 It runs on either interpreter of `ablation.models.ops`: `count_params` counts, and
-`build_model` makes the Keras model, from the same calls. Stems and heads are dicts of
-functions, as units are; the variant names them.
+`build_model` makes the Keras model, from the same calls. Stems, units and heads are
+functions by name (`ablation.models.parts`), the built-in ones and a study's own alike;
+the variant names them.
 """
 
 from __future__ import annotations
@@ -16,85 +17,10 @@ from ablation import registry
 from ablation.errors import AblationError
 from ablation.models import units as unitlib
 from ablation.models.ops import Builder, Counter, Graph, OpError
+from ablation.models.parts import HEADS, STEMS, Net, UnknownPart
 from ablation.models.units import Block, UnitError
 from ablation.recipe import DEFAULTS
 from ablation.registry import Variant
-
-# --- stems and heads ------------------------------------------------------------------------
-
-
-def _act(ops: Any, x: Any, v: Variant, name: str) -> Any:
-    """The variant's head activation: ReLU (the blog's, layer `<name>_relu`) or another
-    Keras activation (layer `<name>_act`)."""
-    if v.head_act == "relu":
-        return ops.relu(x, f"{name}_relu")
-    return ops.act(x, v.head_act, f"{name}_act")
-
-
-def stem_conv(ops: Any, x: Any, v: Variant) -> Any:
-    """The blog's stem: one 3x3 conv, no BN of its own."""
-    return ops.conv(x, v.stem_filters, 3, 1, "stem_conv")
-
-
-def stem_conv_bn_relu(ops: Any, x: Any, v: Variant) -> Any:
-    """The papers' stem: conv3x3 -> BN -> ReLU (for pre-activation units it is the
-    first unit's pre-activation, applied before the split into two paths)."""
-    y = ops.conv(x, v.stem_filters, 3, 1, "stem_conv")
-    return ops.relu(ops.bn(y, "stem_bn"), "stem_relu")
-
-
-def stem_none(ops: Any, x: Any, v: Variant) -> Any:
-    """No stem: the first unit reads the image (VGG)."""
-    return x
-
-
-def head_bn_relu(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
-    """The blog's head (and the papers' for pre-activation nets): BN-ReLU-GAP-dense; the
-    activation is the variant's `head_act`."""
-    x = _act(ops, ops.bn(x, "head_bn"), v, "head")
-    return ops.dense(ops.pool(x, "head_pool"), num_classes, "head_dense")
-
-
-def head_plain(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
-    """GAP-dense: for nets whose units end in their own activation (He 2015)."""
-    return ops.dense(ops.pool(x, "head_pool"), num_classes, "head_dense")
-
-
-def _hidden_dense(ops: Any, x: Any, v: Variant) -> Any:
-    x = ops.flatten(x, "head_flatten")
-    for i, width in enumerate(v.head_widths, 1):
-        x = ops.dense(x, width, f"head_fc{i}", activation=None)
-        x = _act(ops, ops.bn(x, f"head_fc{i}_bn"), v, f"head_fc{i}")
-        if v.dropout:
-            x = ops.dropout(x, v.dropout, f"head_fc{i}_dropout")
-    return x
-
-
-def head_dense(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
-    """Flatten, then dense layers of `head_widths` (each with BN, the head activation and
-    optional dropout), then a softmax dense layer."""
-    return ops.dense(_hidden_dense(ops, x, v), num_classes, "head_dense")
-
-
-def head_dense_bn(ops: Any, x: Any, num_classes: int, v: Variant) -> Any:
-    """As `dense`, with BN between the last dense layer and its softmax: the blog's VGG19
-    (its 27,412 non-trainable parameters count a BN of the 10 outputs)."""
-    x = ops.dense(_hidden_dense(ops, x, v), num_classes, "head_dense", activation=None)
-    return ops.softmax(ops.bn(x, "head_dense_bn"), "head_softmax")
-
-
-# name -> (stem, whether it applies the first unit's pre-activation)
-STEMS: dict[str, tuple[Callable[[Any, Any, Variant], Any], bool]] = {
-    "conv": (stem_conv, False),
-    "conv_bn_relu": (stem_conv_bn_relu, True),
-    "none": (stem_none, False),
-}
-HEADS: dict[str, Callable[[Any, Any, int, Variant], Any]] = {
-    "bn_relu": head_bn_relu,
-    "plain": head_plain,
-    "dense": head_dense,
-    "dense_bn": head_dense_bn,
-}
 
 _KERAS_HINT = "Only input tensors may be passed"
 
@@ -116,15 +42,33 @@ def _run(g: Graph, what: str, fn: Callable, *args: Any, failed: str = "") -> Any
         raise UnitError(f"{failed or what + ' failed'}: {text}") from e
 
 
+def net_of(v: Variant, num_classes: int, input_shape: tuple[int, ...]) -> Net:
+    """What the variant's stem and head read of it (`Net`)."""
+    return Net(v.name, num_classes, tuple(input_shape), v.stem_filters,
+               tuple(s.width for s in v.stages), sum(s.blocks for s in v.stages),
+               tuple(v.head_widths), v.dropout, v.head_act)
+
+
+def _part(parts, name: str, module: str | None):
+    try:
+        return parts.resolve(name, module)
+    except UnknownPart as e:
+        raise UnitError(str(e)) from e
+
+
 def _network(g: Graph, v: Variant, num_classes: int, input_shape: tuple[int, ...]) -> Any:
     """The one builder: stem, stages of units (halving the map by a strided first unit,
-    or by a max-pool after the stage), head."""
-    stem, activates = STEMS[v.stem]
+    or by a max-pool after the stage), head. Each is a function by name; the width
+    the first unit sees is the stem's output's."""
+    net = net_of(v, num_classes, input_shape)
+    stem = _part(STEMS, v.stem, v.unit_module)
+    activates = getattr(stem, "preactivates", False)
     x = g.input(input_shape)
-    x = _run(g, f"stem {v.stem!r} of {v.name}", stem, x, v)
-    width = input_shape[-1] if v.stem == "none" else v.stem_filters
+    x = _run(g, f"stem {v.stem!r} of {v.name}", stem, x, net,
+             failed=f"stem {v.stem!r} failed in {v.name}")
+    _check_tensor(x, f"stem {v.stem!r} of {v.name}")
+    width = x.shape[-1]
     pool = v.downsample == "pool"
-    total = sum(s.blocks for s in v.stages)
     position = 0
     for i, stage in enumerate(v.stages):
         name = v.stage_unit(i)
@@ -135,24 +79,32 @@ def _network(g: Graph, v: Variant, num_classes: int, input_shape: tuple[int, ...
             block = Block(f"s{i + 1}b{j + 1}", stage.width, stride, project,
                           v.projection_input, stage.inner, v.shortcut,
                           preactivated=activates and i == 0 and j == 0, stage=i, index=j,
-                          position=position, blocks=total, stages=len(v.stages))
+                          position=position, blocks=net.blocks, stages=len(v.stages),
+                          dropout=v.dropout)
             fn = unitlib.resolve(unit, v.unit_module)
             x = _run(g, f"unit {unit!r} in block {block.name} of {v.name}", fn, x, block,
                      failed=f"unit {unit!r} failed in block {block.name} of {v.name}")
-            if x is None or not hasattr(x, "shape"):
-                raise UnitError(f"unit {unit!r} in block {block.name} of {v.name} returned "
-                                f"{type(x).__name__}, not a tensor (the output of an op)")
+            _check_tensor(x, f"unit {unit!r} in block {block.name} of {v.name}")
             width = stage.width
             position += 1
         if pool:
             x = _run(g, f"the pool after stage {i + 1} of {v.name}",
                      lambda ops, y, k=i: ops.maxpool(y, f"s{k + 1}_pool"), x)
-    out = _run(g, f"head {v.head!r} of {v.name}", HEADS[v.head], x, num_classes, v)
+    head = _part(HEADS, v.head, v.unit_module)
+    out = _run(g, f"head {v.head!r} of {v.name}", head, x, net,
+               failed=f"head {v.head!r} failed in {v.name}")
+    _check_tensor(out, f"head {v.head!r} of {v.name}")
     try:
         g.finish(out)
     except OpError as e:
         raise UnitError(str(e)) from e
     return out
+
+
+def _check_tensor(x: Any, what: str) -> None:
+    if x is None or not hasattr(x, "shape"):
+        raise UnitError(f"{what} returned {type(x).__name__}, not a tensor (the output of an "
+                        "op)")
 
 
 @dataclass(frozen=True)
@@ -185,15 +137,16 @@ def _info(g: Graph) -> ModelInfo:
 def build_model(name: str | Variant, num_classes: int = 10,
                 input_shape: tuple[int, int, int] = (32, 32, 3),
                 weight_decay: float = DEFAULTS.weight_decay, fast: bool = False,
-                keras_module: Any = None) -> Any:
+                keras_module: Any = None, bias_decay: bool = False) -> Any:
     """The uncompiled Keras model of a variant (softmax output).
 
     Seed Keras (`keras.utils.set_random_seed`) beforehand for reproducible weights.
     `fast` swaps in the layers of `ablation.layers` (same math, TensorFlow's fused
     kernels) for training speed; graph, names and weights are the same, so its weights
     load into the standard model, which is what gets saved. `keras_module` builds the
-    same graph on another Keras (the baseline passes `tf_keras`). The model's parameter
-    counts are checked against the ops' rules (what `count_params` says).
+    same graph on another Keras (the baseline passes `tf_keras`); `bias_decay` puts the
+    L2 on biases and normalisation scales and offsets too. The model's parameter counts
+    are checked against the ops' rules (what `count_params` says).
     """
     if keras_module is None:
         import keras as keras_module
@@ -204,7 +157,7 @@ def build_model(name: str | Variant, num_classes: int = 10,
         from ablation.layers import BiasAddConv2D, FusedBatchNormalization
 
         overrides = {"Conv2D": BiasAddConv2D, "BatchNormalization": FusedBatchNormalization}
-    g = Builder(keras_module, weight_decay, overrides)
+    g = Builder(keras_module, weight_decay, overrides, bias_decay)
     outputs = _network(g, v, num_classes, tuple(input_shape))
     model = keras_module.Model(g.inputs, outputs, name=v.name)
     check_counts(model, _info(g), v.name)

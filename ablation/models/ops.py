@@ -140,11 +140,21 @@ class Graph:
 
     def emit(self, name: str, inputs: list[Any], dims: tuple[int, ...], make: Callable,
              trainable: int = 0, non_trainable: int = 0, macs: int = 0,
-             depth: bool = False) -> Any:
+             depth: bool = False, call: Callable | None = None) -> Any:
         raise NotImplementedError
 
-    def foreign(self, layer: Any, inputs: list[Any]) -> Any:
+    def foreign(self, layer: Any, inputs: list[Any], spread: bool, main: bool) -> Any:
         raise NotImplementedError
+
+    def shared(self, layer: Any) -> bool:
+        """Whether `layer` (a Keras layer object) was applied in this network before: a
+        second application shares its weights, so they count once (and its depth)."""
+        seen = self.__dict__.setdefault("_layers", set())
+        if id(layer) in seen:
+            return True
+        seen.add(id(layer))
+        self._keep.append(layer)
+        return False
 
     def _add(self, trainable: int, non_trainable: int, macs: int | None, depth: bool,
              name: str) -> None:
@@ -161,26 +171,28 @@ class Counter(Graph):
     """Shapes only: parameters, depth and multiply-adds by each op's rule."""
 
     counting = True
-    reg = None
+    reg = bias_reg = None
 
     def input(self, dims: tuple[int, ...]) -> Sym:
         self.inputs = self.track(Sym(tuple(dims)), None, [])
         return self.inputs
 
     def emit(self, name, inputs, dims, make, trainable=0, non_trainable=0, macs=0,
-             depth=False):
+             depth=False, call=None):
         self.claim(name)
         self._add(trainable, non_trainable, macs, depth, name)
         return self.track(Sym(tuple(dims)), name, inputs)
 
-    def foreign(self, layer, inputs):
+    def foreign(self, layer, inputs, spread, main):
         import keras
 
-        self.claim(layer.name)
+        again = self.shared(layer)
+        if not again:
+            self.claim(layer.name)
         probes = [keras.KerasTensor((None, *x.shape[1:])) for x in inputs]
-        out = layer(probes[0] if len(probes) == 1 else probes)
-        t, nt = _weights(layer)
-        self._add(t, nt, None, _weighted(layer), layer.name)
+        out = _apply(layer, probes, spread)
+        t, nt = (0, 0) if again else _weights(layer)
+        self._add(t, nt, None, main and not again and _weighted(layer), layer.name)
         return self.track(Sym(tuple(out.shape[1:])), layer.name, inputs)
 
 
@@ -190,10 +202,13 @@ class Builder(Graph):
 
     counting = False
 
-    def __init__(self, keras_module: Any, weight_decay: float, overrides: dict | None = None):
+    def __init__(self, keras_module: Any, weight_decay: float, overrides: dict | None = None,
+                 bias_decay: bool = False):
         super().__init__()
         self.keras = keras_module
         self.reg = keras_module.regularizers.L2(weight_decay) if weight_decay else None
+        # the recipe's bias_decay: biases and normalisation scales and offsets decay too
+        self.bias_reg = self.reg if bias_decay else None
         self.layers = _Layers(keras_module.layers, overrides or {})
 
     def input(self, dims: tuple[int, ...]) -> Any:
@@ -201,10 +216,11 @@ class Builder(Graph):
         return self.inputs
 
     def emit(self, name, inputs, dims, make, trainable=0, non_trainable=0, macs=0,
-             depth=False):
+             depth=False, call=None):
         self.claim(name)
         layer = make(self.layers)
-        y = layer(inputs[0] if len(inputs) == 1 else list(inputs))
+        y = call(layer, inputs) if call else layer(inputs[0] if len(inputs) == 1
+                                                   else list(inputs))
         got = tuple(y.shape[1:])
         if got != tuple(dims):
             raise AblationError(f"internal error: {name}: Keras gives shape {_shape(got)}, "
@@ -212,12 +228,33 @@ class Builder(Graph):
         self._add(trainable, non_trainable, macs, depth, name)
         return self.track(y, name, inputs)
 
-    def foreign(self, layer, inputs):
-        self.claim(layer.name)
-        y = layer(inputs[0] if len(inputs) == 1 else list(inputs))
-        t, nt = _weights(layer)
-        self._add(t, nt, None, _weighted(layer), layer.name)
+    def foreign(self, layer, inputs, spread, main):
+        again = self.shared(layer)
+        if not again:
+            self.claim(layer.name)
+        y = _apply(layer, list(inputs), spread)
+        t, nt = (0, 0) if again else _weights(layer)
+        self._add(t, nt, None, main and not again and _weighted(layer), layer.name)
         return self.track(y, layer.name, inputs)
+
+
+def _apply(layer: Any, inputs: list[Any], spread: bool) -> Any:
+    """Call a Keras layer on its inputs: one tensor; several as separate arguments
+    (`spread`: MultiHeadAttention(query, value)); or several as one list (Add,
+    Concatenate)."""
+    if len(inputs) == 1:
+        return layer(inputs[0])
+    return layer(*inputs) if spread else layer(inputs)
+
+
+def _positional(layer: Any) -> int:
+    """How many tensors a Keras layer's `call` takes as separate positional arguments
+    (MultiHeadAttention: query, value, key; Add: one list)."""
+    try:
+        params = list(inspect.signature(layer.call).parameters.values())
+    except (TypeError, ValueError):
+        return 1
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 class _Layers:
@@ -337,7 +374,7 @@ def conv(g, x, filters, kernel, stride, name, main=True, groups=1, dilation=1, b
     return g.emit(name, [x], dims, lambda L: L.Conv2D(
         filters, kernel, strides=stride, padding="same", groups=groups,
         dilation_rate=dilation, use_bias=bool(bias), kernel_initializer="he_normal",
-        kernel_regularizer=g.reg, name=name),
+        kernel_regularizer=g.reg, bias_regularizer=g.bias_reg, name=name),
         trainable=weights + filters * bool(bias), macs=weights * dims[0] * dims[1],
         depth=bool(main))
 
@@ -356,7 +393,8 @@ def depthwise(g, x, kernel, stride, name, dilation=1, bias=True):
     dims = (_out(h, stride), _out(w, stride), c)
     return g.emit(name, [x], dims, lambda L: L.DepthwiseConv2D(
         kernel, strides=stride, padding="same", dilation_rate=dilation, use_bias=bool(bias),
-        depthwise_initializer="he_normal", depthwise_regularizer=g.reg, name=name),
+        depthwise_initializer="he_normal", depthwise_regularizer=g.reg,
+        bias_regularizer=g.bias_reg, name=name),
         trainable=kernel * kernel * c + c * bool(bias), macs=kernel * kernel * c * dims[0]
         * dims[1], depth=True)
 
@@ -368,7 +406,8 @@ def bn(g, x, name):
     dims = g.tensor(x, "bn")
     c = dims[-1]
     return g.emit(name, [x], dims, lambda L: L.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name),
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, gamma_regularizer=g.bias_reg,
+        beta_regularizer=g.bias_reg),
         trainable=2 * c, non_trainable=2 * c)
 
 
@@ -377,7 +416,8 @@ def layernorm(g, x, name):
     """LayerNormalization over the channels (epsilon 1e-6): 2·C trainable."""
     dims = g.tensor(x, "layernorm")
     return g.emit(name, [x], dims, lambda L: L.LayerNormalization(
-        axis=-1, epsilon=LN_EPSILON, name=name), trainable=2 * dims[-1])
+        axis=-1, epsilon=LN_EPSILON, name=name, gamma_regularizer=g.bias_reg,
+        beta_regularizer=g.bias_reg), trainable=2 * dims[-1])
 
 
 @op
@@ -389,7 +429,8 @@ def groupnorm(g, x, groups, name):
     if dims[-1] % groups:
         raise OpError(f"ops.groupnorm: groups {groups} must divide the {dims[-1]} channels")
     return g.emit(name, [x], dims, lambda L: L.GroupNormalization(
-        groups=groups, axis=-1, epsilon=GN_EPSILON, name=name), trainable=2 * dims[-1])
+        groups=groups, axis=-1, epsilon=GN_EPSILON, name=name, gamma_regularizer=g.bias_reg,
+        beta_regularizer=g.bias_reg), trainable=2 * dims[-1])
 
 
 @op
@@ -510,7 +551,10 @@ def avgpool(g, x, name):
 
 @op
 def pool(g, x, name):
-    """Global average pooling: (N, H, W, C) -> (N, C)."""
+    """Global average pooling: (N, H, W, C) -> (N, C); tokens (N, L, C) -> (N, C) (0.6)."""
+    dims = g.tensor(x, "pool")
+    if len(dims) == 2:
+        return g.emit(name, [x], (dims[-1],), lambda L: L.GlobalAveragePooling1D(name=name))
     _, _, c = g.tensor(x, "pool", rank=3)
     return g.emit(name, [x], (c,), lambda L: L.GlobalAveragePooling2D(name=name))
 
@@ -537,7 +581,7 @@ def dense(g, x, units, name, activation="softmax", main=True):
     c = dims[-1]
     return g.emit(name, [x], (*dims[:-1], units), lambda L: L.Dense(
         units, activation=activation, kernel_initializer="he_normal",
-        kernel_regularizer=g.reg, name=name, **extra),
+        kernel_regularizer=g.reg, bias_regularizer=g.bias_reg, name=name, **extra),
         trainable=c * units + units, macs=c * units * math.prod(dims[:-1]), depth=bool(main))
 
 
@@ -562,12 +606,121 @@ def drop_path(g, x, rate, name):
     return g.emit(name, [x], dims, lambda L: L.Dropout(rate, noise_shape=noise, name=name))
 
 
+# --- token models (0.6): attention, tokens and back, position embedding, class token -------
+
+
+def _positions(g, x, op: str) -> tuple[tuple[int, ...], int]:
+    """(the position axes, channels) of a map (N, H, W, C) or tokens (N, L, C)."""
+    dims = g.tensor(x, op)
+    if len(dims) not in (2, 3):
+        raise OpError(f"ops.{op}: x must be an (N, H, W, C) map or (N, L, C) tokens, got "
+                      f"shape {_shape(dims)}")
+    return dims[:-1], dims[-1]
+
+
 @op
-def layer(g, layer, *inputs):
-    """Any Keras layer, applied to `inputs` (one tensor, or several as a list); its own
-    name is the layer name. Its parameters and output shape come from Keras itself; its
-    multiply-adds are unknown; it counts in depth when it has a kernel. Make the layer
-    inside the unit (a layer object reused across blocks would share its weights)."""
+def attention(g, x, heads, name, key_dim=None, dropout=0.0, main=True):
+    """Multi-head self-attention over every position of a map (N, H, W, C) or of tokens
+    (N, L, C): Keras' MultiHeadAttention with `heads` heads of `key_dim` (default
+    C / heads) each, query = key = value = x, output C channels. Counts 4 projections:
+    3·(C·heads·key_dim + heads·key_dim) + heads·key_dim·C + C; multiply-adds
+    4·L·C·heads·key_dim (the projections) + 2·L²·heads·key_dim (the scores and the
+    weighted sum), L positions; a weighted layer of the main path unless `main=False`."""
+    pos, c = _positions(g, x, "attention")
+    heads = _int(heads, "attention", "heads")
+    key_dim = c // heads if key_dim is None else _int(key_dim, "attention", "key_dim")
+    if not key_dim:
+        raise OpError(f"ops.attention {name}: {heads} heads over {c} channels leave no "
+                      "key_dim; give key_dim")
+    dropout = _rate(dropout, "attention")
+    n = math.prod(pos)
+    proj = heads * key_dim
+    axes = tuple(range(1, len(pos) + 1))
+    return g.emit(name, [x], (*pos, c), lambda L: L.MultiHeadAttention(
+        heads, key_dim, dropout=dropout, attention_axes=axes, kernel_initializer="he_normal",
+        name=name), trainable=3 * (c * proj + proj) + proj * c + c,
+        macs=4 * n * c * proj + 2 * n * n * proj, depth=bool(main),
+        call=lambda layer, xs: layer(xs[0], xs[0]))
+
+
+@op
+def tokens(g, x, name):
+    """A map (N, H, W, C) as tokens (N, H·W, C), row by row (a Reshape)."""
+    h, w, c = g.tensor(x, "tokens", rank=3)
+    return g.emit(name, [x], (h * w, c), lambda L: L.Reshape((h * w, c), name=name))
+
+
+@op
+def grid(g, x, height, width, name):
+    """Tokens (N, L, C) back as a map (N, height, width, C), L = height·width."""
+    dims = g.tensor(x, "grid", rank=2)
+    height, width = _int(height, "grid", "height"), _int(width, "grid", "width")
+    if height * width != dims[0]:
+        raise OpError(f"ops.grid {name}: {dims[0]} tokens are not a {height}x{width} grid")
+    return g.emit(name, [x], (height, width, dims[1]),
+                  lambda L: L.Reshape((height, width, dims[1]), name=name))
+
+
+@op
+def permute(g, x, order, name):
+    """The non-batch axes in another order (Keras' Permute: `order` counts them from 1):
+    (2, 1) turns tokens (N, L, C) into (N, C, L), for MLP-Mixer's token mixing."""
+    dims = g.tensor(x, "permute")
+    if (not isinstance(order, list | tuple) or sorted(order) != list(range(1, len(dims) + 1))):
+        raise OpError(f"ops.permute {name}: order must be a permutation of "
+                      f"{tuple(range(1, len(dims) + 1))}, got {_short(order)}")
+    out = tuple(dims[i - 1] for i in order)
+    return g.emit(name, [x], out, lambda L: L.Permute(tuple(order), name=name))
+
+
+@op
+def position_embedding(g, x, name):
+    """A learned embedding added at every position (ViT's): one weight per position and
+    channel, the input's shape without the batch, initialised N(0, 0.02²), never
+    weight-decayed. Counts H·W·C (or L·C)."""
+    pos, c = _positions(g, x, "position_embedding")
+    return g.emit(name, [x], (*pos, c), lambda L: _token_layers().PositionEmbedding(
+        name=name), trainable=math.prod(pos) * c)
+
+
+@op
+def class_token(g, x, name):
+    """A learned class token put before the tokens (ViT's): (N, L, C) -> (N, L + 1, C),
+    initialised at 0, never weight-decayed. Counts C."""
+    dims = g.tensor(x, "class_token", rank=2)
+    return g.emit(name, [x], (dims[0] + 1, dims[1]), lambda L: _token_layers().ClassToken(
+        name=name), trainable=dims[1])
+
+
+@op
+def token(g, x, index, name):
+    """One token of (N, L, C) as (N, C): the class token is token 0. Standard layers
+    (a Cropping1D named `<name>_crop`, then a Reshape)."""
+    length, c = g.tensor(x, "token", rank=2)
+    index = _int(index, "token", "index", lo=0)
+    if index >= length:
+        raise OpError(f"ops.token {name}: index {index} of {length} tokens")
+    y = g.emit(f"{name}_crop", [x], (1, c), lambda L: L.Cropping1D(
+        (index, length - index - 1), name=f"{name}_crop"))
+    return g.emit(name, [y], (c,), lambda L: L.Reshape((c,), name=name))
+
+
+def _token_layers():
+    from ablation import layers
+
+    return layers
+
+
+@op
+def layer(g, layer, *inputs, main=True):
+    """Any Keras layer, applied to `inputs`: one tensor; several, as separate arguments
+    when its call takes them so (MultiHeadAttention(query, value)), else as one list
+    (Add); or one list of tensors, given as a list. Its own name is the layer name. Its
+    parameters and output shape come from Keras itself; its multiply-adds are unknown;
+    it counts in depth when it has a kernel, unless `main=False` (a gate beside the
+    branch). The same layer object applied again (in one block) shares its weights:
+    they count once. Make the layer inside the unit (a layer object reused across blocks
+    would share its weights across them too)."""
     try:
         import keras
     except ImportError:  # pragma: no cover - keras is a dependency
@@ -575,12 +728,16 @@ def layer(g, layer, *inputs):
     if not isinstance(layer, keras.layers.Layer):
         raise OpError(f"ops.layer: the first argument must be a Keras layer, got "
                       f"{_short(layer)}")
+    as_list = len(inputs) == 1 and isinstance(inputs[0], list | tuple)
+    if as_list:
+        inputs = tuple(inputs[0])
     if not inputs:
         raise OpError(f"ops.layer {layer.name}: give the tensor(s) it reads")
     for i, x in enumerate(inputs):
         g.tensor(x, "layer", f"inputs[{i}]")
+    spread = not as_list and len(inputs) > 1 and _positional(layer) >= len(inputs)
     try:
-        return g.foreign(layer, list(inputs))
+        return g.foreign(layer, list(inputs), spread, bool(main))
     except OpError:
         raise
     except Exception as e:

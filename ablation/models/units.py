@@ -26,15 +26,13 @@ already uses the name for its own unit, and two studies may each have their own 
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from ablation.errors import AblationError
+from ablation.models.parts import Parts, UnknownPart, source_hash
 
 
 @dataclass(frozen=True)
@@ -55,6 +53,9 @@ class Block:
     position: int = 0  # 0-based block within the network
     blocks: int = 1  # blocks in the network (a linear drop-path rate: position / blocks)
     stages: int = 1  # stages in the network
+    # --- added in 0.6
+    dropout: float = 0.0  # the variant's dropout, for a unit that uses it (WRN's, between
+    # the convs)
 
 
 class UnitError(AblationError):
@@ -148,6 +149,60 @@ def conv_bn_relu(ops: Any, x: Any, b: Block) -> Any:
     return ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
 
 
+# --- Wide Residual Networks (Zagoruyko & Komodakis 2016) -------------------------------------
+
+
+def kernels_branch(kernels: tuple[int, ...]) -> Branch:
+    """The WRN paper's block type B(k1, k2, ...): convs of these sizes at the output
+    width, BN-ReLU between them, the stride on the first, and the variant's dropout
+    (`block.dropout`, WRN's) before the last (B(3,3) with dropout is the WRN block)."""
+    def branch(ops: Any, x: Any, b: Block) -> tuple[Any, int]:
+        y = x
+        for i, k in enumerate(kernels, 1):
+            if i > 1:
+                y = ops.relu(ops.bn(y, f"{b.name}_bn{i - 1}"), f"{b.name}_relu{i - 1}")
+                if i == len(kernels) and b.dropout:
+                    y = ops.dropout(y, b.dropout, f"{b.name}_dropout")
+            y = ops.conv(y, b.filters, k, b.stride if i == 1 else 1, f"{b.name}_conv{i}")
+        return y, len(kernels)
+    return branch
+
+
+WIDE_BLOCKS = {"wide": (3, 3), "wide_313": (3, 1, 3), "wide_131": (1, 3, 1),
+               "wide_31": (3, 1), "wide_13": (1, 3), "wide_311": (3, 1, 1)}
+
+
+# --- Bag of Tricks (He et al. 2019): ResNet-50's downsampling block and its tweaks --------
+
+
+def _bn_proj(ops: Any, x: Any, b: Block, pool: bool) -> Any:
+    """The torchvision ResNet's projection: a 1x1 conv with the stride, then BN; with
+    `pool` (ResNet-D) a 2x2 average pool does the striding and the conv has stride 1."""
+    if not b.project:
+        return x
+    if pool and b.stride == 2:
+        x = ops.avgpool(x, f"{b.name}_proj_pool")
+    y = ops.conv(x, b.filters, 1, 1 if pool else b.stride, f"{b.name}_proj", main=False)
+    return ops.bn(y, f"{b.name}_proj_bn")
+
+
+def resnet50_unit(stride_on: int, pool: bool) -> Unit:
+    """ResNet-50's bottleneck as torchvision (and the paper) builds it: conv1x1 -> BN-ReLU
+    -> conv3x3 -> BN-ReLU -> conv1x1 -> BN, plus the projection (1x1 conv + BN), then
+    ReLU; the stride on the first 1x1 (`stride_on` 1: ResNet-A, the original) or on the
+    3x3 (2: ResNet-B); with `pool`, ResNet-D's average-pooled projection."""
+    def unit(ops: Any, x: Any, b: Block) -> Any:
+        inner = b.inner or b.filters // 4
+        y = ops.conv(x, inner, 1, b.stride if stride_on == 1 else 1, f"{b.name}_conv1")
+        y = ops.relu(ops.bn(y, f"{b.name}_bn1"), f"{b.name}_relu1")
+        y = ops.conv(y, inner, 3, b.stride if stride_on == 2 else 1, f"{b.name}_conv2")
+        y = ops.relu(ops.bn(y, f"{b.name}_bn2"), f"{b.name}_relu2")
+        y = ops.bn(ops.conv(y, b.filters, 1, 1, f"{b.name}_conv3"), f"{b.name}_bn3")
+        y = ops.add(y, _bn_proj(ops, x, b, pool), f"{b.name}_add")
+        return ops.relu(y, f"{b.name}_out")
+    return unit
+
+
 BUILTIN_UNITS: dict[str, Unit] = {
     **{name: partial(form, branch=basic_branch)
        for name, form in zip("abcde", (form_a, form_b, form_c, form_d, form_e), strict=True)},
@@ -158,47 +213,22 @@ BUILTIN_UNITS: dict[str, Unit] = {
     "preact_bottleneck": partial(form_e, branch=partial(bottleneck_branch, ratio=2)),
     "plain": plain,
     "conv_bn_relu": conv_bn_relu,
+    # Wide ResNets: full pre-activation (e) on a block type B(...), dropout as the variant's
+    **{name: partial(form_e, branch=kernels_branch(k)) for name, k in WIDE_BLOCKS.items()},
+    # Bag of Tricks: ResNet-50's unit (A), the stride on the 3x3 (B), and the pooled
+    # projection (D; C is a stem)
+    "resnet50_a": resnet50_unit(1, pool=False),
+    "resnet50_b": resnet50_unit(2, pool=False),
+    "resnet50_d": resnet50_unit(2, pool=True),
 }
 
 
 # --- the units studies bring ----------------------------------------------------------------
 
-# module name -> {unit name -> (function, source hash)}: each units file (or module) is a
-# namespace of its own; a variant names the module its study's units came from
-_USER: dict[str, dict[str, tuple[Unit, str]]] = {}
-
-
-def unit_source_hash(fn: Unit) -> str:
-    """sha256 of a unit's source and of the same module's functions and classes (a Keras
-    layer of the study's own) it uses by name, so editing a unit, or a helper or layer
-    it uses, is a new definition."""
-    seen: set[str] = set()
-    parts: list[str] = []
-
-    def source(f: Any) -> str:
-        try:
-            return inspect.getsource(f)
-        except (OSError, TypeError):
-            return f.__qualname__
-
-    def visit(f: Any) -> None:
-        f = getattr(f, "func", f)  # functools.partial
-        if not isinstance(f, types.FunctionType) or f.__qualname__ in seen:
-            return
-        seen.add(f.__qualname__)
-        parts.append(source(f))
-        for name in f.__code__.co_names:
-            g = f.__globals__.get(name)
-            if getattr(g, "__module__", None) != f.__module__:
-                continue
-            if isinstance(g, types.FunctionType):
-                visit(g)
-            elif isinstance(g, type) and g.__qualname__ not in seen:
-                seen.add(g.__qualname__)
-                parts.append(source(g))
-
-    visit(fn)
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+# each units file (or module) is a namespace of its own; a variant names the module its
+# study's parts came from (ablation.models.parts)
+UNITS = Parts("unit", BUILTIN_UNITS)
+unit_source_hash = source_hash
 
 
 def unit(name: str) -> Callable[[Unit], Unit]:
@@ -210,48 +240,35 @@ def unit(name: str) -> Callable[[Unit], Unit]:
     so). Registering the same source again (a study loaded twice) is a no-op.
     """
     def register(fn: Unit) -> Unit:
-        if not name or not isinstance(name, str):
-            raise AblationError(f"a unit needs a name, got {name!r}")
-        module = getattr(fn, "__module__", None) or "__main__"
-        digest = unit_source_hash(fn)
-        space = _USER.setdefault(module, {})
-        if name in space and space[name][1] != digest:
-            raise AblationError(f"unit {name!r} is defined twice in {module}")
-        space[name] = (fn, digest)
-        return fn
+        return UNITS.register(name, fn)
     return register
 
 
 def user_units(module: str) -> list[str]:
     """The units a module defines, in definition order."""
-    return list(_USER.get(module, {}))
+    return UNITS.mine(module)
 
 
 def user_unit_hash(name: str, module: str | None) -> str | None:
     """The source hash of a study's own unit; None for a built-in one (pinned by the
     package) or a name the module does not define."""
-    found = _USER.get(module or "", {}).get(name)
-    return found[1] if found else None
+    return UNITS.source_hash(name, module)
 
 
 def resolve(name: str, module: str | None = None) -> Unit:
     """The unit `name` for a variant whose study's units are in `module`: the study's
     own first, then the built-in ones."""
-    found = _USER.get(module or "", {}).get(name)
-    if found:
-        return found[0]
     try:
-        return BUILTIN_UNITS[name]
-    except KeyError:
-        raise UnitError(f"unknown unit {name!r} (known: {', '.join(known(module))})"
-                        ) from None
+        return UNITS.resolve(name, module)
+    except UnknownPart as e:
+        raise UnitError(str(e)) from e
 
 
 def known(module: str | None = None) -> list[str]:
     """Unit names a variant of a study with units in `module` may use."""
-    return list(dict.fromkeys([*user_units(module or ""), *BUILTIN_UNITS]))
+    return UNITS.known(module)
 
 
 def shadowed(module: str | None) -> list[str]:
     """The built-in unit names the module's own units shadow."""
-    return [n for n in user_units(module or "") if n in BUILTIN_UNITS]
+    return UNITS.shadowed(module)

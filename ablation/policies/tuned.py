@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
-from ablation import registry, results, runs, tune
+from ablation import halving, registry, results, runs, tune
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.policies import Fixed, list_jobs
@@ -50,7 +50,9 @@ Compare = Callable[[Plan], Policy]
 
 class Tuned:
     """Tune, choose, compare: the comparison phase is `compare(plan)`'s policy (the plan
-    at `seeds` seeds, or --until-decided's looks, which choose the seeds themselves)."""
+    at `seeds` seeds, or --until-decided's looks, which choose the seeds themselves).
+    With `halving`, the tuning phase is successive halving (`ablation.halving`), decided
+    as slots free up (asynchronous: the driver asks `extend` after every job)."""
 
     def __init__(self, plan: Plan, study: studies.Study, t: tune.Tune, seeds: int,
                  compare: Compare | None = None, out=sys.stdout):
@@ -59,6 +61,26 @@ class Tuned:
         self.tuning, self.comparing = phase_plans(plan, study, t, seeds)
         self.then: Policy | None = None  # the comparison phase's policy, once chosen
         self.queued = False
+        self.halving = Search(self.tuning, t) if t.halving or t.budget else None
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.halving is not None and self.then is None
+
+    def extend(self, view: View) -> Queue | None:
+        """More tuning jobs for the free slots (promotions first), while the phase runs."""
+        plan = self.halving.next_jobs(view, view.free) if self.halving else None
+        return Queue(plan, self.halving.describe(plan)) if plan is not None else None
+
+    def _header(self, jobs: int) -> str:
+        t = self.t
+        held = self.tuning.recipes_of(self.plan.variants[0].name)[0].validation
+        search = f" = {jobs} job(s)"
+        if self.halving is not None:
+            search = (f"; {self.halving.words()}; {jobs} job(s) to start")
+        return (f"phase 1/2, tune: {len(self.plan.variants)} variant(s) x "
+                f"{len(t.candidates())} setting(s) of {', '.join(t.fields)} x {t.seeds} "
+                f"seed(s){search}, choosing on {held:,} held-out validation images")
 
     def next(self, view: View) -> Queue | Stop:
         if self.then is not None:
@@ -66,16 +88,28 @@ class Tuned:
         t, out = self.t, self.out
         if not self.queued:
             self.queued = True
-            n = len(self.tuning.jobs())
-            return Queue(self.tuning, f"phase 1/2, tune: {len(self.plan.variants)} variant(s) "
-                         f"x {len(t.candidates())} setting(s) of {', '.join(t.fields)} x "
-                         f"{t.seeds} seed(s) = {n} job(s), choosing on "
-                         f"{self.tuning.recipes_of(self.plan.variants[0].name)[0].validation:,}"
-                         " held-out validation images")
+            for w in t.warnings():
+                print(f"warning: {w}", file=sys.stderr, flush=True)
+            if self.halving is not None:
+                view.history = True  # the rule reads each rung's validation accuracy
+                first = self.halving.next_jobs(view, view.slots)
+                if first is not None:
+                    return Queue(first, self._header(len(first.jobs())))
+            else:
+                return Queue(self.tuning, self._header(len(self.tuning.jobs())))
         left = view.unfinished(self.tuning)
-        if left:
+        if left and self.halving is None:
             return Stop(f"the tuning phase did not finish ({left} job(s) left); rerun the "
                         "same command to go on", view.failed)
+        if self.halving is not None:
+            if view.step_code != Exit.DONE and self.halving.stuck(view):
+                return Stop("the tuning phase did not finish; rerun the same command to go "
+                            "on", view.failed)
+            more = self.halving.next_jobs(view, view.slots)
+            if more is not None:  # promotions that became possible as the step ended
+                return Queue(more, self.halving.describe(more))
+            print(f"  {self.halving.spent_words(view)}", file=out, flush=True)
+            view.history = False
         choices = tune.choose(view.records(), self.study.name, t, self.plan.recipe,
                               [v.name for v in self.plan.variants])
         lost = [v for v, c in choices.items() if c is None]
@@ -105,11 +139,22 @@ class Tuned:
         """What the two phases would run: job counts, and the projected time from the speed
         of earlier runs in the results folder where there are some."""
         t, plan = self.t, self.plan
+        for w in t.warnings():
+            print(f"warning: {w}", file=sys.stderr, flush=True)
         known = view.states()
         speed = runs.speeds(plan.results)
         jobs = self.tuning.jobs()
         planned = [known.get((j.variant.name, j.tag, j.seed, j.recipe.id), NEW) for j in jobs]
         left = sum(s != JobState.DONE for s in planned)
+        if self.halving is not None:  # the search decides as it goes: its rule and cost
+            grid = halving.grid_epochs(len(t.candidates()), plan.recipe.epochs, t.seeds)
+            rungs = self.halving.rungs
+            share = halving.theoretical_fraction(rungs, self.halving.factor) \
+                if t.halving else 1.0
+            print(f"phase tune: {self.halving.words()}; each setting starts at epoch "
+                  f"{rungs[0]} (the jobs below, stopped there), the best 1/"
+                  f"{self.halving.factor} go on; about {100 * share:.0f} % of the full "
+                  f"grid's {grid:,} epochs a variant", file=out)
         print(f"phase tune: {len(jobs)} job(s), {left} to run ({', '.join(t.fields)}: "
               f"{len(t.candidates())} setting(s) x {t.seeds} seed(s) x {len(plan.variants)} "
               f"variant(s)){_eta(speed, plan, left)}", file=out)
@@ -136,3 +181,106 @@ def _eta(speed: dict[str, float], plan: Plan, jobs: int) -> str:
     per_job = plan.recipe.epochs * images / min(known)
     return (f"; about {results.duration(per_job * jobs)} at the slowest measured variant's "
             f"{min(known):.0f} img/s (earlier runs here)")
+
+
+# --- successive halving over the tuning phase ------------------------------------------------
+
+
+class Search:
+    """The tuning phase as successive halving (and/or a budget in epochs), per variant:
+    the run records (and their histories) as `halving.Trial`s, the rule's decisions as
+    plans of jobs that stop at their rungs."""
+
+    def __init__(self, tuning: Plan, t: tune.Tune):
+        self.tuning, self.t = tuning, t
+        self.epochs = tuning.recipe.epochs
+        self.halving = t.halving or halving.Halving(factor=10 ** 9)  # a budget alone: none
+        self.rungs = self.halving.rungs(self.epochs) if t.halving else [self.epochs]
+        self.factor = self.halving.factor
+
+    def words(self) -> str:
+        rule = (f"successive halving, rungs at epochs {', '.join(map(str, self.rungs))}, "
+                f"factor {self.factor}" if self.t.halving else "every setting in full")
+        return rule + (f", at most {self.t.budget:,} epochs a variant" if self.t.budget
+                       else "")
+
+    def _trials(self, view: View, variant: str) -> tuple[list[halving.Trial], int]:
+        """Each setting of `variant` as a Trial, and the epochs its runs trained."""
+        recipes = self.tuning.recipes_of(variant)
+        active = view.active()
+        mine = {(r.variant, r.record.recipe_id, r.seed): r for r in view.runs()
+                if r.record.phase == "tune" and r.record.tuning
+                and r.record.tuning.group == self.tuning.tuning["group"]}
+        trials, spent = [], 0
+        tag = studies.folder_tag(registry.get(variant))
+        for recipe in recipes:
+            seeds = range(self.t.seeds)
+            found = [mine.get((variant, recipe.id, s)) for s in seeds]
+            done = [r.record.epochs_done if r else 0 for r in found]
+            spent += sum(done)
+            running = any((variant, tag, s, recipe.id) in active for s in seeds)
+            failed = any(r is not None and r.record.status == JobState.FAILED for r in found)
+            curve: dict[int, float] = {}
+            if all(r is not None and len(r.history) for r in found):
+                cols = [r.history.set_index("epoch")["validation_accuracy"] for r in found]
+                for e in self.rungs:
+                    vals = [c.get(e - 1) for c in cols]
+                    if all(v is not None and v == v for v in vals):
+                        curve[e] = sum(vals) / len(vals)
+            trials.append(halving.Trial(recipe.id, min(done), running, curve, failed,
+                                        target=min(done)))
+        return trials, spent
+
+    def next_jobs(self, view: View, free: int) -> Plan | None:
+        """The next jobs for `free` slots, one variant after the other; None when none."""
+        picks: dict[str, list[tuple[str, int]]] = {}
+        states = {v.name: self._trials(view, v.name) for v in self.tuning.variants}
+        left = free
+        while left > 0:
+            took = False
+            for v in self.tuning.variants:
+                if left <= 0:
+                    break
+                trials, spent = states[v.name]
+                got = halving.decide(trials, self.rungs, self.factor, 1, self.t.budget,
+                                     spent + sum((t - _done(trials, k)) * self.t.seeds
+                                                 for k, t in picks.get(v.name, [])),
+                                     self.t.seeds, self.halving.reserve)
+                for key, target in got:
+                    next(tr for tr in trials if tr.key == key).running = True
+                    picks.setdefault(v.name, []).append((key, target))
+                    left -= 1
+                    took = True
+            if not took:
+                break
+        if not picks:
+            return None
+        by_id = {r.id: r for v in self.tuning.variants for r in self.tuning.recipes_of(v.name)}
+        return replace(self.tuning, variants=[v for v in self.tuning.variants if v.name in picks],
+                       recipes={v: [by_id[k] for k, _ in ks] for v, ks in picks.items()},
+                       until={(v, k): target for v, ks in picks.items() for k, target in ks})
+
+    def stuck(self, view: View) -> bool:
+        """Jobs of the phase left undone that this command cannot run (another runner's,
+        a machine's fault): the phase waits for a rerun."""
+        return view.unfinished(self.tuning) > 0 and self.next_jobs(view, view.slots) is None
+
+    def describe(self, plan: Plan) -> str:
+        parts = []
+        for v in plan.variants:
+            for r in plan.recipes_of(v.name):
+                until = (plan.until or {}).get((v.name, r.id), r.epochs)
+                words = tune.words(tune.setting_of(r.to_dict(), self.t.fields))
+                parts.append(f"{v.name} ({words}) to epoch {until}")
+        return "  halving: " + "; ".join(parts)
+
+    def spent_words(self, view: View) -> str:
+        total = sum(self._trials(view, v.name)[1] for v in self.tuning.variants)
+        grid = halving.grid_epochs(len(self.t.candidates()) * len(self.tuning.variants),
+                                   self.epochs, self.t.seeds)
+        return (f"tuning spent {total:,} epochs of the full grid's {grid:,} "
+                f"({100 * total / grid:.0f} %)")
+
+
+def _done(trials: list[halving.Trial], key: str) -> int:
+    return next(t.done for t in trials if t.key == key)

@@ -198,6 +198,12 @@ class Recipe:
     # the content hash of a dataset given by path, set by `ablation run` (never by hand):
     # it, not the path, names the data in the recipe id
     data_hash: str | None = _f(None, "internal", "content hash of a path dataset")
+    # --- added in 0.6: the papers' recipes (Wide ResNets, Bag of Tricks)
+    lr_drop: Beta = _f(0.1, "number", "what the step schedule multiplies lr by at each "
+                       "milestone (0.1: ÷10; the Wide ResNets' 0.2)")
+    bias_decay: bool = _f(False, "bool", "weight decay on biases and normalisation scales "
+                          "and offsets too (the papers' baselines; off: only conv and dense "
+                          "kernels, the blog's and Bag of Tricks' no-bias-decay)")
 
     def __post_init__(self):
         values = _validate({f.name: getattr(self, f.name) for f in fields(self)})
@@ -279,6 +285,15 @@ class Recipe:
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
 
+    def overlay(self, changes: dict) -> Recipe:
+        """`replace` for a variant's own fields on top of a run's recipe: a variant that
+        sets another schedule than the step one, and no milestones, leaves the run's
+        milestones behind (a study's steps never refuse its cosine variant)."""
+        changes = dict(changes)
+        if changes.get("schedule", "step") != "step" and "milestones" not in changes:
+            changes["milestones"] = DEFAULTS_MILESTONES
+        return self.replace(**changes)
+
     def changed(self) -> dict:
         """The fields that differ from the defaults (what a command line must say)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -351,8 +366,11 @@ class Recipe:
             opt += f" ({', '.join(betas)})"
         wd = (f"wd {self.weight_decay:g} decoupled" if self.decoupled
               else f"L2 {self.weight_decay:g}")
+        if self.bias_decay:
+            wd += " (biases and normalisation layers too)"
         if self.schedule == "step":
-            sched = (f"lr ×0.1 from epochs {' and '.join(map(str, self.lr_drops()))} (0-based)"
+            sched = (f"lr ×{self.lr_drop:g} from epochs {' and '.join(map(str, self.lr_drops()))}"
+                     " (0-based)"
                      if self.milestones else "constant lr")
         elif self.schedule == "constant":
             sched = "constant lr"
@@ -394,7 +412,8 @@ def lr_formula(r: Recipe, step: Any, steps_per_epoch: int, ops: Any) -> Any:
         early = r.warmup_lr + (r.lr - r.warmup_lr) * step / max(warm, 1.0)
     if r.schedule == "step":
         drops = [d * steps_per_epoch for d in r.lr_drops()]
-        levels = [r.lr / 10 ** k for k in range(len(drops) + 1)]
+        levels = [r.lr / 10 ** k if r.lr_drop == 0.1 else r.lr * r.lr_drop ** k
+                  for k in range(len(drops) + 1)]
         k = sum(ops.cast(step >= d, "int32") for d in drops) if drops else 0
         main = ops.take(ops.cast(levels, "float"), k)
     elif r.schedule == "constant":
@@ -444,7 +463,7 @@ VARIANT_FIELDS = tuple(f.name for f in fields(Recipe) if f.name not in RUN_FIELD
 _ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1", "beta_2",
                 "epsilon", "decay", "schedule", "warmup", "min_lr", "label_smoothing",
                 "mixup", "cutmix", "ema", "grad_clip", "image_size", "validation",
-                "data_hash")
+                "data_hash", "lr_drop", "bias_decay")
 DEFAULTS_MILESTONES = (0.405, 0.61)
 
 # the schema: one pydantic model made from the dataclass's own annotations

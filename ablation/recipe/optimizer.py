@@ -19,7 +19,9 @@ from typing import Any
 
 from ablation.recipe import OPTIMIZER_SPECS, Recipe
 
-NOT_DECAYED = ["bias", "gamma", "beta"]  # variable names decoupled decay leaves alone
+# variable names decoupled decay leaves alone: biases, normalisation scales and offsets,
+# and (0.6, timm's rule) the token models' position embedding and class token
+NOT_DECAYED = ["bias", "gamma", "beta", "position_embedding", "class_token"]
 
 
 def l2(recipe: Recipe) -> float:
@@ -43,7 +45,7 @@ def optimizer(recipe: Recipe, keras_module: Any, learning_rate: Any = None) -> A
     if recipe.ema:
         kw.update(use_ema=True, ema_momentum=recipe.ema)
     opt = getattr(keras_module.optimizers, spec.keras)(**kw)
-    if recipe.decoupled:
+    if recipe.decoupled and not recipe.bias_decay:
         opt.exclude_from_weight_decay(var_names=NOT_DECAYED)
     return opt
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation import results
+from ablation import registry, results
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.recipe import Recipe
@@ -50,7 +50,7 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
         out += [f"**Missing**: {', '.join(missing)} — run "
                 f"`{markdown.command(study, recipe, missing, seeds, results_dir)}`", ""]
 
-    published = dict(cmp.published_error)
+    published = cmp.published_error(runs[0].record.recipe.dataset)
     summary = stats.summarise(present, published, split)
     label = "blog label" if study.name == studies.DEFAULT else "label"
     base = f"{n}-{cmp.key}"
@@ -71,19 +71,24 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
                 "trained from scratch.", ""]
 
     if latex:
+        marked = any("✓" in str(v) for v in frame.to_numpy().ravel())
         latex_mod.write(fig_dir / f"{base}-table.tex", frame,
-                        f"{cmp.title}: final {split.name} accuracy, mean ± std over seeds "
-                        "(✓ = the published count)", latex_mod.label(rel, base))
+                        f"{cmp.title}: final {split.name} accuracy, mean ± std over seeds"
+                        + (" (✓ = the published count)" if marked else ""),
+                        latex_mod.label(rel, base))
     figures.plot_curves(fig_dir / f"{base}-curves.png", present, cmp.title, col, split, also)
     out += [f"![{cmp.title}: curves]({rel}/{base}-curves.png)", ""]
     if cmp.zoom:
-        drops = Recipe.from_dict(recipe).lr_drops()
-        last = max(len(r.history) for rs in present.values() for r in rs)
-        start = drops[-1] if drops else last // 2  # after the last lr drop
-        start = start if last > start else max(0, last // 2)
-        figures.plot_zoom(fig_dir / f"{base}-zoom.png", present, cmp.title, start, col, split,
-                          also)
-        out += [f"![{cmp.title}: zoomed test accuracy]({rel}/{base}-zoom.png)", ""]
+        r = Recipe.from_dict(recipe)
+        last = max(len(r_.history) for rs in present.values() for r_ in rs)
+        zoom = figures.zoom_start(r.lr_drops() if r.schedule == "step" else (), last)
+        if zoom is None:
+            out += [f"Zoomed {split.name} accuracy: not drawn, {last} epoch(s) leave nothing "
+                    "to zoom on.", ""]
+        else:
+            figures.plot_zoom(fig_dir / f"{base}-zoom.png", present, cmp.title, zoom[0], col,
+                              split, also, why=zoom[1])
+            out += [f"![{cmp.title}: zoomed test accuracy]({rel}/{base}-zoom.png)", ""]
     sizes = {s.variant: s.h5_mb for s in summary.itertuples() if not math.isnan(s.h5_mb)}
     if cmp.sizes and sizes:
         figures.plot_sizes(fig_dir / f"{base}-sizes.png", sizes, cmp.title, col, also)
@@ -231,7 +236,8 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise results.disk_error(e, out_dir) from e
-    col = figures.colours(list(study.variant_names))
+    col = figures.colours(list(study.variant_names),
+                          {n: registry.get(n).label for n in study.variant_names})
     selected = [r for rs in groups.values() for r in rs]
     lines = [f"# {study.title}", ""]
     if study.name != studies.DEFAULT:

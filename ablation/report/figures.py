@@ -13,12 +13,40 @@ from ablation.results import TEST, Split
 from ablation.runs import Run
 
 
-def colours(names: list[str]) -> dict[str, tuple]:
-    """One colour per variant of a study, the same in every figure of its report."""
+class Palette(dict):
+    """How each variant of a study is drawn in every figure of its report: its colour
+    (the mapping) and its name in legends, the study's label for it (`name`)."""
+
+    def __init__(self, colours: dict[str, tuple], labels: dict[str, str]):
+        super().__init__(colours)
+        self.labels = labels
+
+    def name(self, variant: str) -> str:
+        return self.labels.get(variant) or variant
+
+
+def colours(names: list[str], labels: dict[str, str] | None = None) -> Palette:
+    """One colour per variant of a study, the same in every figure of its report; the
+    legends say each variant's label (`labels`; its name where it has none)."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab20"]  # the saturated half first, then the pale one
-    return {n: cmap((2 * i) % 20 + (2 * i) // 20 % 2) for i, n in enumerate(names)}
+    return Palette({n: cmap((2 * i) % 20 + (2 * i) // 20 % 2) for i, n in enumerate(names)},
+                   labels or {})
+
+
+def _legend_name(col: dict, v: str) -> str:
+    return col.name(v) if isinstance(col, Palette) else v
+
+
+def _plain_ticks(ax) -> None:
+    """A log axis's tick labels as plain numbers (1.2, 1.5, 2), not 1.25x10^0: a loss
+    curve spans a narrow range, where only minor ticks fall."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
 
 
 def _curve(runs: list[Run], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,7 +103,7 @@ def plot_curves(path: Path, groups: dict[str, list[Run]], title: str,
               (split.loss, f"{split.name} loss", 1)]
     for ax, (column, label, scale) in zip(axes.flat, panels, strict=True):
         for v, runs in groups.items():
-            _band(ax, runs, column, col[v], f"{v} (n={len(runs)})", scale)
+            _band(ax, runs, column, col[v], f"{_legend_name(col, v)} (n={len(runs)})", scale)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
@@ -83,24 +111,44 @@ def plot_curves(path: Path, groups: dict[str, list[Run]], title: str,
         ax.grid(alpha=0.3)
         if "loss" in column:
             ax.set_yscale("log")
+            _plain_ticks(ax)
     axes[0, 0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{title}\nmean over seeds, band = ±1 std")
     _save(fig, path, also)
 
 
+MIN_ZOOM_EPOCHS = 2  # a zoom shows lines, never single points
+
+
+def zoom_start(drops: tuple[int, ...], epochs: int) -> tuple[int, str] | None:
+    """Where the zoomed figure starts (epochs after it are shown) and why: after the last
+    lr drop of a step schedule; under a schedule with no drop (cosine, linear, constant),
+    or one whose last drop leaves too few epochs, the last third of training. None when
+    that leaves fewer than MIN_ZOOM_EPOCHS epochs: then there is no zoom to draw."""
+    if drops and epochs - drops[-1] >= MIN_ZOOM_EPOCHS:
+        start, why = drops[-1], "after the last lr drop"
+    else:
+        start, why = epochs - max(MIN_ZOOM_EPOCHS, epochs // 3), "the last third of training"
+    if epochs - start < MIN_ZOOM_EPOCHS or start < 0:
+        return None
+    return start, why
+
+
 def plot_zoom(path: Path, groups: dict[str, list[Run]], title: str, start: int,
-              col: dict[str, tuple], split: Split = TEST, also: tuple[str, ...] = ()) -> None:
+              col: dict[str, tuple], split: Split = TEST, also: tuple[str, ...] = (),
+              why: str = "") -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     for v, runs in groups.items():
-        _band(ax, runs, split.curve, col[v], f"{v} (n={len(runs)})", 100, start)
+        _band(ax, runs, split.curve, col[v], f"{_legend_name(col, v)} (n={len(runs)})", 100,
+              start)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{split.name} accuracy (%)")
-    ax.set_title(f"{title}: {split.name} accuracy after epoch {start} (zoomed; band = ±1 "
-                 "std)")
+    ax.set_title(f"{title}: {split.name} accuracy after epoch {start}"
+                 + (f", {why}" if why else "") + " (zoomed; band = ±1 std)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path, also)
@@ -112,7 +160,8 @@ def plot_sizes(path: Path, sizes: dict[str, float], title: str, col: dict[str, t
 
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     names = list(sizes)
-    bars = ax.bar(names, [sizes[n] for n in names], color=[col[n] for n in names])
+    bars = ax.bar([_legend_name(col, n) for n in names], [sizes[n] for n in names],
+                  color=[col[n] for n in names])
     ax.bar_label(bars, fmt="%.3f MB", fontsize=8)
     ax.set_ylabel("saved model (.h5, with optimizer state), MB")
     ax.set_title(f"{title}: model file size")
@@ -134,7 +183,7 @@ def plot_responses(path: Path, responses: pd.DataFrame, title: str,
         m = per_seed.mean(axis=1).to_numpy()
         s = per_seed.std(axis=1, ddof=1).fillna(0).to_numpy()
         x = per_seed.index.to_numpy() + 1
-        label = f"{v} (n={per_seed.shape[1]})"
+        label = f"{_legend_name(col, v)} (n={per_seed.shape[1]})"
         top.plot(x, m, color=col[v], lw=1.4, marker=".", label=label)
         order = np.argsort(-m, kind="stable")
         bottom.plot(np.arange(1, len(m) + 1), m[order], color=col[v], lw=1.4, marker=".",
@@ -160,10 +209,13 @@ def plot_responses(path: Path, responses: pd.DataFrame, title: str,
 
 
 def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[str, dict],
-                tuned, col: dict[str, tuple], also: tuple[str, ...] = ()) -> None:
+                tuned, col: dict[str, tuple], also: tuple[str, ...] = (),
+                chosen: dict[str, str] | None = None) -> None:
     """Validation accuracy (mean over the tuning seeds) against each tuned field, a line
     per variant (with several fields, each value's best over the others); for two grid
-    fields, a heat map per variant."""
+    fields, a heat map per variant. Each variant's chosen setting (`chosen`: variant ->
+    setting key) is marked: a star on its line, a box round its cell."""
+    chosen = chosen or {}
     import matplotlib.pyplot as plt
 
     axes_ = list(tuned.axes)
@@ -183,7 +235,12 @@ def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[s
             ax.set_yticks(range(len(a.values)), [f"{x:g}" for x in a.values])
             ax.set_xlabel(b.name)
             ax.set_ylabel(a.name)
-            ax.set_title(v)
+            ax.set_title(_legend_name(col, v))
+            if chosen.get(v) in settings:
+                s = settings[chosen[v]]
+                i, j = a.values.index(s[a.name]), b.values.index(s[b.name])
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5,
+                                           ec="red", label="chosen"))
             for i in range(len(a.values)):
                 for j in range(len(b.values)):
                     if not np.isnan(grid[i, j]):
@@ -202,7 +259,13 @@ def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[s
                     best[x] = max(best.get(x, -1.0), acc)
                 xs = sorted(best, key=lambda x: (str(type(x)), x))
                 pos = xs if numeric else list(range(len(xs)))
-                ax.plot(pos, [100 * best[x] for x in xs], marker="o", color=col[v], label=v)
+                ax.plot(pos, [100 * best[x] for x in xs], marker="o", color=col[v],
+                        label=_legend_name(col, v))
+                if chosen.get(v) in settings and chosen[v] in means[v]:
+                    x = settings[chosen[v]][axis.name]
+                    ax.plot(x if numeric else xs.index(x), 100 * means[v][chosen[v]],
+                            marker="*", ms=16, color=col[v], mec="black", ls="none",
+                            label=f"{_legend_name(col, v)}: chosen")
                 if not numeric:
                     ax.set_xticks(pos, [str(x) for x in xs])
             if numeric and (axis.log or _spread(settings, axis.name)):
@@ -220,3 +283,23 @@ def _spread(settings: dict[str, dict], field: str) -> bool:
     """Whether a field's values span a factor of 4 or more (then a log axis reads best)."""
     xs = [s[field] for s in settings.values() if isinstance(s[field], int | float)]
     return bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 4
+
+
+def plot_budget(path: Path, curves: dict[str, list[float]], epoch: int,
+                col: dict[str, tuple], also: tuple[str, ...] = ()) -> None:
+    """Expected best validation accuracy against the number of settings tried, one line
+    per variant (Dodge et al. 2019's figure)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for v, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], marker="o", color=col[v],
+                label=_legend_name(col, v))
+    ax.set_xlabel("settings tried")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"expected best validation accuracy (%), epoch {epoch}")
+    ax.set_title("expected best of k settings tried (Dodge et al. 2019)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path, also)

@@ -24,7 +24,7 @@ _SYMBOLS = {"±": r"$\pm$", "−": r"$-$", "–": "--", "—": "---", "✓": r"\
             "≥": r"$\geq$", "≤": r"$\leq$", "¹": r"\textsuperscript{1}", "δ": r"$\delta$",
             "α": r"$\alpha$", "·": r"$\cdot$", "×": r"$\times$"}
 PREAMBLE = "% needs \\usepackage{booktabs} and \\usepackage{amssymb} (\\checkmark)"
-DROP = ("train time", "img/s", "epochs", "r", "P(A>B)")  # no room in a paper
+DROP = ("train time", "img/s", "epochs", "r", "P(A>B)", "MACs")  # no room in a paper
 
 
 def cell(text: object) -> str:

@@ -226,7 +226,12 @@ COLUMNS = ["comparison", "recipe_id", "a", "b", "n", "unmatched", "delta", "sd",
            "ci_high", "ci_level", "eq_low", "eq_high", "eq_level", "p", "p_adjusted",
            "p_equivalence", "margin", "correlation", "p_a_beats_b", "verdict", "seeds_needed",
            "design", "look", "same_network", "a_diverged", "b_diverged", "tuned", "a_setting",
-           "b_setting"]
+           "b_setting",
+           # (0.6) a tuned comparison's cost per variant: epochs its tuning trained, the full
+           # grid's, its comparison runs', and the device-hours of tuning and of the grid
+           "a_tune_epochs", "a_grid_epochs", "a_compare_epochs", "a_tune_hours",
+           "a_grid_hours", "b_tune_epochs", "b_grid_epochs", "b_compare_epochs",
+           "b_tune_hours", "b_grid_hours"]
 
 
 def verdict_rows(key: str, recipe_id: str, pairs: list[verdict.Pair],
@@ -300,8 +305,9 @@ def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
 def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int,
                      published: bool, label: str = "blog label",
                      split: Split = TEST) -> pd.DataFrame:
-    """The comparison's table: parameters (✓ = the reference count), size, seeds,
-    accuracy, time; the published error beside ours where the study has one."""
+    """The comparison's table: parameters (✓ = the reference count), multiply-adds per
+    image, size, seeds, accuracy, time, speed; the published error beside ours where the
+    study has one for the runs' dataset."""
     rows = []
     for s in summary.itertuples():
         v = registry.get(s.variant)
@@ -322,6 +328,9 @@ def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int
             "train time": "–" if math.isnan(s.train_seconds) else results.duration(
                 s.train_seconds),
             "img/s": "–" if math.isnan(s.images_per_second) else f"{s.images_per_second:.0f}",
+            "MACs": "unknown" if s.macs is None or (isinstance(s.macs, float)
+                                                  and math.isnan(s.macs))
+            else f"{s.macs / 1e6:,.1f}M",
         }
         if published:
             row["test error % (final)"] = mean_std(s.error_mean / 100, s.error_std / 100)

@@ -38,6 +38,7 @@ def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
             "params_total": s[0].params_total,
             "params_trainable": s[0].params_trainable,
             "params_non_trainable": s[0].params_non_trainable,
+            "macs": s[0].macs,
             "h5_mb": float(np.mean(h5)) / 1e6 if h5 else math.nan,
             "epochs_min": min(x.epochs_done for x in s),
             "epochs_max": max(x.epochs_done for x in s),
@@ -242,3 +243,22 @@ def response_trend(responses: pd.DataFrame) -> pd.DataFrame:
                      "slope": slope, "change": change, "trend": trend})
     return pd.DataFrame(rows, columns=["variant", "layers", "seeds", "first", "last", "slope",
                                        "change", "trend"])
+
+
+def expected_best(values, k: int, replace: bool = False) -> float:
+    """The expected best of `k` settings tried, from the N observed (Dodge et al. 2019,
+    "Show Your Work"): drawn without replacement, Tang et al. 2020's unbiased estimator
+    sum_i v(i)·C(i−1, k−1)/C(N, k) over the sorted values; with `replace`, Dodge et al.'s
+    sum_i v(i)·[(i/N)^k − ((i−1)/N)^k]."""
+    from scipy.special import comb
+
+    v = np.sort(np.asarray(values, dtype=float))
+    n = len(v)
+    if not 1 <= k <= (10 ** 9 if replace else n):
+        raise ValueError(f"k must be 1..{n}, got {k}")
+    i = np.arange(1, n + 1)
+    if replace:
+        w = (i / n) ** k - ((i - 1) / n) ** k
+    else:
+        w = comb(i - 1, k - 1, exact=False) / comb(n, k, exact=False)
+    return float(np.sum(w * v))

@@ -14,7 +14,7 @@ from ablation import results, tune
 from ablation import study as studies
 from ablation.protocol import RunRecord
 from ablation.recipe import Recipe
-from ablation.report import figures, markdown, stats
+from ablation.report import figures, latex, markdown, stats
 from ablation.runs import Run
 
 
@@ -49,7 +49,7 @@ def _base(rs: list[Run]) -> Recipe:
 
 def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
             results_dir: Path, margin: float | None, block, also: tuple[str, ...] = (),
-            latex: bool = False) -> tuple[list[str], list[dict]]:
+            tex: bool = False) -> tuple[list[str], list[dict]]:
     """The markdown of every tuning group, and its comparisons.csv rows. `block` is the
     report's comparison block (the same tables, figures and verdicts as any recipe's)."""
     t = study.tune
@@ -73,6 +73,7 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
                   + ", ".join(f"{k} {v}" for k, v in rs[0].record.tuning.base.items())
                   + "). The test set is never read to choose.",
                   f"- **Base recipe**: {base.describe()}",
+                  *(f"- **Warning**: {w}" for w in t.warnings()),
                   "- **The verdicts below** are best against best on this grid: each variant "
                   "at its own chosen setting, over the comparison seeds (after the tuning "
                   "seeds), judged on the test set (docs/statistics.md).", ""]
@@ -82,11 +83,21 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
         means = {v: {k: sum(a) / len(a) for k, a in scores[v][0].items() if a}
                  for v in variants if v in scores}
         settings = {k: s for v in scores for k, s in scores[v][1].items()}
-        lines += _choices_table(choices, scores)
-        figures.plot_tuning(fig_dir / "tuning.png", means, settings, t, col, also)
+        table = _choices_frame(choices, scores)
+        lines += _choices_table(table, choices)
+        if tex:
+            latex.write(fig_dir / "tuning-choices.tex", table,
+                        f"Each variant's own setting of {', '.join(t.fields)}, chosen on "
+                        f"{held:,} held-out validation images (group {gid})",
+                        latex.label(f"tuned-{gid}", "choices"))
+        figures.plot_tuning(fig_dir / "tuning.png", means, settings, t, col, also,
+                            {v: tune.key(c.setting) for v, c in choices.items() if c})
         lines += [f"![tuning: validation accuracy against {', '.join(t.fields)}]"
                   f"(tuned-{gid}/tuning.png)", ""]
         lines += _robustness(means, settings, variants)
+        cost = costs(rs, variants, t)
+        lines += _cost_lines(cost, t)
+        lines += _budget_curves(rs, variants, t, fig_dir, gid, col, also)
         compare, judged = _judge(study, gid, rs, choices, designs, margin)
         if not compare:
             cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all",
@@ -98,9 +109,102 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
         chosen = {v: tune.key(c.setting) for v, c in choices.items() if c is not None}
         for n, cmp in enumerate(study.comparisons, 1):
             lines += block(study, cmp, n, compare, fig_dir, f"tuned-{gid}", col, results_dir,
-                           judged, results.TEST, also, latex)
-            rows += tuned_rows(cmp.key, gid, judged.pairs[cmp.key], judged, chosen)
+                           judged, results.TEST, also, tex)
+            rows += tuned_rows(cmp.key, gid, judged.pairs[cmp.key], judged, chosen, cost)
     return lines, rows
+
+
+# --- what tuning cost, and whether the ranking depends on it (Dodge et al. 2019) -------------
+
+
+def costs(rs: list[Run], variants: list[str], t: tune.Tune) -> dict[str, dict]:
+    """Per variant: the epochs its tuning runs trained, the full grid's epochs (every
+    setting, every tuning seed, every epoch), the comparison runs' epochs, and the
+    device-hours of each at the variant's measured training speed."""
+    out = {}
+    for v in variants:
+        mine = [r for r in rs if r.variant == v]
+        tuning = sum(r.record.epochs_done for r in mine if r.record.phase == "tune")
+        compare = sum(r.record.epochs_done for r in mine if r.record.phase == "compare")
+        epochs = mine[0].record.recipe.epochs
+        speeds = [r.record.images_per_second for r in mine if r.record.images_per_second]
+        images = mine[0].record.train_images
+        per_epoch = (images / (sorted(speeds)[len(speeds) // 2]) / 3600
+                     if speeds and images else None)
+        out[v] = {"tune_epochs": tuning, "grid_epochs": len(t.candidates()) * epochs * t.seeds,
+                  "compare_epochs": compare,
+                  "tune_hours": None if per_epoch is None else tuning * per_epoch,
+                  "grid_hours": None if per_epoch is None
+                  else len(t.candidates()) * epochs * t.seeds * per_epoch,
+                  "compare_hours": None if per_epoch is None else compare * per_epoch}
+    return out
+
+
+def _hours(h: float | None) -> str:
+    return "–" if h is None else f"{h:.3g}"
+
+
+def _cost_lines(cost: dict[str, dict], t: tune.Tune) -> list[str]:
+    rule = ("successive halving (factor " f"{t.halving.factor})" if t.halving
+            else "every setting in full")
+    rows = [[v, str(c["tune_epochs"]), str(c["grid_epochs"]),
+             f"{100 * c['tune_epochs'] / c['grid_epochs']:.0f}", str(c["compare_epochs"]),
+             _hours(c["tune_hours"]), _hours(c["grid_hours"]), _hours(c["compare_hours"])]
+            for v, c in cost.items()]
+    frame = pd.DataFrame(rows, columns=["variant", "tuning epochs", "full grid epochs",
+                                        "% of the grid", "comparison epochs",
+                                        "tuning device-h", "grid device-h",
+                                        "comparison device-h"])
+    return [f"**What tuning cost** ({rule}"
+            + (f", a budget of {t.budget:,} epochs a variant" if t.budget else "")
+            + "; device-hours from each variant's measured images/s on this hardware):", "",
+            markdown.table(frame), ""]
+
+
+def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Path,
+                   gid: str, col: dict, also: tuple[str, ...]) -> list[str]:
+    """Dodge et al.'s expected best validation accuracy against the number of settings
+    tried, per variant, at the epoch every setting reached (the first rung under
+    successive halving, the last epoch otherwise); and whether the leader changes."""
+    per: dict[str, list[float]] = {}
+    epoch = None
+    for v in variants:
+        by_setting: dict[str, list] = {}
+        for r in rs:
+            if r.variant == v and r.record.phase == "tune" and len(r.history) \
+                    and "validation_accuracy" in r.history.columns:
+                by_setting.setdefault(r.record.recipe_id, []).append(r)
+        reached = min((min(len(x.history) for x in runs_) for runs_ in by_setting.values()),
+                      default=0)
+        if len(by_setting) < 2 or not reached:
+            continue
+        epoch = reached if epoch is None else min(epoch, reached)
+        per[v] = by_setting
+    if len(per) < 1 or epoch is None:
+        return []
+    curves = {}
+    for v, by_setting in per.items():
+        vals = [sum(float(x.history["validation_accuracy"].iloc[epoch - 1]) for x in runs_)
+                / len(runs_) for runs_ in by_setting.values()]
+        curves[v] = [stats.expected_best(vals, k) for k in range(1, len(vals) + 1)]
+    figures.plot_budget(fig_dir / "expected-best.png", curves, epoch, col, also)
+    lines = [f"![expected best validation accuracy against settings tried](tuned-{gid}/"
+             "expected-best.png)", "",
+             f"Expected best validation accuracy of k settings tried (Tang et al. 2020's "
+             f"unbiased estimator of Dodge et al. 2019's curve, at epoch {epoch}, which every "
+             "setting reached): how the verdict would read at a smaller tuning budget."]
+    common = min(len(c) for c in curves.values())
+    leaders = [max(curves, key=lambda v, k=k: curves[v][k]) for k in range(common)]
+    changes = [k + 1 for k in range(1, common) if leaders[k] != leaders[k - 1]]
+    if len(curves) > 1 and changes:
+        lines += ["", f"**The order changes along the budget**: {leaders[0]} leads at 1 "
+                  f"setting tried, {leaders[-1]} at {common}; it changes at "
+                  f"{', '.join(map(str, changes))}: the verdict depends on how much tuning "
+                  "each variant gets."]
+    elif len(curves) > 1:
+        lines += ["", f"The order holds along the budget: {leaders[0]} leads at every number "
+                  f"of settings tried (1 to {common})."]
+    return [*lines, ""]
 
 
 def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs: dict,
@@ -138,15 +242,27 @@ def verdict_groups(study: studies.Study, runs: list[Run], results_dir: Path,
                                          if c is not None}
 
 
-def tuned_rows(key: str, gid: str, pairs, judged: stats.Verdicts, chosen: dict) -> list[dict]:
-    """comparisons.csv rows of a tuned comparison: each variant's chosen setting beside."""
+def tuned_rows(key: str, gid: str, pairs, judged: stats.Verdicts, chosen: dict,
+               cost: dict | None = None) -> list[dict]:
+    """comparisons.csv rows of a tuned comparison: each variant's chosen setting beside,
+    and what its tuning cost (epochs and device-hours, the full grid's beside)."""
+    cost = cost or {}
+
+    def spent(v: str) -> dict:
+        c = cost.get(v, {})
+        return {k: c.get(k) for k in ("tune_epochs", "grid_epochs", "compare_epochs",
+                                      "tune_hours", "grid_hours")}
+
     return [{**row, "tuned": True, "a_setting": chosen.get(row["a"], ""),
-             "b_setting": chosen.get(row["b"], "")}
+             "b_setting": chosen.get(row["b"], ""),
+             **{f"a_{k}": x for k, x in spent(row["a"]).items()},
+             **{f"b_{k}": x for k, x in spent(row["b"]).items()}}
             for row in markdown.verdict_rows(key, f"tuned-{gid}", pairs, judged)]
 
 
-def _choices_table(choices: dict[str, tune.Choice | None], scores) -> list[str]:
-    rows, notes = [], []
+def _choices_frame(choices: dict[str, tune.Choice | None], scores) -> pd.DataFrame:
+    """Each variant's choice as a table: the markdown's, and the LaTeX's."""
+    rows = []
     for v, c in choices.items():
         failed = sum(1 for a in scores.get(v, ({}, {}))[0].values() if not a)
         if c is None:
@@ -155,10 +271,13 @@ def _choices_table(choices: dict[str, tune.Choice | None], scores) -> list[str]:
         rows.append([v, tune.words(c.setting), f"{100 * c.accuracy:.2f}", str(c.seeds),
                      (f"{c.tied} tie(s), nearest the base taken" if c.tied else "")
                      + (f"; {failed} setting(s) failed or diverged" if failed else "")])
-        notes += [f"- **{v}** — {e}" for e in c.edges]
-    table = pd.DataFrame(rows, columns=["variant", "chosen setting",
-                                        "validation acc % (tuning mean)", "tuning seeds",
-                                        "notes"])
+    return pd.DataFrame(rows, columns=["variant", "chosen setting",
+                                       "validation acc % (tuning mean)", "tuning seeds",
+                                       "notes"])
+
+
+def _choices_table(table: pd.DataFrame, choices: dict[str, tune.Choice | None]) -> list[str]:
+    notes = [f"- **{v}** — {e}" for v, c in choices.items() if c is not None for e in c.edges]
     out = ["Each variant's own setting:", "", markdown.table(table), ""]
     if notes:
         out += ["**At the edge of what was tried** (the best may lie beyond it):", "",

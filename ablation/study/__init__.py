@@ -43,18 +43,21 @@ __all__ = ["BUILTIN_DIR", "DEFAULT", "Comparison", "Published", "Reference", "St
            "snapshot", "unit_records"]
 
 
+def _tables() -> tuple[dict, ...]:
+    return (registry._REGISTRY, *(p.user for p in models.PARTS.values()), _PINNED,
+            _UNIT_SOURCES, _LOADED)
+
+
 def snapshot() -> tuple:
-    """The loaded state (registry, units and their modules, studies), for tests."""
-    return (dict(registry._REGISTRY), dict(models.units._USER), dict(_PINNED),
-            dict(_UNIT_SOURCES), dict(_LOADED), modules())
+    """The loaded state (registry, parts and their modules, studies), for tests."""
+    return (*(dict(t) for t in _tables()), modules())
 
 
 def restore(state: tuple) -> None:
     import sys
 
     *tables, mods = state
-    for target, saved in zip((registry._REGISTRY, models.units._USER, _PINNED,
-                              _UNIT_SOURCES, _LOADED), tables, strict=True):
+    for target, saved in zip(_tables(), tables, strict=True):
         target.clear()
         target.update(saved)
     for name in set(modules()) - set(mods):

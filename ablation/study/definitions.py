@@ -31,6 +31,10 @@ def definition(v: Variant) -> dict:
             d.pop(key)
     d["unit_sources"] = {u: h for u in v.unit_names()
                          if (h := models.user_unit_hash(u, v.unit_module))}
+    for kind, name in (("stem", v.stem), ("head", v.head)):  # (0.6) a study's own only, so
+        h = models.PARTS[kind].source_hash(name, v.unit_module)  # no earlier hash changes
+        if h:
+            d[f"{kind}_source"] = h
     return d
 
 
@@ -55,12 +59,15 @@ def pinned(name: str) -> str | None:
 
 
 def unit_records(v: Variant) -> list[dict]:
-    """The user units a variant needs, with where they come from and their hashes
-    (what a training process must import and check)."""
+    """The study's own parts a variant needs (units, and since 0.6 a stem or a head),
+    with where they come from and their hashes (what a training process must import and
+    check)."""
     out = []
-    for u in v.unit_names():
-        h = models.user_unit_hash(u, v.unit_module)
+    wanted = [("unit", u) for u in v.unit_names()] + [("stem", v.stem), ("head", v.head)]
+    for kind, name in wanted:
+        h = models.PARTS[kind].source_hash(name, v.unit_module)
         if h:
-            out.append({"name": u, "source": source_of(v.unit_module),
-                        "module": v.unit_module, "sha256": h})
+            out.append({"name": name, "source": source_of(v.unit_module),
+                        "module": v.unit_module, "sha256": h,
+                        **({"kind": kind} if kind != "unit" else {})})
     return out

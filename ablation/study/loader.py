@@ -48,7 +48,14 @@ class Comparison:
     question: str = ""
     references: tuple[Reference, ...] = ()
     published_source: str = ""
-    published_error: tuple[tuple[str, float], ...] = ()  # variant -> published error %
+    # dataset -> variant -> published error % (0.6: by dataset; a study file's plain
+    # table is its recipe's dataset's)
+    published: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+
+    def published_error(self, dataset: str) -> dict[str, float]:
+        """The published errors for runs on `dataset` (none for another dataset: a
+        CIFAR-10 number is never set beside a CIFAR-100 run)."""
+        return dict(dict(self.published).get(dataset, ()))
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,10 @@ class Study:
     units_source: str | None  # where they came from (absolute path or module)
     analysis: verdict.Settings = field(default_factory=verdict.Settings)  # [analysis]
     shadowed: tuple[str, ...] = ()  # built-in unit names its own units shadow
+    # (0.6) built-in stems and heads its own shadow: ("stem", name), ("head", name)
+    shadowed_parts: tuple[tuple[str, str], ...] = ()
     tune: tune.Tune | None = None  # [tune]: each variant's nuisance fields, tuned
+    slurm: dict = field(default_factory=dict)  # (0.6) [slurm]: --executor slurm's defaults
 
     def variants(self, pattern: str = "*") -> list[str]:
         return registry.variants(pattern, self.variant_names)
@@ -242,6 +252,7 @@ class _Loader:
             raise self.fail(f"[analysis] {e}") from e
 
         self.shape = self.data_shape(top.recipe)
+        self.dataset = str(top.recipe.get("dataset", "cifar10"))
         own = self.variants(top.variant)
         comparisons = self.comparisons(top.comparison, own)
         used = [v for c in comparisons for v in c.variants if v not in own]
@@ -252,7 +263,11 @@ class _Loader:
             own=tuple(own), variant_names=tuple(dict.fromkeys([*own, *used])),
             comparisons=tuple(comparisons), recipe_defaults=tuple(top.recipe.items()),
             published=published, units=tuple(units), units_source=units_source,
-            analysis=settings, shadowed=tuple(models.shadowed(self.module)), tune=tuned)
+            analysis=settings, shadowed=tuple(models.shadowed(self.module)), tune=tuned,
+            shadowed_parts=tuple((kind, n) for kind in ("stem", "head")
+                                 for n in models.PARTS[kind].shadowed(self.module)),
+            slurm=self.check(schema.SlurmTable, top.slurm, "[slurm] ").model_dump(
+                exclude_none=True))
 
     def data_shape(self, recipe: dict) -> tuple[tuple[int, int, int], int]:
         """The input shape and classes the study's units are checked at: its dataset's
@@ -311,7 +326,8 @@ class _Loader:
         d["label"] = d.get("label") or spec.name
         if self.module:  # the study's own units come first for its own variants
             d["unit_module"] = self.module
-        for key, known in (("stem", models.STEMS), ("head", models.HEADS),
+        for key, known in (("stem", models.STEMS.known(self.module)),
+                           ("head", models.HEADS.known(self.module)),
                            ("head_act", models.ACTIVATIONS)):
             if key in given and given[key] not in known:
                 raise self.fail(f"{where}unknown {key} {given[key]!r} (known: "
@@ -354,7 +370,10 @@ class _Loader:
             key = spec.key or re.sub(r"[^a-z0-9]+", "-", spec.title.lower()).strip("-")[:40]
             if any(c.key == key for c in out):
                 raise self.fail(f"{where}duplicate comparison key {key!r}")
-            strays = [k for k in spec.published_error if k not in spec.variants]
+            nested = {d: t for d, t in spec.published_error.items() if isinstance(t, dict)}
+            by_dataset = nested if nested else (
+                {self.dataset: spec.published_error} if spec.published_error else {})
+            strays = [k for t in by_dataset.values() for k in t if k not in spec.variants]
             if strays:
                 raise self.fail(f"{where}published_error names {strays[0]!r}, not one of "
                                 "this comparison's variants")
@@ -363,5 +382,6 @@ class _Loader:
                 zoom=spec.zoom, sizes=spec.sizes, question=spec.question,
                 references=tuple(Reference(r.name, r.params) for r in spec.references),
                 published_source=spec.published_source,
-                published_error=tuple((k, float(e)) for k, e in spec.published_error.items())))
+                published=tuple((d, tuple((k, float(e)) for k, e in t.items()))
+                                for d, t in by_dataset.items())))
         return out

@@ -65,8 +65,24 @@ class ComparisonTable(_Table):
     references: Annotated[list[Reference], _why(
         "must be tables with name and params")] = []
     published_source: str = ""
-    published_error: Annotated[dict[str, int | float], _why(
-        "must map this comparison's variants to numbers")] = {}
+    published_error: Annotated[dict[str, int | float] | dict[str, dict[str, int | float]],
+                               _why("must map this comparison's variants to numbers, or "
+                                    "datasets to such tables")] = {}
+
+
+class SlurmTable(_Table):
+    """`[slurm]` (0.6): `--executor slurm`'s defaults for the study (its flags override
+    them): the Slurm job's resources, and any other sbatch option in `options`."""
+
+    partition: str | None = None
+    gpus: Annotated[int, Field(ge=0)] | None = None
+    cpus: Annotated[int, Field(ge=1)] | None = None
+    mem: Annotated[int | float, Field(gt=0)] | None = None  # GB
+    time: Annotated[int, Field(ge=1)] | None = None  # minutes
+    account: str | None = None
+    qos: str | None = None
+    jobs: Annotated[int, Field(ge=1)] | None = None
+    options: dict[str, str | int | float | bool] = {}
 
 
 class PublishedTable(_Table):
@@ -92,6 +108,7 @@ class StudyFile(_Table):
     comparison: Annotated[list[dict[str, Any]], _why(
         "[[comparison]] must be an array of tables")] = []
     tune: Annotated[dict[str, Any], _why("[tune] must be a table")] = {}
+    slurm: Annotated[dict[str, Any], _why("[slurm] must be a table")] = {}
     published: Annotated[list[PublishedTable], _why(
         "[[published]] must be tables with text for source, network, metric, "
         "value")] = []

@@ -50,9 +50,12 @@ def import_units(source: str, where: str = "") -> tuple[str, list[str]]:
         raise AblationError(f"{prefix}cannot import units {source}: "
                             f"{type(e).__name__}: {e}".splitlines()[0]) from e
     found = models.user_units(module.__name__)
-    if not found:
-        raise AblationError(f"{prefix}units {source} defines no unit (decorate each with "
-                            '`@ablation.unit("name")`)')
+    others = [n for kind in ("stem", "head") for n in models.PARTS[kind].mine(module.__name__)]
+    if not found and not others:
+        raise AblationError(f"{prefix}units {source} defines no unit, stem or head (decorate "
+                            'each with `@ablation.unit("name")`, `@ablation.stem("name")` '
+                            'or `@ablation.head("name")`)')
+    models.register_layers(vars(module), module.__name__)
     _UNIT_SOURCES[module.__name__] = str(path) if path is not None else source
     return module.__name__, found
 
@@ -63,13 +66,15 @@ def check_units(records: list[dict]) -> str | None:
     `unit_module`)."""
     module = None
     for r in records:
+        kind = r.get("kind", "unit")  # (0.5 and earlier: units only)
+        parts = models.PARTS[kind]
         module = r.get("module") or module
-        if models.user_unit_hash(r["name"], module) != r["sha256"] and r.get("source"):
+        if parts.source_hash(r["name"], module) != r["sha256"] and r.get("source"):
             module = import_units(r["source"])[0]
-        if models.user_unit_hash(r["name"], module) != r["sha256"]:
-            raise AblationError(f"unit {r['name']!r} in {r.get('source')} changed since this "
-                                "job was queued; run `ablation run` again to queue the new "
-                                "definition")
+        if parts.source_hash(r["name"], module) != r["sha256"]:
+            raise AblationError(f"{kind} {r['name']!r} in {r.get('source')} changed since "
+                                "this job was queued; run `ablation run` again to queue the "
+                                "new definition")
     return module
 
 

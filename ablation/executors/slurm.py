@@ -1,0 +1,370 @@
+"""Run the queue on a Slurm cluster: each job (or K jobs packed on one GPU) a Slurm job,
+submitted through submitit from the driver on the login node.
+
+The Slurm job runs exactly what the local executor runs, `python -m ablation.job
+RUN_DIR`, on the compute node, so a job's artefacts are the same whichever executor
+ran it. The driver alone writes the queue database (SQLite locking over NFS is
+unreliable, and two nodes must never race on it); a compute node writes only its own
+run folders: the job's train.log, its record, its snapshots, and its progress lines
+(`progress.jsonl`, which the driver follows to print the same lines as a local run).
+`--results` must be on storage every node mounts at the same path (docs/slurm.md).
+
+Preemption, time limits, a node lost: the job process stops at a safe point on SIGTERM,
+SIGUSR1 or SIGUSR2 (the last finished epoch is in its snapshot). Preempted or failed
+nodes are requeued by Slurm (`--requeue`); a job near its time limit gets submitit's
+signal (USR2, `slurm_signal_delay_s` before the limit), stops its training processes and
+requeues itself (submitit's checkpoint). Either way the requeued Slurm job runs the same
+command, which resumes from the snapshot: no epoch is lost or trained twice. While Slurm
+is stopping a job it writes no result, so the driver sees the job running again, not
+finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablation import argtypes, devices
+from ablation.errors import AblationError
+from ablation.executors.base import LineSink, outcome_from, pump, train_command
+from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome
+
+PROGRESS_FILE = "progress.jsonl"  # a job's progress lines, for the driver to follow
+SLURM_FILE = "slurm.json"  # which Slurm job ran (runs) a job: for people and tests
+# states squeue shows of a job that will not run again (a preempted or failed node's job
+# is requeued: squeue shows it pending, then running)
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL",
+         "DEADLINE"}
+# the [slurm] table's keys and the flags: (key, flag type, help)
+OPTIONS = {
+    "partition": (str, "the partition (default: the cluster's)"),
+    "gpus": (argtypes.integer(0), "GPUs per Slurm job (default 0; with --jobs-per-gpu K, "
+                                  "K jobs share each)"),
+    "cpus": (argtypes.integer(1), "CPUs per Slurm job (default: 2 per training job in it)"),
+    "mem": (argtypes.number("pos"), "memory per Slurm job, in GB (default: the partition's)"),
+    "time": (argtypes.integer(1), "time limit per Slurm job, in minutes (default 1440): a "
+                                  "job near it requeues itself and resumes"),
+    "account": (str, "the account to charge"),
+    "qos": (str, "the quality of service"),
+    "jobs": (argtypes.integer(1), "Slurm jobs submitted at once (default 64)"),
+}
+
+
+def _say(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+class SlurmTask:
+    """What a Slurm job runs (submitit pickles it): the training processes of its run
+    folders, side by side on the job's GPU, each with the memory settings of a packed
+    local job. Returns [(queue id, exit code, the output's last lines)] when they end."""
+
+    def __init__(self, jobs: list[tuple[int, str]], gpus: int, sharing: int, threads: int,
+                 steps_per_execution: int | None = None):
+        self.jobs, self.gpus, self.sharing = jobs, gpus, sharing
+        self.threads, self.steps_per_execution = threads, steps_per_execution
+        self.procs: list[subprocess.Popen] = []
+
+    def __call__(self) -> list[tuple[int, int, list[str]]]:
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "") if self.gpus else ""
+        env = devices.job_env(os.environ, gpu, self.sharing if gpu else 1,
+                              threads=self.threads,
+                              steps_per_execution=self.steps_per_execution)
+        tails: list[list[str]] = []
+        pumps = []
+        for job_id, run_dir in self.jobs:
+            _record_slurm(Path(run_dir))
+            proc = subprocess.Popen(train_command(run_dir), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env=env)
+            self.procs.append(proc)
+            tail: list[str] = []
+            tails.append(tail)
+            progress = Path(run_dir) / PROGRESS_FILE
+            t = threading.Thread(target=pump, args=(proc.stdout, Path(run_dir) / "train.log",
+                                                    job_id, _appender(progress), tail),
+                                 daemon=True)
+            t.start()
+            pumps.append(t)
+        codes = [p.wait() for p in self.procs]
+        for t in pumps:
+            t.join(timeout=10)
+        if any(c in (Exit.INTERRUPTED, -signal.SIGTERM, -signal.SIGINT) for c in codes):
+            # Slurm is stopping this job (preemption, requeue, a cancel, a time limit):
+            # no result, so the driver waits for the requeued job (or sees it cancelled)
+            while True:
+                time.sleep(60)
+        return [(job_id, code, tail) for (job_id, _), code, tail
+                in zip(self.jobs, codes, tails, strict=True)]
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """submitit's hook on its signal (the time limit near, or preemption with a grace
+        time): stop the training processes at a safe point, then resubmit this same task,
+        which resumes each from its snapshot."""
+        import submitit
+
+        for p in self.procs:
+            with contextlib.suppress(OSError):
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=120)
+        return submitit.helpers.DelayedSubmission(
+            SlurmTask(self.jobs, self.gpus, self.sharing, self.threads,
+                      self.steps_per_execution))
+
+
+def _appender(path: Path):
+    def sink(job_id: int, payload: str) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(payload.rstrip("\n") + "\n")
+    return sink
+
+
+def _record_slurm(run_dir: Path) -> None:
+    """Which Slurm job runs this run folder (and how often it was requeued)."""
+    info = {"job_id": os.environ.get("SLURM_JOB_ID"),
+            "restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+            "node": os.environ.get("SLURMD_NODENAME")}
+    with contextlib.suppress(OSError):
+        (run_dir / SLURM_FILE).write_text(json.dumps(info) + "\n")
+
+
+@dataclass
+class _Batch:
+    jobs: list[tuple[int, Path]]
+    slurm: Any = None  # the submitit job
+    cancelled: bool = False
+    offsets: dict[int, int] = field(default_factory=dict)
+
+
+class SlurmExecutor:
+    """The `Executor` protocol on Slurm: a Slurm job per batch of K training jobs (K =
+    --jobs-per-gpu on a GPU partition, else 1)."""
+
+    @staticmethod
+    def add_arguments(parser: Any) -> None:
+        for key, (kind, help_) in OPTIONS.items():
+            parser.add_argument(f"--slurm-{key}", type=kind, default=None, help=help_)
+        parser.add_argument("--slurm-option", action="append", default=None,
+                            metavar="KEY=VALUE", help="any other sbatch option, e.g. "
+                            "constraint=a100 (repeat it for more)")
+
+    @classmethod
+    def from_args(cls, args: Any, sink: LineSink) -> SlurmExecutor:
+        table = dict(getattr(args, "slurm_table", None) or {})  # the study's [slurm]
+        options = {**table.pop("options", {})}
+        for key in OPTIONS:
+            value = getattr(args, f"slurm_{key}", None)
+            if value is not None:
+                table[key] = value
+        for item in args.slurm_option or []:
+            if "=" not in item:
+                raise AblationError(f"--slurm-option {item!r}: give KEY=VALUE")
+            k, v = item.split("=", 1)
+            options[k.strip().lstrip("-")] = v
+        return cls(Path(args.results), sink, table, options, args.jobs_per_gpu,
+                   args.loader_threads, args.steps_per_execution)
+
+    def __init__(self, results: Path, sink: LineSink | None = None,
+                 table: dict | None = None, options: dict | None = None,
+                 jobs_per_gpu: int | None = None, loader_threads: int | None = None,
+                 steps_per_execution: int | None = None):
+        if shutil.which("sbatch") is None:
+            raise AblationError("--executor slurm needs Slurm's sbatch here: run it on the "
+                                "cluster's login node")
+        try:
+            import submitit
+        except ImportError:
+            raise AblationError("--executor slurm needs submitit: pip install -e "
+                                "'.[slurm]'") from None
+        table = dict(table or {})
+        self.gpus = int(table.get("gpus", 0))
+        self.pack = (jobs_per_gpu or 1) if self.gpus else 1
+        self.threads = loader_threads or 1
+        self.steps_per_execution = steps_per_execution
+        self.size = int(table.get("jobs", 64)) * self.pack
+        self.sink = sink or (lambda job_id, line: None)
+        folder = Path(results).resolve() / "slurm" / "%j"
+        self.executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params: dict[str, Any] = {
+            "name": "ablation", "timeout_min": int(table.get("time", 1440)),
+            "cpus_per_task": int(table.get("cpus", 2 * self.pack)),
+            "slurm_signal_delay_s": 120,
+            "slurm_additional_parameters": {"requeue": True, **(options or {})}}
+        if self.gpus:
+            params["gpus_per_node"] = self.gpus
+        for key, name in (("partition", "slurm_partition"), ("account", "slurm_account"),
+                          ("qos", "slurm_qos")):
+            if table.get(key):
+                params[name] = table[key]
+        if table.get("mem"):
+            params["mem_gb"] = table["mem"]
+        try:
+            self.executor.update_parameters(**params)
+        except (ValueError, TypeError) as e:
+            raise AblationError(f"--executor slurm: {str(e).splitlines()[0]}") from e
+        self.params = params
+        self.batches: list[_Batch] = []
+        self.waiting: list[tuple[int, Path]] = []  # submitted, not yet in a Slurm job
+        where = table.get("partition") or "the default partition"
+        self.describe = (f"Slurm ({where}; up to {self.size // self.pack} Slurm job(s) of "
+                         f"{self.gpus} GPU / {params['cpus_per_task']} CPU"
+                         + (f", {self.pack} training jobs per GPU" if self.pack > 1 else "")
+                         + f"; logs in {folder.parent})")
+
+    # --- the protocol -------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return max(0, self.size - len(self.running()))
+
+    def next_place(self) -> str:
+        return "slurm"
+
+    def running(self) -> list[int]:
+        return [i for i, _ in self.waiting] + [i for b in self.batches for i, _ in b.jobs]
+
+    def submit(self, job_id: int, run_dir: Path) -> None:
+        self.waiting.append((job_id, Path(run_dir)))
+        if len(self.waiting) >= self.pack:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self.waiting:
+            jobs, self.waiting = self.waiting[:self.pack], self.waiting[self.pack:]
+            for _, run_dir in jobs:  # a new attempt: old progress lines are not news
+                (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
+            task = SlurmTask([(i, str(d)) for i, d in jobs], self.gpus, self.pack,
+                             self.threads, self.steps_per_execution)
+            try:
+                slurm = self.executor.submit(task)
+            except Exception as e:  # sbatch refused: a partition, an account, a limit
+                raise AblationError(f"sbatch refused the job: {str(e).strip().splitlines()[-1]}"
+                                    ) from e
+            self.batches.append(_Batch(jobs, slurm))
+
+    def _follow(self, batch: _Batch) -> None:
+        """New progress lines of the batch's jobs, to the driver's sink."""
+        for job_id, run_dir in batch.jobs:
+            path = run_dir / PROGRESS_FILE
+            try:
+                with open(path, encoding="utf-8") as f:
+                    f.seek(batch.offsets.get(job_id, 0))
+                    text = f.read()
+            except OSError:
+                continue
+            done = text[:text.rfind("\n") + 1]  # whole lines only
+            batch.offsets[job_id] = batch.offsets.get(job_id, 0) + len(done.encode())
+            for line in done.splitlines():
+                if line.strip():
+                    self.sink(job_id, line[len(PROGRESS_PREFIX):]
+                              if line.startswith(PROGRESS_PREFIX) else line)
+
+    def poll(self, timeout: float = 1.0) -> list[Outcome]:
+        self._flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            done: list[Outcome] = []
+            states = _states([b.slurm.job_id for b in self.batches]) if self.batches else {}
+            for batch in list(self.batches):
+                self._follow(batch)
+                ended = _ended(batch.slurm, states)
+                if ended is None:
+                    continue
+                self.batches.remove(batch)
+                done += self._outcomes(batch, ended)
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _outcomes(self, batch: _Batch, state: str) -> list[Outcome]:
+        """A finished Slurm job's training jobs, as queue states."""
+        result = None
+        if batch.slurm.paths.result_pickle.exists():
+            with contextlib.suppress(Exception):
+                result = batch.slurm.result()
+        if result is not None:
+            by = {job_id: (code, tail) for job_id, code, tail in result}
+            return [outcome_from(job_id, run_dir, *by.get(job_id, (Exit.FAILED, [])))
+                    for job_id, run_dir in batch.jobs]
+        why = (f"Slurm job {batch.slurm.job_id} ended {state} without a result"
+               + ("" if batch.cancelled else f" (log: {batch.slurm.paths.stderr})"))
+        status = JobState.FAILED if state in ("OUT_OF_MEMORY", "FAILED") and \
+            not batch.cancelled else JobState.INTERRUPTED
+        out = []
+        for job_id, run_dir in batch.jobs:
+            o = outcome_from(job_id, run_dir, Exit.INTERRUPTED if status ==
+                             JobState.INTERRUPTED else Exit.FAILED, [why])
+            out.append(Outcome(job_id, o.status if o.status == JobState.DONE else status,
+                               why if status == JobState.FAILED or not batch.cancelled
+                               else "cancelled; resumes from its last epoch"))
+        return out
+
+    def cancel(self, grace: float = 120.0) -> list[Outcome]:
+        """scancel every Slurm job (their training processes stop at a safe point on
+        SIGTERM), then wait for them to end."""
+        self.waiting = []
+        for b in self.batches:
+            b.cancelled = True
+            with contextlib.suppress(Exception):
+                b.slurm.cancel(check=False)
+        out: list[Outcome] = []
+        deadline = time.monotonic() + grace
+        while self.batches and time.monotonic() < deadline:
+            out += self.poll(timeout=2.0)
+        for b in self.batches:
+            out += [Outcome(job_id, JobState.INTERRUPTED, "cancelled")
+                    for job_id, _ in b.jobs]
+        self.batches = []
+        return out
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _states(ids: list[str]) -> dict[str, str]:
+    """Slurm's state of each job still known to squeue (PENDING, RUNNING, ...)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {i: "UNKNOWN" for i in ids}
+    states = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def _ended(slurm: Any, states: dict[str, str]) -> str | None:
+    """The Slurm job's end state, or None while it is queued, running or requeued."""
+    state = states.get(str(slurm.job_id))
+    if state is not None and state not in ENDED:
+        return None  # PENDING, RUNNING, REQUEUED, COMPLETING, CONFIGURING, ...
+    if state == "UNKNOWN":
+        return None
+    if slurm.paths.result_pickle.exists():
+        return "COMPLETED"
+    if state is None:  # gone from squeue: ask the accounting, if the cluster keeps one
+        try:
+            out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j",
+                                  str(slurm.job_id)], capture_output=True, text=True,
+                                 timeout=60)
+            found = out.stdout.split()
+            state = found[0].split()[0] if out.returncode == 0 and found else "ENDED"
+        except (OSError, subprocess.SubprocessError):
+            state = "ENDED"
+        if state in ("PENDING", "RUNNING", "REQUEUED"):
+            return None
+    return state
