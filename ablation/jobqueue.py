@@ -1,11 +1,11 @@
 """The job queue: one SQLite database per results folder.
 
 States (`ablation.protocol.JobState`): queued -> running -> done | failed |
-interrupted | paused. A claim is one `BEGIN IMMEDIATE` transaction, so two runners on the same
-folder never take the same job. A running job is reclaimed only when its runner is
-provably gone: on the same host, its process no longer exists (pid and creation time,
-through psutil, so a recycled pid does not fool us); on another host, its heartbeat
-is older than `stale_after` seconds.
+interrupted | paused. A claim is one `BEGIN IMMEDIATE` transaction, so two runners on
+the same folder never take the same job. A running job is reclaimed only when its runner
+is provably gone: on the same host, its process no longer exists (pid and start time, so
+a recycled pid does not fool us, and a start no clock change moves); on another host,
+its heartbeat is older than `stale_after` seconds.
 
 A job is (variant, definition tag, seed, recipe id): the tag tells two definitions of
 one user variant apart (ablation.study.folder_tag), so an edited variant is a new job.
@@ -83,8 +83,24 @@ class JobRow:
         return f"{self.variant}@{self.tag}" if self.tag else self.variant
 
 
+BOOT_TICKS = "boot+"  # a start recorded in clock ticks since boot (0.6)
+
+
 def _proc_start(pid: int) -> str | None:
-    """Creation time of a process, to tell a live pid from a recycled one."""
+    """When a process started, to tell a live pid from a recycled one. On Linux, its
+    start in clock ticks since boot (`/proc/PID/stat`, field 22), which no clock change
+    moves; elsewhere psutil's creation time, which is wall-clock based (an NTP step or a
+    VM's clock sync moves it, so a live runner could look gone: why Linux avoids it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None  # Linux, and the process is gone
+        stat = None
+    except OSError:
+        return None
+    if stat is not None:
+        return BOOT_TICKS + stat.rsplit(")", 1)[1].split()[19]
     try:
         return repr(psutil.Process(pid).create_time())
     except (psutil.Error, OSError):
@@ -94,10 +110,17 @@ def _proc_start(pid: int) -> str | None:
 def _alive(pid: int | None, start: str | None) -> bool:
     if not pid or not psutil.pid_exists(pid):
         return False
-    now = _proc_start(pid)
-    try:
-        return start is None or now is None or abs(float(now) - float(start)) < 1e-3
-    except ValueError:  # recorded by an older version in another format
+    if start is None:
+        return True
+    if start.startswith(BOOT_TICKS):
+        now = _proc_start(pid)
+        return now is None or now == start
+    try:  # recorded by 0.5 or earlier, or off Linux: the wall-clock creation time
+        now = repr(psutil.Process(pid).create_time())
+        return abs(float(now) - float(start)) < 1e-3
+    except (psutil.Error, OSError):
+        return True
+    except ValueError:  # another format still
         return True
 
 

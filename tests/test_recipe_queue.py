@@ -90,6 +90,27 @@ def test_dead_runner_is_reclaimed_live_one_is_not(tmp_path):
         live.wait()
 
 
+def test_a_live_runner_stays_alive_when_the_wall_clock_steps(tmp_path, monkeypatch):
+    """A clock step (NTP, a VM's clock sync) moves psutil's creation time, which is
+    wall-clock based: a live runner must not look gone because of it (a second runner
+    then ran its job twice). A recycled pid (another start) and a 0.5 record still work."""
+    import psutil
+
+    from ablation import jobqueue
+
+    mine = jobqueue._proc_start(os.getpid())
+    assert mine.startswith(jobqueue.BOOT_TICKS)
+    real = psutil.boot_time()
+    monkeypatch.setattr(psutil, "boot_time", lambda: real + 1.0)  # the clock stepped 1 s
+    monkeypatch.setattr("psutil._pslinux.boot_time", lambda: real + 1.0, raising=False)
+    assert jobqueue._alive(os.getpid(), mine)
+    assert not jobqueue._alive(os.getpid(), jobqueue.BOOT_TICKS + "1")  # a recycled pid
+    monkeypatch.undo()
+    old = repr(psutil.Process(os.getpid()).create_time())  # how 0.5 recorded it
+    assert jobqueue._alive(os.getpid(), old)
+    assert not jobqueue._alive(os.getpid(), repr(float(old) - 5))
+
+
 def test_damaged_database_is_a_one_line_error(tmp_path):
     (tmp_path / "queue.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(AblationError, match="damaged queue database"):
