@@ -127,6 +127,7 @@ def cmd_run(args) -> int:
         raise AblationError("give variant names/globs or --all, not both")
     if not args.all and not args.variants:
         raise AblationError("name the variants to train (names or globs), or pass --all")
+    planning.check_flags(args.seeds, args.until_decided, args.max_seeds)
     study = _study(args)
     names = study.variants() if args.all else study.select(args.variants)
     plan = planning.plan(study, names, _recipe_overrides(args), Path(args.results),

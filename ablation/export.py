@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -38,13 +37,15 @@ from pathlib import Path
 from ablation import results
 from ablation import study as studies
 from ablation.errors import AblationError, did_you_mean
-from ablation.protocol import JobState
+from ablation.protocol import JobState, number
 
 KEY = "ablation.key"  # the tag that makes an export idempotent
 KIND = "ablation.kind"  # "run" or "comparison"
 INSTALL = "pip install 'ablation[mlflow]' (or: pip install mlflow-skinny)"
-STATUS = {JobState.DONE: "FINISHED", JobState.FAILED: "FAILED",
-          JobState.INTERRUPTED: "KILLED", JobState.RUNNING: "RUNNING",
+# a setting stopped at its rung by successive halving ended as planned: FINISHED (its
+# ablation.status tag says paused; a later promotion exports it again)
+STATUS = {JobState.DONE: "FINISHED", JobState.PAUSED: "FINISHED",
+          JobState.FAILED: "FAILED", JobState.INTERRUPTED: "KILLED", JobState.RUNNING: "RUNNING",
           JobState.QUEUED: "SCHEDULED"}
 # history.csv column -> metric name: Keras calls the test set `val_*` (the blog's logs
 # did); in a tracker beside other projects the names say what they are
@@ -185,13 +186,6 @@ def _params(record) -> dict[str, str]:
     return out
 
 
-def _number(x) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
 
 def _metrics(run, start_ms: int, have: dict[str, set[int]]):
     """The run's metrics MLflow lacks: each curve's epochs not logged yet (timestamps
@@ -210,13 +204,13 @@ def _metrics(run, start_ms: int, have: dict[str, set[int]]):
         name = CURVES.get(column, column)
         done = have.get(name, set())
         for epoch, value, sec in zip(h["epoch"], h[column], seconds, strict=True):
-            v = _number(value)
+            v = number(value)
             if v is None or int(epoch) in done:
                 continue
             out.append(Metric(name, v, start_ms + int(1000 * sec), int(epoch)))
     last = int(h["epoch"].max())
     for key, name in FINALS.items():
-        v = _number(getattr(run.record, key))
+        v = number(getattr(run.record, key))
         if v is not None and last not in have.get(name, set()):
             out.append(Metric(name, v, start_ms + int(1000 * float(seconds.iloc[-1])), last))
     return out
@@ -274,7 +268,7 @@ def _export_run(client, exp_id: str, run, known, models: bool) -> tuple[str, str
     if models and model.is_file() and (what != "unchanged" or model.name not in {
             a.path for a in client.list_artifacts(run_id)}):  # --models added later
         client.log_artifact(run_id, str(model))
-    status = STATUS.get(s.status, "RUNNING")
+    status = STATUS[s.status]
     if status in ("RUNNING", "SCHEDULED"):
         client.update_run(run_id, status=status)
     else:
@@ -294,7 +288,7 @@ def _export_comparison(client, exp_id: str, key: str, title: str, rows: list[dic
     tags = {KEY: key, KIND: "comparison", "mlflow.runName": title,
             "ablation.runs": ",".join(members)[:MAX_TAG]}
     for r in rows:
-        lo, hi = _number(r["ci_low"]), _number(r["ci_high"])
+        lo, hi = number(r["ci_low"]), number(r["ci_high"])
         said = r["verdict"] + ("" if lo is None else
                                f" {r['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}] pp")
         tags[f"verdict.{r['a']} vs {r['b']}"] = said[:MAX_TAG]

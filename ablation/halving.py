@@ -169,12 +169,6 @@ def _best_of_highest(trials: list[Trial], rungs: list[int]) -> tuple[str, int] |
     return None
 
 
-def finished(trials: list[Trial], rungs: list[int]) -> bool:
-    """The search has ended: a setting trained in full, nothing running, and nothing
-    left that the rule would start (for `decide` to say, with slots free)."""
-    return _at_top(trials, rungs) and not any(t.running for t in trials)
-
-
 def grid_epochs(settings: int, epochs: int, seeds: int = 1) -> int:
     """What the full grid costs: every setting, every tuning seed, every epoch."""
     return settings * epochs * seeds

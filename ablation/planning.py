@@ -19,6 +19,15 @@ from ablation.policies import Fixed
 from ablation.runner import Plan, Policy
 
 
+def check_flags(seeds: int | None, until_decided: bool, max_seeds: int | None) -> None:
+    """The seed flags that cannot go together: refused before any data is read."""
+    if until_decided and seeds is not None:
+        raise AblationError("--until-decided chooses the seeds itself (in looks, up to "
+                            "--max-seeds); drop --seeds")
+    if max_seeds is not None and not until_decided:
+        raise AblationError("--max-seeds only goes with --until-decided")
+
+
 def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
          data_dir: str | None = None, seeds: int = 1, keep_model: bool = True,
          retry_failed: bool = False, dry_run: bool = False) -> Plan:
@@ -63,13 +72,8 @@ def policy(plan: Plan, study: studies.Study, seeds: int | None = None,
            until_decided: bool = False, max_seeds: int | None = None,
            margin: float | None = None, out=sys.stdout) -> Policy:
     """What decides the jobs: the plan once, or --until-decided's looks; for a study with
-    [tune], the tuning phase first, then either for the comparison."""
-    if until_decided and seeds is not None:
-        raise AblationError("--until-decided chooses the seeds itself (in looks, up to "
-                            "--max-seeds); drop --seeds")
-    if max_seeds is not None and not until_decided:
-        raise AblationError("--max-seeds only goes with --until-decided")
-
+    [tune], the tuning phase first, then either for the comparison (`check_flags` has
+    passed)."""
     def compare(p: Plan) -> Policy:
         if until_decided:
             from ablation.policies.looks import UntilDecided

@@ -206,7 +206,12 @@ _JOB_CONFIG = pydantic.TypeAdapter(JobConfig)
 
 
 def _recipe(value: Any) -> Any:
-    return Recipe.from_dict(value) if isinstance(value, dict) else value
+    """A recorded recipe dict as a Recipe; its AblationError as the ValueError pydantic
+    reports (so the record's reader names the damaged file)."""
+    try:
+        return Recipe.from_dict(value) if isinstance(value, dict) else value
+    except AblationError as e:
+        raise ValueError(str(e)) from e
 
 
 RecordedRecipe = Annotated[Recipe, BeforeValidator(_recipe),

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import AfterValidator, Field
 
-from ablation.errors import AblationError, did_you_mean
+from ablation.errors import AblationError, did_you_mean, validation_line
 
 # The choices of a variant's fields that the builder implements (ablation.models)
 SHORTCUTS = ("projection", "pad")
@@ -144,8 +144,12 @@ class Variant:
     @classmethod
     def from_dict(cls, d: dict) -> Variant:
         """`to_dict`'s plain data (a job's config.json, a study's resolved table) as a
-        variant, validated; an unknown key or a bad value raises pydantic's error."""
-        return _VARIANT.validate_python(d)
+        variant, validated; an unknown key or a bad value is one line (a hand-edited
+        config.json fails its job saying which key, never with pydantic's page)."""
+        try:
+            return _VARIANT.validate_python(d)
+        except pydantic.ValidationError as e:
+            raise AblationError(validation_line(e, "not a variant definition: ")) from e
 
     def replace(self, **changes: Any) -> Variant:
         return dataclasses.replace(self, **changes)

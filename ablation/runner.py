@@ -185,12 +185,16 @@ def states(results_dir: Path) -> dict[tuple[str, str, int, str], JobState]:
         return {(r.variant, r.tag, r.seed, r.recipe_id): r.status for r in q.all()}
 
 
+ENDED = (JobState.DONE, JobState.FAILED, JobState.PAUSED)
+
+
 def unfinished(plan: Plan) -> int:
-    """How many of the plan's queued jobs have not ended, done or failed: a phase or a
-    look is judged only when none is left (a failed job is run; it does not stall it)."""
+    """How many of the plan's queued jobs have not ended, done, failed or paused at a
+    rung: a phase or a look is judged only when none is left (a failed job is run; it
+    does not stall it; a paused one goes on only if the search promotes it)."""
     with JobQueue(plan.results) as q:
         jobs = {(j.variant.name, j.seed, j.recipe.id) for j in plan.jobs()}
-        return sum(r.status not in (JobState.DONE, JobState.FAILED) for r in q.all()
+        return sum(r.status not in ENDED for r in q.all()
                    if (r.variant, r.seed, r.recipe_id) in jobs)
 
 
@@ -247,6 +251,7 @@ class View:
     slots: int = 1  # jobs the executor runs at once
     free: int = 1  # of them, free now (what an asynchronous policy may fill)
     history: bool = False  # read the runs' histories too (a policy that needs curves)
+    pending: list[int] = field(default_factory=list)  # the step's queued jobs, not started
     _runs: list | None = field(default=None, repr=False)
 
     def runs(self) -> list[runs.Run]:
@@ -269,13 +274,14 @@ class View:
         return states(self.results)
 
     def active(self) -> set[tuple[str, str, int, str]]:
-        """The jobs queued, or running under a runner that is alive: (variant, tag, seed,
-        recipe id). A job whose runner was killed is not active: it waits to resume."""
+        """The jobs this step has queued, or running under a runner that is alive:
+        (variant, tag, seed, recipe id). A job whose runner was killed is not active: it
+        waits to resume; nor is one a killed command queued and never started."""
         if not (Path(self.results) / DB_NAME).exists():
             return set()
         with JobQueue(Path(self.results)) as q:
             return {(r.variant, r.tag, r.seed, r.recipe_id) for r in q.all()
-                    if r.status == JobState.QUEUED
+                    if (r.status == JobState.QUEUED and r.id in self.pending)
                     or (r.status == JobState.RUNNING and not q.gone(r))}
 
     @property
@@ -360,6 +366,7 @@ def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Exe
                 if decision.header:
                     print(decision.header, file=out, flush=True)
                 step = _Step(decision.plan, queue, executor, progress, out)
+                view.pending = step.pending
                 machine = _run_step(step, policy, view, executor, progress, out, err)
                 view.step_code = step.report(out, err)
                 view.code = max(view.code, view.step_code)

@@ -67,9 +67,11 @@ def cifar_dir() -> Path:
 # --durations=0`). xdist hands each worker whole files (pyproject's addopts); started
 # first, these never end up last on an already busy worker. Every other file follows in
 # its usual order: a stale list costs minutes, never a test.
-LONGEST_FIRST = ("test_run.py", "test_ray.py", "test_resume.py", "test_studies.py",
-                 "test_ops.py", "test_tune.py", "test_features.py", "test_report.py",
-                 "test_families.py", "test_datasets.py", "test_paper_studies.py")
+LONGEST_FIRST = ("test_ops.py", "test_run.py", "test_studies.py", "test_resume.py",
+                 "test_tune.py", "test_ray.py", "test_halving.py", "test_datasets.py",
+                 "test_slurm.py", "test_analyze.py", "test_families.py", "test_report.py",
+                 "test_features.py", "test_docs.py", "test_paper_studies.py",
+                 "test_devices.py", "test_bench.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -139,3 +139,11 @@ def test_export_mistakes_are_one_line(tmp_path, tiny_e_results):
                                           os.environ.get("PYTHONPATH", "")])}
     r = run_cli("export", "mlflow", "--results", str(tiny_e_results[0]), env=env)
     assert "pip install 'ablation[mlflow]'" in one_line_error(r)
+
+
+def test_every_job_state_has_an_mlflow_status():
+    from ablation import export
+    from ablation.protocol import JobState
+
+    assert set(export.STATUS) == set(JobState)  # a paused rung is never shown as RUNNING
+    assert export.STATUS[JobState.PAUSED] == "FINISHED"

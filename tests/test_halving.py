@@ -122,6 +122,82 @@ def test_no_slot_waits_for_a_rung_and_a_budget_stops_new_settings():
     assert halving.decide(stopped, RUNGS, FACTOR, free=1) == [("a", 9)]
 
 
+def test_a_setting_paused_at_its_rung_has_ended_for_the_phase(tmp_path):
+    """A search that ended with one job failed and the rest paused at rungs is finished,
+    not stuck: paused rows are ended, as done and failed ones are (only queued and
+    running ones are left)."""
+    from types import SimpleNamespace
+
+    from ablation import runner
+    from ablation.jobqueue import JobQueue
+    from ablation.protocol import JobState
+
+    rows = {"done": JobState.DONE, "failed": JobState.FAILED, "paused": JobState.PAUSED,
+            "queued": None}
+    with JobQueue(tmp_path) as q:
+        ids = q.add([("t8", "", 0, rid, {}, str(tmp_path / rid)) for rid in rows])
+        for job_id, status in zip(ids, rows.values(), strict=True):
+            if status is not None:
+                q.finish(job_id, status)
+    job = lambda rid: SimpleNamespace(variant=SimpleNamespace(name="t8"), seed=0,  # noqa: E731
+                                      recipe=SimpleNamespace(id=rid))
+    plan = lambda *rids: SimpleNamespace(results=tmp_path,  # noqa: E731
+                                         jobs=lambda: [job(r) for r in rids])
+    assert runner.unfinished(plan("done", "failed", "paused")) == 0
+    assert runner.unfinished(plan(*rows)) == 1
+
+
+def test_a_job_a_killed_command_queued_and_never_started_is_not_running(tmp_path):
+    """The search treats a setting as running only when this step queued it or a live
+    runner trains it: a row a killed command left queued is picked again on the rerun
+    (never waited on forever)."""
+    from ablation import runner
+    from ablation.jobqueue import JobQueue
+
+    with JobQueue(tmp_path) as q:
+        (job_id,) = q.add([("t8", "", 0, "r1", {}, str(tmp_path / "r1"))])
+    view = runner.View(tmp_path, None)
+    assert view.active() == set()
+    view.pending = [job_id]
+    assert view.active() == {("t8", "", 0, "r1")}
+
+
+def test_a_budget_alone_is_said_as_such_in_the_dry_run(tmp_path):
+    study = tmp_path / "s.toml"
+    study.write_text('name = "bud"\n[recipe]\nepochs = 4\n[tune]\nlr = [0.01, 0.1, 1.0]\n'
+                     'budget = 8\nvalidation = 64\n[[comparison]]\ntitle = "x"\n'
+                     'variants = ["resnet32_e", "resnet32_c"]\n')
+    r = run_cli("run", "--study", str(study), "--all", "--dry-run", "--train-limit", "256",
+                "--test-limit", "64", "--results", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert ("phase tune: every setting in full, at most 8 epochs a variant (the full grid: "
+            "12 epochs a variant)") in r.stdout
+    assert "go on" not in r.stdout  # no rungs, no promotion
+
+
+def test_a_setting_that_failed_early_does_not_pull_the_expected_best_curve_back(tmp_path):
+    """The curve is read at the epoch every setting that ran as planned reached: one run
+    that failed after its first epoch is left out, not made everyone's last epoch."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ablation.protocol import JobState
+    from ablation.report import figures
+    from ablation.report.tuned import _budget_curves
+
+    def run(rid, accs, status=JobState.DONE):
+        h = pd.DataFrame({"epoch": range(len(accs)), "validation_accuracy": accs})
+        return SimpleNamespace(variant="a", history=h, record=SimpleNamespace(
+            phase="tune", recipe_id=rid, status=status))
+
+    rs = [run("r1", [0.2, 0.4, 0.6]), run("r2", [0.3, 0.5, 0.7]), run("r3", [0.1, 0.2, 0.5]),
+          run("r4", [0.9], JobState.FAILED)]
+    lines = _budget_curves(rs, ["a"], None, tmp_path, "g", figures.colours(["a"]), ())
+    assert "at epoch 3, which every setting that ran as planned reached" in " ".join(lines)
+    assert (tmp_path / "expected-best.png").is_file()
+
+
 def test_the_expected_best_estimator_is_unbiased():
     """Tang et al. 2020's estimator of E[max of k of the N trials] (without replacement)
     against the exact mean over all k-subsets, and Dodge et al.'s (with replacement)

@@ -135,6 +135,22 @@ def test_each_op_counts_what_keras_builds():
         gate = g.dense(g.pool(x, "p"), 8, "d", activation="sigmoid", main=False)
         y = g.concat([g.multiply(x, gate, "m"), g.add(x, x, "a")], "c")
         assert tuple(y.shape[1:]) == (8, 8, 16) and g.depth == 0 and g.trainable == 72
+    # ops.layer: Attention's call(inputs, mask=None) takes query and value as one list
+    # (given separately, the value would become its mask); MultiHeadAttention needs two
+    for g in (ops.Counter(), ops.Builder(keras, 1e-4)):
+        x = g.input((8, 8, 8))
+        att = g.layer(keras.layers.Attention(name="att"), x, g.relu(x, "v"))
+        mha = g.layer(keras.layers.MultiHeadAttention(2, 4, name="mha"), att, x)
+        assert tuple(mha.shape[1:]) == (8, 8, 8)
+        if not g.counting:
+            nodes = {c["name"]: c["inbound_nodes"]
+                     for c in keras.Model(x, mha).get_config()["layers"]}
+            assert len(nodes["att"][0]["args"]) == 1  # one list: query, value
+            assert len(nodes["mha"][0]["args"]) == 2  # query, value
+    # ops.attention's four projection kernels carry the recipe's L2, as conv and dense do
+    g = ops.Builder(keras, 1e-4)
+    x = g.input((4, 4, 8))
+    assert len(keras.Model(x, g.attention(x, 2, "at")).losses) == 4
 
 
 BAD_UNITS = {

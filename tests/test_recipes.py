@@ -95,6 +95,28 @@ def test_adamw_with_zero_gradients_shrinks_each_kernel_by_lr_times_wd_a_step():
     assert not DEFAULTS.decoupled and optimizers.l2(DEFAULTS) == 1e-4  # the blog: L2 loss
 
 
+def test_with_bias_decay_decoupled_decay_still_spares_the_position_embedding_and_token():
+    from ablation.layers import ClassToken, PositionEmbedding
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((4, 3)), keras.layers.Dense(3, name="d"),
+                          ClassToken(name="cls"), PositionEmbedding(name="pos")])
+    for v in m.trainable_variables:
+        v.assign(v + 0.5)
+    r = Recipe(optimizer="adamw", lr=0.002, weight_decay=0.05, schedule="constant",
+               bias_decay=True)
+    opt = optimizers.optimizer(r, keras)
+    before = [keras.ops.convert_to_numpy(v) for v in m.trainable_variables]
+    opt.apply_gradients(zip([keras.ops.zeros_like(v) for v in m.trainable_variables],
+                            m.trainable_variables, strict=True))
+    for v, w in zip(m.trainable_variables, before, strict=True):
+        got = keras.ops.convert_to_numpy(v)
+        if v.path.endswith(("class_token", "position_embedding")):
+            np.testing.assert_array_equal(got, w)
+        else:  # the kernel and, with bias_decay, the bias
+            np.testing.assert_allclose(got, w * (1 - 0.002 * 0.05), rtol=1e-6)
+
+
 def test_label_smoothing_loss_is_the_formula_on_a_hand_made_batch():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "float32")
     labels = np.array([[1, 0, 0], [0, 1, 0]], "float32")

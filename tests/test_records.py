@@ -76,3 +76,6 @@ def test_a_misspelt_or_missing_key_is_refused_where_it_is_written_or_read():
     with pytest.raises(AblationError, match=r"damaged file x\.json: needs recipe_id"):
         RunRecord.parse({k: v for k, v in good.items() if k != "recipe_id"}, "x.json")
     assert RunRecord.parse({**good, "a_key_of_0_9": 1}).variant == "resnet32_e"
+    # a damaged recipe inside the record names the file too
+    with pytest.raises(AblationError, match=r"damaged file x\.json: recipe unknown key 'lrr'"):
+        RunRecord.parse({**good, "recipe": {**good["recipe"], "lrr": 1}}, "x.json")

@@ -54,6 +54,14 @@ def test_select_keeps_registry_order_and_rejects_empty_globs():
         registry.select(["alexnet*"])
 
 
+def test_a_damaged_definition_is_one_line_naming_the_key():
+    d = registry.get("resnet32_e").to_dict()
+    assert registry.Variant.from_dict(d) == registry.get("resnet32_e")
+    with pytest.raises(registry.AblationError, match=r"^not a variant definition: unknown "
+                                                      r"key 'depthh'$"):
+        registry.Variant.from_dict({**d, "depthh": 3})
+
+
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         registry.register(registry.get("resnet32"))

@@ -231,7 +231,9 @@ def test_a_study_sets_its_margin_and_bad_analysis_tables_are_one_line(tmp_path,
 def test_until_decided_flags_are_checked_before_anything_runs(tmp_path):
     from conftest import one_line_error, run_cli
 
-    base = ["run", "resnet32", "resnet32_e", "--results", str(tmp_path / "r")]
+    # (a data dir that does not exist: the flags are refused before it is looked at)
+    base = ["run", "resnet32", "resnet32_e", "--results", str(tmp_path / "r"),
+            "--data-dir", str(tmp_path / "nowhere")]
     for extra, says in ((["--until-decided", "--seeds", "3"], "drop --seeds"),
                         (["--max-seeds", "5"], "--max-seeds only goes with --until-decided"),
                         (["--until-decided", "--max-seeds", "2"], "must be at least 3"),

@@ -81,7 +81,7 @@ def test_a_study_runs_on_slurm_survives_ctrl_c_and_a_preemption(tmp_path, cifar_
     assert json.loads((run / "summary.json").read_text())["status"] == "done"
 
 
-def test_the_sbatch_script_the_packing_and_mistakes(tmp_path, monkeypatch):
+def test_the_sbatch_script_the_packing_and_mistakes(tmp_path, monkeypatch, cifar_dir):
     _slurm_up()
     from ablation.executors.slurm import SlurmExecutor, SlurmTask
 
@@ -104,6 +104,17 @@ def test_the_sbatch_script_the_packing_and_mistakes(tmp_path, monkeypatch):
     assert [len(t.jobs) for t in sent] == [4, 2] and all(isinstance(t, SlurmTask)
                                                         for t in sent)
     assert sent[0].sharing == 4 and sent[0].gpus == 1
+    # squeue is asked at most every SQUEUE_SECONDS, but at once after a submission
+    from ablation.executors import slurm
+
+    asked = []
+    monkeypatch.setattr(slurm, "_states", lambda ids: asked.append(ids) or {"1": "RUNNING"})
+    for _ in range(3):
+        assert ex.poll(timeout=0) == []
+    assert len(asked) == 1
+    ex.submit(6, tmp_path / "r6")
+    ex._flush()
+    assert ex.poll(timeout=0) == [] and len(asked) == 2
     # mistakes, each one line
     r = run_cli("run", "resnet32_e", *TINY, "--executor", "slurm", "--slurm-option",
                 "constraint", "--results", str(tmp_path / "r"))
@@ -111,6 +122,13 @@ def test_the_sbatch_script_the_packing_and_mistakes(tmp_path, monkeypatch):
     r = run_cli("run", "resnet32_e", *TINY, "--executor", "slurm", "--results",
                 str(tmp_path / "r"), env={"PATH": "/nonexistent"})
     assert "--executor slurm needs Slurm's sbatch here" in one_line_error(r)
+    # a partition the cluster lacks: sbatch refuses, the job stays queued to resume
+    r = run_cli("run", "resnet32_e", *TINY, "--executor", "slurm", "--slurm-partition",
+                "nope", "--data-dir", str(cifar_dir), "--results", str(tmp_path / "r"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "1 job(s) not started: sbatch refused the job: " in r.stderr
+    assert "Invalid partition" in r.stderr.splitlines()[-1]
+    assert " interrupted " in run_cli("status", "--results", str(tmp_path / "r")).stdout
 
 
 class _Fake:

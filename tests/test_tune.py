@@ -191,5 +191,19 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
     rows = [row for row in (out / "comparisons.csv").read_text().splitlines()[1:]
             if ",True," in row]
     assert len(rows) == 1 and '{""lr"": ' in rows[0]
+    # what an export reads (MLflow's comparison runs) is comparisons.csv's row, the
+    # tuning cost included: 2 settings x 1 epoch x 1 seed a variant, both trained
+    import csv
+
+    from ablation import report
+    from ablation import runs as runs_
+    from ablation.study import load_study
+
+    tuned_csv = [r for r in csv.DictReader((out / "comparisons.csv").open())
+                 if r["tuned"] == "True"]
+    (_, _, exported, _), = [j for j in report.comparison_rows(
+        res, load_study(str(study)), runs_.load_runs(res)) if "tuned-" in j[0]]
+    assert [(str(r["a_tune_epochs"]), str(r["a_grid_epochs"])) for r in exported] == \
+        [(r["a_tune_epochs"], r["a_grid_epochs"]) for r in tuned_csv] == [("2", "2")]
     assert one_line_error(run_cli("report", "--study", str(study), "--results", str(res),
                                   "--recipe", "nope"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -41,6 +42,7 @@ from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome
 
 PROGRESS_FILE = "progress.jsonl"  # a job's progress lines, for the driver to follow
 SLURM_FILE = "slurm.json"  # which Slurm job ran (runs) a job: for people and tests
+SQUEUE_SECONDS = 10.0  # between squeue calls while nothing was submitted or cancelled
 # states squeue shows of a job that will not run again (a preempted or failed node's job
 # is requeued: squeue shows it pending, then running)
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL",
@@ -216,6 +218,9 @@ class SlurmExecutor:
         self.params = params
         self.batches: list[_Batch] = []
         self.waiting: list[tuple[int, Path]] = []  # submitted, not yet in a Slurm job
+        self.refused: list[Outcome] = []  # sbatch said no: reported at the next poll
+        self.states: dict[str, str] = {}  # squeue's last answer, and when it was asked
+        self.asked = -math.inf
         where = table.get("partition") or "the default partition"
         self.describe = (f"Slurm ({where}; up to {self.size // self.pack} Slurm job(s) of "
                          f"{self.gpus} GPU / {params['cpus_per_task']} CPU"
@@ -232,7 +237,8 @@ class SlurmExecutor:
         return "slurm"
 
     def running(self) -> list[int]:
-        return [i for i, _ in self.waiting] + [i for b in self.batches for i, _ in b.jobs]
+        return ([i for i, _ in self.waiting] + [i for b in self.batches for i, _ in b.jobs]
+                + [o.job_id for o in self.refused])
 
     def submit(self, job_id: int, run_dir: Path) -> None:
         self.waiting.append((job_id, Path(run_dir)))
@@ -240,6 +246,11 @@ class SlurmExecutor:
             self._flush()
 
     def _flush(self) -> None:
+        if self.refused:  # sbatch refused this driver's last job: it is not asked again
+            why = self.refused[0].error
+            self.refused += [Outcome(i, JobState.INTERRUPTED, why, machine=True)
+                             for i, _ in self.waiting]
+            self.waiting = []
         while self.waiting:
             jobs, self.waiting = self.waiting[:self.pack], self.waiting[self.pack:]
             for _, run_dir in jobs:  # a new attempt: old progress lines are not news
@@ -249,9 +260,15 @@ class SlurmExecutor:
             try:
                 slurm = self.executor.submit(task)
             except Exception as e:  # sbatch refused: a partition, an account, a limit
-                raise AblationError(f"sbatch refused the job: {str(e).strip().splitlines()[-1]}"
-                                    ) from e
+                # these jobs and those still waiting did not start: the driver stops
+                # claiming, collects the Slurm jobs already running, and says why
+                why = f"sbatch refused the job: {str(e).strip().splitlines()[-1]}"
+                jobs, self.waiting = jobs + self.waiting, []
+                self.refused += [Outcome(i, JobState.INTERRUPTED, why, machine=True)
+                                 for i, _ in jobs]
+                return
             self.batches.append(_Batch(jobs, slurm))
+            self.asked = -math.inf  # the next poll asks squeue of the new job
 
     def _follow(self, batch: _Batch) -> None:
         """New progress lines of the batch's jobs, to the driver's sink."""
@@ -272,10 +289,13 @@ class SlurmExecutor:
 
     def poll(self, timeout: float = 1.0) -> list[Outcome]:
         self._flush()
+        if self.refused:
+            done, self.refused = self.refused, []
+            return done
         deadline = time.monotonic() + timeout
         while True:
             done: list[Outcome] = []
-            states = _states([b.slurm.job_id for b in self.batches]) if self.batches else {}
+            states = self._squeue()
             for batch in list(self.batches):
                 self._follow(batch)
                 ended = _ended(batch.slurm, states)
@@ -286,6 +306,17 @@ class SlurmExecutor:
             if done or time.monotonic() >= deadline:
                 return done
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _squeue(self) -> dict[str, str]:
+        """Slurm's states of the batches, asked of squeue at most every SQUEUE_SECONDS
+        (the controller is the cluster's, shared by everyone's drivers) but at once after a
+        submission or a cancel; a job that ended with a result is seen by its file."""
+        if not self.batches:
+            return {}
+        if time.monotonic() - self.asked >= SQUEUE_SECONDS:
+            self.states = _states([b.slurm.job_id for b in self.batches])
+            self.asked = time.monotonic()
+        return self.states
 
     def _outcomes(self, batch: _Batch, state: str) -> list[Outcome]:
         """A finished Slurm job's training jobs, as queue states."""
@@ -313,7 +344,7 @@ class SlurmExecutor:
     def cancel(self, grace: float = 120.0) -> list[Outcome]:
         """scancel every Slurm job (their training processes stop at a safe point on
         SIGTERM), then wait for them to end."""
-        self.waiting = []
+        self.waiting, self.refused = [], []
         for b in self.batches:
             b.cancelled = True
             with contextlib.suppress(Exception):
@@ -321,6 +352,7 @@ class SlurmExecutor:
         out: list[Outcome] = []
         deadline = time.monotonic() + grace
         while self.batches and time.monotonic() < deadline:
+            self.asked = -math.inf  # stopping: each pass asks squeue again
             out += self.poll(timeout=2.0)
         for b in self.batches:
             out += [Outcome(job_id, JobState.INTERRUPTED, "cancelled")
@@ -349,13 +381,11 @@ def _states(ids: list[str]) -> dict[str, str]:
 
 def _ended(slurm: Any, states: dict[str, str]) -> str | None:
     """The Slurm job's end state, or None while it is queued, running or requeued."""
+    if slurm.paths.result_pickle.exists():  # its task returned: nothing runs any more
+        return "COMPLETED"
     state = states.get(str(slurm.job_id))
     if state is not None and state not in ENDED:
-        return None  # PENDING, RUNNING, REQUEUED, COMPLETING, CONFIGURING, ...
-    if state == "UNKNOWN":
-        return None
-    if slurm.paths.result_pickle.exists():
-        return "COMPLETED"
+        return None  # PENDING, RUNNING, REQUEUED, COMPLETING, squeue unreachable, ...
     if state is None:  # gone from squeue: ask the accounting, if the cluster keeps one
         try:
             out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j",

@@ -247,14 +247,18 @@ def _apply(layer: Any, inputs: list[Any], spread: bool) -> Any:
     return layer(*inputs) if spread else layer(inputs)
 
 
-def _positional(layer: Any) -> int:
-    """How many tensors a Keras layer's `call` takes as separate positional arguments
-    (MultiHeadAttention: query, value, key; Add: one list)."""
+def _spreads(layer: Any, n: int) -> bool:
+    """Whether a Keras layer's `call` takes `n` tensors as separate arguments: it needs
+    at least two (MultiHeadAttention: query, value) and has room for `n`. A call whose
+    second argument has a default (Attention's `mask`, a merge layer's `training`) takes
+    its tensors as one list, as Add and Concatenate do."""
     try:
         params = list(inspect.signature(layer.call).parameters.values())
     except (TypeError, ValueError):
-        return 1
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(p.default is p.empty for p in positional)
+    return required >= 2 and len(positional) >= n
 
 
 class _Layers:
@@ -638,7 +642,8 @@ def attention(g, x, heads, name, key_dim=None, dropout=0.0, main=True):
     axes = tuple(range(1, len(pos) + 1))
     return g.emit(name, [x], (*pos, c), lambda L: L.MultiHeadAttention(
         heads, key_dim, dropout=dropout, attention_axes=axes, kernel_initializer="he_normal",
-        name=name), trainable=3 * (c * proj + proj) + proj * c + c,
+        kernel_regularizer=g.reg, bias_regularizer=g.bias_reg, name=name),
+        trainable=3 * (c * proj + proj) + proj * c + c,
         macs=4 * n * c * proj + 2 * n * n * proj, depth=bool(main),
         call=lambda layer, xs: layer(xs[0], xs[0]))
 
@@ -714,8 +719,8 @@ def _token_layers():
 @op
 def layer(g, layer, *inputs, main=True):
     """Any Keras layer, applied to `inputs`: one tensor; several, as separate arguments
-    when its call takes them so (MultiHeadAttention(query, value)), else as one list
-    (Add); or one list of tensors, given as a list. Its own name is the layer name. Its
+    when its call needs two or more (MultiHeadAttention(query, value)), else as one list
+    (Add, Attention); or one list of tensors, given as a list. Its own name is the layer name. Its
     parameters and output shape come from Keras itself; its multiply-adds are unknown;
     it counts in depth when it has a kernel, unless `main=False` (a gate beside the
     branch). The same layer object applied again (in one block) shares its weights:
@@ -735,7 +740,7 @@ def layer(g, layer, *inputs, main=True):
         raise OpError(f"ops.layer {layer.name}: give the tensor(s) it reads")
     for i, x in enumerate(inputs):
         g.tensor(x, "layer", f"inputs[{i}]")
-    spread = not as_list and len(inputs) > 1 and _positional(layer) >= len(inputs)
+    spread = not as_list and len(inputs) > 1 and _spreads(layer, len(inputs))
     try:
         return g.foreign(layer, list(inputs), spread, bool(main))
     except OpError:

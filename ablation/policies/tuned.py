@@ -149,12 +149,15 @@ class Tuned:
         if self.halving is not None:  # the search decides as it goes: its rule and cost
             grid = halving.grid_epochs(len(t.candidates()), plan.recipe.epochs, t.seeds)
             rungs = self.halving.rungs
-            share = halving.theoretical_fraction(rungs, self.halving.factor) \
-                if t.halving else 1.0
-            print(f"phase tune: {self.halving.words()}; each setting starts at epoch "
-                  f"{rungs[0]} (the jobs below, stopped there), the best 1/"
-                  f"{self.halving.factor} go on; about {100 * share:.0f} % of the full "
-                  f"grid's {grid:,} epochs a variant", file=out)
+            if t.halving:
+                share = halving.theoretical_fraction(rungs, self.halving.factor)
+                print(f"phase tune: {self.halving.words()}; each setting starts at epoch "
+                      f"{rungs[0]} (the jobs below, stopped there), the best 1/"
+                      f"{self.halving.factor} go on; about {100 * share:.0f} % of the full "
+                      f"grid's {grid:,} epochs a variant", file=out)
+            else:  # a budget alone: settings in full, new ones while the budget lasts
+                print(f"phase tune: {self.halving.words()} (the full grid: {grid:,} epochs "
+                      "a variant)", file=out)
         print(f"phase tune: {len(jobs)} job(s), {left} to run ({', '.join(t.fields)}: "
               f"{len(t.candidates())} setting(s) x {t.seeds} seed(s) x {len(plan.variants)} "
               f"variant(s)){_eta(speed, plan, left)}", file=out)

@@ -22,6 +22,7 @@ from ablation.recipe import OPTIMIZER_SPECS, Recipe
 # variable names decoupled decay leaves alone: biases, normalisation scales and offsets,
 # and (0.6, timm's rule) the token models' position embedding and class token
 NOT_DECAYED = ["bias", "gamma", "beta", "position_embedding", "class_token"]
+NEVER_DECAYED = ["position_embedding", "class_token"]  # with bias_decay on too
 
 
 def l2(recipe: Recipe) -> float:
@@ -45,8 +46,9 @@ def optimizer(recipe: Recipe, keras_module: Any, learning_rate: Any = None) -> A
     if recipe.ema:
         kw.update(use_ema=True, ema_momentum=recipe.ema)
     opt = getattr(keras_module.optimizers, spec.keras)(**kw)
-    if recipe.decoupled and not recipe.bias_decay:
-        opt.exclude_from_weight_decay(var_names=NOT_DECAYED)
+    if recipe.decoupled:
+        opt.exclude_from_weight_decay(
+            var_names=NEVER_DECAYED if recipe.bias_decay else NOT_DECAYED)
     return opt
 
 

@@ -175,14 +175,15 @@ def comparison_rows(results_dir: Path, study: studies.Study, runs: list[Run],
                 out.append((f"comparison:{study.name}/{rid}/{cmp.key}", f"{cmp.title} ({rid})",
                             markdown.verdict_rows(cmp.key, rid, judged.pairs[cmp.key], judged),
                             members))
-    for gid, compare, judged, chosen in tuned.verdict_groups(study, runs, results_dir, margin):
+    for gid, compare, judged, chosen, cost in tuned.verdict_groups(study, runs, results_dir,
+                                                                  margin):
         for cmp in study.comparisons:
             members = [r for r in compare if r.variant in cmp.variants]
-            if members:
+            if members:  # the rows comparisons.csv has, what tuning cost included
                 out.append((f"comparison:{study.name}/tuned-{gid}/{cmp.key}",
                             f"{cmp.title} (tuned, group {gid})",
                             tuned.tuned_rows(cmp.key, gid, judged.pairs[cmp.key], judged,
-                                             chosen), members))
+                                             chosen, cost), members))
     return out
 
 

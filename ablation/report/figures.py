@@ -35,10 +35,6 @@ def colours(names: list[str], labels: dict[str, str] | None = None) -> Palette:
                    labels or {})
 
 
-def _legend_name(col: dict, v: str) -> str:
-    return col.name(v) if isinstance(col, Palette) else v
-
-
 def _plain_ticks(ax) -> None:
     """A log axis's tick labels as plain numbers (1.2, 1.5, 2), not 1.25x10^0: a loss
     curve spans a narrow range, where only minor ticks fall."""
@@ -93,7 +89,7 @@ def _save(fig, path: Path, also: tuple[str, ...] = ()) -> None:
 
 
 def plot_curves(path: Path, groups: dict[str, list[Run]], title: str,
-                col: dict[str, tuple], split: Split = TEST, also: tuple[str, ...] = ()) -> None:
+                col: Palette, split: Split = TEST, also: tuple[str, ...] = ()) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -103,7 +99,7 @@ def plot_curves(path: Path, groups: dict[str, list[Run]], title: str,
               (split.loss, f"{split.name} loss", 1)]
     for ax, (column, label, scale) in zip(axes.flat, panels, strict=True):
         for v, runs in groups.items():
-            _band(ax, runs, column, col[v], f"{_legend_name(col, v)} (n={len(runs)})", scale)
+            _band(ax, runs, column, col[v], f"{col.name(v)} (n={len(runs)})", scale)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
@@ -135,14 +131,14 @@ def zoom_start(drops: tuple[int, ...], epochs: int) -> tuple[int, str] | None:
 
 
 def plot_zoom(path: Path, groups: dict[str, list[Run]], title: str, start: int,
-              col: dict[str, tuple], split: Split = TEST, also: tuple[str, ...] = (),
+              col: Palette, split: Split = TEST, also: tuple[str, ...] = (),
               why: str = "") -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
     for v, runs in groups.items():
-        _band(ax, runs, split.curve, col[v], f"{_legend_name(col, v)} (n={len(runs)})", 100,
+        _band(ax, runs, split.curve, col[v], f"{col.name(v)} (n={len(runs)})", 100,
               start)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -154,13 +150,13 @@ def plot_zoom(path: Path, groups: dict[str, list[Run]], title: str, start: int,
     _save(fig, path, also)
 
 
-def plot_sizes(path: Path, sizes: dict[str, float], title: str, col: dict[str, tuple],
+def plot_sizes(path: Path, sizes: dict[str, float], title: str, col: Palette,
                also: tuple[str, ...] = ()) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     names = list(sizes)
-    bars = ax.bar([_legend_name(col, n) for n in names], [sizes[n] for n in names],
+    bars = ax.bar([col.name(n) for n in names], [sizes[n] for n in names],
                   color=[col[n] for n in names])
     ax.bar_label(bars, fmt="%.3f MB", fontsize=8)
     ax.set_ylabel("saved model (.h5, with optimizer state), MB")
@@ -170,7 +166,7 @@ def plot_sizes(path: Path, sizes: dict[str, float], title: str, col: dict[str, t
 
 
 def plot_responses(path: Path, responses: pd.DataFrame, title: str,
-                   col: dict[str, tuple], also: tuple[str, ...] = ()) -> None:
+                   col: Palette, also: tuple[str, ...] = ()) -> None:
     """He et al. 2015, Fig. 7 style: top, the std of each 3x3 layer's response in
     network order; bottom, the same values sorted in descending order. One line per
     variant (mean over seeds), band = ±1 std over seeds."""
@@ -183,7 +179,7 @@ def plot_responses(path: Path, responses: pd.DataFrame, title: str,
         m = per_seed.mean(axis=1).to_numpy()
         s = per_seed.std(axis=1, ddof=1).fillna(0).to_numpy()
         x = per_seed.index.to_numpy() + 1
-        label = f"{_legend_name(col, v)} (n={per_seed.shape[1]})"
+        label = f"{col.name(v)} (n={per_seed.shape[1]})"
         top.plot(x, m, color=col[v], lw=1.4, marker=".", label=label)
         order = np.argsort(-m, kind="stable")
         bottom.plot(np.arange(1, len(m) + 1), m[order], color=col[v], lw=1.4, marker=".",
@@ -209,7 +205,7 @@ def plot_responses(path: Path, responses: pd.DataFrame, title: str,
 
 
 def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[str, dict],
-                tuned, col: dict[str, tuple], also: tuple[str, ...] = (),
+                tuned, col: Palette, also: tuple[str, ...] = (),
                 chosen: dict[str, str] | None = None) -> None:
     """Validation accuracy (mean over the tuning seeds) against each tuned field, a line
     per variant (with several fields, each value's best over the others); for two grid
@@ -235,7 +231,7 @@ def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[s
             ax.set_yticks(range(len(a.values)), [f"{x:g}" for x in a.values])
             ax.set_xlabel(b.name)
             ax.set_ylabel(a.name)
-            ax.set_title(_legend_name(col, v))
+            ax.set_title(col.name(v))
             if chosen.get(v) in settings:
                 s = settings[chosen[v]]
                 i, j = a.values.index(s[a.name]), b.values.index(s[b.name])
@@ -260,12 +256,12 @@ def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[s
                 xs = sorted(best, key=lambda x: (str(type(x)), x))
                 pos = xs if numeric else list(range(len(xs)))
                 ax.plot(pos, [100 * best[x] for x in xs], marker="o", color=col[v],
-                        label=_legend_name(col, v))
+                        label=col.name(v))
                 if chosen.get(v) in settings and chosen[v] in means[v]:
                     x = settings[chosen[v]][axis.name]
                     ax.plot(x if numeric else xs.index(x), 100 * means[v][chosen[v]],
                             marker="*", ms=16, color=col[v], mec="black", ls="none",
-                            label=f"{_legend_name(col, v)}: chosen")
+                            label=f"{col.name(v)}: chosen")
                 if not numeric:
                     ax.set_xticks(pos, [str(x) for x in xs])
             if numeric and (axis.log or _spread(settings, axis.name)):
@@ -286,7 +282,7 @@ def _spread(settings: dict[str, dict], field: str) -> bool:
 
 
 def plot_budget(path: Path, curves: dict[str, list[float]], epoch: int,
-                col: dict[str, tuple], also: tuple[str, ...] = ()) -> None:
+                col: Palette, also: tuple[str, ...] = ()) -> None:
     """Expected best validation accuracy against the number of settings tried, one line
     per variant (Dodge et al. 2019's figure)."""
     import matplotlib.pyplot as plt
@@ -295,7 +291,7 @@ def plot_budget(path: Path, curves: dict[str, list[float]], epoch: int,
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for v, ys in curves.items():
         ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], marker="o", color=col[v],
-                label=_legend_name(col, v))
+                label=col.name(v))
     ax.set_xlabel("settings tried")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"expected best validation accuracy (%), epoch {epoch}")

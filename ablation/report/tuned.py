@@ -6,13 +6,15 @@ phase on the test set."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
 
-from ablation import results, tune
+from ablation import halving, results, tune
 from ablation import study as studies
-from ablation.protocol import RunRecord
+from ablation.protocol import JobState, RunRecord
 from ablation.recipe import Recipe
 from ablation.report import figures, latex, markdown, stats
 from ablation.runs import Run
@@ -63,7 +65,9 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
             continue
         base = _base(rs)
         variants = sorted({r.variant for r in rs}, key=list(study.variant_names).index)
-        choices = tune.choose(_records(rs), study.name, t, base, variants)
+        records = _records(rs)
+        choices = tune.choose(records, study.name, t, base, variants)
+        chosen = {v: tune.key(c.setting) for v, c in choices.items() if c is not None}
         held = rs[0].record.recipe.validation
         lines += [f"## Tuned comparisons (group `{gid}`)", "",
                   f"- **Tuned**: {', '.join(t.fields)}, for each variant, on {held:,} "
@@ -79,7 +83,7 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
                   "seeds), judged on the test set (docs/statistics.md).", ""]
         fig_dir = out_dir / f"tuned-{gid}"
         fig_dir.mkdir(parents=True, exist_ok=True)
-        scores = tune.scores(_records(rs), gid, t.fields)
+        scores = tune.scores(records, gid, t.fields)
         means = {v: {k: sum(a) / len(a) for k, a in scores[v][0].items() if a}
                  for v in variants if v in scores}
         settings = {k: s for v in scores for k, s in scores[v][1].items()}
@@ -90,8 +94,7 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
                         f"Each variant's own setting of {', '.join(t.fields)}, chosen on "
                         f"{held:,} held-out validation images (group {gid})",
                         latex.label(f"tuned-{gid}", "choices"))
-        figures.plot_tuning(fig_dir / "tuning.png", means, settings, t, col, also,
-                            {v: tune.key(c.setting) for v, c in choices.items() if c})
+        figures.plot_tuning(fig_dir / "tuning.png", means, settings, t, col, also, chosen)
         lines += [f"![tuning: validation accuracy against {', '.join(t.fields)}]"
                   f"(tuned-{gid}/tuning.png)", ""]
         lines += _robustness(means, settings, variants)
@@ -106,7 +109,6 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
                       f"`{cmd}` runs it.", ""]
             continue
         lines += [*markdown.verdict_header(judged, stats.resolution(compare)), ""]
-        chosen = {v: tune.key(c.setting) for v, c in choices.items() if c is not None}
         for n, cmp in enumerate(study.comparisons, 1):
             lines += block(study, cmp, n, compare, fig_dir, f"tuned-{gid}", col, results_dir,
                            judged, results.TEST, also, tex)
@@ -120,24 +122,34 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
 def costs(rs: list[Run], variants: list[str], t: tune.Tune) -> dict[str, dict]:
     """Per variant: the epochs its tuning runs trained, the full grid's epochs (every
     setting, every tuning seed, every epoch), the comparison runs' epochs, and the
-    device-hours of each at the variant's measured training speed."""
+    device-hours of each at the variant's median measured training speed, each run at
+    its own training-set size (tuning holds the validation split out)."""
     out = {}
     for v in variants:
         mine = [r for r in rs if r.variant == v]
-        tuning = sum(r.record.epochs_done for r in mine if r.record.phase == "tune")
-        compare = sum(r.record.epochs_done for r in mine if r.record.phase == "compare")
-        epochs = mine[0].record.recipe.epochs
-        speeds = [r.record.images_per_second for r in mine if r.record.images_per_second]
-        images = mine[0].record.train_images
-        per_epoch = (images / (sorted(speeds)[len(speeds) // 2]) / 3600
-                     if speeds and images else None)
-        out[v] = {"tune_epochs": tuning, "grid_epochs": len(t.candidates()) * epochs * t.seeds,
-                  "compare_epochs": compare,
-                  "tune_hours": None if per_epoch is None else tuning * per_epoch,
-                  "grid_hours": None if per_epoch is None
-                  else len(t.candidates()) * epochs * t.seeds * per_epoch,
-                  "compare_hours": None if per_epoch is None else compare * per_epoch}
+        speeds = [float(r.record.images_per_second) for r in mine
+                  if r.record.images_per_second]
+        speed = statistics.median(speeds) if speeds else None
+
+        spent = {phase: [(r.record.epochs_done, r.record.train_images) for r in mine
+                         if r.record.phase == phase] for phase in ("tune", "compare")}
+        grid = halving.grid_epochs(len(t.candidates()), mine[0].record.recipe.epochs, t.seeds)
+        tune_images = spent["tune"][0][1] if spent["tune"] else None
+        out[v] = {"tune_epochs": sum(e for e, _ in spent["tune"]), "grid_epochs": grid,
+                  "compare_epochs": sum(e for e, _ in spent["compare"]),
+                  "tune_hours": _device_hours(spent["tune"], speed),
+                  "grid_hours": _device_hours([(grid, tune_images)], speed),
+                  "compare_hours": _device_hours(spent["compare"], speed)}
     return out
+
+
+def _device_hours(epoch_images: list[tuple[int, int | None]], speed: float | None
+                  ) -> float | None:
+    """Hours to train (epochs, training images) pairs at `speed` images/s; None where a
+    size or the speed is unknown."""
+    if speed is None or any(not images for _, images in epoch_images):
+        return None
+    return sum(e * images for e, images in epoch_images) / speed / 3600
 
 
 def _hours(h: float | None) -> str:
@@ -161,11 +173,18 @@ def _cost_lines(cost: dict[str, dict], t: tune.Tune) -> list[str]:
             markdown.table(frame), ""]
 
 
+def _validation_at(run: Run, epoch: int) -> float:
+    """A run's validation accuracy after `epoch` (1-based); NaN where it has none."""
+    h = run.history["validation_accuracy"]
+    return float(h.iloc[epoch - 1]) if len(h) >= epoch else math.nan
+
+
 def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Path,
                    gid: str, col: dict, also: tuple[str, ...]) -> list[str]:
     """Dodge et al.'s expected best validation accuracy against the number of settings
-    tried, per variant, at the epoch every setting reached (the first rung under
-    successive halving, the last epoch otherwise); and whether the leader changes."""
+    tried, per variant, at the epoch every setting that ran as planned reached (the
+    first rung under successive halving, the last epoch otherwise; a setting that failed
+    or diverged before it is left out); and whether the leader changes."""
     per: dict[str, list[float]] = {}
     epoch = None
     for v in variants:
@@ -174,8 +193,11 @@ def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Pa
             if r.variant == v and r.record.phase == "tune" and len(r.history) \
                     and "validation_accuracy" in r.history.columns:
                 by_setting.setdefault(r.record.recipe_id, []).append(r)
-        reached = min((min(len(x.history) for x in runs_) for runs_ in by_setting.values()),
-                      default=0)
+        # the epoch is one every setting that ran as planned reached: a run that failed
+        # or diverged early does not pull the whole figure back to its last epoch
+        reached = min((min(len(x.history) for x in runs_) for runs_ in by_setting.values()
+                       if all(x.record.status in (JobState.DONE, JobState.PAUSED)
+                              for x in runs_)), default=0)
         if len(by_setting) < 2 or not reached:
             continue
         epoch = reached if epoch is None else min(epoch, reached)
@@ -184,15 +206,22 @@ def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Pa
         return []
     curves = {}
     for v, by_setting in per.items():
-        vals = [sum(float(x.history["validation_accuracy"].iloc[epoch - 1]) for x in runs_)
-                / len(runs_) for runs_ in by_setting.values()]
-        curves[v] = [stats.expected_best(vals, k) for k in range(1, len(vals) + 1)]
+        vals = []
+        for runs_ in by_setting.values():  # a setting without a number there is left out
+            accs = [_validation_at(x, epoch) for x in runs_]
+            if all(a == a for a in accs):
+                vals.append(sum(accs) / len(accs))
+        if len(vals) >= 2:
+            curves[v] = [stats.expected_best(vals, k) for k in range(1, len(vals) + 1)]
+    if not curves:
+        return []
     figures.plot_budget(fig_dir / "expected-best.png", curves, epoch, col, also)
     lines = [f"![expected best validation accuracy against settings tried](tuned-{gid}/"
              "expected-best.png)", "",
              f"Expected best validation accuracy of k settings tried (Tang et al. 2020's "
              f"unbiased estimator of Dodge et al. 2019's curve, at epoch {epoch}, which every "
-             "setting reached): how the verdict would read at a smaller tuning budget."]
+             "setting that ran as planned reached): how the verdict would read at a smaller "
+             "tuning budget."]
     common = min(len(c) for c in curves.values())
     leaders = [max(curves, key=lambda v, k=k: curves[v][k]) for k in range(common)]
     changes = [k + 1 for k in range(1, common) if leaders[k] != leaders[k - 1]]
@@ -227,8 +256,8 @@ def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs
 def verdict_groups(study: studies.Study, runs: list[Run], results_dir: Path,
                    margin: float | None = None):
     """Per tuning group the study's [tune] still names: (group id, its comparison runs,
-    their verdicts, each variant's chosen setting as JSON). What `section` reports, for
-    other readers of the verdicts (an export)."""
+    their verdicts, each variant's chosen setting as JSON, what its tuning cost). What
+    `section` reports, for other readers of the verdicts (an export)."""
     designs = results.read_designs(Path(results_dir))
     for gid, rs in sorted(groups(runs).items()):
         t = study.tune
@@ -239,7 +268,7 @@ def verdict_groups(study: studies.Study, runs: list[Run], results_dir: Path,
         compare, judged = _judge(study, gid, rs, choices, designs, margin)
         if compare:
             yield gid, compare, judged, {v: tune.key(c.setting) for v, c in choices.items()
-                                         if c is not None}
+                                         if c is not None}, costs(rs, variants, t)
 
 
 def tuned_rows(key: str, gid: str, pairs, judged: stats.Verdicts, chosen: dict,
