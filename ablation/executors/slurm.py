@@ -247,10 +247,7 @@ class SlurmExecutor:
 
     def _flush(self) -> None:
         if self.refused:  # sbatch refused this driver's last job: it is not asked again
-            why = self.refused[0].error
-            self.refused += [Outcome(i, JobState.INTERRUPTED, why, machine=True)
-                             for i, _ in self.waiting]
-            self.waiting = []
+            self._refuse(self.refused[0].error)
         while self.waiting:
             jobs, self.waiting = self.waiting[:self.pack], self.waiting[self.pack:]
             for _, run_dir in jobs:  # a new attempt: old progress lines are not news
@@ -262,13 +259,17 @@ class SlurmExecutor:
             except Exception as e:  # sbatch refused: a partition, an account, a limit
                 # these jobs and those still waiting did not start: the driver stops
                 # claiming, collects the Slurm jobs already running, and says why
-                why = f"sbatch refused the job: {str(e).strip().splitlines()[-1]}"
-                jobs, self.waiting = jobs + self.waiting, []
-                self.refused += [Outcome(i, JobState.INTERRUPTED, why, machine=True)
-                                 for i, _ in jobs]
+                self.waiting = jobs + self.waiting
+                self._refuse(f"sbatch refused the job: {str(e).strip().splitlines()[-1]}")
                 return
             self.batches.append(_Batch(jobs, slurm))
             self.asked = -math.inf  # the next poll asks squeue of the new job
+
+    def _refuse(self, why: str | None) -> None:
+        """Every waiting job as not started, for `why` (the next poll reports them)."""
+        self.refused += [Outcome(i, JobState.INTERRUPTED, why, machine=True)
+                         for i, _ in self.waiting]
+        self.waiting = []
 
     def _follow(self, batch: _Batch) -> None:
         """New progress lines of the batch's jobs, to the driver's sink."""

@@ -130,11 +130,10 @@ def costs(rs: list[Run], variants: list[str], t: tune.Tune) -> dict[str, dict]:
         speeds = [float(r.record.images_per_second) for r in mine
                   if r.record.images_per_second]
         speed = statistics.median(speeds) if speeds else None
-
         spent = {phase: [(r.record.epochs_done, r.record.train_images) for r in mine
                          if r.record.phase == phase] for phase in ("tune", "compare")}
         grid = halving.grid_epochs(len(t.candidates()), mine[0].record.recipe.epochs, t.seeds)
-        tune_images = spent["tune"][0][1] if spent["tune"] else None
+        tune_images = next((images for _, images in spent["tune"] if images), None)
         out[v] = {"tune_epochs": sum(e for e, _ in spent["tune"]), "grid_epochs": grid,
                   "compare_epochs": sum(e for e, _ in spent["compare"]),
                   "tune_hours": _device_hours(spent["tune"], speed),
@@ -145,9 +144,10 @@ def costs(rs: list[Run], variants: list[str], t: tune.Tune) -> dict[str, dict]:
 
 def _device_hours(epoch_images: list[tuple[int, int | None]], speed: float | None
                   ) -> float | None:
-    """Hours to train (epochs, training images) pairs at `speed` images/s; None where a
-    size or the speed is unknown."""
-    if speed is None or any(not images for _, images in epoch_images):
+    """Hours to train (epochs, training images) pairs at `speed` images/s; None where the
+    speed, or the size of a run that trained an epoch, is unknown (a job that failed
+    before its first epoch costs nothing)."""
+    if speed is None or any(e and not images for e, images in epoch_images):
         return None
     return sum(e * images for e, images in epoch_images) / speed / 3600
 
