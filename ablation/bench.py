@@ -25,6 +25,7 @@ import time
 
 from ablation import registry, results
 from ablation.errors import AblationError
+from ablation.protocol import module_command
 from ablation.recipe import TRAIN_IMAGES
 
 # The blog's reference GPU figure: a Keras ResNet-32 epoch of this recipe in about 20 s
@@ -117,16 +118,16 @@ def _child(cmd: list[str]) -> dict:
 
 
 def _ours(variant, precision, steps, batch_size, data_dir, study) -> dict:
-    cmd = [sys.executable, "-m", "ablation.bench", variant, precision, str(steps or 0),
-           str(batch_size), data_dir or "", study or ""]
+    cmd = module_command("ablation.bench", variant, precision, str(steps or 0),
+                         str(batch_size), data_dir or "", study or "")
     return _child(cmd)
 
 
 def _theirs(variant, steps, batch_size, data_dir) -> float:
     """The blog's path as the blog ran it: float32 (it predates mixed precision), for
     as many steps as ours timed."""
-    cmd = [sys.executable, "-m", "ablation.baseline", "--variant", variant, "--precision",
-           "fp32", "--steps", str(steps), "--batch-size", str(batch_size)]
+    cmd = module_command("ablation.baseline", "--variant", variant, "--precision", "fp32",
+                         "--steps", str(steps), "--batch-size", str(batch_size))
     if data_dir:
         cmd += ["--data-dir", data_dir]
     return _child(cmd)["images_per_second"]

@@ -159,7 +159,7 @@ class Recorder(keras.callbacks.Callback):
         self.stop = stop or recipe.epochs  # the epoch this process trains to
         self.n_train = len(stream.ds.y_train)
         self.train_rates = rates
-        self.nan = False
+        self.nan: str | None = None  # what became NaN (the training loss, an evaluation's)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.perf_counter()
@@ -170,11 +170,17 @@ class Recorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
-            self.nan = True
+            self.nan = "loss"
             self.stream.stop()  # let the generator end, so fit can return cleanly
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        # an evaluation whose loss is not a number diverged as surely as training: the run
+        # stops here and fails (a setting that diverged is never promoted nor chosen)
+        for key, what in (("val_loss", "test loss"), ("validation_loss", "validation loss")):
+            if key in logs and number(logs[key]) is None and not self.nan:
+                self.nan = what
+                self.model.stop_training = True
         seconds = time.perf_counter() - self.t0
         train_s = self.t_train or seconds
         logs.pop("learning_rate", None)  # Keras' float32 echo of what we set

@@ -7,8 +7,11 @@ is provably gone: on the same host, its process no longer exists (pid and start 
 a recycled pid does not fool us, and a start no clock change moves); on another host,
 its heartbeat is older than `stale_after` seconds.
 
-A job is (variant, definition tag, seed, recipe id): the tag tells two definitions of
-one user variant apart (ablation.study.folder_tag), so an edited variant is a new job.
+A job is its `JobKey` (variant, definition tag, seed, recipe id): the tag tells two
+definitions of one user variant apart (ablation.study.folder_tag), so an edited variant
+is a new job. A job's run folder is derived from its key under the folder the queue
+lies in, never read back from the database: a results folder copied or moved elsewhere
+works there, and never writes into the folder it was copied from.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from pathlib import Path
 
 import psutil
 
+from ablation import results
 from ablation.errors import AblationError
-from ablation.protocol import JobState
+from ablation.protocol import JobKey, JobState
 
 DB_NAME = "queue.sqlite"
 SCHEMA_VERSION = 1
@@ -82,6 +86,10 @@ class JobRow:
         """The variant as people see it: name, and the definition tag if any."""
         return f"{self.variant}@{self.tag}" if self.tag else self.variant
 
+    @property
+    def key(self) -> JobKey:
+        return JobKey(self.variant, self.tag, self.seed, self.recipe_id)
+
 
 BOOT_TICKS = "boot+"  # a start recorded in clock ticks since boot (0.6)
 
@@ -128,7 +136,8 @@ class JobQueue:
     """All queue state lives in the database; this object holds only a connection."""
 
     def __init__(self, results: Path, stale_after: float = 600.0):
-        self.path = Path(results) / DB_NAME
+        self.root = Path(results)
+        self.path = self.root / DB_NAME
         self.stale_after = stale_after
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -169,20 +178,22 @@ class JobQueue:
 
     # --- writing ------------------------------------------------------------------------
 
-    def add(self, jobs: Iterable[tuple[str, str, int, str, dict, str]],
-            retry_failed: bool = False) -> list[int]:
-        """Insert (variant, tag, seed, recipe_id, recipe, run_dir) rows, skipping known
-        ones. Returns the ids of all the given jobs, in order. Interrupted jobs are
-        requeued; failed ones only with `retry_failed`."""
+    def add(self, jobs: Iterable[tuple[JobKey, dict]], retry_failed: bool = False) -> list[int]:
+        """Insert (key, recipe) rows, skipping known ones. Returns the ids of all the given
+        jobs, in order. Interrupted jobs are requeued; failed ones only with
+        `retry_failed`."""
         ids = []
         now = time.time()
         with self._tx():
-            for variant, tag, seed, recipe_id, recipe, run_dir in jobs:
+            for (variant, tag, seed, recipe_id), recipe in jobs:
+                # the run folder, relative to the results folder (for a person reading the
+                # database; the queue itself derives it from the key: `_rows`)
+                where = results.run_dir(Path("."), recipe_id, variant, seed, tag)
                 self.db.execute(
                     "INSERT OR IGNORE INTO jobs (variant, tag, seed, recipe_id, recipe, run_dir,"
                     " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (variant, tag, seed, recipe_id, json.dumps(recipe, sort_keys=True), run_dir,
-                     now))
+                    (variant, tag, seed, recipe_id, json.dumps(recipe, sort_keys=True),
+                     str(where), now))
                 row = self.db.execute(
                     "SELECT id, status FROM jobs WHERE variant=? AND tag=? AND seed=? AND"
                     " recipe_id=?", (variant, tag, seed, recipe_id)).fetchone()
@@ -265,7 +276,10 @@ class JobQueue:
         names = [f.name for f in fields(JobRow)]
         cur = self.db.execute(f"SELECT {', '.join(names)} FROM jobs {where}", args)
         return [JobRow(**{**dict(r), "recipe": json.loads(r["recipe"]),
-                          "status": JobState(r["status"])}) for r in cur.fetchall()]
+                          "status": JobState(r["status"]),
+                          "run_dir": str(results.run_dir(self.root, r["recipe_id"], r["variant"],
+                                                         r["seed"], r["tag"]))})
+                for r in cur.fetchall()]
 
     @contextlib.contextmanager
     def _tx(self):

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
@@ -40,6 +41,33 @@ class JobState(StrEnum):
 
 
 NEW = "new"  # `--dry-run`'s word for a job the queue has not seen yet
+DIVERGED = "diverged: "  # how a failed job's reason begins when its loss became NaN
+
+
+def diverged(error: str | None) -> bool:
+    """Whether a failed job's reason says it diverged (a NaN training or evaluation
+    loss), rather than that something broke."""
+    return bool(error) and error.startswith(DIVERGED)
+
+
+class JobKey(NamedTuple):
+    """A job's identity, wherever it is matched: the queue's unique key, a planned job's,
+    a dry run's lookup. The definition tag tells two definitions of one user variant apart
+    (ablation.study.folder_tag; "" for built-in variants), so a job of an edited unit is
+    never taken for the old one's."""
+
+    variant: str
+    tag: str
+    seed: int
+    recipe_id: str
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """The command that starts one of the package's processes (a job, a bench
+    measurement, the baseline): this interpreter, `-P` so that the working folder is not
+    put first on sys.path (a folder named like the package beside it, such as a clone
+    named `ablation` run from its parent, would shadow the installed package)."""
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 class Exit(IntEnum):

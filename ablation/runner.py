@@ -31,7 +31,16 @@ from ablation import results, runs, study, tune
 from ablation.errors import AblationError
 from ablation.executors import Executor, LineSink
 from ablation.jobqueue import DB_NAME, JobQueue
-from ablation.protocol import EpochRecord, Exit, JobConfig, JobState, RunRecord, Terminated
+from ablation.protocol import (
+    EpochRecord,
+    Exit,
+    JobConfig,
+    JobKey,
+    JobState,
+    RunRecord,
+    Terminated,
+    diverged,
+)
 from ablation.recipe import Recipe
 from ablation.registry import Variant
 
@@ -51,6 +60,10 @@ class PlannedJob:
     def target(self) -> int:
         """The epoch the job trains to: its rung's, else the recipe's last."""
         return self.until or self.recipe.epochs
+
+    @property
+    def key(self) -> JobKey:
+        return JobKey(self.variant.name, self.tag, self.seed, self.recipe.id)
 
 
 @dataclass
@@ -171,18 +184,18 @@ class Progress:
 def prepare_jobs(plan: Plan, queue: JobQueue) -> tuple[list[int], dict[int, PlannedJob]]:
     """Insert the plan's jobs; return their ids and what each id stands for."""
     jobs = plan.jobs()
-    ids = queue.add([(j.variant.name, j.tag, j.seed, j.recipe.id, j.recipe.to_dict(),
-                      str(j.run_dir)) for j in jobs], retry_failed=plan.retry_failed)
+    ids = queue.add([(j.key, j.recipe.to_dict()) for j in jobs],
+                    retry_failed=plan.retry_failed)
     return ids, dict(zip(ids, jobs, strict=True))
 
 
-def states(results_dir: Path) -> dict[tuple[str, str, int, str], JobState]:
-    """Every queued job's state by (variant, tag, seed, recipe id), without creating a
-    queue where there is none (what a dry run holds its plan against)."""
+def states(results_dir: Path) -> dict[JobKey, JobState]:
+    """Every queued job's state by its key, without creating a queue where there is none
+    (what a dry run holds its plan against)."""
     if not (Path(results_dir) / DB_NAME).exists():
         return {}
     with JobQueue(Path(results_dir)) as q:
-        return {(r.variant, r.tag, r.seed, r.recipe_id): r.status for r in q.all()}
+        return {r.key: r.status for r in q.all()}
 
 
 ENDED = (JobState.DONE, JobState.FAILED, JobState.PAUSED)
@@ -193,9 +206,8 @@ def unfinished(plan: Plan) -> int:
     rung: a phase or a look is judged only when none is left (a failed job is run; it
     does not stall it; a paused one goes on only if the search promotes it)."""
     with JobQueue(plan.results) as q:
-        jobs = {(j.variant.name, j.seed, j.recipe.id) for j in plan.jobs()}
-        return sum(r.status not in ENDED for r in q.all()
-                   if (r.variant, r.seed, r.recipe_id) in jobs)
+        jobs = {j.key for j in plan.jobs()}
+        return sum(r.status not in ENDED for r in q.all() if r.key in jobs)
 
 
 def _done_on_disk(job: PlannedJob) -> JobState | None:
@@ -270,17 +282,17 @@ class View:
     def unfinished(self, plan: Plan) -> int:
         return unfinished(plan)
 
-    def states(self) -> dict[tuple[str, str, int, str], JobState]:
+    def states(self) -> dict[JobKey, JobState]:
         return states(self.results)
 
-    def active(self) -> set[tuple[str, str, int, str]]:
-        """The jobs this step has queued, or running under a runner that is alive:
-        (variant, tag, seed, recipe id). A job whose runner was killed is not active: it
-        waits to resume; nor is one a killed command queued and never started."""
+    def active(self) -> set[JobKey]:
+        """The jobs this step has queued, or running under a runner that is alive. A job
+        whose runner was killed is not active: it waits to resume; nor is one a killed
+        command queued and never started."""
         if not (Path(self.results) / DB_NAME).exists():
             return set()
         with JobQueue(Path(self.results)) as q:
-            return {(r.variant, r.tag, r.seed, r.recipe_id) for r in q.all()
+            return {r.key for r in q.all()
                     if (r.status == JobState.QUEUED and r.id in self.pending)
                     or (r.status == JobState.RUNNING and not q.gone(r))}
 
@@ -343,7 +355,10 @@ class _Step:
         return self.plan.config(self.planned[job_id], self.index[job_id], len(self.ids))
 
     def report(self, out, err) -> int:
-        return _report(self.queue, self.ids, self.skipped, out, err)
+        # a tuning setting that diverged is one of the search's outcomes (it is never
+        # promoted nor chosen), not a failure of the command
+        return _report(self.queue, self.ids, self.skipped, out, err,
+                       outcome=self.plan.phase == "tune")
 
 
 def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Executor],
@@ -410,7 +425,8 @@ def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
             msg = (f"[job {step.index[o.job_id]}/{len(step.ids)}] {job.label} s{job.seed}"
                    f"{step.labels.get(o.job_id, '')}: {o.status}")
             print(msg + (f" ({o.error})" if o.error else ""), flush=True,
-                  file=err if o.status == JobState.FAILED else out)
+                  file=err if o.status == JobState.FAILED and not (
+                      step.plan.phase == "tune" and diverged(o.error)) else out)
         if ended and asynchronous and machine is None:
             view.changed()
             view.free = max(0, executor.capacity - len(step.pending))
@@ -447,14 +463,19 @@ def _stop(stop: KeyboardInterrupt, queue: JobQueue, executor: Executor | None, o
     return Exit.TERMINATED if cause == "SIGTERM" else Exit.INTERRUPTED
 
 
-def _report(queue: JobQueue, ids: list[int], skipped: int, out, err) -> int:
+def _report(queue: JobQueue, ids: list[int], skipped: int, out, err,
+            outcome: bool = False) -> int:
+    """The step's end in one line, each failure on stderr; the step's exit code. With
+    `outcome`, jobs that diverged are said apart and fail nothing."""
     rows = [queue.get(i) for i in ids]
     by = {s: [r for r in rows if r.status == s]
           for s in (JobState.DONE, JobState.FAILED, JobState.RUNNING, JobState.PAUSED)}
-    failed = by[JobState.FAILED]
+    gone = [r for r in by[JobState.FAILED] if outcome and diverged(r.error)]
+    failed = [r for r in by[JobState.FAILED] if r not in gone]
     paused = by[JobState.PAUSED]
     print(f"finished: {len(by[JobState.DONE])} done ({skipped} from earlier runs), "
           + (f"{len(paused)} stopped at a rung, " if paused else "")
+          + (f"{len(gone)} diverged (never promoted nor chosen), " if gone else "")
           + f"{len(failed)} failed, {len(by[JobState.RUNNING])} still running elsewhere",
           file=out, flush=True)
     for r in failed:

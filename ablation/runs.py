@@ -60,7 +60,7 @@ def _history(path: Path, warn: Warn) -> pd.DataFrame:
     rows = results.read_history(path)
     df = pd.DataFrame(rows)
     if len(df):
-        if "val_accuracy" not in df.columns:
+        if "loss" not in df.columns:
             raise AblationError(f"damaged file {path}: missing columns")
         numbers = df.apply(pd.to_numeric, errors="coerce")
         # CSVLogger writes "NA" (or nan) for a gap; any other text is damage, read as a gap
@@ -70,7 +70,25 @@ def _history(path: Path, warn: Warn) -> pd.DataFrame:
             warn(f"{path}: {int(text.to_numpy().sum())} value(s) that are not numbers in "
                  f"{', '.join(cols)}, read as missing")
         df = numbers
+        if "epoch" in df.columns and df["epoch"].duplicated().any():
+            twice = sorted({int(e) for e in df.loc[df["epoch"].duplicated(), "epoch"]
+                            if e == e})
+            warn(f"{path}: epoch(s) {', '.join(map(str, twice))} recorded more than once; "
+                 "the last record of each is read")
+            df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
+            df = df.reset_index(drop=True)
     return df
+
+
+def curve(history: pd.DataFrame, split: str = "test") -> dict[int, float]:
+    """A split's accuracy after each epoch (1-based) of a run's history, where it is a
+    number: a run that diverged has NaN there, or (its first epoch diverged) no such
+    column at all."""
+    col = results.SPLITS[split].curve
+    if col not in history.columns or "epoch" not in history.columns:
+        return {}
+    return {int(e) + 1: float(v) for e, v in zip(history["epoch"], history[col], strict=True)
+            if e == e and v == v and abs(v) != float("inf")}
 
 
 def _responses(path: Path, warn: Warn) -> pd.DataFrame | None:

@@ -44,6 +44,7 @@ from ablation.callbacks import (
 )
 from ablation.errors import AblationError
 from ablation.protocol import (
+    DIVERGED,
     HELD_MARKER,
     HOLD_ENV,
     Exit,
@@ -407,8 +408,10 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
 
     epochs = len(results.read_history(job.history_path))
     if recorder.nan or epochs < job.stop:
-        why = (f"loss became NaN in epoch {epochs}/{job.recipe.epochs} (TerminateOnNaN "
-               "stopped it)" if recorder.nan
+        why = (f"{DIVERGED}the {recorder.nan} became NaN in epoch {epochs}/"
+               f"{job.recipe.epochs}" + (" (TerminateOnNaN stopped it)"
+                                         if recorder.nan == "loss" else "")
+               if recorder.nan
                else f"training stopped after {epochs} of {job.recipe.epochs} epochs")
         record.write(JobState.FAILED, error=why)
         print(f"FAILED: {why}", flush=True)

@@ -10,6 +10,7 @@ import pytest
 
 from ablation.errors import AblationError
 from ablation.jobqueue import JobQueue
+from ablation.protocol import JobKey
 from ablation.recipe import Recipe
 
 
@@ -43,7 +44,7 @@ def test_bad_recipes_are_refused(bad):
 
 
 def _jobs(n):
-    return [("resnet32", "", s, "rid", {}, f"/tmp/x{s}") for s in range(n)]
+    return [(JobKey("resnet32", "", s, "rid"), {}) for s in range(n)]
 
 
 def test_claims_are_exclusive_and_done_jobs_skipped(tmp_path):
@@ -65,7 +66,7 @@ def test_claims_are_exclusive_and_done_jobs_skipped(tmp_path):
 def test_dead_runner_is_reclaimed_live_one_is_not(tmp_path):
     # a runner process that claims a job and then dies
     code = ("import sys; from ablation.jobqueue import JobQueue; q = JobQueue(sys.argv[1]);"
-            "ids = q.add([('resnet32', '', 0, 'rid', {}, '/tmp/x')]);"
+            "ids = q.add([(('resnet32', '', 0, 'rid'), {})]);"
             "print(q.claim(ids, 'w').id, flush=True)")
     dead = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                           text=True, check=True)
@@ -140,7 +141,7 @@ def test_a_queue_of_the_first_version_is_migrated_keeping_its_jobs(tmp_path):
         assert q.add(_jobs(1)) == [row.id]  # the same job, still done
         assert q.get(row.id).status == "done"
         # a second definition of one variant is a second job
-        other = q.add([("resnet32", "0a1b2c3d", 0, "rid", {}, "/tmp/y0")])
+        other = q.add([(JobKey("resnet32", "0a1b2c3d", 0, "rid"), {})])
         assert other != [row.id] and q.get(other[0]).status == "queued"
     with JobQueue(tmp_path) as q:  # opening again changes nothing
         assert len(q.all()) == 2

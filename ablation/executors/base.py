@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from ablation.errors import AblationError
-from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome, RunRecord
+from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome, RunRecord, module_command
 
 LineSink = Callable[[int, str], None]  # (job id, progress payload) -> None
 
@@ -45,7 +44,7 @@ class Executor(Protocol):
 
 
 def train_command(run_dir: str) -> list[str]:
-    return [sys.executable, "-m", "ablation.job", str(run_dir)]
+    return module_command("ablation.job", str(run_dir))
 
 
 def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outcome:

@@ -46,7 +46,7 @@ class Fixed:
 def list_jobs(jobs, known: dict, out, describe=None) -> None:
     """One line per planned job, with its state in the queue (or new)."""
     for k, j in enumerate(jobs, 1):
-        state = known.get((j.variant.name, j.tag, j.seed, j.recipe.id), NEW)
+        state = known.get(j.key, NEW)
         extra = f"{describe(j)}  " if describe else ""
         print(f"{k:4d}  {j.variant.name:<14} seed {j.seed}  {extra}[{state}]  {j.run_dir}",
               file=out)

@@ -14,6 +14,7 @@ tuning experiment's runs whatever flags it was run with.
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,7 +23,7 @@ from ablation import halving, registry, results, runs, tune
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.policies import Fixed, list_jobs
-from ablation.protocol import NEW, Exit, JobState
+from ablation.protocol import NEW, Exit, JobKey, JobState
 from ablation.runner import Plan, Policy, Queue, Stop, View
 
 
@@ -144,7 +145,7 @@ class Tuned:
         known = view.states()
         speed = runs.speeds(plan.results)
         jobs = self.tuning.jobs()
-        planned = [known.get((j.variant.name, j.tag, j.seed, j.recipe.id), NEW) for j in jobs]
+        planned = [known.get(j.key, NEW) for j in jobs]
         left = sum(s != JobState.DONE for s in planned)
         if self.halving is not None:  # the search decides as it goes: its rule and cost
             grid = halving.grid_epochs(len(t.candidates()), plan.recipe.epochs, t.seeds)
@@ -207,31 +208,44 @@ class Search:
         return rule + (f", at most {self.t.budget:,} epochs a variant" if self.t.budget
                        else "")
 
+    def order(self, variant: str) -> list:
+        """The variant's settings in the order the search starts them: a random order
+        seeded by the study's [tune] table and the variant (the same on every rerun), never
+        the grid's, whose order would otherwise favour the settings listed first."""
+        recipes = list(self.tuning.recipes_of(variant))
+        random.Random(f"{self.t.seed}:{variant}").shuffle(recipes)
+        return recipes
+
     def _trials(self, view: View, variant: str) -> tuple[list[halving.Trial], int]:
-        """Each setting of `variant` as a Trial, and the epochs its runs trained."""
-        recipes = self.tuning.recipes_of(variant)
+        """Each setting of `variant` as a Trial (in `order`), and the epochs its runs
+        trained. A setting whose run failed, or that has no validation accuracy at a rung
+        it reached (it diverged: its history has NaN there, or no such column), has
+        failed: it is never promoted."""
         active = view.active()
         mine = {(r.variant, r.record.recipe_id, r.seed): r for r in view.runs()
                 if r.record.phase == "tune" and r.record.tuning
                 and r.record.tuning.group == self.tuning.tuning["group"]}
         trials, spent = [], 0
         tag = studies.folder_tag(registry.get(variant))
-        for recipe in recipes:
+        for recipe in self.order(variant):
             seeds = range(self.t.seeds)
             found = [mine.get((variant, recipe.id, s)) for s in seeds]
-            done = [r.record.epochs_done if r else 0 for r in found]
-            spent += sum(done)
-            running = any((variant, tag, s, recipe.id) in active for s in seeds)
+            done = min(r.record.epochs_done if r else 0 for r in found)
+            spent += sum(r.record.epochs_done for r in found if r)
+            running = any(JobKey(variant, tag, s, recipe.id) in active for s in seeds)
             failed = any(r is not None and r.record.status == JobState.FAILED for r in found)
             curve: dict[int, float] = {}
-            if all(r is not None and len(r.history) for r in found):
-                cols = [r.history.set_index("epoch")["validation_accuracy"] for r in found]
-                for e in self.rungs:
-                    vals = [c.get(e - 1) for c in cols]
-                    if all(v is not None and v == v for v in vals):
+            if done:
+                cols = [runs.curve(r.history, "validation") for r in found]
+                for e in (e for e in self.rungs if e <= done):
+                    vals = [c.get(e) for c in cols]
+                    if all(v is not None for v in vals):
                         curve[e] = sum(vals) / len(vals)
-            trials.append(halving.Trial(recipe.id, min(done), running, curve, failed,
-                                        target=min(done)))
+                    else:
+                        failed = True
+            # a running setting is on its way to the next rung above what it trained
+            target = next((e for e in self.rungs if e > done), done) if running else done
+            trials.append(halving.Trial(recipe.id, done, running, curve, failed, target))
         return trials, spent
 
     def next_jobs(self, view: View, free: int) -> Plan | None:
@@ -248,7 +262,7 @@ class Search:
                 got = halving.decide(trials, self.rungs, self.factor, 1, self.t.budget,
                                      spent + sum((t - _done(trials, k)) * self.t.seeds
                                                  for k, t in picks.get(v.name, [])),
-                                     self.t.seeds, self.halving.reserve)
+                                     self.t.seeds, self.halving.reserve, view.slots)
                 for key, target in got:
                     next(tr for tr in trials if tr.key == key).running = True
                     picks.setdefault(v.name, []).append((key, target))
