@@ -28,6 +28,18 @@ class _UsageError(AblationError):
     """A command-line mistake; printed as `PROG: error: ...`."""
 
 
+class _Recorded:
+    """An argument group that remembers the actions added to it (an executor's flags)."""
+
+    def __init__(self, group):
+        self.group, self.actions = group, []
+
+    def add_argument(self, *args, **kwargs):
+        action = self.group.add_argument(*args, **kwargs)
+        self.actions.append(action)
+        return action
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but its errors are one line (no usage dump)."""
 
@@ -128,6 +140,15 @@ def cmd_run(args) -> int:
     if not args.all and not args.variants:
         raise AblationError("name the variants to train (names or globs), or pass --all")
     planning.check_flags(args.seeds, args.until_decided, args.max_seeds)
+    for name, actions in args.executor_flags.items():  # another executor's settings
+        given = [a.option_strings[0] for a in actions
+                 if name != args.executor and getattr(args, a.dest) != a.default]
+        if given:
+            raise AblationError(
+                f"{given[0]} is a setting of --executor {name}, not of --executor "
+                f"{args.executor}" + ("; add --executor " + name + " (without it the jobs "
+                                      "run here, on this machine)"
+                                      if args.executor == "local" else ""))
     study = _study(args)
     names = study.variants() if args.all else study.select(args.variants)
     plan = planning.plan(study, names, _recipe_overrides(args), Path(args.results),
@@ -152,7 +173,7 @@ def cmd_status(args) -> int:
     from ablation import results
     from ablation.jobqueue import DB_NAME, JobQueue
 
-    if not (Path(args.results) / DB_NAME).is_file():
+    if not (results.existing(args.results) / DB_NAME).is_file():
         raise AblationError(f"no queue in {args.results}; start one with `ablation run`")
     with JobQueue(Path(args.results)) as q:
         rows = q.all()
@@ -332,9 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="N", help="most training steps per host-device sync, a divisor "
                                      "of the epoch's steps (default: "
                                      f"{backend.GPU_STEPS_PER_EXECUTION} on a GPU, 1 on a CPU)")
+    flags = {}
     for name, load in EXECUTORS.items():
-        load().add_arguments(s.add_argument_group(f"--executor {name}"))
-    s.set_defaults(func=cmd_run)
+        flags[name] = _Recorded(s.add_argument_group(f"--executor {name}"))
+        load().add_arguments(flags[name])
+    s.set_defaults(func=cmd_run, executor_flags={n: g.actions for n, g in flags.items()})
 
     s = sub.add_parser("status", help="print the job queue as a table")
     s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)

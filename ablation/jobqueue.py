@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 
@@ -143,13 +144,29 @@ class JobQueue:
         self.pid = os.getpid()
         self.pid_start = _proc_start(self.pid)
         try:
-            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self._migrate()
+            try:
+                self.db = self._connect(f"file:{quote(str(self.path))}", "WAL")
+                self._migrate()
+            except sqlite3.OperationalError:
+                if not self.path.is_file() or os.access(self.root, os.W_OK):
+                    raise
+                # a folder this user may read but not write (WAL needs its -shm file
+                # beside the database): read the database as it lies, for `status`
+                self.db.close()
+                self.db = self._connect(f"file:{quote(str(self.path))}?mode=ro&immutable=1",
+                                        None)
+        except sqlite3.OperationalError as e:
+            raise AblationError(f"cannot open the queue database {self.path}: {e}") from e
         except sqlite3.DatabaseError as e:
             raise AblationError(f"damaged queue database {self.path}: {e}; move it aside to "
                                 "start a new queue (run folders are kept)") from e
+
+    def _connect(self, uri: str, journal: str | None) -> sqlite3.Connection:
+        self.db = sqlite3.connect(uri, timeout=60, isolation_level=None, uri=True)
+        self.db.row_factory = sqlite3.Row
+        if journal:
+            self.db.execute(f"PRAGMA journal_mode={journal}")
+        return self.db
 
     def _migrate(self) -> None:
         """Create the table, or bring a database of an earlier version up to date."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ablation import data, registry, verdict
+from ablation import data, models, registry, verdict
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.policies import Fixed
@@ -50,6 +50,9 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
             v.train_recipe(recipe)
         except AblationError as e:
             raise AblationError(f"{v.name} (its recipe sets {dict(v.recipe)}): {e}") from e
+    shape, classes = data.shape_of(recipe.dataset, recipe.image_hw)
+    for v in variants:  # each network fits the data: its head, its strides (counted, fast)
+        models.count_params(v, classes, shape)
     folder = data.resolve_data_dir(recipe.dataset, data_dir)
     # a dataset by path: hashed (its content names the recipe id), its statistics taken,
     # a folder decoded once into the results folder (not for a dry run: it writes nothing)

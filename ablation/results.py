@@ -170,6 +170,18 @@ def prepare_results(results: Path) -> Path:
     return results
 
 
+def existing(results: Path, what: str = "a results folder") -> Path:
+    """A results folder that must be there to be read (status, report, analyze, export):
+    one line when it is missing or a file."""
+    results = Path(results)
+    if results.exists() and not results.is_dir():
+        raise AblationError(f"{results} is a file, not {what}; give --results the folder "
+                            "`ablation run` wrote")
+    if not results.is_dir():
+        raise AblationError(f"no results folder {results}; run `ablation run` first")
+    return results
+
+
 def iter_summaries(results: Path) -> list[Path]:
     """Every run's summary.json under a results folder, in a stable order."""
     return sorted((Path(results) / RUNS).glob("*/*/summary.json"))

@@ -244,11 +244,13 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
     source = resolve(dataset, base)
     x_tr, y_tr, x_te, y_te, names, where = _read(source, data_dir, image_size, data_hash,
                                                  cache)
+    native = x_tr.shape[1:3]
+    x_tr, x_te = sources.resized(x_tr, image_size), sources.resized(x_te, image_size)
     k = len(names) or (sources._LAYOUT[source.name]["classes"] if source.kind == "cifar"
                        else int(max(y_tr.max(), y_te.max())) + 1)
     if stats is not None:
         mean, std = stats
-    elif dataset in sources.PUBLISHED:
+    elif dataset in sources.PUBLISHED and x_tr.shape[1:3] == native:
         mean, std = sources.PUBLISHED[dataset]
     else:  # its own full train-split statistics, before any hold-out or subset
         mean, std = statistics(x_tr)
@@ -299,7 +301,7 @@ def prepare(dataset: str, image_size: tuple[int, int] | None, results: Path,
     if not decode:
         return record
     if source.kind == "npz":
-        x_tr = sources.read_npz(source.path, content)[0]
+        x_tr = sources.resized(sources.read_npz(source.path, content)[0], image_size)
     elif (target := _cache_file(cache, digest, image_size)).is_file():
         x_tr = sources.read_npz(target)[0]
     else:

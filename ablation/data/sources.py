@@ -275,6 +275,12 @@ def _check_labels(y_train: np.ndarray, y_test: np.ndarray, names: list[str] | tu
                                 f"{y.dtype} of shape {y.shape}")
         ys.append(y)
     k = len(names) or int(max((int(y.max()) for y in ys if len(y)), default=0)) + 1
+    if not len(ys[0]):
+        raise AblationError(f"{where}: y_train is empty: the dataset holds no training "
+                            "image")
+    if k < 2:
+        raise AblationError(f"{where}: one class only: a classifier needs two or more "
+                            "(every accuracy would be 100 %)")
     for key, y in zip(("y_train", "y_test"), ys, strict=True):
         bad = y[(y < 0) | (y >= k)]
         if len(bad):
@@ -376,6 +382,9 @@ def folder_layout(root: Path) -> tuple[list[str], dict[str, dict[str, list[Path]
     names = list(splits["train"])
     if not names:
         raise AblationError(f"{root / 'train'} has no class folders")
+    if len(names) < 2:
+        raise AblationError(f"{root / 'train'} has one class folder ({names[0]}): a "
+                            "classifier needs two or more (every accuracy would be 100 %)")
     stray = [c for c in splits["test"] if c not in splits["train"]]
     if stray:
         raise AblationError(f"{root / 'test'} has class {stray[0]!r}, which train/ lacks")
@@ -456,14 +465,37 @@ class Shape:
         return (self.train + self.test) * h * w * c
 
 
+def resized(x: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 images (N, H, W, C) at `image_size` (H, W), bilinear as a folder's are
+    decoded (PIL); the same array when they already are (or no size is asked)."""
+    if image_size is None or tuple(x.shape[1:3]) == tuple(image_size):
+        return x
+    from PIL import Image
+
+    h, w = image_size
+    c = x.shape[-1]
+    out = np.empty((len(x), h, w, c), np.uint8)
+    for i, img in enumerate(x):
+        pic = Image.fromarray(img[..., 0] if c == 1 else img)
+        out[i] = np.asarray(pic.resize((w, h), Image.BILINEAR), np.uint8).reshape(h, w, c)
+    return out
+
+
+def _at(shape: tuple[int, int, int], image_size: tuple[int, int] | None
+        ) -> tuple[int, int, int]:
+    """An input shape at `image_size` (None: as it is)."""
+    return shape if image_size is None else (*image_size, shape[-1])
+
+
 def describe(source: Source, image_size: tuple[int, int] | None = None) -> Shape:
-    """The shape, classes and sizes of a source, cheaply (headers, labels, folder names)."""
+    """The shape, classes and sizes of a source, cheaply (headers, labels, folder names),
+    at `image_size` where one is asked."""
     if source.kind == "cifar":
         n = _LAYOUT[source.name]["classes"]
-        return Shape((32, 32, 3), n, (), 50_000, 10_000)
+        return Shape(_at((32, 32, 3), image_size), n, (), 50_000, 10_000)
     if source.kind == "keras":
         shape, n = KERAS[source.name]
-        return Shape(shape, n, (), 60_000, 10_000)
+        return Shape(_at(shape, image_size), n, (), 60_000, 10_000)
     if source.kind == "npz":
         where = str(source.path)
         try:
@@ -478,11 +510,8 @@ def describe(source: Source, image_size: tuple[int, int] | None = None) -> Shape
             _check_images(key, *heads[key], where)
         shape = heads["x_train"][0]
         hwc = (*shape[1:3], shape[3] if len(shape) == 4 else 1)
-        if image_size is not None:
-            raise AblationError(f"{where}: image_size resizes the images of a folder; "
-                                "resize an .npz's arrays yourself")
         k = _check_labels(*labels, names, where)
-        return Shape(hwc, k, names, shape[0], heads["x_test"][0][0])
+        return Shape(_at(hwc, image_size), k, names, shape[0], heads["x_test"][0][0])
     names, splits = folder_layout(source.path)
     return Shape(_folder_shape(source.path, splits, image_size), len(names), tuple(names),
                  sum(len(f) for f in splits["train"].values()),

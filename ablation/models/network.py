@@ -94,11 +94,26 @@ def _network(g: Graph, v: Variant, num_classes: int, input_shape: tuple[int, ...
     out = _run(g, f"head {v.head!r} of {v.name}", head, x, net,
                failed=f"head {v.head!r} failed in {v.name}")
     _check_tensor(out, f"head {v.head!r} of {v.name}")
+    _check_output(g, out, v, num_classes)
     try:
         g.finish(out)
     except OpError as e:
         raise UnitError(str(e)) from e
     return out
+
+
+def _check_output(g: Graph, out: Any, v: Variant, num_classes: int) -> None:
+    """The head must give (N, num_classes) class probabilities: the loss is a
+    cross-entropy on a softmax's output (on logits it trains to a meaningless loss)."""
+    got = tuple(out.shape[1:])
+    if got != (num_classes,):
+        raise UnitError(f"head {v.head!r} of {v.name} gives shape (N, "
+                        f"{', '.join(map(str, got))}); it must give (N, {num_classes}): one "
+                        f"probability per class of the data (num_classes {num_classes})")
+    if not g.gives_probabilities(out):
+        raise UnitError(f"head {v.head!r} of {v.name} does not end in a softmax: the loss is "
+                        "a cross-entropy on class probabilities; end the head with "
+                        "ops.dense(..., activation='softmax') or ops.softmax")
 
 
 def _check_tensor(x: Any, what: str) -> None:

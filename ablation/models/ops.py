@@ -81,6 +81,7 @@ class Graph:
         self._keep: list[Any] = []  # the tensors, so an id is never reused
         self._nodes: list[tuple[str | None, tuple[int, ...], str]] = []  # name, inputs, where
         self._names: dict[str, str] = {}  # layer name -> where it was made
+        self._probabilities: set[int] = set()  # nodes whose output is a softmax
 
     def __getattr__(self, name: str) -> Any:  # only for names that are not attributes
         fn = OPS.get(name)
@@ -102,9 +103,22 @@ class Graph:
         if not isinstance(name, str) or not name:
             raise OpError(f"a layer name must be a non-empty string, got {name!r}")
         if name in self._names:
+            part = self.where.split(" ", 1)[0]  # a unit has a block; a stem or head not
+            fix = ("prefix layer names with block.name" if part == "unit" else
+                   f"give the {part}'s layers names of their own (e.g. '{part}_...')")
             raise OpError(f"layer name {name!r} is used twice (also in "
-                          f"{self._names[name]}); prefix layer names with block.name")
+                          f"{self._names[name]}); {fix}")
         self._names[name] = self.where
+
+    def probabilities(self, tensor: Any) -> Any:
+        """Mark `tensor` as class probabilities (a softmax's output)."""
+        self._probabilities.add(self._node[id(tensor)])
+        return tensor
+
+    def gives_probabilities(self, tensor: Any) -> bool:
+        """Whether `tensor` is a softmax's output: what the loss, a cross-entropy on
+        probabilities, needs of the network's output."""
+        return self._node.get(id(tensor)) in self._probabilities
 
     def tensor(self, x: Any, op: str, what: str = "x", rank: int | None = None
                ) -> tuple[int, ...]:
@@ -353,6 +367,14 @@ def _out(size: int, stride: int) -> int:
     return -(-size // stride)  # `same` padding
 
 
+def _strided(g, op: str, name: str, h: int, w: int, stride: int) -> None:
+    """A stride needs a map at least that large: a stride of 2 over a 1x1 map computes,
+    with `same` padding, but the images are then smaller than the network assumes."""
+    if stride > 1 and min(h, w) < stride:
+        raise OpError(f"ops.{op} {name}: stride {stride} over a {h}x{w} map: the images are "
+                      "too small for this network; give a larger image_size")
+
+
 # --- the ops -------------------------------------------------------------------------------
 
 
@@ -373,6 +395,7 @@ def conv(g, x, filters, kernel, stride, name, main=True, groups=1, dilation=1, b
     if stride > 1 and dilation > 1:
         raise OpError("ops.conv: stride and dilation cannot both be above 1 (Keras "
                       "convolutions support one or the other)")
+    _strided(g, "conv", name, h, w, stride)
     dims = (_out(h, stride), _out(w, stride), filters)
     weights = kernel * kernel * (c // groups) * filters
     return g.emit(name, [x], dims, lambda L: L.Conv2D(
@@ -394,6 +417,7 @@ def depthwise(g, x, kernel, stride, name, dilation=1, bias=True):
     dilation = _int(dilation, "depthwise", "dilation")
     if stride > 1 and dilation > 1:
         raise OpError("ops.depthwise: stride and dilation cannot both be above 1")
+    _strided(g, "depthwise", name, h, w, stride)
     dims = (_out(h, stride), _out(w, stride), c)
     return g.emit(name, [x], dims, lambda L: L.DepthwiseConv2D(
         kernel, strides=stride, padding="same", dilation_rate=dilation, use_bias=bool(bias),
@@ -449,6 +473,8 @@ def act(g, x, fn, name):
     `ACTIVATIONS`); no parameters."""
     dims = g.tensor(x, "act")
     fn = _activation(fn, "act")
+    if fn == "softmax":
+        return softmax(g, x, name)
     return g.emit(name, [x], dims, lambda L: L.Activation(fn, name=name))
 
 
@@ -456,8 +482,8 @@ def act(g, x, fn, name):
 def softmax(g, x, name):
     """Softmax over the last axis, computed in float32 under mixed precision."""
     dims = g.tensor(x, "softmax")
-    return g.emit(name, [x], dims, lambda L: L.Activation("softmax", name=name,
-                                                          dtype="float32"))
+    return g.probabilities(g.emit(name, [x], dims, lambda L: L.Activation(
+        "softmax", name=name, dtype="float32")))
 
 
 @op
@@ -517,6 +543,7 @@ def pad_shortcut(g, x, filters, stride, name):
     if filters < c:
         raise OpError(f"ops.pad_shortcut {name}: option A cannot shrink {c} channels to "
                       f"{filters}")
+    _strided(g, "pad_shortcut", name, h, w, stride)
     if stride > 1:
         h, w = _out(h, stride), _out(w, stride)
         x = g.emit(f"{name}_subsample", [x], (h, w, c), lambda L: L.MaxPooling2D(
@@ -583,10 +610,11 @@ def dense(g, x, units, name, activation="softmax", main=True):
     # bf16/fp16 probabilities lose the small ones the loss needs)
     extra = {"dtype": "float32"} if activation == "softmax" else {}
     c = dims[-1]
-    return g.emit(name, [x], (*dims[:-1], units), lambda L: L.Dense(
+    y = g.emit(name, [x], (*dims[:-1], units), lambda L: L.Dense(
         units, activation=activation, kernel_initializer="he_normal",
         kernel_regularizer=g.reg, bias_regularizer=g.bias_reg, name=name, **extra),
         trainable=c * units + units, macs=c * units * math.prod(dims[:-1]), depth=bool(main))
+    return g.probabilities(y) if activation == "softmax" else y
 
 
 @op
@@ -710,6 +738,24 @@ def token(g, x, index, name):
     return g.emit(name, [y], (c,), lambda L: L.Reshape((c,), name=name))
 
 
+def _layers_within(layer: Any) -> list[Any]:
+    """A layer and, for a model or a Sequential, every layer inside it."""
+    out = [layer]
+    for inner in getattr(layer, "layers", None) or []:
+        out += _layers_within(inner)
+    return out
+
+
+def _softmax_layer(layer: Any) -> bool:
+    """Whether a Keras layer's output is a softmax: a Softmax layer, or a layer (or a
+    model's last layer) whose activation is softmax."""
+    import keras
+
+    last = _layers_within(layer)[-1]
+    return isinstance(last, keras.layers.Softmax) or \
+        getattr(last, "activation", None) is keras.activations.softmax
+
+
 def _token_layers():
     from ablation import layers
 
@@ -733,6 +779,13 @@ def layer(g, layer, *inputs, main=True):
     if not isinstance(layer, keras.layers.Layer):
         raise OpError(f"ops.layer: the first argument must be a Keras layer, got "
                       f"{_short(layer)}")
+    for inner in _layers_within(layer):
+        if isinstance(inner, keras.layers.Lambda):
+            raise OpError(f"ops.layer {layer.name}: a Lambda layer ({inner.name}) cannot be "
+                          "loaded back from the saved .h5 (Keras refuses its code by "
+                          "default), so `ablation analyze` and plain Keras could not read "
+                          "the run's model; write a small Keras layer class instead "
+                          "(docs/studies.md)")
     as_list = len(inputs) == 1 and isinstance(inputs[0], list | tuple)
     if as_list:
         inputs = tuple(inputs[0])
@@ -742,7 +795,8 @@ def layer(g, layer, *inputs, main=True):
         g.tensor(x, "layer", f"inputs[{i}]")
     spread = not as_list and len(inputs) > 1 and _spreads(layer, len(inputs))
     try:
-        return g.foreign(layer, list(inputs), spread, bool(main))
+        y = g.foreign(layer, list(inputs), spread, bool(main))
+        return g.probabilities(y) if _softmax_layer(layer) else y
     except OpError:
         raise
     except Exception as e:

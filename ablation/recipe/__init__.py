@@ -191,7 +191,7 @@ class Recipe:
     # --- added in 0.5: any dataset
     image_size: Annotated[Int1 | Annotated[list[Int1], Field(min_length=2, max_length=2)],
                           _at_most(4096)] | None = _f(
-        None, "size", "resize a folder dataset's images to this size (N, or H,W)")
+        None, "size", "resize the dataset's images to this size (N, or H,W), bilinear")
     validation: Annotated[Int0, _at_most(MAX_LIMIT)] = _f(
         0, "int", "class-balanced images held out of the training split, never trained on; "
         "each epoch records their accuracy and loss beside the test set's (0: none)")

@@ -207,8 +207,7 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
     matplotlib.use("Agg")
     study = study or studies.load_study()
     out_dir = Path(out_dir or study.default_out)
-    if not Path(results_dir).is_dir():
-        raise AblationError(f"no results folder {results_dir}; run `ablation run` first")
+    results.existing(results_dir)
     every = load_runs(Path(results_dir))
     if not every:
         raise AblationError(f"no readable runs in {results_dir}; run `ablation run` first")
