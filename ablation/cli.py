@@ -170,7 +170,7 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from tabulate import tabulate
 
-    from ablation import results
+    from ablation import results, runs
     from ablation.jobqueue import DB_NAME, JobQueue
 
     if not (results.existing(args.results) / DB_NAME).is_file():
@@ -193,6 +193,8 @@ def cmd_status(args) -> int:
         status, error = r.status, r.error or ""
         if r.id in gone:  # a runner killed outright (SIGKILL, a lost node) never said so
             status, error = f"{r.status} (gone)", gone[r.id]
+        elif r.status == JobState.DONE and (why := runs.damaged(Path(r.run_dir))):
+            status, error = "done (damaged record)", f"rerun to rebuild it: {why}"
         table.append([r.id, r.label, r.seed, r.recipe_id, phase, status, r.attempts,
                       f"{done}/{r.recipe.get('epochs')}", r.worker or "",
                       results.duration(took) if took and r.id not in gone else "",

@@ -61,6 +61,7 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
         recipe = recipe.replace(dataset=record["path"], data_hash=record["content_hash"])
     data.check_recipe_sizes(recipe, record)
     if study.tune is not None:  # every candidate's recipe is a valid one with the flags
+        study.tune.check(recipe)
         for c in study.tune.candidates():
             data.check_recipe_sizes(study.tune.recipe(recipe, c), record)
     if folder is not None and not dry_run:

@@ -365,6 +365,17 @@ class RunRecord(BaseModel):
         return d
 
     @property
+    def trained(self) -> Recipe:
+        """The recipe the run trained with: the queued one with the variant's own fields
+        on top (`train_recipe`), which is the queued one where the variant has none."""
+        if self.train_recipe is None:
+            return self.recipe
+        try:
+            return Recipe.from_dict(self.train_recipe)
+        except AblationError:  # a field of a later version: the queued recipe
+            return self.recipe
+
+    @property
     def finished(self) -> bool:
         """Done, with every planned epoch trained."""
         return self.status == JobState.DONE and self.epochs_done >= self.recipe.epochs

@@ -315,6 +315,13 @@ class _Step:
         self.queue = queue
         self.ids, self.planned = prepare_jobs(plan, queue)
         status = {r.id: r.status for r in queue.all()}
+        for i in self.ids:  # done, says the queue; a damaged record is rebuilt by its job
+            why = status[i] == JobState.DONE and runs.damaged(self.planned[i].run_dir)
+            if why:
+                print(f"{why}: its job rebuilds it from the run's files", file=out,
+                      flush=True)
+                queue.finish(i, JobState.QUEUED)
+                status[i] = JobState.QUEUED
         todo = [i for i in self.ids if status[i] != JobState.DONE]
         skipped = len(self.ids) - len(todo)
         found = {i: state for i in todo if (state := _done_on_disk(self.planned[i]))}

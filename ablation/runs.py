@@ -150,6 +150,18 @@ def study_runs(results_dir: Path, study: studies.Study, history: bool = False) -
     return for_study(load_runs(results_dir, quiet, history), study, quiet)
 
 
+def damaged(run_dir: Path) -> str | None:
+    """Why a run folder's record cannot be read, where it is there but damaged; None
+    where it reads, or where there is none yet."""
+    try:
+        RunRecord.read(Path(run_dir))
+    except FileNotFoundError:
+        return None
+    except AblationError as e:
+        return str(e)
+    return None
+
+
 def load_model(path: str | Path, compile: bool = False):
     """A run's trained model (public API): `path` is its run folder or its `model.h5`.
     What its layers need is imported first: ablation's own layers (the token models'

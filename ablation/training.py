@@ -33,7 +33,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 
-from ablation import backend, data, devices, environment, models, registry, results, study
+from ablation import (
+    backend,
+    data,
+    devices,
+    environment,
+    models,
+    registry,
+    results,
+    runs,
+    study,
+)
 from ablation.callbacks import (
     AtomicBackup,
     HeldOut,
@@ -386,7 +396,10 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
         return Exit.DONE
     (run_dir / HELD_MARKER).unlink(missing_ok=True)
 
+    damaged = runs.damaged(run_dir)
     job = build(cfg, run_dir, on_gpu)
+    if damaged and job.start == 0 and _recorded(job):
+        return _rebuild(job, damaged)
     _truncate_history(job.history_path, job.start)
     board, tb_note = tensorboard_callback(run_dir)
     notes = [n for n in (backend.note, tb_note) if n]
@@ -425,6 +438,28 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     record.write(JobState.DONE, h5_bytes=size,
                  model_file="model.h5" if cfg.keep_model else None)
     shutil.rmtree(job.backup.root, ignore_errors=True)
+    return Exit.DONE
+
+
+def _recorded(job: Job) -> bool:
+    """Whether the run folder holds a finished run's files without its record: every
+    epoch in history.csv, the model saved (or not kept by choice) and no snapshot."""
+    rows = results.read_history(job.history_path)
+    return len(rows) >= job.stop == job.recipe.epochs and (
+        (job.run_dir / "model.h5").is_file() or not job.cfg.keep_model)
+
+
+def _rebuild(job: Job, why: str) -> int:
+    """A finished run whose summary.json was damaged: its record written again from its
+    history, its model file and its config (nothing is trained)."""
+    rows = results.read_history(job.history_path)
+    note = f"summary.json rebuilt from history.csv and the saved model ({why})"
+    record = Record(job, [note])
+    record.rates.extend(v for r in rows if (v := number(r.get("images_per_second"))))
+    h5 = job.run_dir / "model.h5"
+    record.write(JobState.DONE, h5_bytes=h5.stat().st_size if h5.is_file() else None,
+                 model_file="model.h5" if h5.is_file() else None)
+    print(note, flush=True)
     return Exit.DONE
 
 

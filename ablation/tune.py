@@ -128,6 +128,20 @@ class Tune:
                 "it; list several values or give a range" for a in self.axes
                 if not a.is_range and len(a.values) == 1]
 
+    def check(self, run: Recipe) -> None:
+        """What the search asks of the run it tunes (its epochs after the flags, not the
+        study file's): a rung before the last, and a budget that pays for one full run."""
+        h = self.halving
+        if h is not None and h.min_epochs and h.min_epochs >= run.epochs:
+            raise AblationError(f"[tune] halving min_epochs {h.min_epochs} leaves no rung "
+                                f"before the last (the run's epochs: {run.epochs})")
+        if self.budget is not None and self.budget < run.epochs * self.seeds:
+            raise AblationError(
+                f"[tune] budget {self.budget:,} epochs is less than one full run ("
+                f"{run.epochs} epochs x {self.seeds} tuning seed(s) = "
+                f"{run.epochs * self.seeds:,}): the search could not train one setting to "
+                "the end; raise the budget or lower the epochs")
+
     def recipe(self, base: Recipe, setting: dict) -> Recipe:
         """A candidate's recipe: the base with the validation split and the setting."""
         held = self.validation or base.validation
@@ -170,9 +184,6 @@ def parse(table: dict, base: Recipe, study: str) -> Tune | None:
     samples = settings.get("samples", 64 if budget else 8)  # a budget: draw until spent
     tune = Tune(tuple(axes), samples, settings.get("seeds", 1), settings.get("validation"),
                 int(digest.hexdigest()[:8], 16), halving, budget)
-    if halving is not None and halving.min_epochs and halving.min_epochs >= base.epochs:
-        raise bad(f"halving min_epochs {halving.min_epochs} leaves no rung before the last "
-                  f"(epochs {base.epochs})")
     for c in tune.candidates():
         tune.recipe(base, c)  # every candidate's recipe is a valid recipe
     return tune

@@ -232,3 +232,66 @@ def test_a_history_with_an_epoch_twice_is_read_once_with_a_warning(tmp_path):
     df = runs._history(path, said.append)
     assert list(df["epoch"]) == [0, 1, 2] and list(df["val_accuracy"]) == [0.08, 0.90, 0.40]
     assert said and "epoch(s) 1 recorded more than once" in said[0]
+
+
+def _tuned(tmp_path, tune: str, epochs: int = 9) -> str:
+    path = tmp_path / "t.toml"
+    path.write_text(f'name = "t"\n[recipe]\nepochs = {epochs}\n[tune]\n{tune}\n'
+                    'validation = 64\n[[comparison]]\ntitle = "x"\n'
+                    'variants = ["resnet32_e", "resnet32_c"]\n')
+    return str(path)
+
+
+def test_budgets_and_rungs_are_checked_against_the_run_not_the_file(tmp_path):
+    """A budget below one full run was spent nine times over; min_epochs was checked
+    against the study file's epochs, not the run's; the dry run promised the full grid's
+    theoretical share whatever the grid (0.6)."""
+    flags = ["--all", "--dry-run", "--train-limit", "256", "--test-limit", "64",
+             "--results", str(tmp_path / "r")]
+    line = one_line_error(run_cli("run", "--study", _tuned(tmp_path, "lr = [0.05, 0.1]\n"
+                                                           "budget = 1"), *flags))
+    assert "budget 1 epochs is less than one full run (9 epochs x 1 tuning seed(s) = 9)" \
+        in line, line
+    small = _tuned(tmp_path, "lr = [0.05, 0.1]\nhalving = { factor = 3, min_epochs = 5 }",
+                   epochs=3)
+    r = run_cli("run", "--study", small, *flags, "--epochs", "9")
+    assert r.returncode == 0, r.stderr  # the run's 9 epochs leave rungs 5, 9
+    assert "rungs at epochs 5, 9" in r.stdout
+    line = one_line_error(run_cli("run", "--study", _tuned(
+        tmp_path, "lr = [0.05, 0.1]\nhalving = { factor = 2, min_epochs = 2 }"), *flags,
+        "--epochs", "2"))
+    assert "min_epochs 2 leaves no rung before the last (the run's epochs: 2)" in line
+    for grid, share in (("[0.01, 0.1, 1.0]", "11 of the full grid's 27 epochs a variant "
+                                             "(41 %)"),
+                        ("[0.1]", "9 of the full grid's 9 epochs a variant (100 %)")):
+        r = run_cli("run", "--study", _tuned(tmp_path, f"lr = {grid}\nhalving = 3"), *flags)
+        assert r.returncode == 0 and share in r.stdout, r.stdout + r.stderr
+
+
+def test_a_damaged_record_of_a_finished_run_is_rebuilt_by_the_same_command(
+        tmp_path, cifar_dir, tiny_e_results):
+    """A truncated summary.json: 0.6's report said "Missing: run `ablation run ...`",
+    which said "already done", and status showed it done: no way out. Status now says
+    so, and the same command rebuilds the record from the run's history and model,
+    training nothing."""
+    import json
+
+    from conftest import TINY
+
+    res = tmp_path / "results"
+    shutil.copytree(tiny_e_results[0], res)
+    (run,) = [d for d in (res / "runs").glob("*/resnet32_e-s1")]
+    before = json.loads((run / "summary.json").read_text())
+    history = (run / "history.csv").read_text()
+    (run / "summary.json").write_text(json.dumps(before)[:200])
+    status = run_cli("status", "--results", str(res))
+    assert "done (damaged record)" in status.stdout, status.stdout
+    r = run_cli("run", "resnet32_e", "--seeds", "2", *TINY, "--data-dir", str(cifar_dir),
+                "--results", str(res))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "its job rebuilds it from the run's files" in r.stdout
+    after = json.loads((run / "summary.json").read_text())
+    assert (run / "history.csv").read_text() == history  # nothing trained again
+    for key in ("final_test_accuracy", "epochs_done", "params_total", "h5_bytes", "status"):
+        assert after[key] == before[key], key
+    assert "rebuilt from history.csv" in after["note"]

@@ -33,7 +33,7 @@ def make_run(results: Path, variant: str, seed: int, val_acc: list[float],
     for e, acc in enumerate(val_acc):
         rows.append(f"{e},{acc - 0.05},{2.0 - e / 10},{acc},{2.1 - e / 10},0.1,10.0,250.0")
     (rd / "history.csv").write_text("\n".join(rows) + "\n")
-    counts = v.reference_params
+    counts = v.reference_params or (470_218, 467_946, 2_272)
     summary = {
         "variant": variant, "seed": seed, "recipe": recipe.to_dict(), "recipe_id": recipe.id,
         "dataset": "cifar10", "status": "done", "epochs_done": len(val_acc),
@@ -43,6 +43,7 @@ def make_run(results: Path, variant: str, seed: int, val_acc: list[float],
         "train_seconds": 10.0 * len(val_acc), "images_per_second": 250.0,
         "h5_bytes": 4_176_168, "train_images": 100, "test_images": 50,
         "definition_hash": study.definition_hash(v), **extra}
+    summary = {k: v for k, v in summary.items() if v is not None}
     (rd / "summary.json").write_text(json.dumps(summary))
     return rd
 
@@ -327,3 +328,34 @@ def test_a_raised_max_seeds_extends_a_design_with_alpha_left_and_only_then(resul
         decide([3, 5, 8], {"looks": [3, 5], "spending": "pocock"})
     with pytest.raises(AblationError, match="different --until-decided design"):
         decide([3, 5], {"looks": [3, 5], "spending": "obf", "margin": 0.2})
+
+
+def test_each_variant_is_reported_with_the_recipe_it_trained_with(tmp_path,
+                                                                    isolated_registry):
+    """A variant with its own optimizer, schedule and label smoothing beside an SGD one:
+    0.6 named only the study's SGD recipe in the report and runs.csv, zoomed at the SGD
+    milestones, and compared its smoothed loss and its AdamW-sized .h5 with no word."""
+    path = tmp_path / "own.toml"
+    path.write_text('name = "own"\n[recipe]\nepochs = 9\n[[variant]]\nname = "adam_e"\n'
+                    'base = "resnet32_e"\nrecipe = { optimizer = "adamw", schedule = '
+                    '"cosine", lr = 0.001, label_smoothing = 0.1 }\n[[comparison]]\n'
+                    'title = "own"\nvariants = ["resnet32_e", "adam_e"]\nzoom = true\n'
+                    'sizes = true\n')
+    own = study.load_study(str(path))
+    recipe = Recipe(epochs=9, train_limit=100, test_limit=50)
+    trained = registry.get("adam_e").train_recipe(recipe)
+    res = tmp_path / "results"
+    accs = [0.1 * k for k in range(1, 10)]
+    for seed in range(2):
+        make_run(res, "resnet32_e", seed, accs, recipe)
+        make_run(res, "adam_e", seed, accs, recipe, train_recipe=trained.to_dict(),
+                 h5_bytes=5_880_000)
+    md = report.build(res, tmp_path / "r", study=own).read_text()
+    assert f"adam_e: {trained.describe()}" in md and "AdamW lr 0.001" in md
+    assert "The loss panels compare unlike losses" in md
+    assert "adam_e's includes label smoothing 0.1, no weight penalty in the loss" in md
+    assert "adam_e: adamw, 2 value(s) per weight" in md
+    frame = pd.read_csv(tmp_path / "r" / "runs.csv").set_index(["variant", "seed"])
+    assert frame.loc[("adam_e", 0), "recipe_optimizer"] == "adamw"
+    assert frame.loc[("adam_e", 0), "recipe_schedule"] == "cosine"
+    assert frame.loc[("resnet32_e", 0), "recipe_optimizer"] == "sgd"

@@ -151,11 +151,13 @@ class Tuned:
             grid = halving.grid_epochs(len(t.candidates()), plan.recipe.epochs, t.seeds)
             rungs = self.halving.rungs
             if t.halving:
-                share = halving.theoretical_fraction(rungs, self.halving.factor)
+                planned = halving.planned_epochs(len(t.candidates()), rungs,
+                                                 self.halving.factor, t.seeds)
                 print(f"phase tune: {self.halving.words()}; each setting starts at epoch "
                       f"{rungs[0]} (the jobs below, stopped there), the best 1/"
-                      f"{self.halving.factor} go on; about {100 * share:.0f} % of the full "
-                      f"grid's {grid:,} epochs a variant", file=out)
+                      f"{self.halving.factor} go on; {planned:,} of the full grid's "
+                      f"{grid:,} epochs a variant ({100 * planned / grid:.0f} %) when every "
+                      "rung sends on its share", file=out)
             else:  # a budget alone: settings in full, new ones while the budget lasts
                 print(f"phase tune: {self.halving.words()} (the full grid: {grid:,} epochs "
                       "a variant)", file=out)

@@ -50,14 +50,15 @@ class OptimizerSpec:
     keras: str
     settings: tuple[str, ...]
     decoupled: bool = False
+    slots: int = 1  # optimizer state per weight, kept in a saved model (SGD: its momentum)
 
 
 _BETAS = ("beta_1", "beta_2", "epsilon")
 OPTIMIZER_SPECS = {
     "sgd": OptimizerSpec("SGD", ("momentum", "nesterov")),
-    "adam": OptimizerSpec("Adam", _BETAS),
-    "adamw": OptimizerSpec("AdamW", _BETAS, decoupled=True),
-    "nadam": OptimizerSpec("Nadam", _BETAS),
+    "adam": OptimizerSpec("Adam", _BETAS, slots=2),
+    "adamw": OptimizerSpec("AdamW", _BETAS, decoupled=True, slots=2),
+    "nadam": OptimizerSpec("Nadam", _BETAS, slots=2),
     "rmsprop": OptimizerSpec("RMSprop", ("epsilon",)),
     "lion": OptimizerSpec("Lion", ("beta_1", "beta_2"), decoupled=True),
 }
@@ -348,6 +349,13 @@ class Recipe:
             return None
         size = self.image_size
         return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+    @property
+    def state_slots(self) -> int:
+        """Values the optimizer (and an EMA) keeps per weight, saved with the model."""
+        spec = OPTIMIZER_SPECS[self.optimizer]
+        slots = spec.slots if self.optimizer != "sgd" or self.momentum else 0
+        return slots + (1 if self.ema else 0)
 
     @property
     def decoupled(self) -> bool:

@@ -78,10 +78,14 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
                         latex_mod.label(rel, base))
     figures.plot_curves(fig_dir / f"{base}-curves.png", present, cmp.title, col, split, also)
     out += [f"![{cmp.title}: curves]({rel}/{base}-curves.png)", ""]
+    trained = {v: rs[0].record.trained for v, rs in present.items()}
+    out += _incomparable(trained)
     if cmp.zoom:
-        r = Recipe.from_dict(recipe)
         last = max(len(r_.history) for rs in present.values() for r_ in rs)
-        zoom = figures.zoom_start(r.lr_drops() if r.schedule == "step" else (), last)
+        drops = {r.lr_drops() if r.schedule == "step" else () for r in trained.values()}
+        # one schedule's drops for every variant, or none: a cosine variant beside a step
+        # one has no common "after the last drop"
+        zoom = figures.zoom_start(drops.pop() if len(drops) == 1 else (), last)
         if zoom is None:
             out += [f"Zoomed {split.name} accuracy: not drawn, {last} epoch(s) leave nothing "
                     "to zoom on.", ""]
@@ -93,6 +97,13 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
     if cmp.sizes and sizes:
         figures.plot_sizes(fig_dir / f"{base}-sizes.png", sizes, cmp.title, col, also)
         out += [f"![{cmp.title}: .h5 sizes]({rel}/{base}-sizes.png)", ""]
+        slots = {v: trained[v].state_slots for v in sizes}
+        if len(set(slots.values())) > 1:
+            out += ["The .h5 sizes hold the optimizer's state beside the weights, which "
+                    "differs here: " + "; ".join(
+                        f"{v}: {trained[v].optimizer}{' + EMA' if trained[v].ema else ''}, "
+                        f"{n} value(s) per weight" for v, n in slots.items())
+                    + "; compare the parameter counts for the networks themselves.", ""]
     out += _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir, also)
     if len(present) > 1:
         pairs = [p for p in judged.pairs[cmp.key] if p.a in present and p.b in present]
@@ -112,6 +123,24 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
     return out
 
 
+def _incomparable(trained: dict[str, Recipe]) -> list[str]:
+    """A sentence where the loss panels set unlike losses side by side: Keras' loss (train
+    and test alike) includes label smoothing, mixup's soft targets and an L2 penalty, so
+    variants that differ in them differ in loss for that reason alone."""
+    def terms(r: Recipe) -> str:
+        parts = [f"label smoothing {r.label_smoothing:g}" if r.label_smoothing else "",
+                 "mixup/CutMix targets" if r.mixup or r.cutmix else "",
+                 f"L2 {r.weight_decay:g} in the loss" if r.weight_decay and not r.decoupled
+                 else "no weight penalty in the loss"]
+        return ", ".join(p for p in parts if p)
+
+    said = {v: terms(r) for v, r in trained.items()}
+    if len(set(said.values())) < 2:
+        return []
+    return ["The loss panels compare unlike losses: " + "; ".join(
+        f"{v}'s includes {t}" for v, t in said.items()) + ". Compare accuracies.", ""]
+
+
 def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir,
                      also=()) -> list[str]:
     resp = responses_frame([r for rs in present.values() for r in rs])
@@ -124,6 +153,10 @@ def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir,
     trend = stats.response_trend(resp)
     says = []
     for t in trend.itertuples():
+        if t.layers < 2:
+            says.append(f"{t.variant}: one 3x3 layer ({t.first:.3g}), no trend to fit; "
+                        f"{t.seeds} seed(s)")
+            continue
         direction = {"flat": "about flat", "falls": "falls", "rises": "rises"}.get(t.trend, "?")
         says.append(f"{t.variant}: {direction} with depth (slope {t.slope:+.3g} per layer, "
                     f"{t.change:+.0%} over {t.layers} layers; first {t.first:.3g}, last "

@@ -10,12 +10,15 @@ from ablation.runs import Run
 
 
 def runs_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per run with its summary fields (recipe flattened), for runs.csv."""
+    """One row per run with its summary fields and the recipe it trained with, flattened,
+    for runs.csv."""
     rows = []
     for r in runs:
         s = {k: v for k, v in r.record.to_json().items()
              if k not in ("recipe", "definition", "train_recipe")}
-        s.update({f"recipe_{k}": v for k, v in r.record.recipe.to_dict().items()})
+        # what the run trained with: the variant's own fields on top of the queued recipe
+        # (whose id names the folder)
+        s.update({f"recipe_{k}": v for k, v in r.record.trained.to_dict().items()})
         s["run_dir"] = str(r.folder)
         rows.append(s)
     df = pd.DataFrame(rows)

@@ -276,9 +276,9 @@ def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
                        for x in runs})
     commits = sorted({(str(x.record.git_commit or "unknown")[:10]
                        + (" (dirty)" if x.record.git_dirty else "")) for x in runs})
-    own = sorted({f"{x.variant}: " + ", ".join(f"{k} {v}" for k, v in sorted(
-        x.record.definition.get("recipe", {}).items()))
-        for x in runs if (x.record.definition or {}).get("recipe")})
+    # a variant whose own fields change what it trains with gets its whole recipe said
+    own = sorted({f"{x.variant}: {x.record.trained.describe()}" for x in runs
+                  if x.record.trained != r})
     lines = [
         f"## Recipe `{recipe_id}`", "",
         f"- **Dataset**: {dataset_name(s0)}, {known(s0.train_images)} train / "
@@ -288,7 +288,8 @@ def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
         + (" — **a subset of the data, not comparable with the blog**"
            if r.train_limit or r.test_limit else ""),
         f"- **Recipe**: {r.describe()}",
-        *([f"- **Variants with recipe fields of their own**: {'; '.join(own)}"] if own else []),
+        *([f"- **Variants with recipe fields of their own** (what each trained with): "
+           f"{'; '.join(own)}"] if own else []),
         f"- **Runs**: {len(runs)} ({len({x.variant for x in runs})} variants, seeds "
         f"{', '.join(map(str, seeds))})",
         f"- **Hardware**: {'; '.join(devices)}",
