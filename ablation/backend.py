@@ -213,11 +213,17 @@ def require_given_gpu(backend: str) -> bool:
     return seen > 0
 
 
-def set_matmul_precision(backend: str, precision: str) -> str:
+def set_matmul_precision(backend: str, precision: str, on_gpu: bool = True) -> str:
     """Make `fp32` true float32 and `tf32` TensorFloat-32, and return what float32 matmuls
     and convolutions now use. Both backends run float32 as TF32 on Ampere and later GPUs
     by default; the blog's GTX 1080 Ti had no TF32, so `fp32` turns it off. Under bf16 and
-    fp16 the float32 remainder keeps the backend's default."""
+    fp16 the float32 remainder keeps the backend's default. A CPU has no TF32: there it
+    is float32 whatever the flags say."""
+    said = _matmul_precision(backend, precision)
+    return said if on_gpu else "float32"
+
+
+def _matmul_precision(backend: str, precision: str) -> str:
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -271,6 +277,6 @@ def compile_settings(backend: str, precision: str, on_gpu: bool, steps_per_epoch
     """What a training process (a job, a bench measurement) sets before it builds the
     model, under the names its summary records them by: the matmul precision (set here),
     jit_compile and steps_per_execution."""
-    return {"matmul_precision": set_matmul_precision(backend, precision),
+    return {"matmul_precision": set_matmul_precision(backend, precision, on_gpu),
             "jit_compile": jit_compile(backend, on_gpu),
             "steps_per_execution": steps_per_execution(on_gpu, steps_per_epoch)}

@@ -57,6 +57,9 @@ def _study(args):
 
 
 def cmd_list(args) -> int:
+    # list only counts (a unit's Keras layer may import TensorFlow): none of its logs,
+    # errors included (a CPU-only machine's "failed call to cuInit"), is the user's
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     from ablation import data, registry
     from ablation.models import count_params
     from ablation.study import DEFAULT as DEFAULT_STUDY
@@ -232,6 +235,8 @@ def cmd_analyze(args) -> int:
 
     # it runs beside training jobs: one GPU, memory as needed, never most of every GPU
     os.environ.update(devices.shared_process_env())
+    if not devices.list_gpus().ids:  # no GPU here: TensorFlow's CUDA errors are noise
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     backend.choose()
     from ablation import analyze
 

@@ -100,13 +100,24 @@ def clean(obj: Any) -> Any:
     return obj
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once, at import: os.umask can only be read by setting it
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write, fsync, rename; a full disk becomes a one-line AblationError."""
+    """Write, fsync, rename; a full disk becomes a one-line AblationError. The file gets
+    the permissions any new file gets here (mkstemp's own are owner-only)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o666 & ~UMASK)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()

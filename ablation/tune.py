@@ -110,10 +110,14 @@ class Tune:
         if not any(a.is_range for a in self.axes):
             return [dict(zip(self.fields, combo, strict=True))
                     for combo in itertools.product(*(a.values for a in self.axes))]
+        import warnings
+
         from scipy.stats import qmc
 
-        points = qmc.Sobol(d=len(self.axes), scramble=True, seed=self.seed).random(
-            self.samples)
+        with warnings.catch_warnings():  # a sample count that is not a power of two
+            warnings.simplefilter("ignore", UserWarning)  # keeps Sobol's order, not balance
+            points = qmc.Sobol(d=len(self.axes), scramble=True, seed=self.seed).random(
+                self.samples)
         out: list[dict] = []
         for p in points:
             c = {a.name: a.at(float(u)) for a, u in zip(self.axes, p, strict=True)}
@@ -179,6 +183,10 @@ def parse(table: dict, base: Recipe, study: str) -> Tune | None:
         axes.append(_axis(name, spec, bad))
     if not axes:
         raise bad("names no field to tune (e.g. lr = [0.05, 0.1, 0.2])")
+    if "samples" in settings and not any(a.is_range for a in axes):
+        raise bad(f"samples = {settings['samples']} draws points from ranges, and every "
+                  "field here is a list (the whole grid is tried): remove samples, or give "
+                  "a range { low, high }")
     digest = hashlib.sha256(json.dumps([study, table], sort_keys=True, default=str).encode())
     budget = settings.get("budget")
     samples = settings.get("samples", 64 if budget else 8)  # a budget: draw until spent

@@ -190,6 +190,8 @@ def test_fp32_is_true_float32_and_tf32_is_asked_for():
         assert backend.set_matmul_precision("tensorflow", "fp32") == "float32"
         assert not tf.config.experimental.tensor_float_32_execution_enabled()
         assert backend.set_matmul_precision("tensorflow", "tf32") == "tf32"
+        # a CPU has no TF32: a bf16 run there said "tf32" (0.6)
+        assert backend.set_matmul_precision("tensorflow", "bf16", on_gpu=False) == "float32"
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(was)
     jax = need("jax")

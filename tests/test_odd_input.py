@@ -295,3 +295,36 @@ def test_a_damaged_record_of_a_finished_run_is_rebuilt_by_the_same_command(
     for key in ("final_test_accuracy", "epochs_done", "params_total", "h5_bytes", "status"):
         assert after[key] == before[key], key
     assert "rebuilt from history.csv" in after["note"]
+
+
+def test_smaller_mistakes_each_get_their_line(tmp_path):
+    """0.6's smaller findings: a class token on a map, attention heads that do not divide
+    the channels, `samples` on a grid-only [tune] table, files written owner-only."""
+    import os
+
+    from ablation import results, tune
+    from ablation.errors import AblationError
+    from ablation.models.ops import Counter, OpError
+    from ablation.recipe import Recipe
+
+    g = Counter()
+    x = g.input((8, 8, 64))
+    for call, says in ((lambda: g.class_token(x, "cls"), "make it tokens first"),
+                       (lambda: g.attention(g.tokens(x, "t"), 5, "att"),
+                        "5 heads do not divide 64 channels")):
+        try:
+            call()
+        except OpError as e:
+            assert says in str(e), str(e)
+        else:
+            raise AssertionError(says)
+    try:
+        tune.parse({"lr": [0.1, 0.2], "samples": 4, "validation": 10}, Recipe(), "s")
+    except AblationError as e:
+        assert "samples = 4 draws points from ranges" in str(e)
+    else:
+        raise AssertionError("samples on a grid")
+    path = tmp_path / "summary.json"
+    results.atomic_write_json(path, {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~results.UMASK
+    assert os.access(path, os.R_OK)

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 from conftest import (
@@ -121,7 +122,15 @@ def test_the_sbatch_script_the_packing_and_mistakes(tmp_path, monkeypatch, cifar
     assert "--slurm-option 'constraint': give KEY=VALUE" in one_line_error(r)
     r = run_cli("run", "resnet32_e", *TINY, "--executor", "slurm", "--results",
                 str(tmp_path / "r"), env={"PATH": "/nonexistent"})
-    assert "--executor slurm needs Slurm's sbatch here" in one_line_error(r)
+    assert "--executor slurm needs Slurm's sbatch, srun, squeue, scancel here" in \
+        one_line_error(r)
+    # sbatch without srun (0.6: an internal error)
+    only = tmp_path / "only-sbatch"
+    only.mkdir()
+    (only / "sbatch").symlink_to(shutil.which("sbatch"))
+    r = run_cli("run", "resnet32_e", *TINY, "--executor", "slurm", "--results",
+                str(tmp_path / "r"), env={"PATH": f"{only}:{os.path.dirname(sys.executable)}"})
+    assert "--executor slurm needs Slurm's srun, squeue, scancel here" in one_line_error(r)
     # a partition the cluster lacks: sbatch refuses, the job stays queued to resume
     r = run_cli("run", "resnet32_e", *TINY, "--executor", "slurm", "--slurm-partition",
                 "nope", "--data-dir", str(cifar_dir), "--results", str(tmp_path / "r"))

@@ -181,8 +181,10 @@ class SlurmExecutor:
                  table: dict | None = None, options: dict | None = None,
                  jobs_per_gpu: int | None = None, loader_threads: int | None = None,
                  steps_per_execution: int | None = None):
-        if shutil.which("sbatch") is None:
-            raise AblationError("--executor slurm needs Slurm's sbatch here: run it on the "
+        missing = [c for c in ("sbatch", "srun", "squeue", "scancel") if not shutil.which(c)]
+        if missing:  # submitit's scripts call srun; the driver polls and cancels
+            raise AblationError(f"--executor slurm needs Slurm's {', '.join(missing)} here "
+                                "(sbatch, srun, squeue and scancel): run it on the "
                                 "cluster's login node")
         try:
             import submitit

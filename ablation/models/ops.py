@@ -660,6 +660,10 @@ def attention(g, x, heads, name, key_dim=None, dropout=0.0, main=True):
     weighted sum), L positions; a weighted layer of the main path unless `main=False`."""
     pos, c = _positions(g, x, "attention")
     heads = _int(heads, "attention", "heads")
+    if key_dim is None and c % heads:
+        raise OpError(f"ops.attention {name}: {heads} heads do not divide {c} channels "
+                      f"(each head would get {c // heads}, {c % heads} channel(s) left over); "
+                      "give heads that divide the channels, or key_dim")
     key_dim = c // heads if key_dim is None else _int(key_dim, "attention", "key_dim")
     if not key_dim:
         raise OpError(f"ops.attention {name}: {heads} heads over {c} channels leave no "
@@ -720,6 +724,9 @@ def position_embedding(g, x, name):
 def class_token(g, x, name):
     """A learned class token put before the tokens (ViT's): (N, L, C) -> (N, L + 1, C),
     initialised at 0, never weight-decayed. Counts C."""
+    if len(g.tensor(x, "class_token")) == 3:
+        raise OpError(f"ops.class_token {name}: x is an (N, H, W, C) map; make it tokens "
+                      "first: ops.class_token(ops.tokens(x, name), name)")
     dims = g.tensor(x, "class_token", rank=2)
     return g.emit(name, [x], (dims[0] + 1, dims[1]), lambda L: _token_layers().ClassToken(
         name=name), trainable=dims[1])

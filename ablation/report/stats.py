@@ -49,9 +49,15 @@ def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
             "error_std": 100 * _std(finals) if len(finals) > 1 else math.nan,
             "published_error": published.get(v, math.nan),
             "train_seconds": _mean([x for x in col("train_seconds") if x]),
-            "images_per_second": _mean([x for x in col("images_per_second") if x]),
+            # the median: one seed that ran alone on the machine does not move it
+            "images_per_second": _median([x for x in col("images_per_second") if x]),
         })
     return pd.DataFrame(rows)
+
+
+def _median(values: list[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.median(vals)) if vals else math.nan
 
 
 def _mean(values: list[float]) -> float:
