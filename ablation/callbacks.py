@@ -159,16 +159,20 @@ class Recorder(keras.callbacks.Callback):
         self.stop = stop or recipe.epochs  # the epoch this process trains to
         self.n_train = len(stream.ds.y_train)
         self.train_rates = rates
+        self.process_start = process_start()
+        self.started: float | None = None  # seconds from the process's start to epoch 1
         self.nan: str | None = None  # what became NaN (the training loss, an evaluation's)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.perf_counter()
         self.t_train = None
-
-    def on_test_begin(self, logs=None):
-        self.t_train = time.perf_counter() - self.t0
+        if self.started is None:  # this process's start-up: to its first epoch
+            self.started = time.time() - self.process_start
 
     def on_train_batch_end(self, batch, logs=None):
+        # the training steps end at the last batch: evaluations (the test set, the
+        # validation split) come after it, and are timed apart
+        self.t_train = time.perf_counter() - self.t0
         if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
             self.nan = "loss"
             self.stream.stop()  # let the generator end, so fit can return cleanly
@@ -196,6 +200,13 @@ class Recorder(keras.callbacks.Callback):
             **{k: number(logs.get(k)) for k in ("loss", "accuracy", "val_loss", "val_accuracy",
                                               "lr", "validation_accuracy")})
         print(record.line(), flush=True)
+
+
+def process_start() -> float:
+    """When this process started (wall clock): its start-up is counted from there."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 class EpochScalars(keras.callbacks.Callback):

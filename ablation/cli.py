@@ -161,6 +161,11 @@ def cmd_run(args) -> int:
                              args.margin)
     view = runner.View(plan.results, study)
     if args.dry_run:
+        if args.executor == "local":  # how many jobs run at once: what halving's rule reads
+            from ablation import devices
+
+            view.slots = len(devices.plan_slots(devices.list_gpus(), args.workers,
+                                                args.jobs_per_gpu))
         return policy.dry_run(view)
     args.slurm_table = study.slurm  # the study's [slurm] table: --executor slurm's defaults
     executor = EXECUTORS[args.executor]()

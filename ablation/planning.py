@@ -61,9 +61,15 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
         recipe = recipe.replace(dataset=record["path"], data_hash=record["content_hash"])
     data.check_recipe_sizes(recipe, record)
     if study.tune is not None:  # every candidate's recipe is a valid one with the flags
-        study.tune.check(recipe)
-        for c in study.tune.candidates():
-            data.check_recipe_sizes(study.tune.recipe(recipe, c), record)
+        t = study.tune
+        t.check(recipe)
+        for v in variants:
+            try:
+                space = t.for_variant(v.name, v.train_recipe(recipe))
+                for c in space.candidates():
+                    data.check_recipe_sizes(space.recipe(recipe, c), record)
+            except AblationError as e:
+                raise AblationError(f"{v.name}: {e}") from e
     if folder is not None and not dry_run:
         data.check(recipe.dataset, folder)
     return Plan(variants, seeds, recipe, Path(results),

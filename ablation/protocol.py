@@ -254,6 +254,7 @@ class Tuning(BaseModel):
     group: str
     fields: list[str]
     base: dict[str, Any]
+    test: bool = False  # the tuning runs evaluate the test set too ([tune] test = true)
 
 
 class RunRecord(BaseModel):
@@ -323,8 +324,12 @@ class RunRecord(BaseModel):
     final_val_accuracy: float | None = None
     best_val_accuracy: float | None = None
     final_val_loss: float | None = None
-    # time, speed, size
+    # time, speed, size: train_seconds sums the epochs (their steps and evaluations);
+    # wall_seconds is every attempt's process time until its last record, start-up (to the
+    # first epoch) included, which startup_seconds gives apart
     train_seconds: float | None = None
+    wall_seconds: float | None = None
+    startup_seconds: float | None = None
     images_per_second: float | None = None
     peak_rss_mb: float | None = None
     h5_bytes: int | None = None

@@ -116,10 +116,11 @@ class Variant:
     # Not part of the definition (the units' source hashes are), not a study file's key
     unit_module: str | None = None
 
-    def train_recipe(self, recipe):
+    def train_recipe(self, recipe, keep: tuple[str, ...] | list[str] = ()):
         """`recipe` with this network's own fixed fields on top (`recipe`: what every job,
-        bench measurement and projection of it trains with)."""
-        return recipe.overlay(dict(self.recipe))
+        bench measurement and projection of it trains with), except the fields in `keep`
+        (a tuned run's: the setting tried wins over the variant's own value)."""
+        return recipe.overlay({k: v for k, v in self.recipe if k not in keep})
 
     def stage_unit(self, stage: int) -> str:
         """The unit of stage `stage` (0-based)."""

@@ -103,19 +103,32 @@ class Plan:
                         stop if stop and stop < r.epochs else None))
         return out
 
+    def tuning_of(self, variant: str) -> dict | None:
+        """What a job of `variant` records of its tuning group: the group, the fields its
+        own space tunes (its job keeps them over the variant's fixed fields) and the
+        base's values of them."""
+        if not self.tuning:
+            return None
+        names = self.tuning.get("own", {}).get(variant, self.tuning["fields"])
+        return {"group": self.tuning["group"], "fields": list(names),
+                "base": {f: self.tuning["base"][f] for f in names},
+                **({"test": True} if self.tuning.get("test") else {})}
+
     def setting(self, job: PlannedJob) -> str:
         """What sets the job apart in a progress line: a tuning candidate's setting, as
         " (lr 0.1)"; "" otherwise."""
-        if not self.tuning:
+        tuning = self.tuning_of(job.variant.name)
+        if not tuning:
             return ""
-        return f" ({tune.words(tune.setting_of(job.recipe.to_dict(), self.tuning['fields']))})"
+        return f" ({tune.words(tune.setting_of(job.recipe.to_dict(), tuning['fields']))})"
 
     def config(self, job: PlannedJob, index: int, total: int) -> JobConfig:
         """What the training process of `job` is told (its config.json)."""
         return JobConfig(job.variant.name, job.seed, job.recipe, self.data_dir,
                          self.keep_model, index, total, job.variant.to_dict(),
                          study.definition_hash(job.variant), study.unit_records(job.variant),
-                         self.study, self.data, self.phase, self.tuning, job.until)
+                         self.study, self.data, self.phase,
+                         self.tuning_of(job.variant.name), job.until)
 
 
 class Progress:
@@ -173,7 +186,8 @@ class Progress:
         print(f"[job {p.job}/{p.of}] {p.variant} s{p.seed}{self.labels.get(job_id, '')}"
               f"  epoch {p.epoch}/{p.epochs}"
               f"  loss {f(p.loss, '.4f')} acc {f(p.accuracy, '.4f')}"
-              f" test_acc {f(p.val_accuracy, '.4f')}"
+              + (f" test_acc {f(p.val_accuracy, '.4f')}" if p.val_accuracy is not None
+                 or p.validation_accuracy is None else "")
               + (f" valid_acc {f(p.validation_accuracy, '.4f')}"
                  if p.validation_accuracy is not None else "")
               + f" lr {f(p.lr, 'g')}"

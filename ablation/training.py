@@ -17,6 +17,7 @@ epoch are dropped before training goes on. The data stream is a pure function of
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -50,6 +51,7 @@ from ablation.callbacks import (
     HoldForTest,
     Recorder,
     SummaryKeeper,
+    process_start,
     tensorboard_callback,
 )
 from ablation.errors import AblationError
@@ -252,6 +254,13 @@ class Job:
         return self.run_dir / "history.csv"
 
     @property
+    def tests(self) -> bool:
+        """Whether the test set is evaluated after each epoch: not in a tuning run, which
+        chooses on its validation split and never reads the test set (unless its study
+        asks: [tune] test = true)."""
+        return self.cfg.phase != "tune" or bool((self.cfg.tuning or {}).get("test"))
+
+    @property
     def stop(self) -> int:
         """The epoch this process trains to: a rung's (successive halving: the backup is
         kept, the schedule is the full run's), else the last."""
@@ -263,7 +272,8 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     counting pass), restored from its backup when there is one (trusted whole, or the
     job fails), else from pretrained weights where the variant says so."""
     variant = _variant(cfg)
-    recipe = variant.train_recipe(cfg.recipe)  # the variant's own fixed fields on top
+    # the variant's own fixed fields on top, but not over the fields its tuning sets
+    recipe = variant.train_recipe(cfg.recipe, keep=(cfg.tuning or {}).get("fields", ()))
     ds = load_data(recipe, cfg.data_dir, cfg.data)
     steps = -(-len(ds.y_train) // recipe.batch_size)
     execution = {**backend.compile_settings(keras.backend.backend(), recipe.precision, on_gpu,
@@ -299,6 +309,14 @@ class Record:
         cfg, info, ds, recipe = job.cfg, job.info, job.ds, job.recipe
         self.job, self.path = job, job.run_dir / "summary.json"
         self.rates: list[float] = []  # training images/s per epoch (set by the Recorder)
+        self.recorder: Recorder | None = None  # its start-up, once it has begun an epoch
+        self.process_start = process_start()
+        # earlier attempts' time (a resumed run): device time spent is never forgotten
+        earlier = None
+        with contextlib.suppress(FileNotFoundError, AblationError):
+            earlier = RunRecord.read(job.run_dir)
+        self.earlier = (earlier.wall_seconds or 0.0, earlier.startup_seconds or 0.0) \
+            if earlier else (0.0, 0.0)
         self.fixed = {
             "variant": cfg.variant, "seed": cfg.seed, "dataset": recipe.dataset,
             "recipe": cfg.recipe, "recipe_id": cfg.recipe.id,
@@ -323,8 +341,11 @@ class Record:
     def write(self, status: JobState = JobState.RUNNING, **extra: Any) -> RunRecord:
         rows = results.read_history(self.job.history_path)
         rates = self.rates[1:] or self.rates  # the first epoch traces the graph
+        started = self.recorder.started if self.recorder is not None else None
         record = RunRecord(
             **self.fixed, **_history_stats(rows), status=status,
+            wall_seconds=round(self.earlier[0] + time.time() - self.process_start, 2),
+            startup_seconds=round(self.earlier[1] + (started or 0.0), 2),
             images_per_second=round(statistics.median(rates), 1) if rates else None,
             peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
@@ -337,6 +358,7 @@ def callbacks(job: Job, record: Record) -> tuple[list, Recorder]:
     row is flushed before the backup is taken."""
     recipe = job.recipe
     recorder = Recorder(job.cfg, recipe, job.stream, job.start, record.rates, job.stop)
+    record.recorder = recorder
     # the test set (and the validation split) see the averaged weights; training, and
     # the backup, the raw ones
     swap = [keras.callbacks.SwapEMAWeights()] if recipe.ema else []
@@ -362,7 +384,8 @@ def fit(job: Job, extra: list) -> None:
     if job.start < job.stop:
         job.model.fit(iter(job.stream), steps_per_epoch=job.stream.steps_per_epoch,
                       epochs=job.stop, initial_epoch=job.start,
-                      validation_data=data.test_batches(job.ds, recipe.batch_size),
+                      validation_data=data.test_batches(job.ds, recipe.batch_size)
+                      if job.tests else None,
                       callbacks=extra, verbose=0, shuffle=False)
     elif recipe.ema and job.stop == recipe.epochs:  # what fit does at its end: the
         job.model.optimizer.finalize_variable_values(  # averaged weights become the model's

@@ -29,7 +29,7 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ablation.errors import AblationError, did_you_mean
@@ -39,9 +39,9 @@ from ablation.recipe import VARIANT_FIELDS, Recipe, check_field
 
 RECIPE_FIELDS = {f.name for f in fields(Recipe)}
 TUNABLE = (*VARIANT_FIELDS, "batch_size")  # what [tune] may search: not the data, not epochs
-SETTINGS = ("samples", "seeds", "validation", "halving", "budget")  # [tune]'s own keys
+# [tune]'s own keys, beside the fields it tunes
+SETTINGS = ("samples", "seeds", "validation", "halving", "budget", "test", "space")
 PHASES = ("tune", "compare")
-EDGE = 0.1  # a choice in the outer 10 % of a range (or at a grid's end) is at its edge
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,33 @@ class Axis:
     low: float | None = None
     high: float | None = None
     log: bool = False
+    times: bool = False  # values (or low, high) multiply the variant's own value
 
     @property
     def is_range(self) -> bool:
         return self.low is not None
+
+    def resolved(self, own: Any) -> Axis:
+        """The axis in the field's own units: multipliers times the variant's own value
+        (`own`), rounded to six digits as any tuned value is."""
+        if not self.times:
+            return self
+        def at(m: float) -> float:
+            return float(f"{m * own:.6g}")
+
+        if self.is_range:
+            return replace(self, low=at(self.low), high=at(self.high), times=False)
+        return replace(self, values=tuple(at(m) for m in self.values), times=False)
+
+    def words(self) -> str:
+        """The axis as the report says it: "lr in [0.01, 0.1]", "lr 1e-4..1e-2 (log)"."""
+        what = "x" if self.times else ""
+        if self.is_range:
+            return (f"{self.name} {what}{self.low:g}..{what}{self.high:g}"
+                    + (" (log)" if self.log else ""))
+        shown = [f"{what}{v:g}" if isinstance(v, int | float) and not isinstance(v, bool)
+                 else str(v) for v in self.values]
+        return f"{self.name} in [{', '.join(shown)}]"
 
     def at(self, u: float) -> Any:
         """The value at quantile u of the axis (a range's point, a grid's value)."""
@@ -70,21 +93,6 @@ class Axis:
             return round(v)
         return float(f"{v:.6g}")  # six digits: readable in recipes, reports and run folders
 
-    def position(self, v: Any) -> float | None:
-        """Where a numeric value lies on the axis, 0 (low end) to 1 (high end)."""
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            return None
-        if self.is_range:
-            lo, hi, x = self.low, self.high, v
-        else:
-            nums = [x for x in self.values if isinstance(x, int | float)]
-            if len(set(nums)) < 2:  # one value: no axis (of two, either is an edge)
-                return None
-            lo, hi, x = min(nums), max(nums), v
-        if self.log and lo > 0 and x > 0:
-            lo, hi, x = math.log(lo), math.log(hi), math.log(x)
-        return 0.5 if hi == lo else (x - lo) / (hi - lo)
-
 
 @dataclass(frozen=True)
 class Tune:
@@ -95,14 +103,45 @@ class Tune:
     seeds: int
     validation: int | None  # None: the recipe's own `validation` (a study's, a flag's)
     seed: int  # of the quasi-random sampler: from the study's name and its [tune] table
-    # (0.6) successive halving (rungs, promotion: ablation.halving), and the
-    # tuning phase's budget in epochs per variant (over all its tuning seeds)
+    # successive halving (rungs, promotion: ablation.halving), and the tuning phase's
+    # budget in epochs per variant (over all its tuning seeds)
     halving: Halving | None = None
     budget: int | None = None
+    # variants with a space of their own: ((variant names), axes), in the file's order
+    spaces: tuple[tuple[tuple[str, ...], tuple[Axis, ...]], ...] = ()
+    test: bool = False  # tuning runs evaluate the test set too (never read to choose)
 
     @property
     def fields(self) -> list[str]:
         return [a.name for a in self.axes]
+
+    @property
+    def all_fields(self) -> list[str]:
+        """Every field any space tunes (the tuning group's): the default space's first."""
+        names = [a.name for a in self.axes]
+        for _, axes in self.spaces:
+            names += [a.name for a in axes if a.name not in names]
+        return names
+
+    def axes_for(self, variant: str) -> tuple[Axis, ...]:
+        """A variant's space as written: its own, else the default."""
+        return next((axes for names, axes in self.spaces if variant in names), self.axes)
+
+    def own_space(self, variant: str) -> bool:
+        return any(variant in names for names, _ in self.spaces)
+
+    def for_variant(self, variant: str, own: Recipe) -> Tune:
+        """The search over `variant`'s space, in the field's own units: multipliers times
+        the variant's own value (`own`: the study's recipe with the variant's own fields
+        on top). Its candidates, edges and words are the variant's."""
+        axes = tuple(a.resolved(getattr(own, a.name)) for a in self.axes_for(variant))
+        if not axes:
+            raise AblationError(f"[tune] {variant} has no space to search: [tune] names no "
+                                "field for every variant, and no [[tune.space]] names it")
+        seed = self.seed
+        if self.own_space(variant):  # its own quasi-random points, reproducible as well
+            seed = int(hashlib.sha256(f"{self.seed}:{variant}".encode()).hexdigest()[:8], 16)
+        return replace(self, axes=axes, spaces=(), seed=seed)
 
     def candidates(self) -> list[dict]:
         """The settings to try: the grid's product, or `samples` scrambled-Sobol points
@@ -128,8 +167,11 @@ class Tune:
     def warnings(self) -> list[str]:
         """What the table asks that tunes nothing: an axis of one value (said by `run`,
         its dry run and the report)."""
-        return [f"[tune] {a.name} has one candidate ({a.values[0]}): nothing is tuned on "
-                "it; list several values or give a range" for a in self.axes
+        spaces = [("", self.axes), *((f" (the space of {', '.join(n)})", a)
+                                     for n, a in self.spaces)]
+        return [f"[tune] {a.name}{where} has one candidate ({a.values[0]}): nothing is "
+                "tuned on it; list several values or give a range"
+                for where, axes in spaces for a in axes
                 if not a.is_range and len(a.values) == 1]
 
     def check(self, run: Recipe) -> None:
@@ -161,7 +203,8 @@ class Tune:
 
 def parse(table: dict, base: Recipe, study: str) -> Tune | None:
     """`[tune]` of a study file as a Tune (None when the table is empty). Every mistake is
-    one line naming the key; every candidate's recipe is checked whole."""
+    one line naming the key; every candidate's recipe of the default space is checked
+    whole (a variant's own space, whose multipliers need the variant, at `run`)."""
     if not table:
         return None
     def bad(msg: str) -> AblationError:
@@ -169,21 +212,21 @@ def parse(table: dict, base: Recipe, study: str) -> Tune | None:
 
     settings = {k: table[k] for k in SETTINGS if k in table}
     halving = _halving(settings.pop("halving", None), bad)
+    test = settings.pop("test", False)
+    if not isinstance(test, bool):
+        raise bad(f"test must be true or false, got {test!r}")
+    spaces = _spaces(settings.pop("space", []), bad)
     for k, v in settings.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise bad(f"{k} must be a positive integer, got {v!r}")
-    axes = []
-    for name, spec in table.items():
-        if name in SETTINGS:
-            continue
-        if name not in TUNABLE:
-            hint = "" if name in RECIPE_FIELDS else did_you_mean(name, (*TUNABLE, *SETTINGS),
-                                                                n=1)
-            raise bad(f"cannot tune {name!r}{hint} (tunable: {', '.join(sorted(TUNABLE))})")
-        axes.append(_axis(name, spec, bad))
-    if not axes:
+    axes = _axes({k: v for k, v in table.items() if k not in SETTINGS}, bad, "")
+    if any(a.times for a in axes):
+        raise bad("times (multipliers of a variant's own value) belongs in a "
+                  "[[tune.space]], which names its variants")
+    if not axes and not spaces:
         raise bad("names no field to tune (e.g. lr = [0.05, 0.1, 0.2])")
-    if "samples" in settings and not any(a.is_range for a in axes):
+    if "samples" in settings and not any(a.is_range for sp in (axes, *(a for _, a in spaces))
+                                         for a in sp):
         raise bad(f"samples = {settings['samples']} draws points from ranges, and every "
                   "field here is a list (the whole grid is tried): remove samples, or give "
                   "a range { low, high }")
@@ -191,10 +234,46 @@ def parse(table: dict, base: Recipe, study: str) -> Tune | None:
     budget = settings.get("budget")
     samples = settings.get("samples", 64 if budget else 8)  # a budget: draw until spent
     tune = Tune(tuple(axes), samples, settings.get("seeds", 1), settings.get("validation"),
-                int(digest.hexdigest()[:8], 16), halving, budget)
-    for c in tune.candidates():
-        tune.recipe(base, c)  # every candidate's recipe is a valid recipe
+                int(digest.hexdigest()[:8], 16), halving, budget, spaces, test)
+    if axes:
+        for c in tune.candidates():
+            tune.recipe(base, c)  # every candidate's recipe is a valid recipe
     return tune
+
+
+def _axes(table: dict, bad, where: str) -> list[Axis]:
+    axes = []
+    for name, spec in table.items():
+        if name not in TUNABLE:
+            hint = "" if name in RECIPE_FIELDS else did_you_mean(name, (*TUNABLE, *SETTINGS),
+                                                                n=1)
+            raise bad(f"{where}cannot tune {name!r}{hint} (tunable: "
+                      f"{', '.join(sorted(TUNABLE))})")
+        axes.append(_axis(name, spec, bad))
+    return axes
+
+
+def _spaces(spec: Any, bad) -> tuple[tuple[tuple[str, ...], tuple[Axis, ...]], ...]:
+    """`[[tune.space]]`: tables of `variants = [...]` and the fields each tunes."""
+    if not isinstance(spec, list) or not all(isinstance(t, dict) for t in spec):
+        raise bad("space must be tables: [[tune.space]] with variants = [...] and the "
+                  "fields to tune")
+    out, seen = [], set()
+    for k, table in enumerate(spec, 1):
+        names = table.get("variants")
+        if not isinstance(names, list) or not names or not all(
+                isinstance(n, str) for n in names):
+            raise bad(f"space {k} needs variants = [\"name\", ...], the variants it is for")
+        twice = [n for n in names if n in seen]
+        if twice:
+            raise bad(f"space {k}: {twice[0]} has a space already")
+        seen.update(names)
+        axes = _axes({f: v for f, v in table.items() if f != "variants"}, bad,
+                     f"space {k}: ")
+        if not axes:
+            raise bad(f"space {k} names no field to tune")
+        out.append((tuple(names), tuple(axes)))
+    return tuple(out)
 
 
 def _halving(spec: Any, bad) -> Halving | None:
@@ -220,11 +299,26 @@ def _halving(spec: Any, bad) -> Halving | None:
 
 
 def _axis(name: str, spec: Any, bad) -> Axis:
+    if isinstance(spec, dict) and "times" in spec:  # multipliers of the variant's own
+        if set(spec) != {"times"}:
+            raise bad(f"{name}: times is a table of its own: {{ times = [0.3, 1, 3] }} or "
+                      "{ times = { low = 0.1, high = 10, log = true } }")
+        inner = _plain_axis(name, spec["times"], lambda m: bad(f"times: {m}"), check=False)
+        nums = inner.values if not inner.is_range else (inner.low, inner.high)
+        if not all(isinstance(m, int | float) and not isinstance(m, bool) and m > 0
+                   for m in nums):
+            raise bad(f"{name}: multipliers must be positive numbers, got {list(nums)}")
+        return replace(inner, times=True)
+    return _plain_axis(name, spec, bad)
+
+
+def _plain_axis(name: str, spec: Any, bad, check: bool = True) -> Axis:
     if isinstance(spec, list):
         if not spec:
             raise bad(f"{name} needs at least one candidate")
         for v in spec:
-            _value(name, v, bad)
+            if check:
+                _value(name, v, bad)
         if len(set(map(json.dumps, spec))) != len(spec):
             raise bad(f"{name} lists a candidate twice")
         return Axis(name, values=tuple(spec))
@@ -234,7 +328,8 @@ def _axis(name: str, spec: Any, bad) -> Axis:
             raise bad(f"{name}: a range is {{ low = X, high = Y, log = true|false }}")
         low, high, log = spec["low"], spec["high"], spec.get("log", False)
         for v in (low, high):
-            _value(name, v, bad)
+            if check:
+                _value(name, v, bad)
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise bad(f"{name}: a range's ends must be numbers")
         if not isinstance(log, bool):
@@ -310,17 +405,28 @@ def select(scores: dict[str, list[float]], settings: dict[str, dict], tune: Tune
     tied = [k for k, m in means.items() if m == best]
     chosen = min(tied, key=lambda k: (distance(settings[k], base), k))
     setting = settings[chosen]
-    edges = []
+    return Choice(setting, best, len(scores[chosen]), len(tied) - 1,
+                  edges(setting, list(settings.values()), tune))
+
+
+def edges(setting: dict, tried: list[dict], tune: Tune) -> tuple[str, ...]:
+    """Where a choice lies at the edge of everything tried (every setting started,
+    whatever became of it: finished, stopped at a rung, failed): the smallest or the
+    largest value of a field tried, of at least two; the best may lie beyond it."""
+    out = []
     for axis in tune.axes:
-        pos = axis.position(setting[axis.name])
-        if pos is None:
+        v = setting.get(axis.name)
+        values = sorted({s[axis.name] for s in tried if isinstance(s.get(axis.name), int | float)
+                         and not isinstance(s.get(axis.name), bool)})
+        if len(values) < 2 or not isinstance(v, int | float) or isinstance(v, bool):
             continue
-        v = setting[axis.name]
-        if pos <= EDGE:
-            edges.append(f"{axis.name}: best at the low edge ({v:g}): widen below {v:g}")
-        elif pos >= 1 - EDGE:
-            edges.append(f"{axis.name}: best at the high edge ({v:g}): widen above {v:g}")
-    return Choice(setting, best, len(scores[chosen]), len(tied) - 1, tuple(edges))
+        if v == values[0]:
+            out.append(f"{axis.name}: best at the low edge of what was tried ({v:g}): widen "
+                       f"below {v:g}")
+        elif v == values[-1]:
+            out.append(f"{axis.name}: best at the high edge of what was tried ({v:g}): widen "
+                       f"above {v:g}")
+    return tuple(out)
 
 
 # --- the tuning runs: a group, its scores, each variant's choice ---------------------------
@@ -328,29 +434,32 @@ def select(scores: dict[str, list[float]], settings: dict[str, dict], tune: Tune
 
 def group_id(study: str, base: Recipe, t: Tune) -> str:
     """One tuning experiment: the study, and the base recipe without the tuned fields."""
-    rest = {k: v for k, v in t.recipe(base, {}).to_dict().items() if k not in t.fields}
+    rest = {k: v for k, v in t.recipe(base, {}).to_dict().items() if k not in t.all_fields}
     text = json.dumps([study, rest], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def tuning_record(study: str, base: Recipe, t: Tune) -> dict:
+def tuning_record(study: str, base: Recipe, t: Tune, variant: str | None = None) -> dict:
     """What every run of a tuning experiment records (`tuning` in config.json and the
-    run record): the group, the tuned fields and the base recipe's values of them, so a
-    report finds the experiment's runs whatever flags it was run with."""
-    return {"group": group_id(study, base, t), "fields": t.fields,
-            "base": {f: getattr(base, f) for f in t.fields}}
+    run record): the group, the fields tuned (for `variant`: its space's, which its job
+    keeps over the variant's own fixed fields) and the base recipe's values of them, so
+    a report finds the experiment's runs whatever flags it was run with."""
+    names = t.all_fields if variant is None else [a.name for a in t.axes_for(variant)]
+    return {"group": group_id(study, base, t), "fields": names,
+            "base": {f: getattr(base, f) for f in names}, **({"test": True} if t.test else {})}
 
 
-def scores(records: list[RunRecord], group: str, fields: list[str]
+def scores(records: list[RunRecord], group: str
            ) -> dict[str, tuple[dict[str, list[float]], dict[str, dict]]]:
     """variant -> (setting key -> final validation accuracies of its finished tuning
-    runs, setting key -> setting), over the tuning runs of one group. A candidate whose
-    runs diverged or failed has an empty list: it cannot be chosen."""
+    runs, setting key -> setting), over the tuning runs of one group, each over the
+    fields its run tuned. A candidate whose runs diverged, failed or stopped at a rung
+    has an empty list: it cannot be chosen."""
     out: dict[str, tuple[dict, dict]] = {}
     for r in records:
         if r.phase != "tune" or r.tuning is None or r.tuning.group != group:
             continue
-        setting = setting_of(r.recipe.to_dict(), fields)
+        setting = setting_of(r.recipe.to_dict(), r.tuning.fields)
         k = key(setting)
         accs, settings = out.setdefault(r.variant, ({}, {}))
         settings[k] = setting
@@ -361,7 +470,10 @@ def scores(records: list[RunRecord], group: str, fields: list[str]
 
 
 def choose(records: list[RunRecord], study: str, t: Tune, base: Recipe,
-           variants: list[str]) -> dict[str, Choice | None]:
-    """Each variant's choice, read from the tuning runs among `records`."""
-    by = scores(records, group_id(study, base, t), t.fields)
-    return {v: select(*by[v], t, base) if v in by else None for v in variants}
+           owns: dict[str, Recipe]) -> dict[str, Choice | None]:
+    """Each variant's choice, read from the tuning runs among `records`: `owns` maps the
+    variants to their own recipes (the base with their fixed fields), against which
+    their spaces are resolved and their ties broken."""
+    by = scores(records, group_id(study, base, t))
+    return {v: select(*by[v], t.for_variant(v, own), own) if v in by else None
+            for v, own in owns.items()}

@@ -292,7 +292,8 @@ def test_a_setting_that_failed_early_does_not_pull_the_expected_best_curve_back(
     def run(rid, accs, status=JobState.DONE):
         h = pd.DataFrame({"epoch": range(len(accs)), "validation_accuracy": accs})
         return SimpleNamespace(variant="a", history=h, record=SimpleNamespace(
-            phase="tune", recipe_id=rid, status=status))
+            phase="tune", recipe_id=rid, status=status,
+            trained=SimpleNamespace(warmup_epochs=0)))
 
     rs = [run("r1", [0.2, 0.4, 0.6]), run("r2", [0.3, 0.5, 0.7]), run("r3", [0.1, 0.2, 0.5]),
           run("r4", [0.9], JobState.FAILED)]

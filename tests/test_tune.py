@@ -10,7 +10,15 @@ import os
 import signal
 
 import pytest
-from conftest import hold_after, one_line_error, run_cli, run_dirs, start_cli, wait_for
+from conftest import (
+    history,
+    hold_after,
+    one_line_error,
+    run_cli,
+    run_dirs,
+    start_cli,
+    wait_for,
+)
 
 from ablation import tune
 from ablation.errors import AblationError
@@ -78,11 +86,19 @@ def test_the_choice_is_the_validation_argmax_never_the_test_set_and_ties_go_near
         _run("b", {"lr": 0.01}, 0.7, 0.2), _run("b", {"lr": 1.0}, 0.7, 0.2),
         _run("b", {"lr": 0.1}, None, None, status="failed"),
     ]
-    scores = tune.scores(runs, "g", ["lr"])
+    scores = tune.scores(runs, "g")
     assert scores["a"][0][tune.key({"lr": 1.0})] == [0.5]  # the failed seed left out
     c = tune.select(*scores["a"], t, base)
     assert c.setting == {"lr": 0.01} and c.accuracy == pytest.approx(0.75) and c.seeds == 2
-    assert c.edges == ("lr: best at the low edge (0.01): widen below 0.01",)
+    assert c.edges == ("lr: best at the low edge of what was tried (0.01): widen below "
+                       "0.01",)
+    # a log-spaced grid: 0.003 is the third of seven values tried, no edge (0.6 read the
+    # grid on a linear scale and warned "widen below 0.003")
+    grid = [3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3]
+    t7 = tune.parse({"lr": grid}, BASE, "s")
+    tried = [{"lr": x} for x in grid]
+    assert tune.edges({"lr": 3e-3}, tried, t7) == ()
+    assert tune.edges({"lr": 0.3}, tried, t7)[0].startswith("lr: best at the high edge")
     b = tune.select(*scores["b"], t, base)
     assert b.tied == 1 and b.setting in ({"lr": 0.01}, {"lr": 1.0})
     # nearest the base on a log scale: 0.01 and 1.0 are one decade from 0.1 each, so the
@@ -127,8 +143,8 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
             str(cifar_dir), "--results", str(res)]
     plan = run_cli(*args, "--dry-run")
     assert plan.returncode == 0, plan.stderr
-    assert "phase tune: 4 job(s), 4 to run (lr: 2 setting(s) x 1 seed(s) x 2 variant(s))" \
-        in plan.stdout
+    assert "phase tune: 4 job(s), 4 to run (2 variant(s) x 2 setting(s) of lr, x 1 " \
+        "seed(s))" in plan.stdout
     assert "phase compare: 4 job(s)" in plan.stdout and "seeds 1..2" in plan.stdout
     # --until-decided: the comparison's first look, and the looks after it, said as such
     looks = run_cli(*[a for a in args if a not in ("--seeds", "2")], "--until-decided",
@@ -157,6 +173,11 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
         s = json.loads((d / "summary.json").read_text())
         runs[(cfg["phase"], cfg["variant"], cfg["seed"], cfg["recipe"]["lr"])] = (s, d)
         assert s["status"] == "done" and len((d / "history.csv").read_text().splitlines()) == 2
+        # a tuning run chooses on its validation split: it never evaluates the test set
+        # (Keras' CSVLogger still writes the val_ columns, empty, in a run without them)
+        tests = [row.get("val_accuracy") for row in history(d)]
+        assert all(v not in ("", "NA", None) for v in tests) == (cfg["phase"] == "compare")
+        assert (s.get("final_test_accuracy") is None) == (cfg["phase"] == "tune")
         attempts.append((d / "train.log").read_text().count("--- attempt started"))
     assert sorted(attempts) == [1] * 7 + [2]  # nothing lost, nothing but the killed job twice
     assert sum(k[0] == "tune" for k in runs) == 4 and sum(k[0] == "compare" for k in runs) == 4

@@ -24,16 +24,20 @@ from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.policies import Fixed, list_jobs
 from ablation.protocol import NEW, Exit, JobKey, JobState
+from ablation.recipe import Recipe
 from ablation.runner import Plan, Policy, Queue, Stop, View
 
 
 def phase_plans(plan: Plan, study: studies.Study, t: tune.Tune, seeds: int
                 ) -> tuple[Plan, Callable[[dict[str, tune.Choice]], Plan]]:
-    """The tuning phase's plan, and the comparison phase's plan for given choices."""
+    """The tuning phase's plan (each variant over its own space), and the comparison
+    phase's plan for given choices."""
     base = plan.recipe
-    candidates = [t.recipe(base, c) for c in t.candidates()]
-    record = tune.tuning_record(study.name, base, t)
-    tuning = replace(plan, recipes={v.name: candidates for v in plan.variants},
+    spaces = {v.name: t.for_variant(v.name, v.train_recipe(base)) for v in plan.variants}
+    record = {**tune.tuning_record(study.name, base, t),
+              "own": {v: s.fields for v, s in spaces.items()}}
+    tuning = replace(plan, recipes={v: [s.recipe(base, c) for c in s.candidates()]
+                                    for v, s in spaces.items()},
                      seeds=t.seeds, first_seed=0, phase="tune", tuning=record)
 
     def comparing(choices: dict[str, tune.Choice]) -> Plan:
@@ -43,6 +47,12 @@ def phase_plans(plan: Plan, study: studies.Study, t: tune.Tune, seeds: int
                        first_seed=t.seeds, phase="compare", tuning=record)
 
     return tuning, comparing
+
+
+def owns(plan: Plan) -> dict[str, Recipe]:
+    """Each variant's own recipe: the plan's with the variant's fixed fields on top (its
+    space's multipliers, and its ties, are read against it)."""
+    return {v.name: v.train_recipe(plan.recipe) for v in plan.variants}
 
 
 # the comparison phase's policy for its plan: Fixed, or --until-decided's looks
@@ -73,15 +83,25 @@ class Tuned:
         plan = self.halving.next_jobs(view, view.free) if self.halving else None
         return Queue(plan, self.halving.describe(plan)) if plan is not None else None
 
-    def _header(self, jobs: int) -> str:
+    def _settings(self) -> str:
+        """How many settings each variant tries, in words: "7 setting(s) of lr", or per
+        variant where their spaces differ."""
+        counts = {v.name: len(self.tuning.recipes_of(v.name)) for v in self.plan.variants}
+        fields = {v: ", ".join(f) for v, f in self.tuning.tuning["own"].items()}
+        if len(set(counts.values())) == 1 and len(set(fields.values())) == 1:
+            n, f = next(iter(counts.values())), next(iter(fields.values()))
+            return f"{len(counts)} variant(s) x {n} setting(s) of {f}"
+        return "; ".join(f"{v} {n} setting(s) of {fields[v]}" for v, n in counts.items())
+
+    def _header(self, jobs: int, slots: int) -> str:
         t = self.t
         held = self.tuning.recipes_of(self.plan.variants[0].name)[0].validation
         search = f" = {jobs} job(s)"
         if self.halving is not None:
-            search = (f"; {self.halving.words()}; {jobs} job(s) to start")
-        return (f"phase 1/2, tune: {len(self.plan.variants)} variant(s) x "
-                f"{len(t.candidates())} setting(s) of {', '.join(t.fields)} x {t.seeds} "
-                f"seed(s){search}, choosing on {held:,} held-out validation images")
+            n = max(len(self.tuning.recipes_of(v.name)) for v in self.plan.variants)
+            search = (f"; {self.halving.words(slots, n)}; {jobs} job(s) to start")
+        return (f"phase 1/2, tune: {self._settings()}, x {t.seeds} seed(s){search}, choosing "
+                f"on {held:,} held-out validation images")
 
     def next(self, view: View) -> Queue | Stop:
         if self.then is not None:
@@ -95,9 +115,9 @@ class Tuned:
                 view.history = True  # the rule reads each rung's validation accuracy
                 first = self.halving.next_jobs(view, view.slots)
                 if first is not None:
-                    return Queue(first, self._header(len(first.jobs())))
+                    return Queue(first, self._header(len(first.jobs()), view.slots))
             else:
-                return Queue(self.tuning, self._header(len(self.tuning.jobs())))
+                return Queue(self.tuning, self._header(len(self.tuning.jobs()), view.slots))
         left = view.unfinished(self.tuning)
         if left and self.halving is None:
             return Stop(f"the tuning phase did not finish ({left} job(s) left); rerun the "
@@ -112,7 +132,7 @@ class Tuned:
             print(f"  {self.halving.spent_words(view)}", file=out, flush=True)
             view.history = False
         choices = tune.choose(view.records(), self.study.name, t, self.plan.recipe,
-                              [v.name for v in self.plan.variants])
+                              owns(self.plan))
         lost = [v for v, c in choices.items() if c is None]
         if lost:
             raise AblationError(f"no tuning run of {', '.join(lost)} finished (every candidate "
@@ -148,24 +168,25 @@ class Tuned:
         planned = [known.get(j.key, NEW) for j in jobs]
         left = sum(s != JobState.DONE for s in planned)
         if self.halving is not None:  # the search decides as it goes: its rule and cost
-            grid = halving.grid_epochs(len(t.candidates()), plan.recipe.epochs, t.seeds)
+            settings = {len(self.tuning.recipes_of(v.name)) for v in plan.variants}
+            n = max(settings)
+            grid = halving.grid_epochs(n, plan.recipe.epochs, t.seeds)
             rungs = self.halving.rungs
             if t.halving:
-                planned = halving.planned_epochs(len(t.candidates()), rungs,
-                                                 self.halving.factor, t.seeds)
-                print(f"phase tune: {self.halving.words()}; each setting starts at epoch "
-                      f"{rungs[0]} (the jobs below, stopped there), the best 1/"
+                planned = halving.planned_epochs(n, rungs, self.halving.factor, t.seeds)
+                print(f"phase tune: {self.halving.words(view.slots, n)}; each setting starts "
+                      f"at epoch {rungs[0]} (the jobs below, stopped there), the best 1/"
                       f"{self.halving.factor} go on; {planned:,} of the full grid's "
                       f"{grid:,} epochs a variant ({100 * planned / grid:.0f} %) when every "
-                      "rung sends on its share", file=out)
+                      "rung sends on its share"
+                      + ("" if len(settings) == 1 else f" (at {n} settings, the most a "
+                                                       "variant has)"), file=out)
             else:  # a budget alone: settings in full, new ones while the budget lasts
                 print(f"phase tune: {self.halving.words()} (the full grid: {grid:,} epochs "
                       "a variant)", file=out)
-        print(f"phase tune: {len(jobs)} job(s), {left} to run ({', '.join(t.fields)}: "
-              f"{len(t.candidates())} setting(s) x {t.seeds} seed(s) x {len(plan.variants)} "
-              f"variant(s)){_eta(speed, plan, left)}", file=out)
-        list_jobs(jobs, known, out,
-                  lambda j: tune.words(tune.setting_of(j.recipe.to_dict(), t.fields)))
+        print(f"phase tune: {len(jobs)} job(s), {left} to run ({self._settings()}, x "
+              f"{t.seeds} seed(s)){_eta(speed, plan, left)}", file=out)
+        list_jobs(jobs, known, out, lambda j: plan.setting(j).strip(" ()"))
         # the comparison phase's first step: its seeds, or --until-decided's first look
         probe = self.compare(replace(plan, first_seed=t.seeds, seeds=self.seeds))
         first = probe.first_look() if hasattr(probe, "first_look") else self.seeds
@@ -204,9 +225,20 @@ class Search:
         self.rungs = self.halving.rungs(self.epochs) if t.halving else [self.epochs]
         self.factor = self.halving.factor
 
-    def words(self) -> str:
+    def words(self, slots: int | None = None, settings: int | None = None) -> str:
+        """The search in words; with the executor's `slots` and a variant's `settings`,
+        when each rung promotes."""
         rule = (f"successive halving, rungs at epochs {', '.join(map(str, self.rungs))}, "
                 f"factor {self.factor}" if self.t.halving else "every setting in full")
+        if self.t.halving and slots and settings:
+            sync = halving.synchronous(settings, self.rungs, self.factor, slots)
+            at = [str(r) for r, s in zip(self.rungs, sync, strict=False) if s]
+            rule += (f"; promotion synchronous at rung(s) {', '.join(at)} ({slots} slot(s), "
+                     "fewer than those rungs' settings: every setting reaches a rung before "
+                     "any goes on)" if at else "")
+            if len(at) < len(sync):
+                rule += (f"; asynchronous (ASHA, reserve {self.halving.reserve:g}) where the "
+                         "slots are as many as a rung's settings")
         return rule + (f", at most {self.t.budget:,} epochs a variant" if self.t.budget
                        else "")
 
@@ -220,35 +252,12 @@ class Search:
 
     def _trials(self, view: View, variant: str) -> tuple[list[halving.Trial], int]:
         """Each setting of `variant` as a Trial (in `order`), and the epochs its runs
-        trained. A setting whose run failed, or that has no validation accuracy at a rung
-        it reached (it diverged: its history has NaN there, or no such column), has
-        failed: it is never promoted."""
-        active = view.active()
-        mine = {(r.variant, r.record.recipe_id, r.seed): r for r in view.runs()
-                if r.record.phase == "tune" and r.record.tuning
-                and r.record.tuning.group == self.tuning.tuning["group"]}
-        trials, spent = [], 0
+        trained (`trials`)."""
         tag = studies.folder_tag(registry.get(variant))
-        for recipe in self.order(variant):
-            seeds = range(self.t.seeds)
-            found = [mine.get((variant, recipe.id, s)) for s in seeds]
-            done = min(r.record.epochs_done if r else 0 for r in found)
-            spent += sum(r.record.epochs_done for r in found if r)
-            running = any(JobKey(variant, tag, s, recipe.id) in active for s in seeds)
-            failed = any(r is not None and r.record.status == JobState.FAILED for r in found)
-            curve: dict[int, float] = {}
-            if done:
-                cols = [runs.curve(r.history, "validation") for r in found]
-                for e in (e for e in self.rungs if e <= done):
-                    vals = [c.get(e) for c in cols]
-                    if all(v is not None for v in vals):
-                        curve[e] = sum(vals) / len(vals)
-                    else:
-                        failed = True
-            # a running setting is on its way to the next rung above what it trained
-            target = next((e for e in self.rungs if e > done), done) if running else done
-            trials.append(halving.Trial(recipe.id, done, running, curve, failed, target))
-        return trials, spent
+        active = view.active()
+        return trials(view.runs(), self.tuning.tuning["group"], variant, self.order(variant),
+                      self.rungs, self.t.seeds,
+                      lambda rid, seed: JobKey(variant, tag, seed, rid) in active)
 
     def next_jobs(self, view: View, free: int) -> Plan | None:
         """The next jobs for `free` slots, one variant after the other; None when none."""
@@ -286,19 +295,49 @@ class Search:
 
     def describe(self, plan: Plan) -> str:
         parts = []
-        for v in plan.variants:
-            for r in plan.recipes_of(v.name):
-                until = (plan.until or {}).get((v.name, r.id), r.epochs)
-                words = tune.words(tune.setting_of(r.to_dict(), self.t.fields))
-                parts.append(f"{v.name} ({words}) to epoch {until}")
-        return "  halving: " + "; ".join(parts)
+        for j in plan.jobs():
+            parts.append(f"{j.variant.name}{plan.setting(j)} to epoch {j.target}")
+        return "  halving: " + "; ".join(dict.fromkeys(parts))
 
     def spent_words(self, view: View) -> str:
         total = sum(self._trials(view, v.name)[1] for v in self.tuning.variants)
-        grid = halving.grid_epochs(len(self.t.candidates()) * len(self.tuning.variants),
-                                   self.epochs, self.t.seeds)
+        grid = sum(halving.grid_epochs(len(self.tuning.recipes_of(v.name)), self.epochs,
+                                       self.t.seeds) for v in self.tuning.variants)
         return (f"tuning spent {total:,} epochs of the full grid's {grid:,} "
                 f"({100 * total / grid:.0f} %)")
+
+
+def trials(found: list[runs.Run], group: str, variant: str, recipes: list[Recipe],
+           rungs: list[int], seeds: int, running=lambda recipe_id, seed: False
+           ) -> tuple[list[halving.Trial], int]:
+    """A variant's settings (`recipes`, in the order the search starts them) as the rule
+    sees them, from its tuning runs among `found`, and the epochs those runs trained. A
+    setting whose run failed, or that has no validation accuracy at a rung it reached (it
+    diverged: its history has NaN there, or no such column), has failed: it is never
+    promoted. `running(recipe id, seed)`: whether that job trains now."""
+    mine = {(r.record.recipe_id, r.seed): r for r in found
+            if r.variant == variant and r.record.phase == "tune" and r.record.tuning
+            and r.record.tuning.group == group}
+    out, spent = [], 0
+    for recipe in recipes:
+        got = [mine.get((recipe.id, s)) for s in range(seeds)]
+        done = min(r.record.epochs_done if r else 0 for r in got)
+        spent += sum(r.record.epochs_done for r in got if r)
+        busy = any(running(recipe.id, s) for s in range(seeds))
+        failed = any(r is not None and r.record.status == JobState.FAILED for r in got)
+        curve: dict[int, float] = {}
+        if done:
+            cols = [runs.curve(r.history, "validation") for r in got]
+            for e in (e for e in rungs if e <= done):
+                vals = [c.get(e) for c in cols]
+                if all(v is not None for v in vals):
+                    curve[e] = sum(vals) / len(vals)
+                else:
+                    failed = True
+        # a running setting is on its way to the next rung above what it trained
+        target = next((e for e in rungs if e > done), done) if busy else done
+        out.append(halving.Trial(recipe.id, done, busy, curve, failed, target))
+    return out, spent
 
 
 def _done(trials: list[halving.Trial], key: str) -> int:

@@ -204,18 +204,24 @@ def plot_responses(path: Path, responses: pd.DataFrame, title: str,
     _save(fig, path, also)
 
 
-def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[str, dict],
-                tuned, col: Palette, also: tuple[str, ...] = (),
+def plot_tuning(path: Path, points: dict[str, dict[str, dict[int, float]]],
+                settings: dict[str, dict], tuned, col: Palette, also: tuple[str, ...] = (),
                 chosen: dict[str, str] | None = None) -> None:
-    """Validation accuracy (mean over the tuning seeds) against each tuned field, a line
-    per variant (with several fields, each value's best over the others); for two grid
-    fields, a heat map per variant. Each variant's chosen setting (`chosen`: variant ->
-    setting key) is marked: a star on its line, a box round its cell."""
+    """Validation accuracy (mean over the tuning seeds) against each tuned field, for
+    every setting tried at every epoch it was compared at (`points`: variant -> setting
+    key -> {epoch: accuracy}; under successive halving each rung, so settings stopped at
+    a rung are drawn too): a line per variant and epoch, the last epoch's solid (with
+    several fields, each value's best over the others); for two grid fields, a heat map
+    per variant of each setting's last epoch reached. Each variant's chosen setting
+    (`chosen`: variant -> setting key) is marked: a star on its line, a box round its
+    cell."""
     chosen = chosen or {}
     import matplotlib.pyplot as plt
 
     axes_ = list(tuned.axes)
-    variants = list(means)
+    variants = list(points)
+    epochs = sorted({e for v in variants for p in points[v].values() for e in p})
+    top = epochs[-1] if epochs else 0
     grid2 = len(axes_) == 2 and not any(a.is_range for a in axes_)
     if grid2:
         fig, panels = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 4),
@@ -223,9 +229,14 @@ def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[s
         a, b = axes_
         for ax, v in zip(panels[0], variants, strict=True):
             grid = np.full((len(a.values), len(b.values)), np.nan)
-            for k, acc in means[v].items():
+            at = {}
+            for k, by_epoch in points[v].items():
+                if not by_epoch:
+                    continue
                 s = settings[k]
-                grid[a.values.index(s[a.name]), b.values.index(s[b.name])] = 100 * acc
+                last = max(by_epoch)
+                i, j = a.values.index(s[a.name]), b.values.index(s[b.name])
+                grid[i, j], at[i, j] = 100 * by_epoch[last], last
             im = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
             ax.set_xticks(range(len(b.values)), [f"{x:g}" for x in b.values])
             ax.set_yticks(range(len(a.values)), [f"{x:g}" for x in a.values])
@@ -237,41 +248,50 @@ def plot_tuning(path: Path, means: dict[str, dict[str, float]], settings: dict[s
                 i, j = a.values.index(s[a.name]), b.values.index(s[b.name])
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5,
                                            ec="red", label="chosen"))
-            for i in range(len(a.values)):
-                for j in range(len(b.values)):
-                    if not np.isnan(grid[i, j]):
-                        ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center",
-                                fontsize=8, color="w")
+            for (i, j), last in at.items():
+                ax.text(j, i, f"{grid[i, j]:.1f}" + ("" if last == top else f"\n@e{last}"),
+                        ha="center", va="center", fontsize=8, color="w")
             fig.colorbar(im, ax=ax, label="validation accuracy (%)")
     else:
         fig, panels = plt.subplots(1, len(axes_), figsize=(5.5 * len(axes_), 4),
                                    constrained_layout=True, squeeze=False)
         for ax, axis in zip(panels[0], axes_, strict=True):
             numeric = all(isinstance(s[axis.name], int | float) for s in settings.values())
+            xs_all = sorted({s[axis.name] for s in settings.values()},
+                            key=lambda x: (str(type(x)), x))
             for v in variants:
-                best: dict = {}
-                for k, acc in means[v].items():
+                for e in epochs:
+                    best: dict = {}
+                    for k, by_epoch in points[v].items():
+                        if e in by_epoch:
+                            x = settings[k][axis.name]
+                            best[x] = max(best.get(x, -1.0), by_epoch[e])
+                    if not best:
+                        continue
+                    xs = [x for x in xs_all if x in best]
+                    pos = xs if numeric else [xs_all.index(x) for x in xs]
+                    last = e == top
+                    ax.plot(pos, [100 * best[x] for x in xs], marker="o" if last else ".",
+                            color=col[v], ls="-" if last else ":", alpha=1 if last else 0.5,
+                            label=col.name(v) + ("" if len(epochs) == 1 else f", epoch {e}"))
+                k = chosen.get(v)
+                if k in points[v] and top in points[v][k]:
                     x = settings[k][axis.name]
-                    best[x] = max(best.get(x, -1.0), acc)
-                xs = sorted(best, key=lambda x: (str(type(x)), x))
-                pos = xs if numeric else list(range(len(xs)))
-                ax.plot(pos, [100 * best[x] for x in xs], marker="o", color=col[v],
-                        label=col.name(v))
-                if chosen.get(v) in settings and chosen[v] in means[v]:
-                    x = settings[chosen[v]][axis.name]
-                    ax.plot(x if numeric else xs.index(x), 100 * means[v][chosen[v]],
+                    ax.plot(x if numeric else xs_all.index(x), 100 * points[v][k][top],
                             marker="*", ms=16, color=col[v], mec="black", ls="none",
                             label=f"{col.name(v)}: chosen")
-                if not numeric:
-                    ax.set_xticks(pos, [str(x) for x in xs])
+            if not numeric:
+                ax.set_xticks(range(len(xs_all)), [str(x) for x in xs_all])
             if numeric and (axis.log or _spread(settings, axis.name)):
                 ax.set_xscale("log")
             ax.set_xlabel(axis.name + (" (best over the other fields)" if len(axes_) > 1
                                        else ""))
             ax.set_ylabel("validation accuracy (%)")
             ax.grid(alpha=0.3)
-        panels[0][0].legend(fontsize=8)
-    fig.suptitle("tuning: final validation accuracy, mean over the tuning seeds")
+        panels[0][0].legend(fontsize=7)
+    fig.suptitle("tuning: validation accuracy, mean over the tuning seeds"
+                 + (f", at epochs {', '.join(map(str, epochs))} (each setting as far as it "
+                    "was trained)" if len(epochs) > 1 else ""))
     _save(fig, path, also)
 
 

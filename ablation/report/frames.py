@@ -8,6 +8,10 @@ import pandas as pd
 
 from ablation.runs import Run
 
+# the test set's numbers in a run record (and 0.5's names for them)
+TEST_KEYS = ("final_test_accuracy", "best_test_accuracy", "final_test_loss",
+             "final_val_accuracy", "best_val_accuracy", "final_val_loss", "best_epoch")
+
 
 def runs_frame(runs: list[Run]) -> pd.DataFrame:
     """One row per run with its summary fields and the recipe it trained with, flattened,
@@ -19,6 +23,9 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
         # what the run trained with: the variant's own fields on top of the queued recipe
         # (whose id names the folder)
         s.update({f"recipe_{k}": v for k, v in r.record.trained.to_dict().items()})
+        if r.record.phase == "tune":  # a tuning run chooses on validation: no test numbers
+            for k in TEST_KEYS:
+                s.pop(k, None)
         s["run_dir"] = str(r.folder)
         rows.append(s)
     df = pd.DataFrame(rows)

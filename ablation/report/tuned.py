@@ -7,12 +7,13 @@ phase on the test set."""
 from __future__ import annotations
 
 import math
-import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from ablation import halving, results, tune
+from ablation import halving, registry, results, tune
+from ablation import runs as runs_mod
 from ablation import study as studies
 from ablation.protocol import JobState, RunRecord
 from ablation.recipe import Recipe
@@ -45,8 +46,78 @@ def _records(rs: list[Run]) -> list[RunRecord]:
 
 def _base(rs: list[Run]) -> Recipe:
     """The group's base recipe: any of its runs' recipe, the tuned fields set back to the
-    base's values (recorded with every run of the group)."""
-    return rs[0].record.recipe.replace(**rs[0].record.tuning.base)
+    base's values (recorded with every run of the group, each its own space's)."""
+    base = {k: v for r in rs for k, v in r.record.tuning.base.items()}
+    return rs[0].record.recipe.replace(**base)
+
+
+def _current(rs: list[Run], t: tune.Tune | None) -> bool:
+    """Whether a group's runs tuned the fields the study's [tune] names for each variant
+    now (a changed [tune] makes another experiment: its old runs are left out)."""
+    return t is not None and all(
+        set(r.record.tuning.fields) == {a.name for a in t.axes_for(r.variant)} for r in rs)
+
+
+def _owns(study: studies.Study, base: Recipe, variants: list[str]) -> dict[str, Recipe]:
+    return {v: registry.get(v).train_recipe(base) for v in variants}
+
+
+def _rungs(t: tune.Tune, epochs: int) -> list[int]:
+    """The epochs settings were compared at: the rungs, or the last epoch."""
+    return t.halving.rungs(epochs) if t.halving else [epochs]
+
+
+def _points(rs: list[Run], rungs: list[int]) -> dict[str, dict[str, dict[int, float]]]:
+    """variant -> setting key -> {rung epoch: validation accuracy, mean over the tuning
+    seeds}, at every rung all of a setting's seeds reached."""
+    got: dict[tuple[str, str], list[dict[int, float]]] = {}
+    for r in rs:
+        if r.record.phase == "tune":
+            k = tune.key(tune.setting_of(r.record.recipe.to_dict(), r.record.tuning.fields))
+            got.setdefault((r.variant, k), []).append(runs_mod.curve(r.history, "validation"))
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for (v, k), curves in got.items():
+        out.setdefault(v, {})[k] = {e: sum(c[e] for c in curves) / len(curves) for e in rungs
+                                    if all(e in c for c in curves)}
+    return out
+
+
+def _figure_axes(t: tune.Tune, owns: dict[str, Recipe]) -> tune.Tune:
+    """One set of axes for the tuning figure: each field once, its values every variant's
+    resolved values (a grid), log-scaled where any space is."""
+    by: dict[str, tune.Axis] = {}
+    for v, own in owns.items():
+        for a in t.for_variant(v, own).axes:
+            b = by.get(a.name)
+            if b is None:
+                by[a.name] = a
+            elif a.is_range or b.is_range or a.values != b.values:
+                values = tuple(sorted({*b.values, *a.values}, key=lambda x: (str(type(x)), x)))
+                by[a.name] = tune.Axis(a.name, values, log=a.log or b.log,
+                                       low=None if not (a.is_range or b.is_range) else min(
+                                           x for x in (a.low, b.low) if x is not None),
+                                       high=None if not (a.is_range or b.is_range) else max(
+                                           x for x in (a.high, b.high) if x is not None))
+    return replace(t, axes=tuple(by.values()), spaces=())
+
+
+def _spaces(t: tune.Tune, owns: dict[str, Recipe]) -> list[str]:
+    """Which space each variant was tuned over, in words."""
+    def said(v: str) -> str:
+        axes = t.axes_for(v)
+        mine = t.for_variant(v, owns[v]).axes
+        parts = []
+        for a, b in zip(axes, mine, strict=True):
+            own = f" of its own {getattr(owns[v], a.name):g} = {b.words().split(' ', 1)[1]}" \
+                if a.times else ""
+            parts.append(a.words() + own)
+        return "; ".join(parts)
+
+    if not t.spaces:
+        return [f"- **Space**: {said(next(iter(owns)))} (every variant)"] if owns else []
+    return ["- **Spaces** (each variant's own, where the study gives one):",
+            *(f"  - {v}: {said(v)}" + ("" if t.own_space(v) else " (the study's)")
+              for v in owns)]
 
 
 def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
@@ -59,44 +130,54 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
     rows: list[dict] = []
     designs = results.read_designs(Path(results_dir))
     for gid, rs in sorted(groups(runs).items()):
-        if t is None or set(rs[0].record.tuning.fields) != set(t.fields):
+        if not _current(rs, t):
             lines += [f"## Tuning group `{gid}`: tuned {rs[0].record.tuning.fields}, "
                       "which the study's [tune] no longer names; left out", ""]
             continue
         base = _base(rs)
         variants = sorted({r.variant for r in rs}, key=list(study.variant_names).index)
         records = _records(rs)
-        choices = tune.choose(records, study.name, t, base, variants)
+        owns = _owns(study, base, variants)
+        choices = tune.choose(records, study.name, t, base, owns)
         chosen = {v: tune.key(c.setting) for v, c in choices.items() if c is not None}
         held = rs[0].record.recipe.validation
+        fields = t.all_fields
+        tried = {v: len({r.record.recipe_id for r in rs if r.variant == v
+                         and r.record.phase == "tune"}) for v in variants}
         lines += [f"## Tuned comparisons (group `{gid}`)", "",
-                  f"- **Tuned**: {', '.join(t.fields)}, for each variant, on {held:,} "
-                  f"held-out validation images; {len(t.candidates())} setting(s) x {t.seeds} "
-                  "tuning seed(s); chosen by final validation accuracy (mean over the tuning "
-                  "seeds), a tie to the setting nearest the base recipe's ("
-                  + ", ".join(f"{k} {v}" for k, v in rs[0].record.tuning.base.items())
-                  + "). The test set is never read to choose.",
+                  f"- **Tuned**: {', '.join(fields)}, for each variant, on {held:,} "
+                  f"held-out validation images; "
+                  + ", ".join(f"{v} {n} setting(s)" for v, n in tried.items())
+                  + f" x {t.seeds} tuning seed(s); chosen by final validation accuracy "
+                  "(mean over the tuning seeds), a tie to the setting nearest the variant's "
+                  "own recipe. The test set is never read to choose"
+                  + (" (the tuning runs evaluated it, as [tune] test asks; its numbers are "
+                     "not shown)" if t.test else ", nor evaluated by the tuning runs") + ".",
+                  *_spaces(t, owns),
                   f"- **Base recipe**: {base.describe()}",
                   *(f"- **Warning**: {w}" for w in t.warnings()),
-                  "- **The verdicts below** are best against best on this grid: each variant "
-                  "at its own chosen setting, over the comparison seeds (after the tuning "
-                  "seeds), judged on the test set (docs/statistics.md).", ""]
+                  "- **The verdicts below** are best against best on these spaces: each "
+                  "variant at its own chosen setting, over the comparison seeds (after the "
+                  "tuning seeds), judged on the test set (docs/statistics.md).", ""]
         fig_dir = out_dir / f"tuned-{gid}"
         fig_dir.mkdir(parents=True, exist_ok=True)
-        scores = tune.scores(records, gid, t.fields)
+        scores = tune.scores(records, gid)
         means = {v: {k: sum(a) / len(a) for k, a in scores[v][0].items() if a}
                  for v in variants if v in scores}
         settings = {k: s for v in scores for k, s in scores[v][1].items()}
-        table = _choices_frame(choices, scores)
+        table = _choices_frame(choices, rs)
         lines += _choices_table(table, choices)
         if tex:
             latex.write(fig_dir / "tuning-choices.tex", table,
-                        f"Each variant's own setting of {', '.join(t.fields)}, chosen on "
+                        f"Each variant's own setting of {', '.join(fields)}, chosen on "
                         f"{held:,} held-out validation images (group {gid})",
                         latex.label(f"tuned-{gid}", "choices"))
-        figures.plot_tuning(fig_dir / "tuning.png", means, settings, t, col, also, chosen)
-        lines += [f"![tuning: validation accuracy against {', '.join(t.fields)}]"
+        rungs = _rungs(t, base.epochs)
+        figures.plot_tuning(fig_dir / "tuning.png", _points(rs, rungs), settings,
+                            _figure_axes(t, owns), col, also, chosen)
+        lines += [f"![tuning: validation accuracy against {', '.join(fields)}]"
                   f"(tuned-{gid}/tuning.png)", ""]
+        lines += _passed_over(rs, gid, variants, rungs, t)
         lines += _robustness(means, settings, variants)
         cost = costs(rs, variants, t)
         lines += _cost_lines(cost, t)
@@ -121,35 +202,59 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
 
 def costs(rs: list[Run], variants: list[str], t: tune.Tune) -> dict[str, dict]:
     """Per variant: the epochs its tuning runs trained, the full grid's epochs (every
-    setting, every tuning seed, every epoch), the comparison runs' epochs, and the
-    device-hours of each at the variant's median measured training speed, each run at
-    its own training-set size (tuning holds the validation split out)."""
+    setting it tried, every tuning seed, every epoch), the comparison runs' epochs, and
+    the device-hours each phase took as its runs measured them: every attempt's process
+    time (start-up, training steps, evaluations, snapshots; `wall_seconds`), the steps,
+    evaluations and start-ups apart. The full grid's hours are projected from the tuning
+    runs' hours per epoch. Runs of 0.6 and earlier measured their epochs only: their
+    hours are those (`train_seconds`), marked."""
     out = {}
     for v in variants:
         mine = [r for r in rs if r.variant == v]
-        speeds = [float(r.record.images_per_second) for r in mine
-                  if r.record.images_per_second]
-        speed = statistics.median(speeds) if speeds else None
-        spent = {phase: [(r.record.epochs_done, r.record.train_images) for r in mine
-                         if r.record.phase == phase] for phase in ("tune", "compare")}
-        grid = halving.grid_epochs(len(t.candidates()), mine[0].record.recipe.epochs, t.seeds)
-        tune_images = next((images for _, images in spent["tune"] if images), None)
-        out[v] = {"tune_epochs": sum(e for e, _ in spent["tune"]), "grid_epochs": grid,
-                  "compare_epochs": sum(e for e, _ in spent["compare"]),
-                  "tune_hours": _device_hours(spent["tune"], speed),
-                  "grid_hours": _device_hours([(grid, tune_images)], speed),
-                  "compare_hours": _device_hours(spent["compare"], speed)}
+        by = {phase: [r for r in mine if r.record.phase == phase] for phase in ("tune",
+                                                                               "compare")}
+        settings = len({r.record.recipe_id for r in by["tune"]})
+        grid = halving.grid_epochs(settings, mine[0].record.recipe.epochs, t.seeds)
+        spent = {p: sum(r.record.epochs_done for r in rs_) for p, rs_ in by.items()}
+        time = {p: measured(rs_) for p, rs_ in by.items()}
+        per_epoch = (time["tune"]["hours"] / spent["tune"]
+                     if time["tune"]["hours"] is not None and spent["tune"] else None)
+        out[v] = {"tune_epochs": spent["tune"], "grid_epochs": grid,
+                  "compare_epochs": spent["compare"],
+                  "tune_hours": time["tune"]["hours"],
+                  "tune_steps_hours": time["tune"]["steps"],
+                  "tune_eval_hours": time["tune"]["eval"],
+                  "tune_startup_hours": time["tune"]["startup"],
+                  "grid_hours": None if per_epoch is None else per_epoch * grid,
+                  "compare_hours": time["compare"]["hours"],
+                  "estimated": time["tune"]["older"] or time["compare"]["older"]}
     return out
 
 
-def _device_hours(epoch_images: list[tuple[int, int | None]], speed: float | None
-                  ) -> float | None:
-    """Hours to train (epochs, training images) pairs at `speed` images/s; None where the
-    speed, or the size of a run that trained an epoch, is unknown (a job that failed
-    before its first epoch costs nothing)."""
-    if speed is None or any(e and not images for e, images in epoch_images):
-        return None
-    return sum(e * images for e, images in epoch_images) / speed / 3600
+def measured(rs: list[Run]) -> dict:
+    """The device-hours a set of runs took, as they recorded them: in all (every attempt's
+    process), and the training steps, the evaluations and the start-ups apart (from each
+    epoch's images/s and seconds). `older`: some run recorded only its epochs' time."""
+    hours = steps = evals = startup = 0.0
+    older = False
+    for r in rs:
+        rec = r.record
+        if rec.wall_seconds is not None:
+            hours += rec.wall_seconds
+            startup += rec.startup_seconds or 0.0
+        else:  # 0.6 and earlier: the epochs' own time, nothing around them
+            hours += rec.train_seconds or 0.0
+            older = older or bool(rec.epochs_done)
+        h = r.history
+        if len(h) and {"epoch_seconds", "images_per_second"} <= set(h.columns) \
+                and rec.train_images:
+            step = rec.train_images / h["images_per_second"].where(h["images_per_second"] > 0)
+            steps += float(step.sum())
+            evals += float((h["epoch_seconds"] - step).clip(lower=0).sum())
+    if not rs:
+        return {"hours": None, "steps": None, "eval": None, "startup": None, "older": False}
+    return {"hours": hours / 3600, "steps": steps / 3600, "eval": evals / 3600,
+            "startup": None if older else startup / 3600, "older": older}
 
 
 def _hours(h: float | None) -> str:
@@ -161,16 +266,24 @@ def _cost_lines(cost: dict[str, dict], t: tune.Tune) -> list[str]:
             else "every setting in full")
     rows = [[v, str(c["tune_epochs"]), str(c["grid_epochs"]),
              f"{100 * c['tune_epochs'] / c['grid_epochs']:.0f}", str(c["compare_epochs"]),
-             _hours(c["tune_hours"]), _hours(c["grid_hours"]), _hours(c["compare_hours"])]
+             _hours(c["tune_hours"]) + ("*" if c["estimated"] else ""),
+             " / ".join(_hours(c[k]) for k in ("tune_steps_hours", "tune_eval_hours",
+                                                "tune_startup_hours")),
+             _hours(c["grid_hours"]), _hours(c["compare_hours"])]
             for v, c in cost.items()]
     frame = pd.DataFrame(rows, columns=["variant", "tuning epochs", "full grid epochs",
                                         "% of the grid", "comparison epochs",
-                                        "tuning device-h", "grid device-h",
-                                        "comparison device-h"])
+                                        "tuning device-h", "steps / eval / start-up h",
+                                        "grid device-h (projected)", "comparison device-h"])
+    older = any(c["estimated"] for c in cost.values())
     return [f"**What tuning cost** ({rule}"
             + (f", a budget of {t.budget:,} epochs a variant" if t.budget else "")
-            + "; device-hours from each variant's measured images/s on this hardware):", "",
-            markdown.table(frame), ""]
+            + "; device-hours as the runs measured them on this hardware: every attempt's "
+            "process time, start-up, evaluation and snapshots included; the full grid's "
+            "projected at the tuning runs' hours per epoch):", "",
+            markdown.table(frame), "",
+            *(["\\* runs of 0.6 or earlier recorded their epochs' time only, without "
+               "start-up and snapshots: a lower bound.", ""] if older else [])]
 
 
 def _validation_at(run: Run, epoch: int) -> float:
@@ -187,6 +300,7 @@ def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Pa
     or diverged before it is left out); and whether the leader changes."""
     per: dict[str, list[float]] = {}
     epoch = None
+    warm: dict[str, int] = {}
     for v in variants:
         by_setting: dict[str, list] = {}
         for r in rs:
@@ -200,10 +314,21 @@ def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Pa
                               for x in runs_)), default=0)
         if len(by_setting) < 2 or not reached:
             continue
+        # inside a warm-up every setting trains alike (at the warm-up's lr): the curve
+        # would read noise there
+        w = max(x.record.trained.warmup_epochs for xs in by_setting.values() for x in xs)
+        if reached <= w:
+            warm[v] = w
+            continue
         epoch = reached if epoch is None else min(epoch, reached)
         per[v] = by_setting
+    why = [f"Expected best validation accuracy of k settings tried: not drawn for "
+           f"{', '.join(warm)}: the last epoch every setting reached is within the warm-up "
+           f"({', '.join(f'{v}: {w} epoch(s)' for v, w in warm.items())}), where every "
+           "setting trains alike; successive halving stopped the rest there. A first rung "
+           "past the warm-up (halving min_epochs) draws it.", ""] if warm else []
     if len(per) < 1 or epoch is None:
-        return []
+        return why
     curves = {}
     for v, by_setting in per.items():
         vals = []
@@ -233,7 +358,7 @@ def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Pa
     elif len(curves) > 1:
         lines += ["", f"The order holds along the budget: {leaders[0]} leads at every number "
                   f"of settings tried (1 to {common})."]
-    return [*lines, ""]
+    return [*lines, "", *why]
 
 
 def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs: dict,
@@ -243,7 +368,7 @@ def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs
     t = study.tune
     compare = [r for r in rs if r.record.phase == "compare"
                and choices.get(r.variant) is not None
-               and tune.setting_of(r.record.recipe.to_dict(), t.fields)
+               and tune.setting_of(r.record.recipe.to_dict(), r.record.tuning.fields)
                == choices[r.variant].setting]
     if not compare:
         return [], None
@@ -261,10 +386,11 @@ def verdict_groups(study: studies.Study, runs: list[Run], results_dir: Path,
     designs = results.read_designs(Path(results_dir))
     for gid, rs in sorted(groups(runs).items()):
         t = study.tune
-        if t is None or set(rs[0].record.tuning.fields) != set(t.fields):
+        if not _current(rs, t):
             continue
         variants = sorted({r.variant for r in rs}, key=list(study.variant_names).index)
-        choices = tune.choose(_records(rs), study.name, t, _base(rs), variants)
+        base = _base(rs)
+        choices = tune.choose(_records(rs), study.name, t, base, _owns(study, base, variants))
         compare, judged = _judge(study, gid, rs, choices, designs, margin)
         if compare:
             yield gid, compare, judged, {v: tune.key(c.setting) for v, c in choices.items()
@@ -289,20 +415,55 @@ def tuned_rows(key: str, gid: str, pairs, judged: stats.Verdicts, chosen: dict,
             for row in markdown.verdict_rows(key, f"tuned-{gid}", pairs, judged)]
 
 
-def _choices_frame(choices: dict[str, tune.Choice | None], scores) -> pd.DataFrame:
-    """Each variant's choice as a table: the markdown's, and the LaTeX's."""
+def _choices_frame(choices: dict[str, tune.Choice | None], rs: list[Run]) -> pd.DataFrame:
+    """Each variant's choice as a table (the markdown's, and the LaTeX's), with what
+    became of the settings it tried: finished, stopped at a rung by successive halving,
+    failed or diverged."""
     rows = []
     for v, c in choices.items():
-        failed = sum(1 for a in scores.get(v, ({}, {}))[0].values() if not a)
+        ended: dict[str, set[str]] = {}
+        for r in rs:
+            if r.variant == v and r.record.phase == "tune":
+                ended.setdefault(r.record.recipe_id, set()).add(r.record.status)
+        failed = sum(JobState.FAILED in e for e in ended.values())
+        stopped = sum(JobState.PAUSED in e and JobState.FAILED not in e for e in ended.values())
+        notes = [f"{stopped} stopped at a rung" if stopped else "",
+                 f"{failed} failed or diverged" if failed else ""]
         if c is None:
-            rows.append([v, "–", "–", "–", f"{failed} failed"])
+            rows.append([v, "–", "–", "–", "; ".join(n for n in notes if n) or "none finished"])
             continue
+        notes.insert(0, f"{c.tied} tie(s), nearest the variant's own taken" if c.tied else "")
         rows.append([v, tune.words(c.setting), f"{100 * c.accuracy:.2f}", str(c.seeds),
-                     (f"{c.tied} tie(s), nearest the base taken" if c.tied else "")
-                     + (f"; {failed} setting(s) failed or diverged" if failed else "")])
+                     "; ".join(n for n in notes if n)])
     return pd.DataFrame(rows, columns=["variant", "chosen setting",
                                        "validation acc % (tuning mean)", "tuning seeds",
                                        "notes"])
+
+
+def _passed_over(rs: list[Run], gid: str, variants: list[str], rungs: list[int],
+                 t: tune.Tune) -> list[str]:
+    """A warning where successive halving did not follow its own ranking: the leader of
+    an earlier rung never trained further while other settings did (asynchronous
+    promotion gave the rung's places to those that finished first)."""
+    from ablation.policies.tuned import trials
+
+    if not t.halving:
+        return []
+    said = []
+    for v in variants:
+        recipes = list({r.record.recipe_id: r.record.recipe for r in rs
+                        if r.variant == v and r.record.phase == "tune"}.values())
+        found, _ = trials(rs, gid, v, recipes, rungs, t.seeds)
+        by = {r.id: r for r in recipes}
+        for epoch, trial in halving.passed_over(found, rungs):
+            setting = tune.setting_of(by[trial.key].to_dict(),
+                                      [a.name for a in t.axes_for(v)])
+            said.append(f"- **{v}**: at epoch {epoch}, {tune.words(setting)} led "
+                        f"({100 * trial.at(epoch):.2f} %) but was never trained further, "
+                        "while other settings were: the choice may owe something to run "
+                        "order; rerun the tuning with fewer workers than settings (or "
+                        "halving reserve = 1) to promote by rank alone")
+    return ["**Successive halving passed over a leader**:", "", *said, ""] if said else []
 
 
 def _choices_table(table: pd.DataFrame, choices: dict[str, tune.Choice | None]) -> list[str]:
