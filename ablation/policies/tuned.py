@@ -186,7 +186,7 @@ class Tuned:
                       "a variant)", file=out)
         print(f"phase tune: {len(jobs)} job(s), {left} to run ({self._settings()}, x "
               f"{t.seeds} seed(s)){_eta(speed, plan, left)}", file=out)
-        list_jobs(jobs, known, out, lambda j: plan.setting(j).strip(" ()"))
+        list_jobs(jobs, known, out, lambda j: self.tuning.setting(j).strip(" ()"))
         # the comparison phase's first step: its seeds, or --until-decided's first look
         probe = self.compare(replace(plan, first_seed=t.seeds, seeds=self.seeds))
         first = probe.first_look() if hasattr(probe, "first_look") else self.seeds
