@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ablation import registry, results
 from ablation.errors import AblationError
@@ -185,7 +186,8 @@ def project_studies(measured: dict[str, float]) -> list[str]:
 
 def main(variants: list[str], precision: str = "fp32", steps: int | None = None,
          batch_size: int = 128, baseline: bool = False, data_dir: str | None = None,
-         repeats: int = 3, study: str | None = None) -> int:
+         repeats: int = 3, study: str | None = None, train_limit: int | None = None,
+         results_dir: Path | None = None) -> int:
     from ablation import data
 
     if data_dir:
@@ -214,16 +216,26 @@ def main(variants: list[str], precision: str = "fp32", steps: int | None = None,
             print(line, flush=True)
         ips = statistics.median(ours)
         measured[v] = ips
-        projected = epochs * TRAIN_IMAGES["cifar10"] / ips
-        msg = (f"{v}: {ips:.0f} img/s (median); {epochs}-epoch recipe ≈ "
-               f"{results.duration(projected)} of training here (evaluation not included)")
+        images = train_limit or TRAIN_IMAGES["cifar10"]
+        projected = epochs * images / ips
+        msg = (f"{v}: {ips:.0f} img/s (median); {epochs}-epoch recipe on {images:,} images ≈ "
+               f"{results.duration(projected)} of training steps here (evaluation and "
+               "start-up not included)")
+        if results_dir is not None:
+            results.record_speed(results_dir, {
+                "variant": v, "images_per_second": round(ips, 1), "precision": precision,
+                "batch_size": batch_size, "device": got["device"], "backend": got["backend"],
+                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if baseline:
             msg += (f"; blog path (fp32) {statistics.median(theirs):.0f} img/s; "
                     f"median ratio ablation/blog = {median_ratio(ours, theirs):.2f}")
         print(msg, flush=True)
-    if not study:
+    if not study and not train_limit:
         for line in project_studies(measured):
             print(line, flush=True)
+    if results_dir is not None:
+        print(f"speeds kept in {Path(results_dir) / results.SPEEDS} (what `ablation run "
+              f"--dry-run --results {results_dir}` projects from)", flush=True)
     return 0
 
 

@@ -266,7 +266,8 @@ def cmd_bench(args) -> int:
                                 [n for s in load_builtins() for n in s.variant_names])
     return bench.main(names, precision=args.precision, steps=args.steps,
                       batch_size=args.batch_size, baseline=args.baseline,
-                      data_dir=args.data_dir, repeats=args.repeats, study=args.study)
+                      data_dir=args.data_dir, repeats=args.repeats, study=args.study,
+                      train_limit=args.train_limit, results_dir=Path(args.results))
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -436,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the blog's Keras-2 path (needs the baseline extra)")
     s.add_argument("--data-dir", type=argtypes.path,
                    help="real CIFAR-10 (default: generated images)")
+    s.add_argument("--train-limit", type=argtypes.integer(1), default=None, metavar="N",
+                   help="project the recipe on N training images (what `run --train-limit` "
+                        "trains; default: the dataset's)")
+    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS,
+                   help="where the measured speeds are kept (speeds.json), for `run "
+                        "--dry-run`'s projections")
     s.set_defaults(func=cmd_bench)
     return p
 

@@ -198,6 +198,25 @@ def iter_summaries(results: Path) -> list[Path]:
     return sorted((Path(results) / RUNS).glob("*/*/summary.json"))
 
 
+SPEEDS = "speeds.json"  # `ablation bench`'s measurements, for the dry run's projections
+
+
+def read_speeds(results: Path) -> list[dict]:
+    """The speeds `ablation bench` measured and kept here ([] when none)."""
+    try:
+        got = read_json(Path(results) / SPEEDS).get("measured", [])
+    except FileNotFoundError:
+        return []
+    return [m for m in got if isinstance(m, dict)]
+
+
+def record_speed(results: Path, measured: dict) -> None:
+    """Keep one bench measurement (atomically, after the ones before)."""
+    prepare_results(results)
+    atomic_write_json(Path(results) / SPEEDS,
+                      {"measured": [*read_speeds(results), measured]})
+
+
 def design_key(study: str, recipe_id: str) -> str:
     return f"{study}|{recipe_id}"
 

@@ -143,6 +143,9 @@ class Progress:
         self.workers = max(1, workers)
         self.out = out
         self.lock = threading.Lock()
+        # epochs a policy plans beyond the jobs queued so far (successive halving's rungs
+        # to come), as it last said, counting those in flight: `queue_eta` adds the rest
+        self.planned = 0
 
     def _estimate(self, variant: str | None) -> float | None:
         pool = self.epoch_s.get(variant or "") or [t for ts in self.epoch_s.values()
@@ -158,6 +161,12 @@ class Progress:
             if est is None:
                 return None
             total += left * est
+        later = max(0, self.planned - sum(self.left.values()))
+        if later:
+            est = self._estimate(None)
+            if est is None:
+                return None
+            total += later * est
         return total / self.workers
 
     def add(self, total_epochs: dict[int, int]) -> None:
@@ -403,6 +412,7 @@ def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Exe
                     print(decision.header, file=out, flush=True)
                 step = _Step(decision.plan, queue, executor, progress, out)
                 view.pending = step.pending
+                _plans(policy, view, progress)
                 machine = _run_step(step, policy, view, executor, progress, out, err)
                 view.step_code = step.report(out, err)
                 view.code = max(view.code, view.step_code)
@@ -456,9 +466,16 @@ def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
                 if more.header:
                     print(more.header, file=out, flush=True)
                 step.extend(more.plan, progress)
+            _plans(policy, view, progress)
         if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
             step.queue.heartbeat(executor.running())
             last_beat = time.monotonic()
+
+
+def _plans(policy: Policy, view: View, progress: Progress) -> None:
+    """What the policy plans beyond its queued jobs, for the queue's ETA."""
+    remaining = getattr(policy, "remaining", None)
+    progress.planned = (remaining(view) or 0) if remaining else 0
 
 
 def _stop(stop: KeyboardInterrupt, queue: JobQueue, executor: Executor | None, out) -> int:

@@ -189,10 +189,40 @@ def load_model(path: str | Path, compile: bool = False):
                             f"{str(e).splitlines()[0][:200]}") from e
 
 
-def speeds(results_dir: Path) -> dict[str, float]:
-    """Median training images/s of each variant's finished runs in a results folder."""
+@dataclass(frozen=True)
+class Speed:
+    """What a projection of a variant's runs here reads: its training images/s, where it
+    was measured (`runs`, or `bench`), and how much longer a whole run took than its
+    training steps alone (start-up, evaluation, snapshots; 1.0 where unknown)."""
+
+    images_per_second: float
+    source: str
+    overhead: float = 1.0
+
+
+def speeds(results_dir: Path, precision: str | None = None) -> dict[str, Speed]:
+    """Each variant's median training images/s in a results folder: its finished runs'
+    (at `precision`, where given), else `ablation bench`'s measurements kept there; with
+    the runs' median overhead of a whole run over its training steps."""
     seen: dict[str, list[float]] = {}
+    over: list[float] = []
     for r in load_runs(results_dir, quiet, history=False):
-        if r.record.status == JobState.DONE and r.record.images_per_second:
-            seen.setdefault(r.variant, []).append(float(r.record.images_per_second))
-    return {v: statistics.median(x) for v, x in seen.items()}
+        rec = r.record
+        if rec.status != JobState.DONE or not rec.images_per_second:
+            continue
+        if precision is None or rec.recipe.precision == precision:
+            seen.setdefault(r.variant, []).append(float(rec.images_per_second))
+        steps = rec.epochs_done * (rec.train_images or 0) / float(rec.images_per_second)
+        if rec.wall_seconds and steps:
+            over.append(rec.wall_seconds / steps)
+    overhead = statistics.median(over) if over else 1.0
+    out = {v: Speed(statistics.median(x), "runs", overhead) for v, x in seen.items()}
+    benched: dict[str, list[float]] = {}
+    for m in results.read_speeds(results_dir):
+        if precision is None or m.get("precision") == precision:
+            benched.setdefault(str(m.get("variant")), []).append(
+                float(m.get("images_per_second") or 0))
+    for v, x in benched.items():
+        if v not in out and max(x) > 0:
+            out[v] = Speed(statistics.median(x), "bench", overhead)
+    return out

@@ -11,17 +11,30 @@ from conftest import run_cli
 
 @pytest.mark.skipif(importlib.util.find_spec("tf_keras") is None,
                     reason="the baseline extra (tf_keras) is not installed")
-def test_bench_prints_images_per_second_projection_and_the_blog_ratio(cifar_dir):
+def test_bench_prints_images_per_second_projection_and_the_blog_ratio(cifar_dir, tmp_path):
     """One measurement pair (one fresh process a side): the run path's img/s and the
-    study's projected time, and with --baseline the blog's Keras-2 path beside it."""
+    study's projected time on the subset asked for, and with --baseline the blog's
+    Keras-2 path beside it; the speed is kept for the dry run's projection, which says
+    where it came from."""
+    res = tmp_path / "results"
     r = run_cli("bench", "resnet32_e", "--steps", "2", "--batch-size", "8", "--repeats", "1",
-                "--baseline", "--data-dir", str(cifar_dir))
+                "--baseline", "--data-dir", str(cifar_dir), "--train-limit", "2048",
+                "--results", str(res))
     assert r.returncode == 0, r.stdout + r.stderr
-    m = re.search(r"resnet32_e: (\d+) img/s \(median\); 200-epoch recipe ≈ ([\d.]+) (h|min)",
-                  r.stdout)
+    m = re.search(r"resnet32_e: (\d+) img/s \(median\); 200-epoch recipe on 2,048 images ≈ "
+                  r"([\d.]+) (h|min|s)", r.stdout)
     assert m and int(m.group(1)) > 0, r.stdout
     assert "blog Keras-2 path" in r.stdout
     assert re.search(r"median ratio ablation/blog = \d+\.\d\d", r.stdout), r.stdout
+    assert (res / "speeds.json").is_file()
+    study = tmp_path / "t.toml"
+    study.write_text('name = "t"\n[recipe]\nepochs = 9\n[tune]\nlr = [0.01, 0.1, 1.0]\n'
+                     'halving = 3\nvalidation = 64\n[[comparison]]\ntitle = "x"\n'
+                     'variants = ["resnet32_e"]\n')
+    dry = run_cli("run", "--study", str(study), "--all", "--dry-run", "--train-limit", "2048",
+                  "--test-limit", "64", "--results", str(res))
+    assert dry.returncode == 0, dry.stderr
+    assert "img/s (`ablation bench` here, training steps only)" in dry.stdout, dry.stdout
 
 
 def test_bench_bad_input_is_one_line():

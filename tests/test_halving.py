@@ -363,3 +363,21 @@ def test_a_real_study_halves_resumes_a_rung_after_a_kill_and_reports_its_cost(
     md = (out / "README.md").read_text()
     assert "What tuning cost" in md and re.search(r"\|\s*a8\s*\|\s*6\s*\|\s*12\s*\|", md), md
     assert any(p.name == "expected-best.png" for p in out.rglob("*.png"))
+
+
+def test_the_queue_eta_counts_the_rungs_the_search_still_plans():
+    """0.6's ETA said "0 s" throughout halving: it counted only the jobs queued so far.
+    With the epochs the search plans beyond them it counts those too."""
+    import io
+
+    from ablation import runner
+    from ablation.protocol import PROGRESS_PREFIX, EpochRecord
+
+    p = runner.Progress(1, out=io.StringIO())
+    p.add({1: 3})
+    line = EpochRecord(job=1, of=1, variant="v", seed=0, epoch=1, epochs=3, seconds=10.0,
+                       eta_job=20.0, first=False).line()
+    p.line(1, line[len(PROGRESS_PREFIX):])
+    assert p.queue_eta() == pytest.approx(20.0)  # 2 epochs left, 10 s each
+    p.planned = 12  # the search's rungs to come, the 2 in flight among them
+    assert p.queue_eta() == pytest.approx(120.0)

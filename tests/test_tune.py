@@ -228,3 +228,58 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
         [(r["a_tune_epochs"], r["a_grid_epochs"]) for r in tuned_csv] == [("2", "2")]
     assert one_line_error(run_cli("report", "--study", str(study), "--results", str(res),
                                   "--recipe", "nope"))
+
+
+SPACES = '''name = "spaces"
+[recipe]
+epochs = 3
+
+[tune]
+lr = [0.05, 0.1, 0.2]
+validation = 64
+
+[[tune.space]]
+variants = ["adam_e"]
+lr = { times = [0.3, 1, 3] }
+
+[[variant]]
+name = "adam_e"
+base = "resnet32_e"
+recipe = { optimizer = "adamw", lr = 0.001, weight_decay = 0.05 }
+
+[[comparison]]
+title = "SGD (e) against AdamW (e), each over its own range"
+variants = ["resnet32_e", "adam_e"]
+'''
+
+
+def test_each_variant_can_be_tuned_over_its_own_space(tmp_path, isolated_registry):
+    """AdamW and SGD want learning rates two orders of magnitude apart: a variant's own
+    space, here multipliers of its own lr, is searched instead of the study's; its tuned
+    lr wins over the lr its own recipe fixes (0.6 let the variant's value win, so every
+    setting trained alike), while its other fixed fields stay."""
+    from ablation import registry
+    from ablation.study import load_study
+
+    path = tmp_path / "spaces.toml"
+    path.write_text(SPACES)
+    study = load_study(str(path))
+    t, base = study.tune, study.recipe()
+    adam = registry.get("adam_e")
+    own = adam.train_recipe(base)
+    assert [c["lr"] for c in t.for_variant("adam_e", own).candidates()] == [0.0003, 0.001,
+                                                                            0.003]
+    assert [c["lr"] for c in t.for_variant("resnet32_e", base).candidates()] == [0.05, 0.1,
+                                                                                 0.2]
+    tried = adam.train_recipe(base.replace(lr=0.003), keep=("lr",))
+    assert (tried.lr, tried.optimizer, tried.weight_decay) == (0.003, "adamw", 0.05)
+    r = run_cli("run", "--study", str(path), "--all", "--dry-run", "--train-limit", "256",
+                "--test-limit", "64", "--results", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert ("adam_e 3 setting(s) of lr (its own space); resnet32_e 3 setting(s) of lr, "
+            in r.stdout)
+    assert "lr 0.0003" in r.stdout and "lr 0.2" in r.stdout
+    bad = path.read_text().replace('variants = ["adam_e"]', 'variants = ["adam_x"]')
+    path.write_text(bad.replace('name = "spaces"', 'name = "spaces2"'))
+    with pytest.raises(AblationError, match="names 'adam_x', which is not one of"):
+        load_study(str(path))

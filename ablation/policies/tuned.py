@@ -83,15 +83,24 @@ class Tuned:
         plan = self.halving.next_jobs(view, view.free) if self.halving else None
         return Queue(plan, self.halving.describe(plan)) if plan is not None else None
 
+    def remaining(self, view: View) -> int:
+        """Epochs the tuning search still plans (every rung sending on its share, within
+        a budget), those in flight included: what the queue's ETA adds under halving."""
+        if self.halving is None or self.then is not None:
+            return 0
+        return self.halving.remaining(view)
+
     def _settings(self) -> str:
         """How many settings each variant tries, in words: "7 setting(s) of lr", or per
         variant where their spaces differ."""
         counts = {v.name: len(self.tuning.recipes_of(v.name)) for v in self.plan.variants}
         fields = {v: ", ".join(f) for v, f in self.tuning.tuning["own"].items()}
-        if len(set(counts.values())) == 1 and len(set(fields.values())) == 1:
+        if not self.t.spaces:
             n, f = next(iter(counts.values())), next(iter(fields.values()))
             return f"{len(counts)} variant(s) x {n} setting(s) of {f}"
-        return "; ".join(f"{v} {n} setting(s) of {fields[v]}" for v, n in counts.items())
+        return "; ".join(f"{v} {n} setting(s) of {fields[v]}"
+                         + (" (its own space)" if self.t.own_space(v) else "")
+                         for v, n in counts.items())
 
     def _header(self, jobs: int, slots: int) -> str:
         t = self.t
@@ -163,7 +172,7 @@ class Tuned:
         for w in t.warnings():
             print(f"warning: {w}", file=sys.stderr, flush=True)
         known = view.states()
-        speed = runs.speeds(plan.results)
+        speed = runs.speeds(plan.results, plan.recipe.precision)
         jobs = self.tuning.jobs()
         planned = [known.get(j.key, NEW) for j in jobs]
         left = sum(s != JobState.DONE for s in planned)
@@ -184,8 +193,15 @@ class Tuned:
             else:  # a budget alone: settings in full, new ones while the budget lasts
                 print(f"phase tune: {self.halving.words()} (the full grid: {grid:,} epochs "
                       "a variant)", file=out)
+        # under halving the jobs listed are the first rung's: the projection is the
+        # search's planned epochs (each variant's settings, as every rung sends on its share)
+        cost = _eta(speed, plan, left) if self.halving is None or not t.halving else _eta(
+            speed, plan, 1, sum(halving.planned_epochs(len(self.tuning.recipes_of(v.name)),
+                                                       self.halving.rungs,
+                                                       self.halving.factor, t.seeds)
+                                for v in plan.variants))
         print(f"phase tune: {len(jobs)} job(s), {left} to run ({self._settings()}, x "
-              f"{t.seeds} seed(s)){_eta(speed, plan, left)}", file=out)
+              f"{t.seeds} seed(s)){cost}", file=out)
         list_jobs(jobs, known, out, lambda j: self.tuning.setting(j).strip(" ()"))
         # the comparison phase's first step: its seeds, or --until-decided's first look
         probe = self.compare(replace(plan, first_seed=t.seeds, seeds=self.seeds))
@@ -200,14 +216,24 @@ class Tuned:
         return Exit.DONE
 
 
-def _eta(speed: dict[str, float], plan: Plan, jobs: int) -> str:
+def _eta(speed: dict[str, runs.Speed], plan: Plan, jobs: int, epochs: int | None = None
+         ) -> str:
+    """A projection of `jobs` jobs (of `epochs` epochs each: the recipe's where None) at the
+    slowest measured variant's speed here (its runs', or `ablation bench`'s), scaled by
+    what whole runs here took beyond their training steps."""
     known = [speed[v.name] for v in plan.variants if v.name in speed]
     if not known or not jobs:
-        return "; no speed measured here yet (`ablation bench` tells it)" if jobs else ""
+        return (f"; no speed measured in {plan.results} yet (`ablation bench --results "
+                f"{plan.results}` measures one)") if jobs else ""
+    slow = min(known, key=lambda s: s.images_per_second)
     images = plan.recipe.train_limit or (plan.data or {}).get("train_images") or 50_000
-    per_job = plan.recipe.epochs * images / min(known)
-    return (f"; about {results.duration(per_job * jobs)} at the slowest measured variant's "
-            f"{min(known):.0f} img/s (earlier runs here)")
+    images -= plan.recipe.validation if not plan.recipe.train_limit else 0
+    per_job = (epochs or plan.recipe.epochs) * images / slow.images_per_second
+    where = "earlier runs here" if slow.source == "runs" else "`ablation bench` here"
+    over = (f", x{slow.overhead:.2f} for start-up, evaluation and snapshots as runs here "
+            "took" if slow.overhead != 1.0 else ", training steps only")
+    return (f"; about {results.duration(per_job * jobs * slow.overhead)} at the slowest "
+            f"measured variant's {slow.images_per_second:.0f} img/s ({where}{over})")
 
 
 # --- successive halving over the tuning phase ------------------------------------------------
@@ -287,6 +313,18 @@ class Search:
         return replace(self.tuning, variants=[v for v in self.tuning.variants if v.name in picks],
                        recipes={v: [by_id[k] for k, _ in ks] for v, ks in picks.items()},
                        until={(v, k): target for v, ks in picks.items() for k, target in ks})
+
+    def remaining(self, view: View) -> int:
+        """The search's planned epochs (all seeds) not trained yet."""
+        left = 0
+        for v in self.tuning.variants:
+            n = len(self.tuning.recipes_of(v.name))
+            planned = (halving.planned_epochs(n, self.rungs, self.factor, self.t.seeds)
+                       if self.t.halving else halving.grid_epochs(n, self.epochs, self.t.seeds))
+            if self.t.budget:
+                planned = min(planned, self.t.budget)
+            left += max(0, planned - self._trials(view, v.name)[1])
+        return left
 
     def stuck(self, view: View) -> bool:
         """Jobs of the phase left undone that this command cannot run (another runner's,

@@ -256,6 +256,11 @@ class _Loader:
         own = self.variants(top.variant)
         comparisons = self.comparisons(top.comparison, own)
         used = [v for c in comparisons for v in c.variants if v not in own]
+        for names, _ in (tuned.spaces if tuned else ()):
+            stray = [n for n in names if n not in own and n not in used]
+            if stray:
+                raise self.fail(f"[[tune.space]] names {stray[0]!r}, which is not one of the "
+                                f"study's variants ({', '.join(dict.fromkeys([*own, *used]))})")
         published = tuple(Published(**p.model_dump()) for p in top.published)
         return Study(
             name=name, title=top.title or f"Ablation report: study {name}",
