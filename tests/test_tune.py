@@ -279,7 +279,8 @@ def test_each_variant_can_be_tuned_over_its_own_space(tmp_path, isolated_registr
     assert ("adam_e 3 setting(s) of lr (its own space); resnet32_e 3 setting(s) of lr, "
             in r.stdout)
     assert "lr 0.0003" in r.stdout and "lr 0.2" in r.stdout
-    bad = path.read_text().replace('variants = ["adam_e"]', 'variants = ["adam_x"]')
-    path.write_text(bad.replace('name = "spaces"', 'name = "spaces2"'))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SPACES.replace('variants = ["adam_e"]', 'variants = ["adam_x"]')
+                   .replace('name = "adam_e"', 'name = "adam_f"').replace('"spaces"', '"bad"'))
     with pytest.raises(AblationError, match="names 'adam_x', which is not one of"):
-        load_study(str(path))
+        load_study(str(bad))
