@@ -281,6 +281,6 @@ def test_each_variant_can_be_tuned_over_its_own_space(tmp_path, isolated_registr
     assert "lr 0.0003" in r.stdout and "lr 0.2" in r.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(SPACES.replace('variants = ["adam_e"]', 'variants = ["adam_x"]')
-                   .replace('name = "adam_e"', 'name = "adam_f"').replace('"spaces"', '"bad"'))
+                   .replace('"adam_e"', '"adam_f"').replace('"spaces"', '"bad"'))
     with pytest.raises(AblationError, match="names 'adam_x', which is not one of"):
         load_study(str(bad))
