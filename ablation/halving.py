@@ -46,10 +46,16 @@ class Halving:
     min_epochs: int | None = None
     reserve: float = 0.0
 
-    def rungs(self, epochs: int) -> list[int]:
+    def rungs(self, epochs: int, annealed: int | None = None) -> list[int]:
         """The epochs at which settings are compared: min_epochs · factor^k below the
-        run's epochs, then the run's epochs (the last rung: a full run)."""
-        first = self.min_epochs or max(1, round(epochs / self.factor ** 2))
+        run's epochs, then the run's epochs (the last rung: a full run). Without
+        min_epochs the first rung is the run's epochs / factor², or, given `annealed`
+        (the first epoch a step schedule has dropped the lr by), not before it: a rung
+        before any annealing compares settings at their peak lr, which favours small
+        learning rates that the first drop then overtakes (the short-horizon bias)."""
+        first = self.min_epochs or max(1, round(epochs / self.factor ** 2), annealed or 1)
+        if first >= epochs:
+            return [epochs]
         out, e = [], first
         while e < epochs:
             out.append(e)

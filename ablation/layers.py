@@ -31,15 +31,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if (keras.backend.backend() != "tensorflow" or mask is not None or self.renorm
-                or len(inputs.shape) != 4 or self.axis not in (-1, 3)
-                or not (self.scale and self.center)):
+                or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
         x = inputs if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16) else tf.cast(
             inputs, tf.float32)
-        gamma = tf.cast(self.gamma, tf.float32)
-        beta = tf.cast(self.beta, tf.float32)
+        channels = inputs.shape[-1]  # no scale, no offset: the kernel's 1 and 0
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
         if training and self.trainable:
             y, mean, var_unbiased = tf.compat.v1.nn.fused_batch_norm(
                 x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
@@ -109,3 +109,89 @@ class ClassToken(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         length = None if input_shape[1] is None else input_shape[1] + 1
         return (input_shape[0], length, input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="ablation")
+class ScaledBias(keras.layers.Layer):
+    """x + scale · b, a learned per-channel offset stored divided by `scale`: with SGD its
+    gradient steps are scale² times larger in the offset's own units, while an L2 on the
+    stored value decays the offset as much per step as any other weight's. The batch
+    norm op's offset under the recipe's `bn_bias_lr` (scale = sqrt of it: airbench's
+    64x learning rate for BatchNorm biases, but not for their weight decay)."""
+
+    def __init__(self, scale: float = 1.0, regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+        self.regularizer = keras.regularizers.get(regularizer)
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(shape=(input_shape[-1],), name="bias",
+                                    initializer="zeros", regularizer=self.regularizer)
+
+    def call(self, x):
+        return x + keras.ops.cast(self.bias * self.scale, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale,
+                "regularizer": keras.regularizers.serialize(self.regularizer)}
+
+
+@keras.saving.register_keras_serializable(package="ablation")
+class Whitening(keras.layers.Layer):
+    """A `valid` k x k convolution whose 2·C·k² filters whiten the image's k x k patches
+    (airbench's first layer): the eigenvectors of the patches' covariance scaled by
+    1 / sqrt(eigenvalue + eps), and their negatives. The filters are a non-trainable
+    weight, set from training images before the first step (`set_from`); the bias is
+    trained."""
+
+    def __init__(self, kernel_size: int = 2, eps: float = 5e-4, bias_regularizer=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size, self.eps = int(kernel_size), float(eps)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+
+    def build(self, input_shape):
+        k, c = self.kernel_size, input_shape[-1]
+        self.filters = 2 * c * k * k
+        self.kernel = self.add_weight(shape=(k, k, c, self.filters), name="kernel",
+                                      initializer="zeros", trainable=False)
+        self.bias = self.add_weight(shape=(self.filters,), name="bias", initializer="zeros",
+                                    regularizer=self.bias_regularizer)
+
+    def call(self, x):
+        y = keras.ops.conv(x, keras.ops.cast(self.kernel, x.dtype), padding="valid")
+        return y + keras.ops.cast(self.bias, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        k = self.kernel_size
+        return (input_shape[0], input_shape[1] - k + 1, input_shape[2] - k + 1,
+                2 * input_shape[-1] * k * k)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "eps": self.eps,
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer)}
+
+    def set_from(self, images) -> None:
+        """Set the filters from normalised images (N, H, W, C): every k x k patch, its
+        covariance (float64), eigenvectors / sqrt(eigenvalues + eps), largest first."""
+        import numpy as np
+
+        k, c = self.kernel_size, images.shape[-1]
+        cov, n = np.zeros((c * k * k, c * k * k)), 0
+        for start in range(0, len(images), 500):  # a few hundred images' patches at a time
+            x = np.asarray(images[start:start + 500], np.float64)
+            # (N, H', W', C, k, k): each patch as PyTorch's unfold orders it, (C, kh, kw)
+            flat = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))
+            flat = flat.reshape(-1, c * k * k)
+            cov += flat.T @ flat
+            n += len(flat)
+        values, vectors = np.linalg.eigh(cov / n)
+        order = np.argsort(values)[::-1]
+        scaled = vectors[:, order].T / np.sqrt(values[order] + self.eps)[:, None]
+        filters = scaled.reshape(-1, c, k, k)  # (C·k², C, k, k): PyTorch's (out, in, kh, kw)
+        both = np.concatenate([filters, -filters])
+        self.kernel.assign(both.transpose(2, 3, 1, 0).astype(np.float32))  # (kh, kw, in, out)
+

@@ -319,6 +319,7 @@ class RunRecord(BaseModel):
     final_validation_accuracy: float | None = None
     best_validation_accuracy: float | None = None
     final_validation_loss: float | None = None
+    final_tta_accuracy: float | None = None  # the test set under the recipe's tta (0.7)
     # the test set under Keras' names for fit's validation data, as 0.5 and earlier wrote
     # them (read as the test_ keys above; still written, for one version: docs/studies.md)
     final_val_accuracy: float | None = None

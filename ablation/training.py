@@ -70,6 +70,8 @@ from ablation.recipe.optimizer import compile_model, l2
 from ablation.recipe.schedule import RecipeSchedule
 from ablation.registry import Variant
 
+WHITEN_IMAGES = 5000  # the training images a whitening layer is set from (airbench's)
+
 
 def init_seed(variant: str, seed: int) -> int:
     """Weights depend on (variant, seed); data order and augmentation on seed alone."""
@@ -101,7 +103,8 @@ def training_model(variant: str | Variant, recipe: Recipe, num_classes: int,
     model = compile_model(models.build_model(variant, num_classes=num_classes,
                                              input_shape=input_shape,
                                              weight_decay=l2(recipe), fast=True,
-                                             bias_decay=recipe.bias_decay),
+                                             bias_decay=recipe.bias_decay,
+                                             bn_bias_lr=recipe.bn_bias_lr),
                           recipe, keras, schedule, jit_compile=jit_compile,
                           steps_per_execution=steps_per_execution)
     _build_training_state(model, num_classes)
@@ -135,7 +138,8 @@ def standard_copy(model: Any, variant: str | Variant, recipe: Recipe, num_classe
     last = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     std = compile_model(models.build_model(variant, num_classes=num_classes,
                                            input_shape=input_shape, weight_decay=l2(recipe),
-                                           bias_decay=recipe.bias_decay),
+                                           bias_decay=recipe.bias_decay,
+                                           bn_bias_lr=recipe.bn_bias_lr),
                         recipe, keras, last)
     std.set_weights(model.get_weights())
     std.optimizer.build(std.trainable_variables)
@@ -290,12 +294,16 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     stop = min(cfg.stop_after or recipe.epochs, recipe.epochs)
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
                               epochs=stop, threads=execution["loader_threads"],
-                              mixup=recipe.mixup, cutmix=recipe.cutmix)
+                              mixup=recipe.mixup, cutmix=recipe.cutmix, pad=recipe.pad,
+                              flip=recipe.flip)
     start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
     pretrained = {}
     if start == 0 and variant.pretrained:
         pretrained = {"pretrained": variant.pretrained,
                       "pretrained_convs": models.load_pretrained(model, variant.pretrained)}
+    if start == 0:  # airbench's whitening: from the first 5,000 training images, as seen
+        models.set_from_data(model, data.normalise(ds.x_train[:WHITEN_IMAGES], ds.mean,
+                                                   ds.std))
     stream.start_epoch = start
     return Job(cfg, run_dir, variant, recipe, ds, model, info, stream, backup, start,
                execution, pretrained)
@@ -392,6 +400,23 @@ def fit(job: Job, extra: list) -> None:
             job.model.trainable_variables)
 
 
+def tta_accuracy(job: Job) -> float:
+    """The test set's accuracy under the recipe's test-time augmentation: each view's
+    log-probabilities weighted and summed (the argmax of averaged logits, as airbench
+    averages them: a view's log-softmax is its logits less one number per image)."""
+    import numpy as np
+
+    ds, batch = job.ds, max(job.recipe.batch_size, 500)
+    score = np.zeros((len(ds.y_test), ds.num_classes))
+    for start in range(0, len(ds.y_test), batch):
+        x = data.normalise(ds.x_test[start:start + batch], ds.mean, ds.std)
+        for weight, view in data.tta_views(x, job.recipe.tta):
+            p = job.model.predict_on_batch(np.ascontiguousarray(view))
+            score[start:start + len(x)] += weight * np.log(np.maximum(
+                keras.ops.convert_to_numpy(p).astype(np.float64), 1e-30))
+    return float(np.mean(score.argmax(1) == ds.y_test))
+
+
 def save(job: Job) -> int:
     """The trained model as plain Keras layers in legacy HDF5, optimizer included, as
     the blog saved it (deleted again with --no-keep-model, once measured). Its bytes."""
@@ -457,9 +482,14 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
         print(f"paused after epoch {job.stop} of {job.recipe.epochs} (a rung of successive "
               "halving)", flush=True)
         return Exit.DONE
+    extra = {}
+    if job.recipe.tta != "none":
+        extra["final_tta_accuracy"] = tta_accuracy(job)
+        print(f"test accuracy with test-time augmentation ({job.recipe.tta}): "
+              f"{extra['final_tta_accuracy']:.4f}", flush=True)
     size = save(job)
     record.write(JobState.DONE, h5_bytes=size,
-                 model_file="model.h5" if cfg.keep_model else None)
+                 model_file="model.h5" if cfg.keep_model else None, **extra)
     shutil.rmtree(job.backup.root, ignore_errors=True)
     return Exit.DONE
 

@@ -174,6 +174,22 @@ class Tune:
                 for where, axes in spaces for a in axes
                 if not a.is_range and len(a.values) == 1]
 
+    def rungs(self, run: Recipe) -> list[int]:
+        """Successive halving's rungs for a run's recipe (its epochs, and for a step
+        schedule the first epoch trained after its first lr drop); the last epoch alone
+        without halving."""
+        if self.halving is None:
+            return [run.epochs]
+        drops = run.lr_drops() if run.schedule == "step" else ()
+        return self.halving.rungs(run.epochs, drops[0] + 1 if drops else None)
+
+    def early_rungs(self, run: Recipe) -> list[int]:
+        """Rungs (but the last) before a step schedule's first lr drop: there settings
+        are compared before any annealing (the short-horizon bias); the first rung past
+        the drop is the default, so only a study's own min_epochs can put them there."""
+        drops = run.lr_drops() if run.schedule == "step" else ()
+        return [r for r in self.rungs(run)[:-1] if drops and r <= drops[0]]
+
     def check(self, run: Recipe) -> None:
         """What the search asks of the run it tunes (its epochs after the flags, not the
         study file's): a rung before the last, and a budget that pays for one full run."""

@@ -75,6 +75,10 @@ def simulate(n: int, workers: int, seed: int, reserve: float = 0.0,
 
 def test_the_rungs_are_declared_epochs_and_the_share_of_the_grid_is_the_theorys():
     assert RUNGS == [3, 9, 27]
+    # a step schedule's first drop at epoch 11 of 27: the first rung is past it
+    assert halving.Halving(3).rungs(27, annealed=12) == [12, 27]
+    assert halving.Halving(3, min_epochs=3).rungs(27, annealed=12) == [3, 9, 27]
+    assert halving.Halving(3).rungs(9, annealed=9) == [9]
     assert halving.Halving(2, min_epochs=5).rungs(40) == [5, 10, 20, 40]
     assert halving.Halving(3).rungs(3) == [1, 3]
     # with resumes (each epoch trained once): (3 + 6/3 + 18/9) / 27 of the grid, 7/27
@@ -189,7 +193,8 @@ def test_a_setting_that_diverged_is_never_promoted_and_the_search_goes_on(tmp_pa
     from ablation.runner import Plan
 
     base = Recipe(epochs=3, validation=40)
-    t = tune.parse({"lr": [0.01, 0.03, 0.1, 0.3, 1e9], "halving": 3}, base, "s")
+    t = tune.parse({"lr": [0.01, 0.03, 0.1, 0.3, 1e9],
+                    "halving": {"factor": 3, "min_epochs": 1}}, base, "s")
     recipes = [t.recipe(base, c) for c in t.candidates()]
     plan = Plan([registry.get("resnet32_e")], 1, base, tmp_path, None,
                 recipes={"resnet32_e": recipes}, phase="tune",
@@ -327,7 +332,8 @@ def test_a_real_study_halves_resumes_a_rung_after_a_kill_and_reports_its_cost(
     study = tmp_path / "asha.toml"
     study.write_text('name = "asha"\n[recipe]\nepochs = 3\nbatch_size = 32\ntrain_limit = 128'
                      '\ntest_limit = 64\n[tune]\nlr = [0.01, 0.05, 0.2, 1e9]\nvalidation = 40\n'
-                     'halving = 3\n[[variant]]\nname = "a8"\nbase = "resnet32_e"\n'
+                     'halving = { factor = 3, min_epochs = 1 }\n[[variant]]\nname = "a8"\n'
+                     'base = "resnet32_e"\n'
                      'stages = [[1, 16], [1, 32], [1, 64]]\n[[comparison]]\ntitle = "a8"\n'
                      'variants = ["a8", "resnet32_e"]\n')
     res = tmp_path / "results"
@@ -343,6 +349,9 @@ def test_a_real_study_halves_resumes_a_rung_after_a_kill_and_reports_its_cost(
     r = run_cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "successive halving, rungs at epochs 1, 3, factor 3" in r.stdout
+    # 3 epochs of the blog's schedule drop the lr at epoch 2: a rung at 1 is said to come
+    # before it (the default first rung would be past the drop, here no rung at all)
+    assert "rung(s) 1 come before the step schedule's first lr drop (epoch 2)" in r.stdout
     tuned = {}
     for d in run_dirs(res):
         s = json.loads((d / "summary.json").read_text())

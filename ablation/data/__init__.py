@@ -36,6 +36,7 @@ from ablation.data.augment import (
     crop_pad,
     mix,
     normalise,
+    tta_views,
 )
 from ablation.data.sources import (
     CIFAR10_MEAN,
@@ -55,7 +56,7 @@ __all__ = ["AUGMENTATIONS", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "Dataset"
            "TrainStream", "_shift_axis", "augment_blog", "augment_crop", "balanced_subset",
            "check", "content_hash", "crop_pad", "describe", "is_path", "load", "mix",
            "normalise", "one_hot", "prepare", "resolve", "resolve_data_dir", "shape_of",
-           "synthetic", "test_batches"]
+           "synthetic", "test_batches", "tta_views"]
 
 DATASETS = NAMED  # 0.4's name for the named datasets, kept for scripts that read it
 MEMORY_SHARE = 0.5  # a dataset's uint8 images may take at most this share of free memory

@@ -43,15 +43,22 @@ def _shift_axis(x: np.ndarray, shift: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
-def augment_blog(x: np.ndarray, rng: np.random.Generator, max_shift: float = 0.125) -> np.ndarray:
+def _flip(x: np.ndarray, flip: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Mirror the images `flip` says (None: each at even odds, drawn from `rng`)."""
+    if flip is None:
+        flip = rng.random(len(x)) < 0.5
+    return np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+
+
+def augment_blog(x: np.ndarray, rng: np.random.Generator, max_shift: float = 0.125,
+                 flip: np.ndarray | None = None, pad: int | None = None) -> np.ndarray:
     """The blog's ImageDataGenerator: continuous shifts of up to 12.5% of the size (4 px
     at 32) in each axis, bilinear, zero fill (in normalised space), plus random
-    horizontal flips."""
+    horizontal flips (`flip`: which to flip, when the recipe says so)."""
     n, h, w, _ = x.shape
     dy = rng.uniform(-max_shift, max_shift, n) * h
     dx = rng.uniform(-max_shift, max_shift, n) * w
-    flip = rng.random(n) < 0.5
-    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    x = _flip(x, flip, rng)
     return _shift_axis(_shift_axis(x, dy, 1), dx, 2)
 
 
@@ -60,23 +67,64 @@ def crop_pad(h: int, w: int) -> int:
     return max(1, round(min(h, w) / 8))
 
 
-def augment_crop(x: np.ndarray, rng: np.random.Generator, pad: int | None = None) -> np.ndarray:
-    """The papers' augmentation: zero-pad 4 px (at 32x32; `crop_pad`), random crop back
-    to the size, random flip."""
+def augment_crop(x: np.ndarray, rng: np.random.Generator, pad: int | None = None,
+                 flip: np.ndarray | None = None, mode: str = "constant") -> np.ndarray:
+    """The papers' augmentation: zero-pad 4 px (at 32x32; `crop_pad`; `pad` when given),
+    random crop back to the size, random flip (`flip`: which to flip, when the recipe
+    says so). `mode="reflect"` pads by reflection (airbench's translation)."""
     n, h, w, c = x.shape
     pad = crop_pad(h, w) if pad is None else pad
-    padded = np.zeros((n, h + 2 * pad, w + 2 * pad, c), x.dtype)
-    padded[:, pad:pad + h, pad:pad + w] = x
+    if mode == "reflect":
+        padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    else:
+        padded = np.zeros((n, h + 2 * pad, w + 2 * pad, c), x.dtype)
+        padded[:, pad:pad + h, pad:pad + w] = x
     oy = rng.integers(0, 2 * pad + 1, n)
     ox = rng.integers(0, 2 * pad + 1, n)
     rows = (oy[:, None] + np.arange(h)[None, :])[:, :, None]
     cols = (ox[:, None] + np.arange(w)[None, :])[:, None, :]
     out = padded[np.arange(n)[:, None, None], rows, cols]
-    flip = rng.random(n) < 0.5
-    return np.where(flip[:, None, None, None], out[:, :, ::-1], out)
+    return _flip(out, flip, rng)
 
 
-AUGMENTATIONS = {"blog": augment_blog, "crop": augment_crop, "none": None}
+def augment_reflect(x: np.ndarray, rng: np.random.Generator, pad: int | None = None,
+                    flip: np.ndarray | None = None) -> np.ndarray:
+    """airbench's translation: reflection-pad `pad` px (2 in airbench), random crop back
+    to the size (a shift of -pad..pad in each axis), then the flip."""
+    return augment_crop(x, rng, pad, flip, mode="reflect")
+
+
+def augment_none(x: np.ndarray, rng: np.random.Generator, pad: int | None = None,
+                 flip: np.ndarray | None = None) -> np.ndarray:
+    """No augmentation, but the recipe's flips where it asks for them."""
+    return x if flip is None else _flip(x, flip, rng)
+
+
+AUGMENTATIONS = {"blog": augment_blog, "crop": augment_crop, "reflect": augment_reflect,
+                 "none": augment_none}
+
+
+def flips(epoch: int, which: str, base: np.ndarray | None) -> np.ndarray | bool | None:
+    """Which images an epoch mirrors: for `alternate` (airbench's), each image's own
+    random start (`base`, drawn once per run) flipped on every odd epoch; `none`: none
+    (False); `random`: None, each batch draws its own."""
+    if which == "alternate":
+        return base if epoch % 2 == 0 else ~base
+    return False if which == "none" else None
+
+
+def tta_views(x: np.ndarray, level: str) -> list[tuple[float, np.ndarray]]:
+    """airbench's test-time augmentation as (weight, images): `flip`, the image and its
+    mirror at 1/2 each; `flip_translate`, those at 1/4 each and, at 1/8 each, both
+    shifted one pixel up-left and down-right (reflection padding) and mirrored."""
+    views = [(0.5, x), (0.5, x[:, :, ::-1])]
+    if level == "flip":
+        return views
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    h, w = x.shape[1:3]
+    moved = [padded[:, 0:h, 0:w], padded[:, 2:h + 2, 2:w + 2]]
+    return [(0.25, v) for _, v in views] + [(0.125, m) for s in moved
+                                            for m in (s, s[:, :, ::-1])]
 
 
 def mix(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, mixup: float = 0.0,

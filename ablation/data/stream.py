@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablation.data.augment import AUGMENTATIONS, mix, normalise
+from ablation.data.augment import AUGMENTATIONS, flips, mix, normalise
 from ablation.errors import AblationError
 
 if TYPE_CHECKING:
@@ -35,10 +35,16 @@ class TrainStream:
 
     def __init__(self, ds: Dataset, batch_size: int, seed: int, augment: str = "blog",
                  start_epoch: int = 0, epochs: int = 1, threads: int = 2,
-                 dtype: str = "float32", mixup: float = 0.0, cutmix: float = 0.0):
+                 dtype: str = "float32", mixup: float = 0.0, cutmix: float = 0.0,
+                 pad: int | None = None, flip: str = "random"):
         if augment not in AUGMENTATIONS:
-            raise AblationError(f"unknown augmentation {augment!r}; choose blog or crop")
+            raise AblationError(f"unknown augmentation {augment!r}; choose "
+                                f"{', '.join(AUGMENTATIONS)}")
         self.mixup, self.cutmix = mixup, cutmix
+        self.pad, self.flip = pad, flip
+        # each image's first flip, drawn once per run (an alternating flip's start)
+        self.first_flip = (np.random.default_rng([seed, 2 ** 31]).random(len(ds.y_train)) < 0.5
+                           if flip == "alternate" else None)
         self.ds, self.batch_size, self.seed = ds, batch_size, seed
         self.augment = AUGMENTATIONS[augment]
         self.start_epoch, self.epochs = start_epoch, epochs
@@ -66,8 +72,12 @@ class TrainStream:
         order = self.order(epoch)
         idx = order[step * self.batch_size:(step + 1) * self.batch_size]
         x = normalise(self.ds.x_train[idx], self.ds.mean, self.ds.std)
-        if self.augment is not None:
-            x = self.augment(x, np.random.default_rng([self.seed, epoch, step]))
+        which = flips(epoch, self.flip, self.first_flip)
+        which = which[idx] if isinstance(which, np.ndarray) else (
+            np.zeros(len(idx), bool) if which is False else None)
+        extra = {} if self.pad is None and self.flip == "random" else {"pad": self.pad,
+                                                                        "flip": which}
+        x = self.augment(x, np.random.default_rng([self.seed, epoch, step]), **extra)
         y = one_hot(self.ds.y_train[idx], self.ds.num_classes)
         if self.mixup or self.cutmix:  # its own stream: the augmentation's is unchanged
             x, y = mix(x, y, np.random.default_rng([self.seed, epoch, step, 1]), self.mixup,

@@ -21,6 +21,7 @@ from ablation.models.network import (
     layer_inputs,
     load_pretrained,
     net_of,
+    set_from_data,
 )
 from ablation.models.ops import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM, OPS, OpError, signature
 from ablation.models.parts import HEADS, STEMS, Net, Parts, head, register_layers, stem
@@ -45,5 +46,5 @@ __all__ = ["ACTIVATIONS", "BN_EPSILON", "BN_MOMENTUM", "BUILTIN_UNITS", "HEADS",
            "PARTS", "STEMS", "UNITS", "Block", "ModelInfo", "Net", "OpError", "Parts",
            "UnitError", "build_model", "check_counts", "count_params", "head",
            "layer_inputs", "load_pretrained", "net_of", "register_layers", "resolve",
-           "shadowed", "shortcut",
+           "set_from_data", "shadowed", "shortcut",
            "signature", "stem", "unit", "unit_source_hash", "user_unit_hash", "user_units"]

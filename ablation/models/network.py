@@ -152,7 +152,8 @@ def _info(g: Graph) -> ModelInfo:
 def build_model(name: str | Variant, num_classes: int = 10,
                 input_shape: tuple[int, int, int] = (32, 32, 3),
                 weight_decay: float = DEFAULTS.weight_decay, fast: bool = False,
-                keras_module: Any = None, bias_decay: bool = False) -> Any:
+                keras_module: Any = None, bias_decay: bool = False,
+                bn_bias_lr: float = 1.0) -> Any:
     """The uncompiled Keras model of a variant (softmax output).
 
     Seed Keras (`keras.utils.set_random_seed`) beforehand for reproducible weights.
@@ -160,7 +161,8 @@ def build_model(name: str | Variant, num_classes: int = 10,
     kernels) for training speed; graph, names and weights are the same, so its weights
     load into the standard model, which is what gets saved. `keras_module` builds the
     same graph on another Keras (the baseline passes `tf_keras`); `bias_decay` puts the
-    L2 on biases and normalisation scales and offsets too. The model's parameter counts
+    L2 on biases and normalisation scales and offsets too; `bn_bias_lr` gives batch-norm
+    offsets that factor of the learning rate (`ops.bn`). The model's parameter counts
     are checked against the ops' rules (what `count_params` says).
     """
     if keras_module is None:
@@ -172,11 +174,22 @@ def build_model(name: str | Variant, num_classes: int = 10,
         from ablation.layers import BiasAddConv2D, FusedBatchNormalization
 
         overrides = {"Conv2D": BiasAddConv2D, "BatchNormalization": FusedBatchNormalization}
-    g = Builder(keras_module, weight_decay, overrides, bias_decay)
+    g = Builder(keras_module, weight_decay, overrides, bias_decay, bn_bias_lr)
     outputs = _network(g, v, num_classes, tuple(input_shape))
     model = keras_module.Model(g.inputs, outputs, name=v.name)
     check_counts(model, _info(g), v.name)
     return model
+
+
+def set_from_data(model: Any, images: Any) -> int:
+    """Set the layers whose start depends on the data (`ops.whiten`'s) from normalised
+    training images; how many there were."""
+    from ablation.layers import Whitening
+
+    found = [layer for layer in model.layers if isinstance(layer, Whitening)]
+    for layer in found:
+        layer.set_from(images)
+    return len(found)
 
 
 def check_counts(model: Any, info: ModelInfo, name: str) -> None:

@@ -154,7 +154,10 @@ class Graph:
 
     def emit(self, name: str, inputs: list[Any], dims: tuple[int, ...], make: Callable,
              trainable: int = 0, non_trainable: int = 0, macs: int = 0,
-             depth: bool = False, call: Callable | None = None) -> Any:
+             depth: bool = False, call: Callable | None = None,
+             after: Callable | None = None) -> Any:
+        """Count (and, building, make and apply) one layer; `after(layer)` runs once the
+        built layer has its weights (an initialisation Keras has no initializer for)."""
         raise NotImplementedError
 
     def foreign(self, layer: Any, inputs: list[Any], spread: bool, main: bool) -> Any:
@@ -186,13 +189,14 @@ class Counter(Graph):
 
     counting = True
     reg = bias_reg = None
+    bn_bias_lr = 1.0
 
     def input(self, dims: tuple[int, ...]) -> Sym:
         self.inputs = self.track(Sym(tuple(dims)), None, [])
         return self.inputs
 
     def emit(self, name, inputs, dims, make, trainable=0, non_trainable=0, macs=0,
-             depth=False, call=None):
+             depth=False, call=None, after=None):
         self.claim(name)
         self._add(trainable, non_trainable, macs, depth, name)
         return self.track(Sym(tuple(dims)), name, inputs)
@@ -217,12 +221,13 @@ class Builder(Graph):
     counting = False
 
     def __init__(self, keras_module: Any, weight_decay: float, overrides: dict | None = None,
-                 bias_decay: bool = False):
+                 bias_decay: bool = False, bn_bias_lr: float = 1.0):
         super().__init__()
         self.keras = keras_module
         self.reg = keras_module.regularizers.L2(weight_decay) if weight_decay else None
         # the recipe's bias_decay: biases and normalisation scales and offsets decay too
         self.bias_reg = self.reg if bias_decay else None
+        self.bn_bias_lr = bn_bias_lr  # the recipe's learning-rate factor of BN offsets
         self.layers = _Layers(keras_module.layers, overrides or {})
 
     def input(self, dims: tuple[int, ...]) -> Any:
@@ -230,11 +235,13 @@ class Builder(Graph):
         return self.inputs
 
     def emit(self, name, inputs, dims, make, trainable=0, non_trainable=0, macs=0,
-             depth=False, call=None):
+             depth=False, call=None, after=None):
         self.claim(name)
         layer = make(self.layers)
         y = call(layer, inputs) if call else layer(inputs[0] if len(inputs) == 1
                                                    else list(inputs))
+        if after is not None:
+            after(layer)
         got = tuple(y.shape[1:])
         if got != tuple(dims):
             raise AblationError(f"internal error: {name}: Keras gives shape {_shape(got)}, "
@@ -378,11 +385,44 @@ def _strided(g, op: str, name: str, h: int, w: int, stride: int) -> None:
 # --- the ops -------------------------------------------------------------------------------
 
 
+INITS = ("he_normal", "torch", "dirac")  # how ops.conv and ops.dense start their kernels
+
+
+def _kernel_init(init: Any, op: str) -> Any:
+    """A kernel's initializer by name: He-normal (the blog's); PyTorch's default
+    (uniform in ±1/sqrt(fan_in), as Keras' VarianceScaling says it); `dirac`: PyTorch's
+    default, then each filter whose index is an input channel's passes that channel
+    through (airbench's partial identity; set once the layer is built, `_dirac`)."""
+    if init not in INITS:
+        raise OpError(f"ops.{op}: init must be one of {', '.join(INITS)}, got {_short(init)}")
+    if init == "he_normal":
+        return "he_normal"
+    import keras
+
+    return keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+
+
+def _dirac(layer: Any) -> None:
+    """Filter o < C_in passes input channel o through unchanged: 1 at the centre of its
+    own channel, 0 elsewhere (PyTorch's `dirac_` on the first C_in filters)."""
+    import numpy as np
+
+    w = np.array(layer.kernel.numpy() if hasattr(layer.kernel, "numpy") else layer.kernel)
+    kh, kw, c_in, c_out = w.shape
+    n = min(c_in, c_out)
+    w[:, :, :, :n] = 0.0
+    w[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1.0
+    layer.kernel.assign(w)
+
+
 @op
-def conv(g, x, filters, kernel, stride, name, main=True, groups=1, dilation=1, bias=True):
-    """2-D convolution, `same` padding, He-normal init, the recipe's L2 on the kernel.
-    Counts k·k·(C/groups)·filters weights (+ filters biases); multiply-adds those weights
-    times the output's H·W; a weighted layer of the main path unless `main=False`."""
+def conv(g, x, filters, kernel, stride, name, main=True, groups=1, dilation=1, bias=True,
+         init="he_normal", padding="same"):
+    """2-D convolution, `same` padding (or `valid`), the recipe's L2 on the kernel; its
+    kernel starts He-normal (`init`: or "torch", PyTorch's default uniform, or "dirac",
+    that plus the partial identity of airbench: `INITS`). Counts k·k·(C/groups)·filters
+    weights (+ filters biases); multiply-adds those weights times the output's H·W; a
+    weighted layer of the main path unless `main=False`."""
     h, w, c = g.tensor(x, "conv", rank=3)
     filters = _int(filters, "conv", "filters")
     kernel = _int(kernel, "conv", "kernel")
@@ -396,14 +436,24 @@ def conv(g, x, filters, kernel, stride, name, main=True, groups=1, dilation=1, b
         raise OpError("ops.conv: stride and dilation cannot both be above 1 (Keras "
                       "convolutions support one or the other)")
     _strided(g, "conv", name, h, w, stride)
+    start = _kernel_init(init, "conv")
+    if init == "dirac" and groups != 1:
+        raise OpError("ops.conv: a dirac init needs groups = 1")
+    if padding not in ("same", "valid"):
+        raise OpError(f"ops.conv {name}: padding must be same or valid, got {_short(padding)}")
+    if padding == "valid":
+        reach = dilation * (kernel - 1) + 1
+        if h < reach or w < reach:
+            raise OpError(f"ops.conv {name}: a {kernel}x{kernel} kernel does not fit {h}x{w}")
+        h, w = h - reach + 1, w - reach + 1
     dims = (_out(h, stride), _out(w, stride), filters)
     weights = kernel * kernel * (c // groups) * filters
     return g.emit(name, [x], dims, lambda L: L.Conv2D(
-        filters, kernel, strides=stride, padding="same", groups=groups,
-        dilation_rate=dilation, use_bias=bool(bias), kernel_initializer="he_normal",
+        filters, kernel, strides=stride, padding=padding, groups=groups,
+        dilation_rate=dilation, use_bias=bool(bias), kernel_initializer=start,
         kernel_regularizer=g.reg, bias_regularizer=g.bias_reg, name=name),
         trainable=weights + filters * bool(bias), macs=weights * dims[0] * dims[1],
-        depth=bool(main))
+        depth=bool(main), after=_dirac if init == "dirac" else None)
 
 
 @op
@@ -428,15 +478,31 @@ def depthwise(g, x, kernel, stride, name, dilation=1, bias=True):
 
 
 @op
-def bn(g, x, name):
-    """BatchNormalization over the last axis (momentum 0.9, epsilon 1e-5): 2·C
-    trainable (gamma, beta) and 2·C non-trainable (moving mean and variance)."""
+def bn(g, x, name, scale=True, momentum=BN_MOMENTUM, epsilon=BN_EPSILON):
+    """BatchNormalization over the last axis (momentum 0.9, epsilon 1e-5 unless given):
+    C trainable offsets (beta), C scales (gamma; none with `scale=False`, as airbench's),
+    and 2·C non-trainable moving mean and variance. Under the recipe's `bn_bias_lr` the
+    offset is a layer of its own, `<name>_bias` (`ablation.layers.ScaledBias`), whose
+    steps are that many times larger; the counts are the same."""
     dims = g.tensor(x, "bn")
     c = dims[-1]
-    return g.emit(name, [x], dims, lambda L: L.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, gamma_regularizer=g.bias_reg,
-        beta_regularizer=g.bias_reg),
-        trainable=2 * c, non_trainable=2 * c)
+    for what, v, ok in (("momentum", momentum, lambda v: 0 <= v < 1),
+                        ("epsilon", epsilon, lambda v: v > 0)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not ok(v):
+            raise OpError(f"ops.bn {name}: bad {what} {_short(v)}")
+    apart = g.bn_bias_lr != 1
+
+    def norm(L):
+        return L.BatchNormalization(
+            momentum=momentum, epsilon=epsilon, name=name, scale=bool(scale), center=not apart,
+            gamma_regularizer=g.bias_reg, beta_regularizer=g.bias_reg)
+
+    if not apart:
+        return g.emit(name, [x], dims, norm, trainable=(1 + bool(scale)) * c,
+                      non_trainable=2 * c)
+    y = g.emit(name, [x], dims, norm, trainable=bool(scale) * c, non_trainable=2 * c)
+    return g.emit(f"{name}_bias", [y], dims, lambda L: _token_layers().ScaledBias(
+        g.bn_bias_lr ** 0.5, regularizer=g.bias_reg, name=f"{name}_bias"), trainable=c)
 
 
 @op
@@ -558,26 +624,70 @@ def pad_shortcut(g, x, filters, stride, name):
     return x
 
 
-def _halve(g, x, op: str, name: str) -> tuple[int, int, int]:
+def _pooled(g, x, op: str, name: str, size: Any, stride: Any, padding: Any
+            ) -> tuple[tuple[int, int, int], int, int]:
+    """A pooling's output dims, its size and stride, checked: `valid` (the windows that
+    fit, floor) or `same` (ceil) padding."""
     h, w, c = g.tensor(x, op, rank=3)
-    if h < 2 or w < 2:
-        raise OpError(f"ops.{op} {name}: cannot halve a {h}x{w} map")
-    return h // 2, w // 2, c
+    size = _int(size, op, "size")
+    stride = size if stride is None else _int(stride, op, "stride")
+    if padding not in ("valid", "same"):
+        raise OpError(f"ops.{op} {name}: padding must be valid or same, got {_short(padding)}")
+    if padding == "valid":
+        if h < size or w < size:
+            raise OpError(f"ops.{op} {name}: a {size}x{size} window does not fit a {h}x{w} "
+                          "map")
+        return ((h - size) // stride + 1, (w - size) // stride + 1, c), size, stride
+    return (_out(h, stride), _out(w, stride), c), size, stride
 
 
 @op
-def maxpool(g, x, name):
-    """2x2 max-pooling, stride 2."""
-    dims = _halve(g, x, "maxpool", name)
-    return g.emit(name, [x], dims, lambda L: L.MaxPooling2D(pool_size=2, strides=2, name=name))
+def maxpool(g, x, name, size=2, stride=None, padding="valid"):
+    """Max-pooling over size x size windows at `stride` (default: the size), `valid`
+    (floor) or `same` padding; 2x2 stride 2 by default."""
+    dims, size, stride = _pooled(g, x, "maxpool", name, size, stride, padding)
+    return g.emit(name, [x], dims, lambda L: L.MaxPooling2D(
+        pool_size=size, strides=stride, padding=padding, name=name))
 
 
 @op
-def avgpool(g, x, name):
-    """2x2 average pooling, stride 2."""
-    dims = _halve(g, x, "avgpool", name)
-    return g.emit(name, [x], dims, lambda L: L.AveragePooling2D(pool_size=2, strides=2,
-                                                                name=name))
+def avgpool(g, x, name, size=2, stride=None, padding="valid"):
+    """Average pooling over size x size windows at `stride` (default: the size), `valid`
+    (floor) or `same` padding; 2x2 stride 2 by default."""
+    dims, size, stride = _pooled(g, x, "avgpool", name, size, stride, padding)
+    return g.emit(name, [x], dims, lambda L: L.AveragePooling2D(
+        pool_size=size, strides=stride, padding=padding, name=name))
+
+
+@op
+def scale(g, x, factor, name):
+    """x times a constant `factor` (Keras' Rescaling): airbench's logit scaling."""
+    dims = g.tensor(x, "scale")
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor:
+        raise OpError(f"ops.scale {name}: factor must be a non-zero number, got "
+                      f"{_short(factor)}")
+    return g.emit(name, [x], dims, lambda L: L.Rescaling(float(factor), name=name))
+
+
+@op
+def whiten(g, x, name, kernel=2, eps=5e-4):
+    """airbench's first layer: a `valid` kernel x kernel convolution into 2·C·kernel²
+    channels whose filters whiten the image's patches, set from training images before
+    the first step (their covariance's eigenvectors over sqrt(eigenvalue + eps), and
+    their negatives; `ablation.layers.Whitening`), never trained; its bias trains.
+    Counts the filters as non-trainable, the 2·C·k² biases as trainable."""
+    h, w, c = g.tensor(x, "whiten", rank=3)
+    kernel = _int(kernel, "whiten", "kernel")
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or eps <= 0:
+        raise OpError(f"ops.whiten {name}: eps must be a positive number, got {_short(eps)}")
+    if h < kernel or w < kernel:
+        raise OpError(f"ops.whiten {name}: a {kernel}x{kernel} kernel does not fit {h}x{w}")
+    out = 2 * c * kernel * kernel
+    dims = (h - kernel + 1, w - kernel + 1, out)
+    weights = kernel * kernel * c * out
+    return g.emit(name, [x], dims, lambda L: _token_layers().Whitening(
+        kernel, eps, bias_regularizer=g.bias_reg, name=name), trainable=out,
+        non_trainable=weights, macs=weights * dims[0] * dims[1], depth=True)
 
 
 @op
@@ -598,7 +708,7 @@ def flatten(g, x, name):
 
 
 @op
-def dense(g, x, units, name, activation="softmax", main=True):
+def dense(g, x, units, name, activation="softmax", main=True, bias=True, init="he_normal"):
     """A dense layer on the last axis, He-normal, the recipe's L2; `activation` a Keras
     activation or None (linear). A softmax output computes in float32. Counts C·units
     weights + units biases; multiply-adds C·units per position; a weighted layer of the
@@ -610,10 +720,14 @@ def dense(g, x, units, name, activation="softmax", main=True):
     # bf16/fp16 probabilities lose the small ones the loss needs)
     extra = {"dtype": "float32"} if activation == "softmax" else {}
     c = dims[-1]
+    if init == "dirac":
+        raise OpError("ops.dense: init must be he_normal or torch")
+    start = _kernel_init(init, "dense")
     y = g.emit(name, [x], (*dims[:-1], units), lambda L: L.Dense(
-        units, activation=activation, kernel_initializer="he_normal",
+        units, activation=activation, kernel_initializer=start, use_bias=bool(bias),
         kernel_regularizer=g.reg, bias_regularizer=g.bias_reg, name=name, **extra),
-        trainable=c * units + units, macs=c * units * math.prod(dims[:-1]), depth=bool(main))
+        trainable=c * units + units * bool(bias), macs=c * units * math.prod(dims[:-1]),
+        depth=bool(main))
     return g.probabilities(y) if activation == "softmax" else y
 
 

@@ -278,12 +278,39 @@ def head_ln_cls(ops: Any, x: Any, net: Net) -> Any:
     return ops.dense(ops.token(x, 0, "head_cls"), net.num_classes, "head_dense")
 
 
+# --- airbench (Jordan 2024): its network, whose parts its ablation table varies ----------
+AIRBENCH_BN = {"scale": False, "epsilon": 1e-12}  # batch norms without scale, eps 1e-12
+
+
+def stem_airbench_whiten(ops: Any, x: Any, net: Net) -> Any:
+    """airbench's stem: a 2x2 `valid` whitening conv into 24 channels, its filters set
+    from training images (ops.whiten), then GELU."""
+    return ops.act(ops.whiten(x, "stem_whiten", kernel=2), "gelu", "stem_gelu")
+
+
+def stem_airbench_plain(ops: Any, x: Any, net: Net) -> Any:
+    """airbench's ablation baseline stem: the same 2x2 `valid` conv into 24 channels
+    (bias, PyTorch's default init), a batch norm, GELU."""
+    y = ops.conv(x, 2 * 3 * 4, 2, 1, "stem_conv", padding="valid", init="torch")
+    return ops.act(ops.bn(y, "stem_bn", **AIRBENCH_BN), "gelu", "stem_gelu")
+
+
+def head_airbench(ops: Any, x: Any, net: Net) -> Any:
+    """airbench's head: a 3x3 max-pool (3x3 -> 1x1), flatten, a dense layer without bias
+    (PyTorch's default init), the logits scaled by 1/9, softmax."""
+    x = ops.flatten(ops.maxpool(x, "head_pool", size=3), "head_flatten")
+    x = ops.dense(x, net.num_classes, "head_dense", activation=None, bias=False, init="torch")
+    return ops.softmax(ops.scale(x, 1 / 9, "head_scale"), "head_softmax")
+
+
 STEMS = Parts("stem", {"conv": stem_conv, "conv_bn_relu": stem_conv_bn_relu,
                        "none": stem_none, "patchify2": _patchify(2),
-                       "patchify4": _patchify(4), "deep3": stem_deep3})
+                       "patchify4": _patchify(4), "deep3": stem_deep3,
+                       "airbench_whiten": stem_airbench_whiten,
+                       "airbench_plain": stem_airbench_plain})
 HEADS = Parts("head", {"bn_relu": head_bn_relu, "plain": head_plain, "dense": head_dense,
                        "dense_bn": head_dense_bn, "ln_gap": head_ln_gap,
-                       "ln_cls": head_ln_cls})
+                       "ln_cls": head_ln_cls, "airbench": head_airbench})
 
 
 def stem(name: str, preactivates: bool = False) -> Callable[[Callable], Callable]:

@@ -203,6 +203,27 @@ def resnet50_unit(stride_on: int, pool: bool) -> Unit:
     return unit
 
 
+# --- airbench (Jordan 2024) -------------------------------------------------------------------
+
+
+def airbench_group(init: str, momentum: float) -> Unit:
+    """airbench's ConvGroup: conv3x3 (no bias), a 2x2 max-pool where the block halves the
+    map (airbench halves it in every group), BN, GELU, conv3x3, BN, GELU; batch norms
+    without scale, epsilon 1e-12, at `momentum` (Keras': PyTorch's 1 − momentum); the
+    convs start at `init` (airbench's "dirac": a partial identity)."""
+    bn = {"scale": False, "epsilon": 1e-12, "momentum": momentum}
+
+    def group(ops: Any, x: Any, b: Block) -> Any:
+        y = ops.conv(x, b.filters, 3, 1, f"{b.name}_conv1", bias=False, init=init)
+        if b.stride == 2:
+            y = ops.maxpool(y, f"{b.name}_pool")
+        y = ops.act(ops.bn(y, f"{b.name}_bn1", **bn), "gelu", f"{b.name}_gelu1")
+        y = ops.conv(y, b.filters, 3, 1, f"{b.name}_conv2", bias=False, init=init)
+        return ops.act(ops.bn(y, f"{b.name}_bn2", **bn), "gelu", f"{b.name}_gelu2")
+
+    return group
+
+
 BUILTIN_UNITS: dict[str, Unit] = {
     **{name: partial(form, branch=basic_branch)
        for name, form in zip("abcde", (form_a, form_b, form_c, form_d, form_e), strict=True)},
@@ -220,6 +241,12 @@ BUILTIN_UNITS: dict[str, Unit] = {
     "resnet50_a": resnet50_unit(1, pool=False),
     "resnet50_b": resnet50_unit(2, pool=False),
     "resnet50_d": resnet50_unit(2, pool=True),
+    # airbench: its conv group with PyTorch's default init (the ablation's baseline), with
+    # the dirac init (clean_airbench's and the ablation's later steps, batch norm momentum
+    # PyTorch's default 0.1), and airbench94's faster batch norm (PyTorch 0.4)
+    "airbench_plain": airbench_group("torch", 0.9),
+    "airbench": airbench_group("dirac", 0.9),
+    "airbench94": airbench_group("dirac", 0.6),
 }
 
 

@@ -248,7 +248,7 @@ class Search:
         self.tuning, self.t = tuning, t
         self.epochs = tuning.recipe.epochs
         self.halving = t.halving or halving.Halving(factor=10 ** 9)  # a budget alone: none
-        self.rungs = self.halving.rungs(self.epochs) if t.halving else [self.epochs]
+        self.rungs = t.rungs(tuning.recipe)
         self.factor = self.halving.factor
 
     def words(self, slots: int | None = None, settings: int | None = None) -> str:
@@ -256,6 +256,12 @@ class Search:
         when each rung promotes."""
         rule = (f"successive halving, rungs at epochs {', '.join(map(str, self.rungs))}, "
                 f"factor {self.factor}" if self.t.halving else "every setting in full")
+        early = self.t.early_rungs(self.tuning.recipe)
+        if early:
+            rule += (f"; warning: rung(s) {', '.join(map(str, early))} come before the step "
+                     f"schedule's first lr drop (epoch {self.tuning.recipe.lr_drops()[0]}): "
+                     "settings compared there have not been annealed, which favours small "
+                     "learning rates (the default first rung is past the drop)")
         if self.t.halving and slots and settings:
             sync = halving.synchronous(settings, self.rungs, self.factor, slots)
             at = [str(r) for r, s in zip(self.rungs, sync, strict=False) if s]

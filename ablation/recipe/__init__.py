@@ -36,7 +36,9 @@ from ablation.errors import AblationError, did_you_mean, validation_line
 PRECISION_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16",
                       "fp16": "mixed_float16"}
 PRECISIONS = tuple(PRECISION_POLICIES)
-AUGMENTS = ("blog", "crop")
+AUGMENTS = ("blog", "crop", "reflect")
+FLIPS = ("random", "alternate", "none")
+TTAS = ("none", "flip", "flip_translate")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
 
 
@@ -148,7 +150,9 @@ class Recipe:
     weight_decay: NonNeg = _f(1e-4, "number", "weight decay: an L2 coefficient on every conv "
                               "and dense kernel, or decoupled (see --decay)")
     augment: Literal[AUGMENTS] = _choice("blog", AUGMENTS, "blog: flip + continuous 4-px "
-                                         "shift; crop: pad 4, random 32x32 crop, flip")
+                                         "shift; crop: zero-pad 4, random crop back, flip; "
+                                         "reflect: reflection-pad, random crop back, flip "
+                                         "(airbench's translation)")
     train_limit: Annotated[Int1, _at_most(MAX_LIMIT)] | None = _f(
         None, "int", "class-balanced train subset size")
     test_limit: Annotated[Int1, _at_most(MAX_LIMIT)] | None = _f(
@@ -205,6 +209,20 @@ class Recipe:
     bias_decay: bool = _f(False, "bool", "weight decay on biases and normalisation scales "
                           "and offsets too (the papers' baselines; off: only conv and dense "
                           "kernels, the blog's and Bag of Tricks' no-bias-decay)")
+    # --- added in 0.7: the parts of airbench's recipe (Jordan 2024)
+    pad: Annotated[Int1, _at_most(64)] | None = _f(
+        None, "int", "pixels of padding the crop and reflect augmentations pad by before "
+        "the random crop (default: an eighth of the image, 4 at 32x32)")
+    flip: Literal[FLIPS] = _choice(
+        "random", FLIPS, "horizontal flips in augmentation: random (each image, each epoch, "
+        "at even odds), alternate (each image flipped at random once, then every other "
+        "epoch: airbench's), or none")
+    tta: Literal[TTAS] = _choice(
+        "none", TTAS, "test-time augmentation of a final evaluation, recorded apart from the "
+        "plain test accuracy: flip (the image and its mirror), flip_translate (and both "
+        "shifted one pixel up-left and down-right, reflected: airbench's 6 views)")
+    bn_bias_lr: Pos = _f(1, "number", "learning-rate factor of batch-norm offsets, not of "
+                         "their weight decay (airbench's 64)")
 
     def __post_init__(self):
         values = _validate({f.name: getattr(self, f.name) for f in fields(self)})
@@ -397,10 +415,13 @@ class Recipe:
             (self.validation, f"{self.validation:,} training images held out for "
                               "validation"),
             (self.image_size, f"images resized to {'x'.join(map(str, self.image_hw or ()))}"),
+            (self.bn_bias_lr != 1, f"batch-norm offsets at {self.bn_bias_lr:g}x the lr"),
+            (self.tta != "none", f"test-time augmentation {self.tta} (recorded apart)"),
         ) if on]
+        aug = f"augmentation `{self.augment}`" + (f" (pad {self.pad})" if self.pad else "") \
+            + ("" if self.flip == "random" else f", flip {self.flip}")
         return ", ".join([f"{self.epochs} epochs", f"batch {self.batch_size}", opt, wd, sched,
-                          *extras, f"augmentation `{self.augment}`",
-                          f"precision {self.precision}"])
+                          *extras, aug, f"precision {self.precision}"])
 
 
 def lr_formula(r: Recipe, step: Any, steps_per_epoch: int, ops: Any) -> Any:
@@ -463,7 +484,7 @@ _NumpyOps = _NumpyOps()
 # what the run, not the network, decides: the data, its length and its batches; a variant
 # may fix any other field for itself (its `recipe`), e.g. ResNet-110's warm-up
 RUN_FIELDS = ("dataset", "epochs", "batch_size", "augment", "train_limit", "test_limit",
-              "precision", "image_size", "validation", "data_hash")
+              "precision", "image_size", "validation", "data_hash", "pad")
 VARIANT_FIELDS = tuple(f.name for f in fields(Recipe) if f.name not in RUN_FIELDS)
 
 # Fields added after the first release: left out of the recipe id while at their
@@ -471,7 +492,7 @@ VARIANT_FIELDS = tuple(f.name for f in fields(Recipe) if f.name not in RUN_FIELD
 _ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1", "beta_2",
                 "epsilon", "decay", "schedule", "warmup", "min_lr", "label_smoothing",
                 "mixup", "cutmix", "ema", "grad_clip", "image_size", "validation",
-                "data_hash", "lr_drop", "bias_decay")
+                "data_hash", "lr_drop", "bias_decay", "pad", "flip", "tta", "bn_bias_lr")
 DEFAULTS_MILESTONES = (0.405, 0.61)
 
 # the schema: one pydantic model made from the dataclass's own annotations

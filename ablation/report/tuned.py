@@ -62,9 +62,9 @@ def _owns(study: studies.Study, base: Recipe, variants: list[str]) -> dict[str, 
     return {v: registry.get(v).train_recipe(base) for v in variants}
 
 
-def _rungs(t: tune.Tune, epochs: int) -> list[int]:
+def _rungs(t: tune.Tune, base: Recipe) -> list[int]:
     """The epochs settings were compared at: the rungs, or the last epoch."""
-    return t.halving.rungs(epochs) if t.halving else [epochs]
+    return t.rungs(base)
 
 
 def _points(rs: list[Run], rungs: list[int]) -> dict[str, dict[str, dict[int, float]]]:
@@ -172,7 +172,7 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
                         f"Each variant's own setting of {', '.join(fields)}, chosen on "
                         f"{held:,} held-out validation images (group {gid})",
                         latex.label(f"tuned-{gid}", "choices"))
-        rungs = _rungs(t, base.epochs)
+        rungs = _rungs(t, base)
         figures.plot_tuning(fig_dir / "tuning.png", _points(rs, rungs), settings,
                             _figure_axes(t, owns), col, also, chosen)
         lines += [f"![tuning: validation accuracy against {', '.join(fields)}]"
