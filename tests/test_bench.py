@@ -79,3 +79,43 @@ def test_study_cost_projection_scales_by_multiply_adds():
     assert got["he2015"][0] == pytest.approx(want)
     # twice the speed, half the time
     assert project({"resnet32_e": 200.0})["blog"][0] == pytest.approx(got["blog"][0] / 2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tf_keras") is None,
+                    reason="the baseline extra (tf_keras) is not installed")
+def test_the_blog_path_trains_and_the_side_by_side_pairs_it_by_seed(cifar_dir, tmp_path,
+                                                                      tiny_e_results):
+    """The blog's own path trains the blog's recipe into a run folder (a finished one is
+    not trained again); the report pairs its seeds with the harness's and gives the
+    paired t interval (SciPy's, checked against the textbook formula)."""
+    import json
+    import math
+    import subprocess
+
+    from ablation.protocol import module_command
+    from ablation.report import parity
+
+    import shutil
+
+    res = tmp_path / "results"
+    shutil.copytree(tiny_e_results[0], res)  # the harness's: resnet32_e, TINY, seeds 0, 1
+    for seed in (0, 1):
+        out = res / "baseline" / f"resnet32_e-s{seed}"
+        cmd = module_command("ablation.baseline", "--epochs", "2", "--seed", str(seed),
+                             "--batch-size", "32", "--train-limit", "128", "--test-limit",
+                             "64", "--data-dir", str(cifar_dir), "--out", str(out))
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        s = json.loads((out / "summary.json").read_text())
+        assert s["epochs"] == 2 and 0 <= s["final_test_accuracy"] <= 1
+        assert len((out / "history.csv").read_text().splitlines()) == 3
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert json.loads(again.stdout.splitlines()[-1]) == s  # finished: not trained again
+    df = parity.frame(res)
+    assert list(df["seed"]) == [0, 1]
+    md = parity.write(res, tmp_path / "report").read_text()
+    mean, low, high = parity.interval(100 * df["difference"])
+    d = 100 * df["difference"]
+    half = 12.706 * d.std(ddof=1) / math.sqrt(2)  # t(0.975, 1 df)
+    assert (low, high) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-3)
+    assert f"{mean:+.2f} points, 95 % interval [{low:+.2f}, {high:+.2f}]" in md
