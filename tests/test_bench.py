@@ -90,12 +90,11 @@ def test_the_blog_path_trains_and_the_side_by_side_pairs_it_by_seed(cifar_dir, t
     paired t interval (SciPy's, checked against the textbook formula)."""
     import json
     import math
+    import shutil
     import subprocess
 
     from ablation.protocol import module_command
     from ablation.report import parity
-
-    import shutil
 
     res = tmp_path / "results"
     shutil.copytree(tiny_e_results[0], res)  # the harness's: resnet32_e, TINY, seeds 0, 1
