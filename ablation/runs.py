@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation import registry, results
+from ablation import halving, registry, results
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.protocol import JobState, RunRecord
@@ -160,6 +160,40 @@ def damaged(run_dir: Path) -> str | None:
     except AblationError as e:
         return str(e)
     return None
+
+
+def halving_trials(found: list[Run], group: str, variant: str, recipe_ids: list[str],
+                   rungs: list[int], seeds: int, running=lambda recipe_id, seed: False
+                   ) -> tuple[list[halving.Trial], int]:
+    """A variant's settings (their recipe ids, in the order the search starts them) as
+    successive halving's rule sees them, from its tuning runs among `found`, and the
+    epochs those runs trained. A setting whose run failed, or that has no validation
+    accuracy at a rung it reached (it diverged: its history has NaN there, or no such
+    column), has failed: it is never promoted. `running(recipe id, seed)`: whether that
+    job trains now."""
+    mine = {(r.record.recipe_id, r.seed): r for r in found
+            if r.variant == variant and r.record.phase == "tune" and r.record.tuning
+            and r.record.tuning.group == group}
+    out, spent = [], 0
+    for rid in recipe_ids:
+        got = [mine.get((rid, s)) for s in range(seeds)]
+        done = min(r.record.epochs_done if r else 0 for r in got)
+        spent += sum(r.record.epochs_done for r in got if r)
+        busy = any(running(rid, s) for s in range(seeds))
+        failed = any(r is not None and r.record.status == JobState.FAILED for r in got)
+        at: dict[int, float] = {}
+        if done:
+            cols = [curve(r.history, "validation") for r in got]
+            for e in (e for e in rungs if e <= done):
+                vals = [c.get(e) for c in cols]
+                if all(v is not None for v in vals):
+                    at[e] = sum(vals) / len(vals)
+                else:
+                    failed = True
+        # a running setting is on its way to the next rung above what it trained
+        target = next((e for e in rungs if e > done), done) if busy else done
+        out.append(halving.Trial(rid, done, busy, at, failed, target))
+    return out, spent
 
 
 def load_model(path: str | Path, compile: bool = False):

@@ -287,9 +287,10 @@ class Search:
         trained (`trials`)."""
         tag = studies.folder_tag(registry.get(variant))
         active = view.active()
-        return trials(view.runs(), self.tuning.tuning["group"], variant, self.order(variant),
-                      self.rungs, self.t.seeds,
-                      lambda rid, seed: JobKey(variant, tag, seed, rid) in active)
+        return runs.halving_trials(view.runs(), self.tuning.tuning["group"], variant,
+                                   [r.id for r in self.order(variant)], self.rungs,
+                                   self.t.seeds,
+                                   lambda rid, seed: JobKey(variant, tag, seed, rid) in active)
 
     def next_jobs(self, view: View, free: int) -> Plan | None:
         """The next jobs for `free` slots, one variant after the other; None when none."""
@@ -349,39 +350,6 @@ class Search:
                                        self.t.seeds) for v in self.tuning.variants)
         return (f"tuning spent {total:,} epochs of the full grid's {grid:,} "
                 f"({100 * total / grid:.0f} %)")
-
-
-def trials(found: list[runs.Run], group: str, variant: str, recipes: list[Recipe],
-           rungs: list[int], seeds: int, running=lambda recipe_id, seed: False
-           ) -> tuple[list[halving.Trial], int]:
-    """A variant's settings (`recipes`, in the order the search starts them) as the rule
-    sees them, from its tuning runs among `found`, and the epochs those runs trained. A
-    setting whose run failed, or that has no validation accuracy at a rung it reached (it
-    diverged: its history has NaN there, or no such column), has failed: it is never
-    promoted. `running(recipe id, seed)`: whether that job trains now."""
-    mine = {(r.record.recipe_id, r.seed): r for r in found
-            if r.variant == variant and r.record.phase == "tune" and r.record.tuning
-            and r.record.tuning.group == group}
-    out, spent = [], 0
-    for recipe in recipes:
-        got = [mine.get((recipe.id, s)) for s in range(seeds)]
-        done = min(r.record.epochs_done if r else 0 for r in got)
-        spent += sum(r.record.epochs_done for r in got if r)
-        busy = any(running(recipe.id, s) for s in range(seeds))
-        failed = any(r is not None and r.record.status == JobState.FAILED for r in got)
-        curve: dict[int, float] = {}
-        if done:
-            cols = [runs.curve(r.history, "validation") for r in got]
-            for e in (e for e in rungs if e <= done):
-                vals = [c.get(e) for c in cols]
-                if all(v is not None for v in vals):
-                    curve[e] = sum(vals) / len(vals)
-                else:
-                    failed = True
-        # a running setting is on its way to the next rung above what it trained
-        target = next((e for e in rungs if e > done), done) if busy else done
-        out.append(halving.Trial(recipe.id, done, busy, curve, failed, target))
-    return out, spent
 
 
 def _done(trials: list[halving.Trial], key: str) -> int:

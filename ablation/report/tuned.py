@@ -445,16 +445,13 @@ def _passed_over(rs: list[Run], gid: str, variants: list[str], rungs: list[int],
     """A warning where successive halving did not follow its own ranking: the leader of
     an earlier rung never trained further while other settings did (asynchronous
     promotion gave the rung's places to those that finished first)."""
-    from ablation.policies.tuned import trials
-
     if not t.halving:
         return []
     said = []
     for v in variants:
-        recipes = list({r.record.recipe_id: r.record.recipe for r in rs
-                        if r.variant == v and r.record.phase == "tune"}.values())
-        found, _ = trials(rs, gid, v, recipes, rungs, t.seeds)
-        by = {r.id: r for r in recipes}
+        by = {r.record.recipe_id: r.record.recipe for r in rs
+              if r.variant == v and r.record.phase == "tune"}
+        found, _ = runs_mod.halving_trials(rs, gid, v, list(by), rungs, t.seeds)
         for epoch, trial in halving.passed_over(found, rungs):
             setting = tune.setting_of(by[trial.key].to_dict(),
                                       [a.name for a in t.axes_for(v)])
