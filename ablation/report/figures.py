@@ -290,8 +290,8 @@ def plot_tuning(path: Path, points: dict[str, dict[str, dict[int, float]]],
             ax.grid(alpha=0.3)
         panels[0][0].legend(fontsize=7)
     fig.suptitle("tuning: validation accuracy, mean over the tuning seeds"
-                 + (f", at epochs {', '.join(map(str, epochs))} (each setting as far as it "
-                    "was trained)" if len(epochs) > 1 else ""))
+                 + (f"\nat epochs {', '.join(map(str, epochs))} (each setting as far as it "
+                    "was trained)" if len(epochs) > 1 else ""), fontsize=10)
     _save(fig, path, also)
 
 
