@@ -15,7 +15,6 @@ batches; the results go to the run folder's responses.csv, written atomically.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import sys
@@ -24,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablation import data, results
+from ablation import data
 from ablation.errors import AblationError
 from ablation.models import layer_inputs
 from ablation.protocol import Exit, JobState
-from ablation.runs import RESPONSES, Run, load_model, load_runs
+from ablation.runs import load_model
+from ablation.store import MODEL, RESPONSES, Run, RunFolder, load_runs
 
 AFTER_BN, CONV_OUTPUT = "after BN", "conv output"
 BATCH = 100
@@ -118,7 +118,7 @@ def _images(run: Run, images: int, data_dir: str | None, cache: dict) -> np.ndar
     key = (dataset, recipe.data_hash, source, images)
     if key not in cache:
         try:
-            record = results.read_json(run.folder / "config.json").get("data")
+            record = RunFolder(run.folder).config().data
         except (FileNotFoundError, AblationError):
             record = None
         test = data.describe(data.resolve(dataset), recipe.image_hw).test or images
@@ -146,7 +146,8 @@ def main(results_dir: Path, variants: list[str], images: int = 1000, force: bool
     failed = 0
     for k, r in enumerate(done, 1):
         name = f"[{k}/{len(done)}] {r.variant} s{r.seed} ({r.record.recipe_id})"
-        h5, csv_path = r.folder / "model.h5", r.folder / RESPONSES
+        folder = RunFolder(r.folder)
+        h5, csv_path = folder.file(MODEL), folder.file(RESPONSES)
         if not h5.is_file():
             print(f"{name}: skipped, no model.h5 (trained with --no-keep-model)", file=out,
                   flush=True)
@@ -167,9 +168,7 @@ def main(results_dir: Path, variants: list[str], images: int = 1000, force: bool
             print(f"{name}: loaded; no 3x3 convolution, nothing to measure", file=out,
                   flush=True)
             continue
-        buf = io.StringIO()
-        df.to_csv(buf, index=False)
-        results.atomic_write_text(csv_path, buf.getvalue())
+        folder.write_responses(df)
         print(f"{name}: {len(df)} 3x3 layers, response std {df['std'].iloc[0]:.3g} (first) "
               f"to {df['std'].iloc[-1]:.3g} (last); written to {csv_path}", file=out,
               flush=True)

@@ -178,8 +178,9 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from tabulate import tabulate
 
-    from ablation import results, runs
+    from ablation import results
     from ablation.jobqueue import DB_NAME, JobQueue
+    from ablation.store import RunFolder
 
     if not (results.existing(args.results) / DB_NAME).is_file():
         raise AblationError(f"no queue in {args.results}; start one with `ablation run`")
@@ -190,21 +191,16 @@ def cmd_status(args) -> int:
     table = []
     for r in rows:
         took = ((r.finished or now) - r.started) if r.started else None
-        try:
-            done = len(results.read_history(Path(r.run_dir) / "history.csv"))
-        except AblationError:
-            done = "?"
-        try:  # a tuned study's jobs say their phase (ablation.phases)
-            phase = results.read_json(Path(r.run_dir) / "config.json").get("phase") or ""
-        except (FileNotFoundError, AblationError):
-            phase = ""
+        folder = RunFolder(r.run_dir)
+        done = folder.epochs()
         status, error = r.status, r.error or ""
         if r.id in gone:  # a runner killed outright (SIGKILL, a lost node) never said so
             status, error = f"{r.status} (gone)", gone[r.id]
-        elif r.status == JobState.DONE and (why := runs.damaged(Path(r.run_dir))):
+        elif r.status == JobState.DONE and (why := folder.damaged()):
             status, error = "done (damaged record)", f"rerun to rebuild it: {why}"
-        table.append([r.id, r.label, r.seed, r.recipe_id, phase, status, r.attempts,
-                      f"{done}/{r.recipe.get('epochs')}", r.worker or "",
+        table.append([r.id, r.label, r.seed, r.recipe_id, folder.phase(), status, r.attempts,
+                      f"{'?' if done is None else done}/{r.recipe.get('epochs')}",
+                      r.worker or "",
                       results.duration(took) if took and r.id not in gone else "",
                       error[:70]])
     print(tabulate(table, headers=["id", "variant", "seed", "recipe", "phase", "status",

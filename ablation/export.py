@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablation import results
+from ablation import results, store
 from ablation import study as studies
 from ablation.errors import AblationError, did_you_mean
-from ablation.protocol import JobState, number
+from ablation.protocol import SUMMARY, JobState, number
 
 KEY = "ablation.key"  # the tag that makes an export idempotent
 KIND = "ablation.kind"  # "run" or "comparison"
@@ -261,7 +261,7 @@ def _export_run(client, exp_id: str, run, known, models: bool) -> tuple[str, str
     for i in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[i:i + BATCH])
     if what != "unchanged":  # an unchanged run's files are the ones uploaded before
-        for name in ("history.csv", "config.json", "summary.json"):
+        for name in (store.HISTORY, store.CONFIG, SUMMARY):
             if (run.folder / name).is_file():
                 client.log_artifact(run_id, str(run.folder / name))
     model = run.folder / str(s.model_file or "model.h5")
@@ -315,7 +315,8 @@ def to_mlflow(results_dir: Path, study: studies.Study, tracking_uri: str | None 
     """Export the study's runs in `results_dir` and its comparisons' verdicts to MLflow
     (module docstring); prints progress and where it went. Returns the exit code."""
     from ablation import report
-    from ablation.runs import for_study, load_runs
+    from ablation.runs import for_study
+    from ablation.store import load_runs
 
     if not Path(results_dir).is_dir():
         raise AblationError(f"no results folder {results_dir}; run `ablation run` first")

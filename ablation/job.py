@@ -9,7 +9,6 @@ This module imports no Keras itself: a missing backend is one line, not a traceb
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -18,9 +17,10 @@ import time
 import traceback
 from pathlib import Path
 
-from ablation import backend, devices, results
+from ablation import backend, devices
 from ablation.errors import AblationError
-from ablation.protocol import Exit, JobConfig, JobState
+from ablation.protocol import Exit, JobState
+from ablation.store import RunFolder
 
 
 def _watch_parent() -> None:
@@ -37,31 +37,9 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _record(run_dir: Path, status: JobState, reason: str, **extra) -> None:
-    """Merge the outcome into the run record (summary.json): into the one training
-    wrote, else into the job's identity from its config.json (a job that fails before
-    its first epoch is then still a run that failed, with its reason); left as it was
-    where neither can be read."""
-    path = run_dir / "summary.json"
-    try:
-        s = results.read_json(path) if path.exists() else {}
-    except AblationError:
-        s = {}
-    if "recipe_id" not in s:
-        with contextlib.suppress(FileNotFoundError, AblationError):
-            cfg = JobConfig.from_dict(results.read_json(run_dir / "config.json"))
-            s = {**s, "variant": cfg.variant, "seed": cfg.seed, "recipe": cfg.recipe.to_dict(),
-                 "recipe_id": cfg.recipe.id, "study": cfg.study, "phase": cfg.phase,
-                 "tuning": cfg.tuning, "definition_hash": cfg.definition_hash,
-                 "definition": cfg.definition, "epochs_planned": cfg.recipe.epochs}
-    s.update(status=status, error=reason, **extra)
-    with contextlib.suppress(AblationError):
-        results.atomic_write_json(path, s)
-
-
 def _fail(run_dir: Path, reason: str) -> int:
     print(f"FAILED: {reason}", flush=True)
-    _record(run_dir, JobState.FAILED, reason)
+    RunFolder(run_dir).record_outcome(JobState.FAILED, reason)
     return Exit.FAILED
 
 
@@ -74,7 +52,8 @@ def run(run_dir: Path) -> int:
         backend.keep_tensorflow_off_gpu(name)
     except backend.NoDevice as e:
         print(f"NOT STARTED: {e}", flush=True)
-        _record(run_dir, JobState.INTERRUPTED, str(e), backend=name, **devices.recorded())
+        RunFolder(run_dir).record_outcome(JobState.INTERRUPTED, str(e), backend=name,
+                                          **devices.recorded())
         return Exit.NO_DEVICE
     from ablation import training  # Keras loads here, on the backend chosen above
 

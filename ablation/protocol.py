@@ -22,7 +22,6 @@ from typing import Annotated, Any, NamedTuple
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
-from ablation import results
 from ablation.errors import AblationError, validation_line
 from ablation.recipe import Recipe
 
@@ -395,18 +394,6 @@ class RunRecord(BaseModel):
         """What summary.json holds: the keys the record was given (null where given as
         None: an unset environment variable, multiply-adds not known), no others."""
         return self.model_dump(mode="json", exclude_unset=True)
-
-    @classmethod
-    def read(cls, run_dir: Path) -> RunRecord:
-        """A run folder's record: FileNotFoundError when it has none; AblationError when
-        it is damaged, or when the job failed before it recorded which run it is (0.5 and
-        earlier: then the error says so, and why)."""
-        path = Path(run_dir) / SUMMARY
-        d = results.read_json(path)
-        if d.get("status") == JobState.FAILED and "recipe_id" not in d:
-            raise AblationError(f"{path.parent} failed before its first epoch: "
-                                f"{d.get('error') or 'no reason recorded'}")
-        return cls.parse(d, path)
 
     @classmethod
     def parse(cls, d: dict, where: str | Path = "") -> RunRecord:

@@ -227,10 +227,6 @@ def lookup(name: str) -> Variant | None:
     return _REGISTRY.get(name)
 
 
-def is_registered(name: str) -> bool:
-    return name in _REGISTRY or (_load_sources() and name in _REGISTRY)
-
-
 def get(name: str) -> Variant:
     """Look a variant up by exact name, suggesting close matches on a miss."""
     if name not in _REGISTRY:

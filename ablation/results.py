@@ -16,7 +16,6 @@ a crash leaves the old version or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import json
 import math
@@ -63,21 +62,6 @@ def run_dir(results: Path, recipe_id: str, variant: str, seed: int, tag: str = "
     """One folder per (recipe, variant definition, seed), named so a person can find
     it; `tag` is a user variant's definition hash (ablation.study.folder_tag)."""
     return Path(results) / RUNS / recipe_id / f"{variant}{'-' + tag if tag else ''}-s{seed}"
-
-
-def read_history(path: Path) -> list[dict]:
-    """history.csv as rows of strings (CSVLogger's file); [] if it does not exist yet.
-    A damaged file raises AblationError naming it."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise AblationError(f"damaged file {path}: {e}") from e
-    if rows and "epoch" not in rows[0]:
-        raise AblationError(f"damaged file {path}: no epoch column")
-    return rows
 
 
 def duration(seconds: float | None) -> str:
@@ -191,11 +175,6 @@ def existing(results: Path, what: str = "a results folder") -> Path:
     if not results.is_dir():
         raise AblationError(f"no results folder {results}; run `ablation run` first")
     return results
-
-
-def iter_summaries(results: Path) -> list[Path]:
-    """Every run's summary.json under a results folder, in a stable order."""
-    return sorted((Path(results) / RUNS).glob("*/*/summary.json"))
 
 
 SPEEDS = "speeds.json"  # `ablation bench`'s measurements, for the dry run's projections

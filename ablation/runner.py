@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Protocol
 
 from ablation import results, runs, study, tune
-from ablation.errors import AblationError
 from ablation.executors import Executor, LineSink
 from ablation.jobqueue import DB_NAME, JobQueue
 from ablation.protocol import (
@@ -43,6 +42,7 @@ from ablation.protocol import (
 )
 from ablation.recipe import Recipe
 from ablation.registry import Variant
+from ablation.store import Run, RunFolder
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -237,13 +237,7 @@ def _done_on_disk(job: PlannedJob) -> JobState | None:
     """A run folder whose record says done (or paused at a rung), its target epoch
     trained: the queue that knew it may have been lost (a damaged queue moved aside), or
     a rerun asks again for a rung a job already reached; the run was not."""
-    try:
-        r = RunRecord.read(Path(job.run_dir))
-    except (FileNotFoundError, AblationError):
-        return None
-    if r.status in (JobState.DONE, JobState.PAUSED) and r.epochs_done >= job.target:
-        return JobState.DONE if r.status == JobState.DONE else JobState.PAUSED
-    return None
+    return RunFolder(job.run_dir).reached(job.target)
 
 
 # --- what a policy answers, and what it reads ----------------------------------------------
@@ -289,7 +283,7 @@ class View:
     pending: list[int] = field(default_factory=list)  # the step's queued jobs, not started
     _runs: list | None = field(default=None, repr=False)
 
-    def runs(self) -> list[runs.Run]:
+    def runs(self) -> list[Run]:
         """The study's runs as they are on disk now: records only, unless `history`."""
         if self._runs is None:
             self._runs = runs.study_runs(self.results, self.study, history=self.history)
@@ -339,7 +333,7 @@ class _Step:
         self.ids, self.planned = prepare_jobs(plan, queue)
         status = {r.id: r.status for r in queue.all()}
         for i in self.ids:  # done, says the queue; a damaged record is rebuilt by its job
-            why = status[i] == JobState.DONE and runs.damaged(self.planned[i].run_dir)
+            why = status[i] == JobState.DONE and RunFolder(self.planned[i].run_dir).damaged()
             if why:
                 print(f"{why}: its job rebuilds it from the run's files", file=out,
                       flush=True)
@@ -442,8 +436,7 @@ def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
             if job is None:
                 break
             step.pending.remove(job.id)
-            results.atomic_write_json(Path(job.run_dir) / "config.json",
-                                      step.config(job.id).to_dict())
+            RunFolder(job.run_dir).write_config(step.config(job.id))
             executor.submit(job.id, Path(job.run_dir))
         if not executor.running():
             return machine  # nothing left we may claim: done, failed, or another runner's

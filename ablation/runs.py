@@ -1,133 +1,26 @@
-"""The runs a results folder holds, read back: one typed record per run folder
-(`ablation.protocol.RunRecord`, its summary.json), its per-epoch history and, once
-analysed, its layer responses.
-
-The one reader of run folders: the report, the export, the analyser and the policies
-that choose settings and seeds (ablation.policies) all read runs here. Nothing is typed
-in by hand (timm's results/*.csv lesson): every number comes from a run folder. Damaged
-or half-written folders are skipped with a warning naming the file; a job that failed
-before it trained is said to have failed.
+"""A study's runs in a results folder: the runs of its variants as it defines them now,
+what a policy reads of them (successive halving's trials, the speeds measured here), and
+a run's trained model. The files themselves are `ablation.store`'s.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
 
 from ablation import halving, registry, results
 from ablation import study as studies
 from ablation.errors import AblationError
-from ablation.protocol import JobState, RunRecord
-
-RESPONSES = "responses.csv"
-
-Warn = Callable[[str], None]
-
-
-def _stderr(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
-
-
-def quiet(_msg: str) -> None:
-    """A `warn` that says nothing (a policy reads the runs again after every step)."""
-
-
-@dataclass
-class Run:
-    """One run folder: its record, its history (one row per finished epoch) and its
-    layer responses (None until `ablation analyze`)."""
-
-    record: RunRecord
-    history: pd.DataFrame
-    folder: Path
-    responses: pd.DataFrame | None = None
-
-    @property
-    def variant(self) -> str:
-        return self.record.variant
-
-    @property
-    def seed(self) -> int:
-        return self.record.seed
-
-
-def _history(path: Path, warn: Warn) -> pd.DataFrame:
-    rows = results.read_history(path)
-    df = pd.DataFrame(rows)
-    if len(df):
-        if "loss" not in df.columns:
-            raise AblationError(f"damaged file {path}: missing columns")
-        numbers = df.apply(pd.to_numeric, errors="coerce")
-        # CSVLogger writes "NA" (or nan) for a gap; any other text is damage, read as a gap
-        text = df.notna() & numbers.isna() & ~df.isin(["", "NA", "nan", "NaN", "inf", "-inf"])
-        if text.to_numpy().any():
-            cols = [c for c in df.columns if text[c].any()]
-            warn(f"{path}: {int(text.to_numpy().sum())} value(s) that are not numbers in "
-                 f"{', '.join(cols)}, read as missing")
-        df = numbers
-        if "epoch" in df.columns and df["epoch"].duplicated().any():
-            twice = sorted({int(e) for e in df.loc[df["epoch"].duplicated(), "epoch"]
-                            if e == e})
-            warn(f"{path}: epoch(s) {', '.join(map(str, twice))} recorded more than once; "
-                 "the last record of each is read")
-            df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
-            df = df.reset_index(drop=True)
-    return df
-
-
-def curve(history: pd.DataFrame, split: str = "test") -> dict[int, float]:
-    """A split's accuracy after each epoch (1-based) of a run's history, where it is a
-    number: a run that diverged has NaN there, or (its first epoch diverged) no such
-    column at all."""
-    col = results.SPLITS[split].curve
-    if col not in history.columns or "epoch" not in history.columns:
-        return {}
-    return {int(e) + 1: float(v) for e, v in zip(history["epoch"], history[col], strict=True)
-            if e == e and v == v and abs(v) != float("inf")}
-
-
-def _responses(path: Path, warn: Warn) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        df = pd.read_csv(path)
-        if not {"index", "layer", "std"} <= set(df.columns):
-            raise ValueError("missing columns")
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        warn(f"ignoring damaged {path}: {e}")
-        return None
-    return df
-
-
-def load_runs(results_dir: Path, warn: Warn | None = None, history: bool = True) -> list[Run]:
-    """Every readable run; damaged or half-written ones are skipped with a warning.
-    `history=False` reads the records alone (what a policy needs: faster)."""
-    warn = warn or _stderr
-    runs = []
-    for path in results.iter_summaries(results_dir):
-        try:
-            record = RunRecord.read(path.parent)
-            hist = _history(path.parent / "history.csv", warn) if history else pd.DataFrame()
-        except FileNotFoundError:
-            continue  # removed since the folder was listed
-        except AblationError as e:
-            warn(f"skipping run: {e}")
-            continue
-        runs.append(Run(record, hist, path.parent,
-                        _responses(path.parent / RESPONSES, warn) if history else None))
-    return runs
+from ablation.protocol import JobState
+from ablation.store import Run, Warn, curve, load_runs, quiet, to_stderr
 
 
 def for_study(runs: list[Run], study: studies.Study, warn: Warn | None = None) -> list[Run]:
     """The runs of the study's variants, as the study defines them now. Runs of an
     earlier definition of a variant are left out (and counted in a warning): they
     trained a different network."""
-    warn = warn or _stderr
+    warn = warn or to_stderr
     current = {n: studies.definition_hash(registry.get(n)) for n in study.variant_names}
     keep, stale = [], {}
     for r in runs:
@@ -148,18 +41,6 @@ def for_study(runs: list[Run], study: studies.Study, warn: Warn | None = None) -
 def study_runs(results_dir: Path, study: studies.Study, history: bool = False) -> list[Run]:
     """The study's runs in a results folder, read without a word (a policy's view)."""
     return for_study(load_runs(results_dir, quiet, history), study, quiet)
-
-
-def damaged(run_dir: Path) -> str | None:
-    """Why a run folder's record cannot be read, where it is there but damaged; None
-    where it reads, or where there is none yet."""
-    try:
-        RunRecord.read(Path(run_dir))
-    except FileNotFoundError:
-        return None
-    except AblationError as e:
-        return str(e)
-    return None
 
 
 def halving_trials(found: list[Run], group: str, variant: str, recipe_ids: list[str],

@@ -17,9 +17,6 @@ epoch are dropped before training goes on. The data stream is a pure function of
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import os
 import resource
 import shutil
@@ -42,7 +39,7 @@ from ablation import (
     models,
     registry,
     results,
-    runs,
+    store,
     study,
 )
 from ablation.callbacks import (
@@ -54,7 +51,6 @@ from ablation.callbacks import (
     process_start,
     tensorboard_callback,
 )
-from ablation.errors import AblationError
 from ablation.protocol import (
     DIVERGED,
     HELD_MARKER,
@@ -166,22 +162,6 @@ def load_data(recipe: Recipe, data_dir: str | None, record: dict | None) -> data
 # --- the job: build, fit, record --------------------------------------------------------
 
 
-def _truncate_history(path: Path, epochs: int) -> list[dict]:
-    """Keep only rows of epochs < `epochs` (the ones the restored backup includes)."""
-    rows = results.read_history(path)
-    kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < epochs]
-    if len(kept) != len(rows):
-        if kept:
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
-            w.writeheader()
-            w.writerows(kept)
-            results.atomic_write_text(path, buf.getvalue())
-        else:
-            path.unlink()
-    return kept
-
-
 def _history_stats(rows: list[dict]) -> dict:
     """The record's numbers from history.csv: how far, and how well (the test set's under
     0.5's `val_*` names too, for one version)."""
@@ -254,8 +234,12 @@ class Job:
     pretrained: dict
 
     @property
+    def folder(self) -> store.RunFolder:
+        return store.RunFolder(self.run_dir)
+
+    @property
     def history_path(self) -> Path:
-        return self.run_dir / "history.csv"
+        return self.folder.file(store.HISTORY)
 
     @property
     def tests(self) -> bool:
@@ -315,14 +299,12 @@ class Record:
 
     def __init__(self, job: Job, notes: list[str]):
         cfg, info, ds, recipe = job.cfg, job.info, job.ds, job.recipe
-        self.job, self.path = job, job.run_dir / "summary.json"
+        self.job, self.folder = job, job.folder
         self.rates: list[float] = []  # training images/s per epoch (set by the Recorder)
         self.recorder: Recorder | None = None  # its start-up, once it has begun an epoch
         self.process_start = process_start()
         # earlier attempts' time (a resumed run): device time spent is never forgotten
-        earlier = None
-        with contextlib.suppress(FileNotFoundError, AblationError):
-            earlier = RunRecord.read(job.run_dir)
+        earlier = self.folder.record_or_none()
         self.earlier = (earlier.wall_seconds or 0.0, earlier.startup_seconds or 0.0) \
             if earlier else (0.0, 0.0)
         self.fixed = {
@@ -347,7 +329,7 @@ class Record:
         }
 
     def write(self, status: JobState = JobState.RUNNING, **extra: Any) -> RunRecord:
-        rows = results.read_history(self.job.history_path)
+        rows = self.folder.history_rows()
         rates = self.rates[1:] or self.rates  # the first epoch traces the graph
         started = self.recorder.started if self.recorder is not None else None
         record = RunRecord(
@@ -357,7 +339,7 @@ class Record:
             images_per_second=round(statistics.median(rates), 1) if rates else None,
             peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
-        results.atomic_write_json(self.path, record.to_json())
+        self.folder.write_record(record)
         return record
 
 
@@ -437,18 +419,18 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     """Train the job described by run_dir/config.json (on a GPU when `on_gpu`: the job's
     process checked that it sees the one it was given): build, fit, record. Returns the
     exit code."""
-    run_dir = Path(run_dir)
-    cfg = JobConfig.from_dict(results.read_json(run_dir / "config.json"))
-    if _done(run_dir):
+    folder = store.RunFolder(run_dir)
+    cfg = folder.config()
+    if folder.finished():
         print(f"{cfg.variant} seed {cfg.seed}: already done", flush=True)
         return Exit.DONE
-    (run_dir / HELD_MARKER).unlink(missing_ok=True)
+    folder.file(HELD_MARKER).unlink(missing_ok=True)
 
-    damaged = runs.damaged(run_dir)
-    job = build(cfg, run_dir, on_gpu)
+    damaged = folder.damaged()
+    job = build(cfg, folder.path, on_gpu)
     if damaged and job.start == 0 and _recorded(job):
         return _rebuild(job, damaged)
-    _truncate_history(job.history_path, job.start)
+    folder.keep_epochs(job.start)
     board, tb_note = tensorboard_callback(run_dir)
     notes = [n for n in (backend.note, tb_note) if n]
     for n in notes:
@@ -467,7 +449,7 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
           "step(s) per execution", flush=True)
     fit(job, extra)
 
-    epochs = len(results.read_history(job.history_path))
+    epochs = len(folder.history_rows())
     if recorder.nan or epochs < job.stop:
         why = (f"{DIVERGED}the {recorder.nan} became NaN in epoch {epochs}/"
                f"{job.recipe.epochs}" + (" (TerminateOnNaN stopped it)"
@@ -497,7 +479,7 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
 def _recorded(job: Job) -> bool:
     """Whether the run folder holds a finished run's files without its record: every
     epoch in history.csv, the model saved (or not kept by choice) and no snapshot."""
-    rows = results.read_history(job.history_path)
+    rows = job.folder.history_rows()
     return len(rows) >= job.stop == job.recipe.epochs and (
         (job.run_dir / "model.h5").is_file() or not job.cfg.keep_model)
 
@@ -505,7 +487,7 @@ def _recorded(job: Job) -> bool:
 def _rebuild(job: Job, why: str) -> int:
     """A finished run whose summary.json was damaged: its record written again from its
     history, its model file and its config (nothing is trained)."""
-    rows = results.read_history(job.history_path)
+    rows = job.folder.history_rows()
     note = f"summary.json rebuilt from history.csv and the saved model ({why})"
     record = Record(job, [note])
     record.rates.extend(v for r in rows if (v := number(r.get("images_per_second"))))
@@ -514,11 +496,3 @@ def _rebuild(job: Job, why: str) -> int:
                  model_file="model.h5" if h5.is_file() else None)
     print(note, flush=True)
     return Exit.DONE
-
-
-def _done(run_dir: Path) -> bool:
-    """The run folder's record says done (a damaged record is rewritten)."""
-    try:
-        return results.read_json(run_dir / "summary.json").get("status") == JobState.DONE
-    except (FileNotFoundError, AblationError):
-        return False

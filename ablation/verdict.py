@@ -178,31 +178,6 @@ def verdict_code(lo, hi, elo, ehi, margin: float) -> np.ndarray:
     return np.select([lo > 0, hi < 0, (-margin < elo) & (ehi < margin)], [1, 2, 3], 0)
 
 
-def interval_verdicts(xa: np.ndarray, xb: np.ndarray, level: float, margin: float
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The fixed design's rule at the directional level `level` (= 1 − α/m), vectorised
-    over leading axes (seeds last): the paired t-test's p, the directional interval and
-    the verdict code (the equivalence interval at 1 − 2α/m)."""
-    from scipy import stats
-
-    d = xa - xb
-    n = np.sum(~np.isnan(d), axis=-1)
-    crit_dir, crit_eq = fixed_criticals(n, 1 - level)
-    mean, sd, n, lo, hi, _, _, code = rule(d, crit_dir, crit_eq, margin)
-    with np.errstate(all="ignore"):
-        p = 2 * stats.t.sf(np.abs(mean / (sd / np.sqrt(n))), np.maximum(n - 1, 1))
-    return np.where(np.isnan(lo), np.nan, p), lo, hi, code
-
-
-def classify(ci_low: float, ci_high: float, margin: float, eq_low: float | None = None,
-             eq_high: float | None = None) -> str:
-    """The verdict two intervals give, as a word (the equivalence interval defaults to the
-    directional one)."""
-    elo = ci_low if eq_low is None else eq_low
-    ehi = ci_high if eq_high is None else eq_high
-    return _CODES[int(verdict_code(ci_low, ci_high, elo, ehi, margin))]
-
-
 def compare(finals: dict[str, dict[int, float]], pairs: list[tuple[str, str]],
             settings: Settings = Settings(), alpha: float | None = None,
             resolution: float = 0.0, criticals=None) -> list[Pair]:

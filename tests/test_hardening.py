@@ -24,6 +24,7 @@ from conftest import (
 )
 
 from ablation.errors import AblationError
+from ablation.store import RunFolder
 
 
 @pytest.mark.parametrize("args,says", [
@@ -86,9 +87,8 @@ def test_a_refused_pickle_fails_its_job_on_stderr(tmp_path, cifar_dir, tiny):
     assert "pwned" not in r.stdout + r.stderr
     # the job failed before its first epoch: its record still says which run it is, so
     # a report lists it as failed, never as a damaged file
-    from ablation.protocol import RunRecord
 
-    record = RunRecord.read(run_dirs(tmp_path / "r")[0])
+    record = RunFolder(run_dirs(tmp_path / "r")[0]).record()
     assert (record.variant, record.seed, record.status) == ("tiny8", 0, "failed")
     assert "refusing to load posix.system" in record.error
 

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 from conftest import run_cli
 
-from ablation import runs
+from ablation import runs, store
 from ablation.errors import AblationError
 from ablation.protocol import JobState, RunRecord
 
@@ -23,7 +23,7 @@ DATA = Path(__file__).parent / "data"
 @pytest.mark.parametrize("version", ["0.3", "0.4", "0.5"])
 def test_earlier_versions_run_folders_load_as_typed_records(version):
     warnings: list[str] = []
-    found = runs.load_runs(DATA / f"results-{version}", warn=warnings.append)
+    found = store.load_runs(DATA / f"results-{version}", warn=warnings.append)
     e = next(r for r in found if r.variant == "resnet32_e")
     rec = e.record
     assert rec.status == JobState.DONE and rec.finished and rec.seed == 0
@@ -46,7 +46,7 @@ def test_a_tuned_study_of_0_5_keeps_its_definitions_and_its_tuning_group(isolate
     from ablation.study import load_study
 
     study = load_study(DATA / "results-0.5" / "oldtuned.toml")
-    found = runs.for_study(runs.load_runs(DATA / "results-0.5", warn=lambda m: None), study,
+    found = runs.for_study(store.load_runs(DATA / "results-0.5", warn=lambda m: None), study,
                            warn=pytest.fail)  # no run is of "an earlier definition"
     assert sorted((r.variant, r.seed, r.record.phase) for r in found) == [
         ("t8", 0, "tune"), ("t8", 1, "compare"), ("t8nan", 0, "tune"),

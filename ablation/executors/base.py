@@ -8,15 +8,14 @@ Only the driver (ablation.runner) touches the queue database.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ablation.errors import AblationError
-from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome, RunRecord, module_command
+from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome, module_command
+from ablation.store import RunFolder
 
 LineSink = Callable[[int, str], None]  # (job id, progress payload) -> None
 
@@ -49,9 +48,7 @@ def train_command(run_dir: str) -> list[str]:
 
 def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outcome:
     """Turn a finished job's process into a queue state."""
-    record = None
-    with contextlib.suppress(FileNotFoundError, AblationError):
-        record = RunRecord.read(Path(run_dir))
+    record = RunFolder(run_dir).record_or_none()
     status = record.status if record else None
     if code == Exit.DONE and status in (JobState.DONE, JobState.PAUSED):
         return Outcome(job_id, status)

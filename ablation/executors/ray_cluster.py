@@ -32,6 +32,7 @@ from ablation import argtypes, devices
 from ablation.errors import AblationError
 from ablation.executors.base import LineSink, outcome_from, pump, train_command
 from ablation.protocol import Exit, JobState, Outcome
+from ablation.store import CONFIG, RunFolder
 
 EPS = 1e-9
 
@@ -85,7 +86,7 @@ def _train_on_worker(run_dir: str, job_id: int, progress, gpus_per_job: float = 
                      ) -> tuple[int, list[str]]:
     """Body of the Ray task: run the job's process, copy its output into the shared
     train.log, forward progress lines to the driver through a Ray queue."""
-    if not (Path(run_dir) / "config.json").is_file():
+    if not RunFolder(run_dir).file(CONFIG).is_file():
         return Exit.NOT_VISIBLE, [f"results folder {run_dir} is not visible on worker "
                              f"{socket.gethostname()}: put --results on shared storage"]
     tail: list[str] = []

@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,10 +59,6 @@ OPTIONS = {
     "qos": (str, "the quality of service"),
     "jobs": (argtypes.integer(1), "Slurm jobs submitted at once (default 64)"),
 }
-
-
-def _say(*args: Any) -> None:
-    print(*args, file=sys.stderr, flush=True)
 
 
 class SlurmTask:

@@ -24,7 +24,7 @@ from ablation.policies import list_jobs
 from ablation.protocol import Exit
 from ablation.report import stats
 from ablation.runner import Plan, Queue, Stop, View
-from ablation.runs import Run
+from ablation.store import Run
 
 
 def replay(plan: Plan, runs: list[Run], comparisons: dict[str, list[tuple[str, str]]],

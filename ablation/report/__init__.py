@@ -21,7 +21,8 @@ from ablation.recipe import Recipe
 from ablation.report import figures, markdown, stats, tuned
 from ablation.report import latex as latex_mod
 from ablation.report.frames import responses_frame, runs_frame
-from ablation.runs import Run, for_study, load_runs
+from ablation.runs import for_study
+from ablation.store import Run, load_runs
 
 __all__ = ["COMPARISONS_CSV", "Run", "build", "comparison_rows", "load_runs", "runs_frame"]
 

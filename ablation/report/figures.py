@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.results import TEST, Split
-from ablation.runs import Run
+from ablation.store import Run
 
 
 class Palette(dict):

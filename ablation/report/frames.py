@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ablation.runs import Run
+from ablation.store import Run
 
 # the test set's numbers in a run record (and 0.5's names for them)
 TEST_KEYS = ("final_test_accuracy", "best_test_accuracy", "final_test_loss",
@@ -34,14 +34,6 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
     cols = [c for c in first if c in df.columns] + sorted(c for c in df.columns
                                                           if c not in first)
     return df[cols].sort_values(["recipe_id", "variant", "seed"], kind="stable")
-
-
-def history_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per (run, epoch): variant, seed, epoch and the recorded metrics."""
-    parts = [r.history.assign(variant=r.variant, seed=r.seed) for r in runs if len(r.history)]
-    if not parts:
-        return pd.DataFrame(columns=["variant", "seed", "epoch"])
-    return pd.concat(parts, ignore_index=True)
 
 
 def responses_frame(runs: list[Run]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from ablation.protocol import RunRecord
 from ablation.recipe import Recipe
 from ablation.report import stats
 from ablation.results import DEFAULT_RESULTS, TEST, Split
-from ablation.runs import Run
+from ablation.store import Run
 
 
 def table(df: pd.DataFrame) -> str:

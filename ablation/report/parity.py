@@ -19,7 +19,7 @@ from ablation import results
 from ablation.errors import AblationError
 from ablation.protocol import JobState
 from ablation.report import markdown
-from ablation.runs import load_runs, quiet
+from ablation.store import load_runs, quiet
 
 BASELINE = "baseline"  # the blog path's runs, under the results folder
 

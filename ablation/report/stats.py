@@ -15,7 +15,7 @@ from ablation import study as studies
 from ablation import verdict
 from ablation.protocol import JobState
 from ablation.results import TEST, Split
-from ablation.runs import Run
+from ablation.store import Run
 
 FLAT = 0.05  # a fitted change below 5 % of the mean response over the network is "flat"
 

@@ -18,7 +18,7 @@ from ablation import study as studies
 from ablation.protocol import JobState, RunRecord
 from ablation.recipe import Recipe
 from ablation.report import figures, latex, markdown, stats
-from ablation.runs import Run
+from ablation.store import Run, curve
 
 
 def groups(runs: list[Run]) -> dict[str, list[Run]]:
@@ -74,7 +74,7 @@ def _points(rs: list[Run], rungs: list[int]) -> dict[str, dict[str, dict[int, fl
     for r in rs:
         if r.record.phase == "tune":
             k = tune.key(tune.setting_of(r.record.recipe.to_dict(), r.record.tuning.fields))
-            got.setdefault((r.variant, k), []).append(runs_mod.curve(r.history, "validation"))
+            got.setdefault((r.variant, k), []).append(curve(r.history, "validation"))
     out: dict[str, dict[str, dict[int, float]]] = {}
     for (v, k), curves in got.items():
         out.setdefault(v, {})[k] = {e: sum(c[e] for c in curves) / len(curves) for e in rungs
