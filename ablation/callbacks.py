@@ -153,10 +153,10 @@ class Recorder(keras.callbacks.Callback):
     record's median) and prints one progress record per epoch."""
 
     def __init__(self, cfg: JobConfig, recipe: Recipe, stream: data.TrainStream,
-                 start_epoch: int, rates: list[float], stop: int | None = None):
+                 start_epoch: int, rates: list[float], target: int | None = None):
         super().__init__()
         self.cfg, self.recipe, self.stream, self.start_epoch = cfg, recipe, stream, start_epoch
-        self.stop = stop or recipe.epochs  # the epoch this process trains to
+        self.target = target or recipe.epochs  # the epoch this process trains to
         self.n_train = len(stream.ds.y_train)
         self.train_rates = rates
         self.process_start = process_start()
@@ -195,8 +195,8 @@ class Recorder(keras.callbacks.Callback):
         done = epoch + 1
         record = EpochRecord(
             job=self.cfg.index, of=self.cfg.total, variant=self.cfg.variant, seed=self.cfg.seed,
-            epoch=done, epochs=self.stop, seconds=seconds,
-            eta_job=seconds * (self.stop - done), first=epoch == self.start_epoch,
+            epoch=done, epochs=self.target, seconds=seconds,
+            eta_job=seconds * (self.target - done), first=epoch == self.start_epoch,
             **{k: number(logs.get(k)) for k in ("loss", "accuracy", "val_loss", "val_accuracy",
                                               "lr", "validation_accuracy")})
         print(record.line(), flush=True)

@@ -137,6 +137,7 @@ def _recipe_overrides(args) -> dict:
 def cmd_run(args) -> int:
     from ablation import planning, runner
     from ablation.executors import EXECUTORS
+    from ablation.policies.base import View
 
     if args.all and args.variants:
         raise AblationError("give variant names/globs or --all, not both")
@@ -159,7 +160,7 @@ def cmd_run(args) -> int:
                          retry_failed=args.retry_failed, dry_run=args.dry_run)
     policy = planning.policy(plan, study, args.seeds, args.until_decided, args.max_seeds,
                              args.margin)
-    view = runner.View(plan.results, study)
+    view = View(plan.results, study)
     if args.dry_run:
         if args.executor == "local":  # how many jobs run at once: what halving's rule reads
             from ablation import devices

@@ -9,14 +9,14 @@ make a valid recipe with the run's, the subsets and the validation split fit the
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ablation import data, models, registry, verdict
 from ablation import study as studies
 from ablation.errors import AblationError
+from ablation.plan import Plan
 from ablation.policies import Fixed
-from ablation.runner import Plan, Policy
+from ablation.policies.base import Policy
 
 
 def check_flags(seeds: int | None, until_decided: bool, max_seeds: int | None) -> None:
@@ -80,7 +80,7 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
 
 def policy(plan: Plan, study: studies.Study, seeds: int | None = None,
            until_decided: bool = False, max_seeds: int | None = None,
-           margin: float | None = None, out=sys.stdout) -> Policy:
+           margin: float | None = None) -> Policy:
     """What decides the jobs: the plan once, or --until-decided's looks; for a study with
     [tune], the tuning phase first, then either for the comparison (`check_flags` has
     passed)."""
@@ -89,11 +89,11 @@ def policy(plan: Plan, study: studies.Study, seeds: int | None = None,
             from ablation.policies.looks import UntilDecided
 
             return UntilDecided(p, study, max_seeds or verdict.LOOKS[-1],
-                                study.analysis.replace(margin=margin), out)
+                                study.analysis.replace(margin=margin))
         return Fixed(p)
 
     if study.tune is not None:
         from ablation.policies.tuned import Tuned
 
-        return Tuned(plan, study, study.tune, seeds or 1, compare, out)
+        return Tuned(plan, study, study.tune, seeds or 1, compare)
     return compare(plan)

@@ -61,6 +61,12 @@ class JobKey(NamedTuple):
     recipe_id: str
 
 
+def trains_to(until: int | None, epochs: int) -> int:
+    """The epoch a job trains to: its rung of successive halving (`until`, the one name
+    of the rung target), else the recipe's last."""
+    return min(until or epochs, epochs)
+
+
 def module_command(module: str, *args: str) -> list[str]:
     """The command that starts one of the package's processes (a job, a bench
     measurement, the baseline): this interpreter, `-P` so that the working folder is not
@@ -204,9 +210,9 @@ class JobConfig:
     # validation split) or "compare" (a variant at its chosen setting); None otherwise
     phase: str | None = None
     tuning: dict | None = None  # the tuning group: fields, the base's values, group id
-    # (0.6) stop after this epoch, the backup kept (a rung of successive halving); the
-    # schedule stays the full run's
-    stop_after: int | None = None
+    # stop after this epoch, the backup kept (a rung of successive halving: `trains_to`);
+    # the schedule stays the full run's
+    until: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -219,6 +225,8 @@ class JobConfig:
         """A config.json's content (its `recipe_id` is derived, so it is not read back);
         a damaged one raises AblationError."""
         d = {k: v for k, v in d.items() if k != "recipe_id"}
+        if "stop_after" in d:  # 0.6's name of `until`
+            d["until"] = d.pop("stop_after")
         try:
             return _JOB_CONFIG.validate_python(d)
         except pydantic.ValidationError as e:

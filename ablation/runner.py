@@ -10,9 +10,9 @@ Slurm). timm's bulk_runner lesson: one job per process, errors collected as rows
 loop never stops for one bad job; the command exits non-zero at the end if any failed.
 
 A policy is asked at the start and whenever the jobs it queued have all ended (a
-step: a phase, a look); an asynchronous one (`asynchronous = True`) is also asked after
-every job that ends, and may add jobs to the running step (`extend`), so no slot waits
-for a whole step to end.
+step: a phase, a look); an asynchronous one is also asked after every job that ends,
+and may add jobs to the running step, so no slot waits for a whole step to end. What a
+policy may answer, and what it reads: `ablation.policies.base`.
 """
 
 from __future__ import annotations
@@ -23,112 +23,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from ablation import results, runs, study, tune
+from ablation import results
 from ablation.executors import Executor, LineSink
-from ablation.jobqueue import DB_NAME, JobQueue
-from ablation.protocol import (
-    EpochRecord,
-    Exit,
-    JobConfig,
-    JobKey,
-    JobState,
-    RunRecord,
-    Terminated,
-    diverged,
-)
-from ablation.recipe import Recipe
-from ablation.registry import Variant
-from ablation.store import Run, RunFolder
+from ablation.jobqueue import JobQueue
+from ablation.plan import Plan, PlannedJob
+from ablation.policies.base import Policy, Queue, Stop, View
+from ablation.protocol import EpochRecord, Exit, JobConfig, JobState, Terminated, diverged
+from ablation.store import RunFolder
 
 HEARTBEAT_SECONDS = 15.0
-
-
-@dataclass(frozen=True)
-class PlannedJob:
-    variant: Variant
-    seed: int
-    tag: str  # definition tag in the run folder's name ("" for built-in variants)
-    run_dir: Path
-    recipe: Recipe
-    until: int | None = None  # stop after this epoch (a rung of successive halving)
-
-    @property
-    def target(self) -> int:
-        """The epoch the job trains to: its rung's, else the recipe's last."""
-        return self.until or self.recipe.epochs
-
-    @property
-    def key(self) -> JobKey:
-        return JobKey(self.variant.name, self.tag, self.seed, self.recipe.id)
-
-
-@dataclass
-class Plan:
-    """What to train: each variant under its recipes (the plan's `recipe`, or per variant
-    `recipes`: a tuning phase's candidates, or each variant's chosen setting), at seeds
-    first_seed .. first_seed + seeds − 1."""
-
-    variants: list[Variant]
-    seeds: int
-    recipe: Recipe
-    results: Path
-    data_dir: str | None
-    keep_model: bool = True
-    retry_failed: bool = False
-    study: str | None = None
-    data: dict | None = None  # a path dataset as `ablation.data.prepare` made it ready
-    recipes: dict[str, list[Recipe]] | None = None  # variant -> its recipes
-    first_seed: int = 0
-    phase: str | None = None  # "tune" or "compare" for a study with [tune]
-    tuning: dict | None = None  # its tuning group (ablation.tune.tuning_record)
-    # (variant, recipe id) -> the epoch to stop after (successive halving's rungs)
-    until: dict[tuple[str, str], int] | None = None
-
-    def recipes_of(self, variant: str) -> list[Recipe]:
-        return (self.recipes or {}).get(variant, [self.recipe])
-
-    def jobs(self) -> list[PlannedJob]:
-        out = []
-        for v in self.variants:
-            tag = study.folder_tag(v)
-            for r in self.recipes_of(v.name):
-                stop = (self.until or {}).get((v.name, r.id))
-                for s in range(self.first_seed, self.first_seed + self.seeds):
-                    out.append(PlannedJob(v, s, tag, results.run_dir(
-                        self.results, r.id, v.name, s, tag), r,
-                        stop if stop and stop < r.epochs else None))
-        return out
-
-    def tuning_of(self, variant: str) -> dict | None:
-        """What a job of `variant` records of its tuning group: the group, the fields its
-        own space tunes (its job keeps them over the variant's fixed fields) and the
-        base's values of them."""
-        if not self.tuning:
-            return None
-        names = self.tuning.get("own", {}).get(variant, self.tuning["fields"])
-        return {"group": self.tuning["group"], "fields": list(names),
-                "base": {f: self.tuning["base"][f] for f in names},
-                **({"test": True} if self.tuning.get("test") else {})}
-
-    def setting(self, job: PlannedJob) -> str:
-        """What sets the job apart in a progress line: a tuning candidate's setting, as
-        " (lr 0.1)"; "" otherwise."""
-        tuning = self.tuning_of(job.variant.name)
-        if not tuning:
-            return ""
-        return f" ({tune.words(tune.setting_of(job.recipe.to_dict(), tuning['fields']))})"
-
-    def config(self, job: PlannedJob, index: int, total: int) -> JobConfig:
-        """What the training process of `job` is told (its config.json)."""
-        return JobConfig(job.variant.name, job.seed, job.recipe, self.data_dir,
-                         self.keep_model, index, total, job.variant.to_dict(),
-                         study.definition_hash(job.variant), study.unit_records(job.variant),
-                         self.study, self.data, self.phase,
-                         self.tuning_of(job.variant.name), job.until)
 
 
 class Progress:
@@ -212,112 +117,11 @@ def prepare_jobs(plan: Plan, queue: JobQueue) -> tuple[list[int], dict[int, Plan
     return ids, dict(zip(ids, jobs, strict=True))
 
 
-def states(results_dir: Path) -> dict[JobKey, JobState]:
-    """Every queued job's state by its key, without creating a queue where there is none
-    (what a dry run holds its plan against)."""
-    if not (Path(results_dir) / DB_NAME).exists():
-        return {}
-    with JobQueue(Path(results_dir)) as q:
-        return {r.key: r.status for r in q.all()}
-
-
-ENDED = (JobState.DONE, JobState.FAILED, JobState.PAUSED)
-
-
-def unfinished(plan: Plan) -> int:
-    """How many of the plan's queued jobs have not ended, done, failed or paused at a
-    rung: a phase or a look is judged only when none is left (a failed job is run; it
-    does not stall it; a paused one goes on only if the search promotes it)."""
-    with JobQueue(plan.results) as q:
-        jobs = {j.key for j in plan.jobs()}
-        return sum(r.status not in ENDED for r in q.all() if r.key in jobs)
-
-
 def _done_on_disk(job: PlannedJob) -> JobState | None:
     """A run folder whose record says done (or paused at a rung), its target epoch
     trained: the queue that knew it may have been lost (a damaged queue moved aside), or
     a rerun asks again for a rung a job already reached; the run was not."""
     return RunFolder(job.run_dir).reached(job.target)
-
-
-# --- what a policy answers, and what it reads ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Queue:
-    """Run these jobs next (a step: a phase, a look), after printing `header`."""
-
-    plan: Plan
-    header: str = ""
-
-
-@dataclass(frozen=True)
-class Stop:
-    """Nothing more to run: print `message`; exit with `code` (None: the worst code of
-    the steps run, 1 if any job failed)."""
-
-    message: str = ""
-    code: int | None = None
-
-
-class Policy(Protocol):
-    """What the driver loop asks (ablation.policies has the policies)."""
-
-    def next(self, view: View) -> Queue | Stop: ...
-
-    def dry_run(self, view: View, out) -> int: ...
-
-
-@dataclass
-class View:
-    """What a policy reads: the study's run records in the results folder (read once per
-    question), the queue's states, and the exit code so far."""
-
-    results: Path
-    study: study.Study
-    code: int = Exit.DONE  # the worst exit code of the steps run so far
-    step_code: int = Exit.DONE  # the last step's
-    slots: int = 1  # jobs the executor runs at once
-    free: int = 1  # of them, free now (what an asynchronous policy may fill)
-    history: bool = False  # read the runs' histories too (a policy that needs curves)
-    pending: list[int] = field(default_factory=list)  # the step's queued jobs, not started
-    _runs: list | None = field(default=None, repr=False)
-
-    def runs(self) -> list[Run]:
-        """The study's runs as they are on disk now: records only, unless `history`."""
-        if self._runs is None:
-            self._runs = runs.study_runs(self.results, self.study, history=self.history)
-        return self._runs
-
-    def records(self) -> list[RunRecord]:
-        return [r.record for r in self.runs()]
-
-    def changed(self) -> None:
-        """Jobs ended: read the records again at the next question."""
-        self._runs = None
-
-    def unfinished(self, plan: Plan) -> int:
-        return unfinished(plan)
-
-    def states(self) -> dict[JobKey, JobState]:
-        return states(self.results)
-
-    def active(self) -> set[JobKey]:
-        """The jobs this step has queued, or running under a runner that is alive. A job
-        whose runner was killed is not active: it waits to resume; nor is one a killed
-        command queued and never started."""
-        if not (Path(self.results) / DB_NAME).exists():
-            return set()
-        with JobQueue(Path(self.results)) as q:
-            return {r.key for r in q.all()
-                    if (r.status == JobState.QUEUED and r.id in self.pending)
-                    or (r.status == JobState.RUNNING and not q.gone(r))}
-
-    @property
-    def failed(self) -> int:
-        """The code a policy stops with when its step did not finish: the step's own
-        failure, else 1."""
-        return self.step_code if self.step_code != Exit.DONE else Exit.FAILED
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -395,21 +199,20 @@ def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Exe
     with JobQueue(view.results) as queue:
         try:
             executor = executor_factory(progress.line)
-            progress.workers = view.slots = view.free = executor.size
+            progress.workers = executor.size
+            view.update(slots=executor.size, free=executor.size)
             while True:
+                view.update(history=policy.needs_history)
                 decision = policy.next(view)
+                _say(decision, out, err)
                 if isinstance(decision, Stop):
-                    if decision.message:
-                        print(decision.message, file=out, flush=True)
                     return view.code if decision.code is None else decision.code
-                if decision.header:
-                    print(decision.header, file=out, flush=True)
                 step = _Step(decision.plan, queue, executor, progress, out)
-                view.pending = step.pending
-                _plans(policy, view, progress)
+                view.update(pending=step.pending)
+                progress.planned = policy.remaining(view)
                 machine = _run_step(step, policy, view, executor, progress, out, err)
-                view.step_code = step.report(out, err)
-                view.code = max(view.code, view.step_code)
+                code = step.report(out, err)
+                view.update(step_code=code, code=max(view.code, code))
                 view.changed()
                 if machine is not None:
                     left = sum(queue.get(i).status in (JobState.INTERRUPTED, JobState.QUEUED)
@@ -429,7 +232,6 @@ def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
     failed, or another runner's). Returns why jobs cannot start here, if they cannot."""
     last_beat = time.monotonic()
     machine: str | None = None
-    asynchronous = getattr(policy, "asynchronous", False)
     while True:
         while executor.capacity and step.pending and machine is None:
             job = step.queue.claim(step.pending, worker=executor.next_place())
@@ -451,24 +253,27 @@ def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
             print(msg + (f" ({o.error})" if o.error else ""), flush=True,
                   file=err if o.status == JobState.FAILED and not (
                       step.plan.phase == "tune" and diverged(o.error)) else out)
-        if ended and asynchronous and machine is None:
+        if ended and policy.asynchronous and machine is None:
             view.changed()
-            view.free = max(0, executor.capacity - len(step.pending))
+            view.update(free=max(0, executor.capacity - len(step.pending)))
             more = policy.extend(view)
             if more is not None:
-                if more.header:
-                    print(more.header, file=out, flush=True)
+                _say(more, out, err)
                 step.extend(more.plan, progress)
-            _plans(policy, view, progress)
+            progress.planned = policy.remaining(view)
         if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
             step.queue.heartbeat(executor.running())
             last_beat = time.monotonic()
 
 
-def _plans(policy: Policy, view: View, progress: Progress) -> None:
-    """What the policy plans beyond its queued jobs, for the queue's ETA."""
-    remaining = getattr(policy, "remaining", None)
-    progress.planned = (remaining(view) or 0) if remaining else 0
+def _say(decision: Queue | Stop, out, err) -> None:
+    """What a decision says: its warnings (stderr), its notes, then its header or
+    closing message."""
+    for w in decision.warnings:
+        print(f"warning: {w}", file=err, flush=True)
+    last = decision.header if isinstance(decision, Queue) else decision.message
+    for line in (*decision.notes, *([last] if last else [])):
+        print(line, file=out, flush=True)
 
 
 def _stop(stop: KeyboardInterrupt, queue: JobQueue, executor: Executor | None, out) -> int:

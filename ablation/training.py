@@ -60,6 +60,7 @@ from ablation.protocol import (
     JobState,
     RunRecord,
     number,
+    trains_to,
 )
 from ablation.recipe import PRECISION_POLICIES, Recipe
 from ablation.recipe.optimizer import compile_model, l2
@@ -249,10 +250,10 @@ class Job:
         return self.cfg.phase != "tune" or bool((self.cfg.tuning or {}).get("test"))
 
     @property
-    def stop(self) -> int:
-        """The epoch this process trains to: a rung's (successive halving: the backup is
-        kept, the schedule is the full run's), else the last."""
-        return min(self.cfg.stop_after or self.recipe.epochs, self.recipe.epochs)
+    def target(self) -> int:
+        """The epoch this process trains to (a rung of successive halving: the backup is
+        kept, the schedule is the full run's; `protocol.trains_to`)."""
+        return trains_to(self.cfg.until, self.recipe.epochs)
 
 
 def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
@@ -275,9 +276,9 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     backup = AtomicBackup(run_dir / "backup", {
         "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
         "definition_hash": study.definition_hash(variant)})
-    stop = min(cfg.stop_after or recipe.epochs, recipe.epochs)
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
-                              epochs=stop, threads=execution["loader_threads"],
+                              epochs=trains_to(cfg.until, recipe.epochs),
+                              threads=execution["loader_threads"],
                               mixup=recipe.mixup, cutmix=recipe.cutmix, pad=recipe.pad,
                               flip=recipe.flip)
     start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
@@ -347,7 +348,7 @@ def callbacks(job: Job, record: Record) -> tuple[list, Recorder]:
     """Keras' callbacks and ours, in the order the exactly-once history needs: the CSV
     row is flushed before the backup is taken."""
     recipe = job.recipe
-    recorder = Recorder(job.cfg, recipe, job.stream, job.start, record.rates, job.stop)
+    recorder = Recorder(job.cfg, recipe, job.stream, job.start, record.rates, job.target)
     record.recorder = recorder
     # the test set (and the validation split) see the averaged weights; training, and
     # the backup, the raw ones
@@ -371,13 +372,13 @@ def fit(job: Job, extra: list) -> None:
     """Train from the restored epoch to the job's stop (a job killed after its last epoch
     but before saving trains nothing more)."""
     recipe = job.recipe
-    if job.start < job.stop:
+    if job.start < job.target:
         job.model.fit(iter(job.stream), steps_per_epoch=job.stream.steps_per_epoch,
-                      epochs=job.stop, initial_epoch=job.start,
+                      epochs=job.target, initial_epoch=job.start,
                       validation_data=data.test_batches(job.ds, recipe.batch_size)
                       if job.tests else None,
                       callbacks=extra, verbose=0, shuffle=False)
-    elif recipe.ema and job.stop == recipe.epochs:  # what fit does at its end: the
+    elif recipe.ema and job.target == recipe.epochs:  # what fit does at its end: the
         job.model.optimizer.finalize_variable_values(  # averaged weights become the model's
             job.model.trainable_variables)
 
@@ -450,7 +451,7 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     fit(job, extra)
 
     epochs = len(folder.history_rows())
-    if recorder.nan or epochs < job.stop:
+    if recorder.nan or epochs < job.target:
         why = (f"{DIVERGED}the {recorder.nan} became NaN in epoch {epochs}/"
                f"{job.recipe.epochs}" + (" (TerminateOnNaN stopped it)"
                                          if recorder.nan == "loss" else "")
@@ -459,9 +460,9 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
         record.write(JobState.FAILED, error=why)
         print(f"FAILED: {why}", flush=True)
         return Exit.FAILED
-    if job.stop < job.recipe.epochs:  # a rung: the snapshot stays, to go on if promoted
+    if job.target < job.recipe.epochs:  # a rung: the snapshot stays, to go on if promoted
         record.write(JobState.PAUSED)
-        print(f"paused after epoch {job.stop} of {job.recipe.epochs} (a rung of successive "
+        print(f"paused after epoch {job.target} of {job.recipe.epochs} (a rung of successive "
               "halving)", flush=True)
         return Exit.DONE
     extra = {}
@@ -480,7 +481,7 @@ def _recorded(job: Job) -> bool:
     """Whether the run folder holds a finished run's files without its record: every
     epoch in history.csv, the model saved (or not kept by choice) and no snapshot."""
     rows = job.folder.history_rows()
-    return len(rows) >= job.stop == job.recipe.epochs and (
+    return len(rows) >= job.target == job.recipe.epochs and (
         (job.run_dir / "model.h5").is_file() or not job.cfg.keep_model)
 
 

@@ -78,7 +78,8 @@ def test_whitening_makes_patches_white_and_dirac_passes_channels_through():
     assert np.allclose(second, np.eye(12), atol=1e-3)
     assert np.allclose(y[..., 12:], -y[..., :12])
     # Dirac: filter o < C_in passes input channel o through (3x3, same padding)
-    from ablation.models.ops import Builder, _dirac
+    from ablation.models.graph import Builder
+    from ablation.models.ops import _dirac
 
     conv = keras.layers.Conv2D(5, 3, padding="same", use_bias=False)
     conv(keras.ops.zeros((1, 6, 6, 3)))

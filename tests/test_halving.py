@@ -187,10 +187,10 @@ def test_a_setting_that_diverged_is_never_promoted_and_the_search_goes_on(tmp_pa
     import pandas as pd
 
     from ablation import registry, tune
+    from ablation.plan import Plan
     from ablation.policies.tuned import Search
     from ablation.protocol import JobState
     from ablation.recipe import Recipe
-    from ablation.runner import Plan
 
     base = Recipe(epochs=3, validation=40)
     t = tune.parse({"lr": [0.01, 0.03, 0.1, 0.3, 1e9],
@@ -232,8 +232,8 @@ def test_a_setting_paused_at_its_rung_has_ended_for_the_phase(tmp_path):
     running ones are left)."""
     from types import SimpleNamespace
 
-    from ablation import runner
     from ablation.jobqueue import JobQueue
+    from ablation.policies import base
     from ablation.protocol import JobState
 
     rows = {"done": JobState.DONE, "failed": JobState.FAILED, "paused": JobState.PAUSED,
@@ -246,28 +246,28 @@ def test_a_setting_paused_at_its_rung_has_ended_for_the_phase(tmp_path):
     plan = lambda *rids, tag="": SimpleNamespace(  # noqa: E731
         results=tmp_path, jobs=lambda: [SimpleNamespace(key=JobKey("t8", tag, 0, r))
                                         for r in rids])
-    assert runner.unfinished(plan("done", "failed", "paused")) == 0
-    assert runner.unfinished(plan(*rows)) == 1
+    assert base.unfinished(plan("done", "failed", "paused")) == 0
+    assert base.unfinished(plan(*rows)) == 1
     # an interrupted row of an earlier definition of the unit (another tag) is not this
     # definition's: it never keeps the new definition's phase from ending (0.6 matched
     # rows without the tag)
     with JobQueue(tmp_path) as q:
         (old,) = q.add([(JobKey("t8", "olddef", 0, "done"), {})])
         q.finish(old, JobState.INTERRUPTED)
-    assert runner.unfinished(plan("done", tag="")) == 0
-    assert runner.unfinished(plan("done", tag="olddef")) == 1
+    assert base.unfinished(plan("done", tag="")) == 0
+    assert base.unfinished(plan("done", tag="olddef")) == 1
 
 
 def test_a_job_a_killed_command_queued_and_never_started_is_not_running(tmp_path):
     """The search treats a setting as running only when this step queued it or a live
     runner trains it: a row a killed command left queued is picked again on the rerun
     (never waited on forever)."""
-    from ablation import runner
     from ablation.jobqueue import JobQueue
+    from ablation.policies import base
 
     with JobQueue(tmp_path) as q:
         (job_id,) = q.add([(JobKey("t8", "", 0, "r1"), {})])
-    view = runner.View(tmp_path, None)
+    view = base.View(tmp_path, None)
     assert view.active() == set()
     view.pending = [job_id]
     assert view.active() == {JobKey("t8", "", 0, "r1")}

@@ -223,13 +223,13 @@ def test_a_history_with_an_epoch_twice_is_read_once_with_a_warning(tmp_path):
     """A history.csv with a duplicated epoch (a copy merged by hand, a foreign tool) drew
     a spike from 8 % to 90 % in the curves (0.6): the last record of each epoch is read,
     and the file is named."""
-    from ablation import runs
+    from ablation.store import RunFolder
 
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,val_accuracy\n0,2.0,0.08\n1,1.5,0.30\n1,1.4,0.90\n"
                     "2,1.2,0.40\n")
     said = []
-    df = runs._history(path, said.append)
+    df = RunFolder(tmp_path).history(said.append)
     assert list(df["epoch"]) == [0, 1, 2] and list(df["val_accuracy"]) == [0.08, 0.90, 0.40]
     assert said and "epoch(s) 1 recorded more than once" in said[0]
 
@@ -261,10 +261,11 @@ def test_budgets_and_rungs_are_checked_against_the_run_not_the_file(tmp_path):
         tmp_path, "lr = [0.05, 0.1]\nhalving = { factor = 2, min_epochs = 2 }"), *flags,
         "--epochs", "2"))
     assert "min_epochs 2 leaves no rung before the last (the run's epochs: 2)" in line
+    halving = "halving = { factor = 3, min_epochs = 1 }"  # rungs 1, 3, 9
     for grid, share in (("[0.01, 0.1, 1.0]", "11 of the full grid's 27 epochs a variant "
                                              "(41 %)"),
                         ("[0.1]", "9 of the full grid's 9 epochs a variant (100 %)")):
-        r = run_cli("run", "--study", _tuned(tmp_path, f"lr = {grid}\nhalving = 3"), *flags)
+        r = run_cli("run", "--study", _tuned(tmp_path, f"lr = {grid}\n{halving}"), *flags)
         assert r.returncode == 0 and share in r.stdout, r.stdout + r.stderr
 
 
@@ -304,7 +305,7 @@ def test_smaller_mistakes_each_get_their_line(tmp_path):
 
     from ablation import results, tune
     from ablation.errors import AblationError
-    from ablation.models.ops import Counter, OpError
+    from ablation.models.graph import Counter, OpError
     from ablation.recipe import Recipe
 
     g = Counter()

@@ -15,7 +15,7 @@ from designs import DESIGNS, EXAMPLE_NETS, EXAMPLES, MIXED, counts, write_design
 
 import ablation
 from ablation import models, study
-from ablation.models import ops
+from ablation.models import graph, ops
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_drop_path_drops_whole_samples_and_scales_the_kept_ones():
     import keras
     import numpy as np
 
-    g = models.ops.Builder(keras, 0.0)
+    g = models.graph.Builder(keras, 0.0)
     x = g.input((3, 3, 2))
     model = keras.Model(x, g.drop_path(x, 0.5, "dp"))
     keras.utils.set_random_seed(0)
@@ -121,7 +121,7 @@ def test_each_op_counts_what_keras_builds():
     ]
     for op_name, args, kw in calls:
         results = []
-        for g in (ops.Counter(), ops.Builder(keras, 1e-4)):
+        for g in (graph.Counter(), graph.Builder(keras, 1e-4)):
             x = g.input((8, 8, 8))
             y = getattr(g, op_name)(x, *args, **kw)
             results.append((tuple(y.shape[1:]), g.trainable, g.non_trainable, g.macs,
@@ -130,14 +130,14 @@ def test_each_op_counts_what_keras_builds():
                 m = keras.Model(x, y)
                 assert counts(m)[1:] == (g.trainable, g.non_trainable), op_name
         assert results[0] == results[1], (op_name, kw, results)
-    for g in (ops.Counter(), ops.Builder(keras, 1e-4)):  # the ops of two or more tensors
+    for g in (graph.Counter(), graph.Builder(keras, 1e-4)):  # the ops of two or more tensors
         x = g.input((8, 8, 8))
         gate = g.dense(g.pool(x, "p"), 8, "d", activation="sigmoid", main=False)
         y = g.concat([g.multiply(x, gate, "m"), g.add(x, x, "a")], "c")
         assert tuple(y.shape[1:]) == (8, 8, 16) and g.depth == 0 and g.trainable == 72
     # ops.layer: Attention's call(inputs, mask=None) takes query and value as one list
     # (given separately, the value would become its mask); MultiHeadAttention needs two
-    for g in (ops.Counter(), ops.Builder(keras, 1e-4)):
+    for g in (graph.Counter(), graph.Builder(keras, 1e-4)):
         x = g.input((8, 8, 8))
         att = g.layer(keras.layers.Attention(name="att"), x, g.relu(x, "v"))
         mha = g.layer(keras.layers.MultiHeadAttention(2, 4, name="mha"), att, x)
@@ -148,7 +148,7 @@ def test_each_op_counts_what_keras_builds():
             assert len(nodes["att"][0]["args"]) == 1  # one list: query, value
             assert len(nodes["mha"][0]["args"]) == 2  # query, value
     # ops.attention's four projection kernels carry the recipe's L2, as conv and dense do
-    g = ops.Builder(keras, 1e-4)
+    g = graph.Builder(keras, 1e-4)
     x = g.input((4, 4, 8))
     assert len(keras.Model(x, g.attention(x, 2, "at")).losses) == 4
 
@@ -230,7 +230,8 @@ def h(ops, x, net):
     return ops.dense(ops.pool(x, "p"), net.num_classes, "d", activation="softmaxx")
 """, 'head = "h"', "head 'h' failed in mine: ops.dense: unknown activation 'softmaxx'"),
     "unknown stem": ("", 'stem = "patchify3"', "unknown stem 'patchify3' (known: conv, "
-                     "conv_bn_relu, none, patchify2, patchify4, deep3)"),
+                     "conv_bn_relu, none, patchify2, patchify4, deep3, airbench_whiten, "
+                     "airbench_plain)"),
 }
 
 
@@ -381,8 +382,8 @@ def test_the_designs_train_report_and_load_in_plain_keras(designs, tmp_path, cif
 
 def test_the_docs_table_gives_every_op_with_its_signature():
     text = (ops_docs := (EXAMPLES.parent / "docs" / "studies.md")).read_text()
-    for name in ops.OPS:
-        assert f"`{ops.signature(name)}`" in text, (name, ops_docs)
+    for name in graph.OPS:
+        assert f"`{graph.signature(name)}`" in text, (name, ops_docs)
     example = (EXAMPLES / "se_units.py").read_text().split('"""', 2)[2]
     body = example[example.index("@unit"):]
     assert body.strip() in text  # the docs show the example in full, as it is

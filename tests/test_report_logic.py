@@ -295,13 +295,12 @@ def test_a_raised_max_seeds_extends_a_design_with_alpha_left_and_only_then(resul
     """The decision `ablation run --until-decided` takes on a recorded design, on the
     three seeds a pair has: extend while a look is left to analyse; refuse once α is
     spent, for a design of 0.4, and for another margin."""
-    import io
 
     from ablation import results as res_mod
     from ablation import verdict
     from ablation.errors import AblationError
+    from ablation.plan import Plan
     from ablation.policies import looks as sequential
-    from ablation.runner import Plan
 
     blog = study.load_study()
     plan = Plan([registry.get("resnet32"), registry.get("resnet32_e")], 3, RECIPE, results,
@@ -314,8 +313,9 @@ def test_a_raised_max_seeds_extends_a_design_with_alpha_left_and_only_then(resul
 
     def decide(looks, recorded):
         res_mod.record_design(results, key, {**base, **recorded})
-        out = io.StringIO()
-        return sequential._design(plan, blog, pairs, looks, settings, key, out), out.getvalue()
+        notes: list[str] = []
+        return sequential._design(plan, blog, pairs, looks, settings, key, notes), \
+            "\n".join(notes)
 
     # look 1 (3 seeds) analysed, looks 5 and 8 not yet: 12 extends, look 1 keeps its bounds
     got, said = decide([3, 5, 8, 12], {"looks": [3, 5, 8], "spending": "obf"})

@@ -370,8 +370,8 @@ def test_seeds_needed_is_finite_monotone_and_right_where_the_solver_gave_up():
 def test_a_diverged_run_leaves_the_other_pairs_seeds_needed_alone(tmp_path):
     from pathlib import Path
 
+    from ablation import judge
     from ablation.protocol import RunRecord
-    from ablation.report import stats
     from ablation.store import Run
     from ablation.study import Comparison
 
@@ -396,8 +396,8 @@ def test_a_diverged_run_leaves_the_other_pairs_seeds_needed_alone(tmp_path):
         variant_names = ("a", "b", "c", "d")
 
     s = V.Settings(margin=0.1)
-    with_div = stats.verdicts(_Study, runs(True), s)
-    without = stats.verdicts(_Study, runs(False, drop=True), s)
+    with_div = judge.verdicts(_Study, runs(True), s)
+    without = judge.verdicts(_Study, runs(False, drop=True), s)
     assert with_div.diverged == {"a": 1}
     for p, q in zip(with_div.pairs["k"], without.pairs["k"], strict=True):
         assert (p.seeds_needed, p.verdict, p.n) == (q.seeds_needed, q.verdict, q.n)

@@ -1,8 +1,9 @@
 """Networks from variants: the ops units are written in, the units, the one builder.
 
-* `ops`: each op defined once (its arguments, its count rule, its Keras layer), and the
-  two interpreters that run them: counting (exact parameters, depth and multiply-adds
-  without building) and building (the Keras model);
+* `ops`: each op defined once (its arguments, its count rule, its Keras layer);
+* `graph`: the two interpreters that run them, counting (exact parameters, depth and
+  multiply-adds without building) and building (the Keras model), and their shared
+  bookkeeping;
 * `parts`: units, stems and heads by name, the built-in ones and a study's own (in its
   module's namespace); `Net`, what a stem or head reads; the built-in stems and heads;
 * `units`: `Block`, the built-in residual units of He et al. 2016 (Fig. 4 a-e, basic and
@@ -13,6 +14,7 @@ Deviations from the papers that the blog's parameter counts demand are documente
 the README ("Deviations from the papers").
 """
 
+from ablation.models.graph import OPS, OpError, signature
 from ablation.models.network import (
     ModelInfo,
     build_model,
@@ -23,7 +25,7 @@ from ablation.models.network import (
     net_of,
     set_from_data,
 )
-from ablation.models.ops import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM, OPS, OpError, signature
+from ablation.models.ops import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM
 from ablation.models.parts import HEADS, STEMS, Net, Parts, head, register_layers, stem
 from ablation.models.units import (
     BUILTIN_UNITS,

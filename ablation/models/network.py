@@ -15,8 +15,9 @@ from typing import Any
 
 from ablation import registry
 from ablation.errors import AblationError
+from ablation.models import ops as _ops  # noqa: F401  (the ops register themselves)
 from ablation.models import units as unitlib
-from ablation.models.ops import Builder, Counter, Graph, OpError
+from ablation.models.graph import Builder, Counter, Graph, OpError
 from ablation.models.parts import HEADS, STEMS, Net, UnknownPart
 from ablation.models.units import Block, UnitError
 from ablation.recipe import DEFAULTS

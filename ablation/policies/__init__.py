@@ -2,7 +2,7 @@
 
 A policy never runs a job (Ray Tune's schedulers answer CONTINUE or STOP the same way):
 asked by the driver loop (`ablation.runner.drive`) with a view of the results folder, it
-answers the next jobs to queue (`runner.Queue`) or that it is done (`runner.Stop`). Its
+answers the next jobs to queue (`Queue`) or that it is done (`Stop`: ablation.policies.base). Its
 decisions are replayed from the run folders, never stored apart from them, so a
 Ctrl-C, a crash or a preemption resumes with the same command.
 
@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import sys
 
+from ablation.plan import Plan
+from ablation.policies.base import Policy, Queue, Stop, View
 from ablation.protocol import NEW, Exit
-from ablation.runner import Plan, Queue, Stop, View
 
 
-class Fixed:
+class Fixed(Policy):
     """A plan's jobs, once."""
 
     def __init__(self, plan: Plan, header: str = ""):

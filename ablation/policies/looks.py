@@ -17,13 +17,13 @@ import math
 import sys
 from dataclasses import asdict, replace
 
-from ablation import registry, results, verdict
+from ablation import judge, registry, results, verdict
 from ablation import study as studies
 from ablation.errors import AblationError
+from ablation.plan import Plan
 from ablation.policies import list_jobs
+from ablation.policies.base import Policy, Queue, Stop, View
 from ablation.protocol import Exit
-from ablation.report import stats
-from ablation.runner import Plan, Queue, Stop, View
 from ablation.store import Run
 
 
@@ -36,7 +36,7 @@ def replay(plan: Plan, runs: list[Run], comparisons: dict[str, list[tuple[str, s
     mine = [r for r in runs
             if r.record.recipe_id in {x.id for x in plan.recipes_of(r.variant)}
             and r.seed >= plan.first_seed and r.record.phase == plan.phase]
-    return stats.replay(mine, comparisons, design, settings, plan.first_seed)
+    return judge.replay(mine, comparisons, design, settings, plan.first_seed)
 
 
 SPENT = {"obf": "O'Brien-Fleming-type, boundaries from the looks' joint distribution",
@@ -44,10 +44,11 @@ SPENT = {"obf": "O'Brien-Fleming-type, boundaries from the looks' joint distribu
 
 
 def _design(plan: Plan, study: studies.Study, comparisons: dict, looks: list[int],
-            settings: verdict.Settings, key: str, out, runs=None) -> dict:
+            settings: verdict.Settings, key: str, notes: list[str], runs=None) -> dict:
     """The design to run: a new one (O'Brien-Fleming-type), the recorded one, or the
-    recorded one extended to a raised --max-seeds while α is left to spend. `runs`: the
-    study's runs (a callable, read only when the recorded design is to be extended)."""
+    recorded one extended to a raised --max-seeds while α is left to spend (said in
+    `notes`). `runs`: the study's runs (a callable, read only when the recorded design
+    is to be extended)."""
     base = {"study": study.name, "recipe_id": plan.recipe.id,
             "variants": sorted(v.name for v in plan.variants), **asdict(settings)}
     known = results.read_designs(plan.results).get(key)
@@ -86,8 +87,8 @@ def _design(plan: Plan, study: studies.Study, comparisons: dict, looks: list[int
                       "eq": list(verdict.boundaries(tuple(old), min(
                           2 * settings.alpha / m, 0.999))[:done])}
              for m in {len(ps) for ps in comparisons.values()}} if done else {}
-    print(f"extending the design: looks {old} -> {new}; the {done} look(s) analysed keep "
-          "their boundaries, the α left is spent over the new looks", file=out, flush=True)
+    notes.append(f"extending the design: looks {old} -> {new}; the {done} look(s) analysed "
+                 "keep their boundaries, the α left is spent over the new looks")
     return {**base, "looks": new, "spending": "obf",
             **({"fixed": fixed} if fixed else {}), "extended_from": old}
 
@@ -106,17 +107,17 @@ def _describe(p: verdict.Pair) -> str:
     return f"{p.a} vs {p.b} ({p.delta:+.2f}, [{p.ci_low:+.2f}, {p.ci_high:+.2f}])"
 
 
-class UntilDecided:
+class UntilDecided(Policy):
     """Run the looks until every pair among the plan's variants is decided, or the last
     look is done. A look that does not finish (failed to start, interrupted, another
     runner's jobs) stops the command; rerun it to go on from that look."""
 
     def __init__(self, plan: Plan, study: studies.Study, max_seeds: int,
-                 settings: verdict.Settings, out=sys.stdout):
-        self.plan, self.study, self.settings, self.out = plan, study, settings, out
+                 settings: verdict.Settings):
+        self.plan, self.study, self.settings = plan, study, settings
         self.looks = verdict.looks_for(max_seeds)
         self.max_seeds = max_seeds
-        self.comparisons = stats.pairs_among(study, [v.name for v in plan.variants])
+        self.comparisons = judge.pairs_among(study, [v.name for v in plan.variants])
         if not self.comparisons:
             raise AblationError("--until-decided needs two variants of one of the study's "
                                 "comparisons among those selected")
@@ -125,21 +126,22 @@ class UntilDecided:
         self.design: dict | None = None
         self.look: Plan | None = None
 
-    def _start(self, view: View) -> None:
-        out, settings = self.out, self.settings
+    def _start(self, view: View) -> list[str]:
+        settings, notes = self.settings, []
         results.prepare_results(self.plan.results)
         key = design_key(self.plan, self.study)
         self.design = _design(self.plan, self.study, self.comparisons, self.looks, settings,
-                              key, out, view.runs)
+                              key, notes, view.runs)
         results.record_design(self.plan.results, key, self.design)
         self.looks = list(self.design["looks"])
         n_pairs = sum(len(ps) for ps in self.comparisons.values())
         kind = self.design.get("spending", "pocock")
         spent = verdict.spending(self.looks, settings.alpha, kind)
-        print(f"--until-decided: {n_pairs} pair(s) of {len(self.todo)} variant(s); looks at "
-              f"{', '.join(map(str, self.looks))} seeds; α {settings.alpha:g} spent as "
-              f"{', '.join(f'{a:.4f}' for a in spent)} "
-              f"({SPENT[kind]}); margin ±{settings.margin:g} points", file=out, flush=True)
+        notes.append(f"--until-decided: {n_pairs} pair(s) of {len(self.todo)} variant(s); "
+                     f"looks at {', '.join(map(str, self.looks))} seeds; α "
+                     f"{settings.alpha:g} spent as {', '.join(f'{a:.4f}' for a in spent)} "
+                     f"({SPENT[kind]}); margin ±{settings.margin:g} points")
+        return notes
 
     def _queue(self) -> Queue:
         n = self.looks[self.k]
@@ -150,9 +152,8 @@ class UntilDecided:
 
     def next(self, view: View) -> Queue | Stop:
         if self.design is None:
-            self._start(view)
-            return self._queue()
-        out, k = self.out, self.k
+            return self._queue().after(self._start(view))
+        k = self.k
         # a failed seed is run: the look goes on
         if view.step_code != Exit.DONE and view.unfinished(self.look):
             return Stop(f"look {k} did not finish; rerun the same command to go on from it",
@@ -161,25 +162,29 @@ class UntilDecided:
         pairs = [p for ps in seq.pairs.values() for p in ps]
         now = [p for p in pairs if p.look == k and p.verdict != verdict.UNDECIDED]
         still = [p for p in pairs if p.verdict == verdict.UNDECIDED]
-        print(f"look {k}/{len(self.looks)} ({self.looks[k - 1]} seeds): "
-              f"{len(pairs) - len(still)} of {len(pairs)} pair(s) decided" + (
-                  f", {len(now)} now: " + "; ".join(
-                      f"{p.a} {p.verdict} than {p.b}" if p.verdict != verdict.EQUIVALENT
-                      else f"{p.a} equivalent to {p.b}" for p in now) if now else ""),
-              file=out, flush=True)
+        notes = [f"look {k}/{len(self.looks)} ({self.looks[k - 1]} seeds): "
+                 f"{len(pairs) - len(still)} of {len(pairs)} pair(s) decided" + (
+                     f", {len(now)} now: " + "; ".join(
+                         f"{p.a} {p.verdict} than {p.b}" if p.verdict != verdict.EQUIVALENT
+                         else f"{p.a} equivalent to {p.b}" for p in now) if now else "")]
         if not still:
             return Stop("every pair is decided; `ablation report` shows the verdicts",
-                        Exit.DONE)
-        print(f"  open: {'; '.join(_describe(p) for p in still)}", file=out, flush=True)
+                        Exit.DONE, notes=tuple(notes))
+        notes.append(f"  open: {'; '.join(_describe(p) for p in still)}")
         if self.k >= len(self.looks):
             return Stop(f"stopped at --max-seeds {self.max_seeds}: {len(still)} pair(s) still "
                         "undecided; `ablation report` shows them with the seeds a decision "
-                        "would need", Exit.DONE)
+                        "would need", Exit.DONE, notes=tuple(notes))
         self.todo = seq.open_variants
-        return self._queue()
+        return self._queue().after(notes)
 
     def first_look(self) -> int:
         return self.looks[0]
+
+    def seeds_words(self) -> str:
+        first = self.plan.first_seed
+        return (f"seeds from {first} in looks of {', '.join(map(str, self.looks))} (more "
+                "only where a pair is undecided)")
 
     def dry_run(self, view: View, out=sys.stdout) -> int:
         """The design and the first look's jobs (later looks depend on its verdicts)."""

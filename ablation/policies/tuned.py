@@ -22,10 +22,11 @@ from dataclasses import replace
 from ablation import halving, registry, results, runs, tune
 from ablation import study as studies
 from ablation.errors import AblationError
+from ablation.plan import Plan
 from ablation.policies import Fixed, list_jobs
+from ablation.policies.base import Policy, Queue, Stop, View
 from ablation.protocol import NEW, Exit, JobKey, JobState
 from ablation.recipe import Recipe
-from ablation.runner import Plan, Policy, Queue, Stop, View
 
 
 def phase_plans(plan: Plan, study: studies.Study, t: tune.Tune, seeds: int
@@ -59,15 +60,15 @@ def owns(plan: Plan) -> dict[str, Recipe]:
 Compare = Callable[[Plan], Policy]
 
 
-class Tuned:
+class Tuned(Policy):
     """Tune, choose, compare: the comparison phase is `compare(plan)`'s policy (the plan
     at `seeds` seeds, or --until-decided's looks, which choose the seeds themselves).
     With `halving`, the tuning phase is successive halving (`ablation.halving`), decided
     as slots free up (asynchronous: the driver asks `extend` after every job)."""
 
     def __init__(self, plan: Plan, study: studies.Study, t: tune.Tune, seeds: int,
-                 compare: Compare | None = None, out=sys.stdout):
-        self.plan, self.study, self.t, self.seeds, self.out = plan, study, t, seeds, out
+                 compare: Compare | None = None):
+        self.plan, self.study, self.t, self.seeds = plan, study, t, seeds
         self.compare = compare or Fixed
         self.tuning, self.comparing = phase_plans(plan, study, t, seeds)
         self.then: Policy | None = None  # the comparison phase's policy, once chosen
@@ -77,6 +78,10 @@ class Tuned:
     @property
     def asynchronous(self) -> bool:
         return self.halving is not None and self.then is None
+
+    @property
+    def needs_history(self) -> bool:  # the search ranks each rung's validation accuracy
+        return self.asynchronous
 
     def extend(self, view: View) -> Queue | None:
         """More tuning jobs for the free slots (promotions first), while the phase runs."""
@@ -115,18 +120,18 @@ class Tuned:
     def next(self, view: View) -> Queue | Stop:
         if self.then is not None:
             return self.then.next(view)
-        t, out = self.t, self.out
+        t = self.t
         if not self.queued:
             self.queued = True
-            for w in t.warnings():
-                print(f"warning: {w}", file=sys.stderr, flush=True)
+            warn = tuple(t.warnings())
             if self.halving is not None:
-                view.history = True  # the rule reads each rung's validation accuracy
                 first = self.halving.next_jobs(view, view.slots)
                 if first is not None:
-                    return Queue(first, self._header(len(first.jobs()), view.slots))
+                    return Queue(first, self._header(len(first.jobs()), view.slots),
+                                 warnings=warn)
             else:
-                return Queue(self.tuning, self._header(len(self.tuning.jobs()), view.slots))
+                return Queue(self.tuning, self._header(len(self.tuning.jobs()), view.slots),
+                             warnings=warn)
         left = view.unfinished(self.tuning)
         if left and self.halving is None:
             return Stop(f"the tuning phase did not finish ({left} job(s) left); rerun the "
@@ -138,8 +143,7 @@ class Tuned:
             more = self.halving.next_jobs(view, view.slots)
             if more is not None:  # promotions that became possible as the step ended
                 return Queue(more, self.halving.describe(more))
-            print(f"  {self.halving.spent_words(view)}", file=out, flush=True)
-            view.history = False
+        notes = [f"  {self.halving.spent_words(view)}"] if self.halving is not None else []
         choices = tune.choose(view.records(), self.study.name, t, self.plan.recipe,
                               owns(self.plan))
         lost = [v for v, c in choices.items() if c is None]
@@ -148,22 +152,19 @@ class Tuned:
                                 "failed or diverged): widen or move the [tune] candidates")
         for v, c in choices.items():
             ties = f"; {c.tied} tie(s), the nearest to the base recipe taken" if c.tied else ""
-            print(f"  {v}: {tune.words(c.setting)} (validation {100 * c.accuracy:.2f} % over "
-                  f"{c.seeds} seed(s){ties})" + "".join(f"; {e}" for e in c.edges), file=out,
-                  flush=True)
+            notes.append(f"  {v}: {tune.words(c.setting)} (validation {100 * c.accuracy:.2f} "
+                         f"% over {c.seeds} seed(s){ties})"
+                         + "".join(f"; {e}" for e in c.edges))
         self.then = self.compare(self.comparing(choices))
-        print(f"phase 2/2, compare: each variant at its own setting, {self._seeds()} (after "
-              "the tuning seeds), judged on the test set", file=out, flush=True)
-        return self.then.next(view)
+        notes.append(f"phase 2/2, compare: each variant at its own setting, {self._seeds()} "
+                     "(after the tuning seeds), judged on the test set")
+        return self.then.next(view).after(notes)
 
     def _seeds(self) -> str:
         """The comparison phase's seeds, in words."""
         first = self.t.seeds
-        looks = getattr(self.then, "looks", None)
-        if looks:  # --until-decided: looks of seeds, more only where undecided
-            return (f"seeds from {first} in looks of {', '.join(map(str, looks))} (more only "
-                    "where a pair is undecided)")
-        return f"seeds {first}..{first + self.seeds - 1}"
+        return (self.then.seeds_words() if self.then is not None else None) or \
+            f"seeds {first}..{first + self.seeds - 1}"
 
     def dry_run(self, view: View, out=sys.stdout) -> int:
         """What the two phases would run: job counts, and the projected time from the speed
@@ -205,7 +206,7 @@ class Tuned:
         list_jobs(jobs, known, out, lambda j: self.tuning.setting(j).strip(" ()"))
         # the comparison phase's first step: its seeds, or --until-decided's first look
         probe = self.compare(replace(plan, first_seed=t.seeds, seeds=self.seeds))
-        first = probe.first_look() if hasattr(probe, "first_look") else self.seeds
+        first = probe.first_look() or self.seeds
         self.then = probe
         n = len(plan.variants) * first
         print(f"phase compare: {n} job(s) (each variant at the setting the tuning chooses; "

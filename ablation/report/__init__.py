@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation import registry, results
+from ablation import judge, registry, results
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.recipe import Recipe
@@ -31,7 +31,7 @@ COMPARISONS_CSV = "comparisons.csv"  # one row per pair and recipe: docs/statist
 
 def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, runs: list[Run],
                       fig_dir: Path, rel: str, col: dict, results_dir: Path,
-                      judged: stats.Verdicts, split: results.Split,
+                      judged: judge.Verdicts, split: results.Split,
                       also: tuple[str, ...] = (), latex: bool = False) -> list[str]:
     by_variant = {v: sorted([r for r in runs if r.variant == v and len(r.history)],
                             key=lambda r: r.seed) for v in cmp.variants}
@@ -109,7 +109,7 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
     if len(present) > 1:
         pairs = [p for p in judged.pairs[cmp.key] if p.a in present and p.b in present]
         members = [r for rs in present.values() for r in rs]
-        left_out = len(members) - len(stats.finished(members, split))
+        left_out = len(members) - len(judge.finished(members, split))
         verdicts = markdown.verdict_table(pairs, judged.settings.margin, judged.settings.alpha)
         if latex:
             latex_mod.write(fig_dir / f"{base}-verdicts.tex", verdicts,
@@ -187,11 +187,11 @@ def _plain_groups(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _judge(study: studies.Study, rid: str, rs: list[Run], designs: dict,
-           margin: float | None, split: results.Split = results.TEST) -> stats.Verdicts:
+           margin: float | None, split: results.Split = results.TEST) -> judge.Verdicts:
     """A recipe's verdicts: its recorded --until-decided design replayed, if any (and its
     margin, unless `margin` overrides it)."""
     design = designs.get(results.design_key(study.name, rid))
-    return stats.verdicts(study, rs, stats.design_settings(study, design, margin), design, split)
+    return judge.verdicts(study, rs, judge.design_settings(study, design, margin), design, split)
 
 
 def comparison_rows(results_dir: Path, study: studies.Study, runs: list[Run],
@@ -297,7 +297,7 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
         fig_dir.mkdir(exist_ok=True)
         judged = _judge(study, rid, rs, designs, margin, split)
         lines += markdown.recipe_header(rid, rs)[:-1]
-        lines += [*markdown.verdict_header(judged, stats.resolution(rs, split), split), ""]
+        lines += [*markdown.verdict_header(judged, judge.resolution(rs, split), split), ""]
         for n, cmp in enumerate(study.comparisons, 1):
             lines += _comparison_block(study, cmp, n, rs, fig_dir, rid, col, results_dir,
                                        judged, split, also, latex)

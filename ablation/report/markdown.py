@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation import registry, results, verdict
+from ablation import judge, registry, results, verdict
 from ablation import study as studies
 from ablation.protocol import RunRecord
 from ablation.recipe import Recipe
-from ablation.report import stats
 from ablation.results import DEFAULT_RESULTS, TEST, Split
 from ablation.store import Run
 
@@ -185,7 +184,7 @@ def _same_network(a: str, b: str) -> bool:
     return studies.definition_hash(registry.get(a)) == studies.definition_hash(registry.get(b))
 
 
-def verdict_header(v: stats.Verdicts, res: tuple[float, int, float] | None,
+def verdict_header(v: judge.Verdicts, res: tuple[float, int, float] | None,
                    split: Split = TEST) -> list[str]:
     """The recipe's verdict settings: margin, design, the split's resolution."""
     s = v.settings
@@ -235,7 +234,7 @@ COLUMNS = ["comparison", "recipe_id", "a", "b", "n", "unmatched", "delta", "sd",
 
 
 def verdict_rows(key: str, recipe_id: str, pairs: list[verdict.Pair],
-                 v: stats.Verdicts) -> list[dict]:
+                 v: judge.Verdicts) -> list[dict]:
     """comparisons.csv rows (docs/statistics.md documents the columns)."""
     return [{"comparison": key, "recipe_id": recipe_id, "a": p.a, "b": p.b, "n": p.n,
              "unmatched": p.unmatched, "delta": p.delta, "sd": p.sd, "ci_low": p.ci_low,

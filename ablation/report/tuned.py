@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation import halving, registry, results, tune
+from ablation import halving, judge, registry, results, tune
 from ablation import runs as runs_mod
 from ablation import study as studies
 from ablation.protocol import JobState, RunRecord
@@ -189,7 +189,7 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
             lines += [f"**Comparison phase pending**: no run at the chosen settings yet; "
                       f"`{cmd}` runs it.", ""]
             continue
-        lines += [*markdown.verdict_header(judged, stats.resolution(compare)), ""]
+        lines += [*markdown.verdict_header(judged, judge.resolution(compare)), ""]
         for n, cmp in enumerate(study.comparisons, 1):
             lines += block(study, cmp, n, compare, fig_dir, f"tuned-{gid}", col, results_dir,
                            judged, results.TEST, also, tex)
@@ -362,7 +362,7 @@ def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Pa
 
 
 def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs: dict,
-           margin: float | None) -> tuple[list[Run], stats.Verdicts | None]:
+           margin: float | None) -> tuple[list[Run], judge.Verdicts | None]:
     """A tuning group's comparison runs at the chosen settings, and their verdicts (the
     group's recorded --until-decided design replayed, if any)."""
     t = study.tune
@@ -373,9 +373,9 @@ def _judge(study: studies.Study, gid: str, rs: list[Run], choices: dict, designs
     if not compare:
         return [], None
     design = designs.get(results.design_key(study.name, f"tuned-{gid}"))
-    settings = stats.design_settings(study, design, margin)
+    settings = judge.design_settings(study, design, margin)
     # the comparison seeds count from 0 for the verdicts (they follow the tuning seeds)
-    return compare, stats.verdicts(study, compare, settings, design, first_seed=t.seeds)
+    return compare, judge.verdicts(study, compare, settings, design, first_seed=t.seeds)
 
 
 def verdict_groups(study: studies.Study, runs: list[Run], results_dir: Path,
@@ -397,7 +397,7 @@ def verdict_groups(study: studies.Study, runs: list[Run], results_dir: Path,
                                          if c is not None}, costs(rs, variants, t)
 
 
-def tuned_rows(key: str, gid: str, pairs, judged: stats.Verdicts, chosen: dict,
+def tuned_rows(key: str, gid: str, pairs, judged: judge.Verdicts, chosen: dict,
                cost: dict | None = None) -> list[dict]:
     """comparisons.csv rows of a tuned comparison: each variant's chosen setting beside,
     and what its tuning cost (epochs and device-hours, the full grid's beside)."""
