@@ -58,10 +58,11 @@ def test_the_tuning_figure_marks_each_choice_and_legends_say_the_labels(tmp_path
                                                                          monkeypatch):
     t = tune.parse({"lr": [0.01, 0.1, 1.0]}, Recipe(validation=10), "s")
     settings = {tune.key({"lr": v}): {"lr": v} for v in (0.01, 0.1, 1.0)}
-    means = {"a": {tune.key({"lr": 0.01}): 0.5, tune.key({"lr": 0.1}): 0.7,
-                   tune.key({"lr": 1.0}): 0.6},
-             "b": {tune.key({"lr": 0.01}): 0.8, tune.key({"lr": 0.1}): 0.6,
-                   tune.key({"lr": 1.0}): 0.2}}
+    # each setting's validation accuracy at the epochs it was compared at: here the last
+    means = {"a": {tune.key({"lr": 0.01}): {3: 0.5}, tune.key({"lr": 0.1}): {3: 0.7},
+                   tune.key({"lr": 1.0}): {3: 0.6}},
+             "b": {tune.key({"lr": 0.01}): {3: 0.8}, tune.key({"lr": 0.1}): {3: 0.6},
+                   tune.key({"lr": 1.0}): {3: 0.2}}}
     col = figures.colours(["a", "b"], {"a": "(e) + SE", "b": "b"})
     seen = {}
     monkeypatch.setattr(figures, "_save", lambda fig, path, also=(): seen.update(fig=fig))

@@ -175,7 +175,8 @@ def u(ops, x, block):
 def u(ops, x, block):
     return ops.conv(x, block.filters, 3, block.stride, f"{block.name}_c", group=2)
 ''', "unit 'u' failed in block s1b1 of mine: ops.conv(x, filters, kernel, stride, name, "
-     "main=True, groups=1, dilation=1, bias=True): got an unexpected keyword argument"),
+     "main=True, groups=1, dilation=1, bias=True, init='he_normal', padding='same'): got "
+     "an unexpected keyword argument"),
     "groups": ('''
 @unit("u")
 def u(ops, x, block):

@@ -111,7 +111,7 @@ def test_unwritable_results_dir_is_one_line(tmp_path, cifar_dir):
                 str(blocker))
     assert "is a file" in one_line_error(r)
     r = run_cli("status", "--results", str(tmp_path / "nothing"))
-    assert "no queue" in one_line_error(r)
+    assert "no results folder" in one_line_error(r)
 
 
 def test_damaged_data_dir_is_one_line(tmp_path):

@@ -73,11 +73,15 @@ def _kernel_init(init: Any, op: str) -> Any:
     through (airbench's partial identity; set once the layer is built, `_dirac`)."""
     if init not in INITS:
         raise OpError(f"ops.{op}: init must be one of {', '.join(INITS)}, got {_short(init)}")
-    if init == "he_normal":
-        return "he_normal"
-    import keras
 
-    return keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+    def make() -> Any:  # only a built layer needs it: the counting pass imports no Keras
+        if init == "he_normal":
+            return "he_normal"
+        import keras
+
+        return keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+
+    return make
 
 
 def _dirac(layer: Any) -> None:
@@ -128,7 +132,7 @@ def conv(g, x, filters, kernel, stride, name, main=True, groups=1, dilation=1, b
     weights = kernel * kernel * (c // groups) * filters
     return g.emit(name, [x], dims, lambda L: L.Conv2D(
         filters, kernel, strides=stride, padding=padding, groups=groups,
-        dilation_rate=dilation, use_bias=bool(bias), kernel_initializer=start,
+        dilation_rate=dilation, use_bias=bool(bias), kernel_initializer=start(),
         kernel_regularizer=g.reg, bias_regularizer=g.bias_reg, name=name),
         trainable=weights + filters * bool(bias), macs=weights * dims[0] * dims[1],
         depth=bool(main), after=_dirac if init == "dirac" else None)
@@ -402,7 +406,7 @@ def dense(g, x, units, name, activation="softmax", main=True, bias=True, init="h
         raise OpError("ops.dense: init must be he_normal or torch")
     start = _kernel_init(init, "dense")
     y = g.emit(name, [x], (*dims[:-1], units), lambda L: L.Dense(
-        units, activation=activation, kernel_initializer=start, use_bias=bool(bias),
+        units, activation=activation, kernel_initializer=start(), use_bias=bool(bias),
         kernel_regularizer=g.reg, bias_regularizer=g.bias_reg, name=name, **extra),
         trainable=c * units + units * bool(bias), macs=c * units * math.prod(dims[:-1]),
         depth=bool(main))
