@@ -9,9 +9,9 @@ Public API (stable; docs/studies.md):
 * `unit(name)`: decorator registering a residual unit `(ops, x, block) -> y`;
   `shortcut(ops, x, h, block)`: the block's shortcut, for use inside a unit;
 * `stem(name)`, `head(name)`: decorators registering a stem or a head `(ops, x, net) -> y`
-  (0.6; `Net`: what they read of the network);
+  (`Net`: what they read of the network);
 * `load_model(path)`: a run's saved `.h5` (or its run folder), its study's own layers
-  imported first (0.6).
+  imported first.
 
 Keras is imported only when a model is built, so listing, status and reports stay fast.
 Its backend is KERAS_BACKEND when set, else TensorFlow, else JAX (ablation.backend).

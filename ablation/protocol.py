@@ -28,7 +28,7 @@ from ablation.recipe import Recipe
 
 class JobState(StrEnum):
     """A job's state in the queue: queued -> running -> done | failed | interrupted, or
-    (0.6) paused: stopped at a rung of successive halving, its snapshot kept, queued
+    paused: stopped at a rung of successive halving, its snapshot kept, queued
     again only if the search promotes it."""
 
     QUEUED = "queued"
@@ -326,7 +326,7 @@ class RunRecord(BaseModel):
     final_validation_accuracy: float | None = None
     best_validation_accuracy: float | None = None
     final_validation_loss: float | None = None
-    final_tta_accuracy: float | None = None  # the test set under the recipe's tta (0.7)
+    final_tta_accuracy: float | None = None  # the test set under the recipe's tta
     # the test set under Keras' names for fit's validation data, as 0.5 and earlier wrote
     # them (read as the test_ keys above; still written, for one version: docs/studies.md)
     final_val_accuracy: float | None = None

@@ -374,7 +374,7 @@ def whiten(g, x, name, kernel=2, eps=5e-4):
 
 @op
 def pool(g, x, name):
-    """Global average pooling: (N, H, W, C) -> (N, C); tokens (N, L, C) -> (N, C) (0.6)."""
+    """Global average pooling: (N, H, W, C) -> (N, C); tokens (N, L, C) -> (N, C)."""
     dims = g.tensor(x, "pool")
     if len(dims) == 2:
         return g.emit(name, [x], (dims[-1],), lambda L: L.GlobalAveragePooling1D(name=name))
@@ -434,7 +434,7 @@ def drop_path(g, x, rate, name):
     return g.emit(name, [x], dims, lambda L: L.Dropout(rate, noise_shape=noise, name=name))
 
 
-# --- token models (0.6): attention, tokens and back, position embedding, class token -------
+# --- token models: attention, tokens and back, position embedding, class token ------------
 
 
 def _positions(g, x, op: str) -> tuple[tuple[int, ...], int]:

@@ -165,7 +165,7 @@ class Recipe:
     warmup_epochs: Int0 = _f(0, "int", "warm-up epochs before the schedule starts")
     warmup_lr: Pos = _f(0.01, "number", "learning rate of a constant warm-up, or where a "
                         "linear warm-up starts")
-    # --- added in 0.5: modern recipes
+    # --- modern recipes (CHANGELOG.md: when)
     optimizer: Literal[OPTIMIZERS] = _choice(
         "sgd", OPTIMIZERS, "sgd (momentum, Nesterov), adam, adamw, nadam, rmsprop or lion "
         "(Keras' optimizers)")
@@ -193,7 +193,7 @@ class Recipe:
     ema: Unit = _f(0, "number", "momentum of an exponential moving average of the weights "
                    "(0: off); test accuracy is then measured on the averaged weights")
     grad_clip: NonNeg = _f(0, "number", "clip gradients to this global norm (0: off)")
-    # --- added in 0.5: any dataset
+    # --- any dataset (CHANGELOG.md: when)
     image_size: Annotated[Int1 | Annotated[list[Int1], Field(min_length=2, max_length=2)],
                           _at_most(4096)] | None = _f(
         None, "size", "resize the dataset's images to this size (N, or H,W), bilinear")
@@ -203,13 +203,13 @@ class Recipe:
     # the content hash of a dataset given by path, set by `ablation run` (never by hand):
     # it, not the path, names the data in the recipe id
     data_hash: str | None = _f(None, "internal", "content hash of a path dataset")
-    # --- added in 0.6: the papers' recipes (Wide ResNets, Bag of Tricks)
+    # --- the papers' recipes (Wide ResNets, Bag of Tricks) (CHANGELOG.md: when)
     lr_drop: Beta = _f(0.1, "number", "what the step schedule multiplies lr by at each "
                        "milestone (0.1: ÷10; the Wide ResNets' 0.2)")
     bias_decay: bool = _f(False, "bool", "weight decay on biases and normalisation scales "
                           "and offsets too (the papers' baselines; off: only conv and dense "
                           "kernels, the blog's and Bag of Tricks' no-bias-decay)")
-    # --- added in 0.7: the parts of airbench's recipe (Jordan 2024)
+    # --- the parts of airbench's recipe (Jordan 2024) (CHANGELOG.md: when)
     pad: Annotated[Int1, _at_most(64)] | None = _f(
         None, "int", "pixels of padding the crop and reflect augmentations pad by before "
         "the random crop (default: an eighth of the image, 4 at 32x32)")

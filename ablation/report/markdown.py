@@ -226,7 +226,7 @@ COLUMNS = ["comparison", "recipe_id", "a", "b", "n", "unmatched", "delta", "sd",
            "p_equivalence", "margin", "correlation", "p_a_beats_b", "verdict", "seeds_needed",
            "design", "look", "same_network", "a_diverged", "b_diverged", "tuned", "a_setting",
            "b_setting",
-           # (0.6) a tuned comparison's cost per variant: epochs its tuning trained, the full
+           # a tuned comparison's cost per variant: epochs its tuning trained, the full
            # grid's, its comparison runs', and the device-hours of tuning and of the grid
            "a_tune_epochs", "a_grid_epochs", "a_compare_epochs", "a_tune_hours",
            "a_grid_hours", "b_tune_epochs", "b_grid_epochs", "b_compare_epochs",

@@ -31,7 +31,7 @@ def definition(v: Variant) -> dict:
             d.pop(key)
     d["unit_sources"] = {u: h for u in v.unit_names()
                          if (h := models.user_unit_hash(u, v.unit_module))}
-    for kind, name in (("stem", v.stem), ("head", v.head)):  # (0.6) a study's own only, so
+    for kind, name in (("stem", v.stem), ("head", v.head)):  # a study's own only, so
         h = models.PARTS[kind].source_hash(name, v.unit_module)  # no earlier hash changes
         if h:
             d[f"{kind}_source"] = h

@@ -84,10 +84,10 @@ class Study:
     units_source: str | None  # where they came from (absolute path or module)
     analysis: verdict.Settings = field(default_factory=verdict.Settings)  # [analysis]
     shadowed: tuple[str, ...] = ()  # built-in unit names its own units shadow
-    # (0.6) built-in stems and heads its own shadow: ("stem", name), ("head", name)
+    # built-in stems and heads its own shadow: ("stem", name), ("head", name)
     shadowed_parts: tuple[tuple[str, str], ...] = ()
     tune: tune.Tune | None = None  # [tune]: each variant's nuisance fields, tuned
-    slurm: dict = field(default_factory=dict)  # (0.6) [slurm]: --executor slurm's defaults
+    slurm: dict = field(default_factory=dict)  # [slurm]: --executor slurm's defaults
 
     def variants(self, pattern: str = "*") -> list[str]:
         return registry.variants(pattern, self.variant_names)

@@ -71,7 +71,7 @@ class ComparisonTable(_Table):
 
 
 class SlurmTable(_Table):
-    """`[slurm]` (0.6): `--executor slurm`'s defaults for the study (its flags override
+    """`[slurm]`: `--executor slurm`'s defaults for the study (its flags override
     them): the Slurm job's resources, and any other sbatch option in `options`."""
 
     partition: str | None = None
