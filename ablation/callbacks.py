@@ -3,7 +3,7 @@
 do, each on public Keras calls only.
 
 * `AtomicBackup`: Keras' `BackupAndRestore`, made atomic and checked whole;
-* `Recorder`: lr, epoch time and images/s into the epoch's logs, and the progress line
+* `EpochMeter`: lr, epoch time and images/s into the epoch's logs, and the progress line
   the runner reads (`ablation.protocol.EpochRecord`);
 * `HeldOut`: the held-out validation split evaluated every epoch;
 * `EpochScalars`: TensorBoard scalars where Keras' callback cannot run (no TensorFlow);
@@ -147,7 +147,7 @@ class AtomicBackup(keras.callbacks.Callback):
                 shutil.rmtree(old, ignore_errors=True)
 
 
-class Recorder(keras.callbacks.Callback):
+class EpochMeter(keras.callbacks.Callback):
     """Adds `lr`, `epoch_seconds` and training images/s to the epoch logs (before
     CSVLogger sees them), keeps each epoch's training images/s in `rates` (the run
     record's median) and prints one progress record per epoch."""

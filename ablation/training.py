@@ -44,9 +44,9 @@ from ablation import (
 )
 from ablation.callbacks import (
     AtomicBackup,
+    EpochMeter,
     HeldOut,
     HoldForTest,
-    Recorder,
     SummaryKeeper,
     process_start,
     tensorboard_callback,
@@ -294,15 +294,15 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
                execution, pretrained)
 
 
-class Record:
+class RecordWriter:
     """The job's run record (summary.json): what does not change while it trains, and
     the numbers of the history so far, rewritten atomically after every epoch."""
 
     def __init__(self, job: Job, notes: list[str]):
         cfg, info, ds, recipe = job.cfg, job.info, job.ds, job.recipe
         self.job, self.folder = job, job.folder
-        self.rates: list[float] = []  # training images/s per epoch (set by the Recorder)
-        self.recorder: Recorder | None = None  # its start-up, once it has begun an epoch
+        self.rates: list[float] = []  # training images/s per epoch (set by the EpochMeter)
+        self.meter: EpochMeter | None = None  # its start-up, once it has begun an epoch
         self.process_start = process_start()
         # earlier attempts' time (a resumed run): device time spent is never forgotten
         earlier = self.folder.record_or_none()
@@ -332,7 +332,7 @@ class Record:
     def write(self, status: JobState = JobState.RUNNING, **extra: Any) -> RunRecord:
         rows = self.folder.history_rows()
         rates = self.rates[1:] or self.rates  # the first epoch traces the graph
-        started = self.recorder.started if self.recorder is not None else None
+        started = self.meter.started if self.meter is not None else None
         record = RunRecord(
             **self.fixed, **_history_stats(rows), status=status,
             wall_seconds=round(self.earlier[0] + time.time() - self.process_start, 2),
@@ -344,12 +344,12 @@ class Record:
         return record
 
 
-def callbacks(job: Job, record: Record) -> tuple[list, Recorder]:
+def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
     """Keras' callbacks and ours, in the order the exactly-once history needs: the CSV
     row is flushed before the backup is taken."""
     recipe = job.recipe
-    recorder = Recorder(job.cfg, recipe, job.stream, job.start, record.rates, job.target)
-    record.recorder = recorder
+    meter = EpochMeter(job.cfg, recipe, job.stream, job.start, record.rates, job.target)
+    record.meter = meter
     # the test set (and the validation split) see the averaged weights; training, and
     # the backup, the raw ones
     swap = [keras.callbacks.SwapEMAWeights()] if recipe.ema else []
@@ -360,12 +360,12 @@ def callbacks(job: Job, record: Record) -> tuple[list, Recorder]:
         *swap,
         *([HeldOut(data.test_batches(job.ds, recipe.batch_size, split="validation"), swap)]
           if recipe.validation else []),
-        recorder,
+        meter,
         keras.callbacks.CSVLogger(str(job.history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
         job.backup,
     ]
-    return out, recorder
+    return out, meter
 
 
 def fit(job: Job, extra: list) -> None:
@@ -436,8 +436,8 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     notes = [n for n in (backend.note, tb_note) if n]
     for n in notes:
         print(n, flush=True)
-    record = Record(job, notes)
-    extra, recorder = callbacks(job, record)
+    record = RecordWriter(job, notes)
+    extra, meter = callbacks(job, record)
     extra += [*([board] if board is not None else []), SummaryKeeper(record.write)]
     hold = os.environ.get(HOLD_ENV)
     if hold:
@@ -451,11 +451,11 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     fit(job, extra)
 
     epochs = len(folder.history_rows())
-    if recorder.nan or epochs < job.target:
-        why = (f"{DIVERGED}the {recorder.nan} became NaN in epoch {epochs}/"
+    if meter.nan or epochs < job.target:
+        why = (f"{DIVERGED}the {meter.nan} became NaN in epoch {epochs}/"
                f"{job.recipe.epochs}" + (" (TerminateOnNaN stopped it)"
-                                         if recorder.nan == "loss" else "")
-               if recorder.nan
+                                         if meter.nan == "loss" else "")
+               if meter.nan
                else f"training stopped after {epochs} of {job.recipe.epochs} epochs")
         record.write(JobState.FAILED, error=why)
         print(f"FAILED: {why}", flush=True)
@@ -490,7 +490,7 @@ def _rebuild(job: Job, why: str) -> int:
     history, its model file and its config (nothing is trained)."""
     rows = job.folder.history_rows()
     note = f"summary.json rebuilt from history.csv and the saved model ({why})"
-    record = Record(job, [note])
+    record = RecordWriter(job, [note])
     record.rates.extend(v for r in rows if (v := number(r.get("images_per_second"))))
     h5 = job.run_dir / "model.h5"
     record.write(JobState.DONE, h5_bytes=h5.stat().st_size if h5.is_file() else None,
