@@ -181,7 +181,8 @@ class EpochMeter(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         # an evaluation whose loss is not a number diverged as surely as training: the run
         # stops here and fails (a setting that diverged is never promoted nor chosen)
-        for key, what in (("val_loss", "test loss"), ("validation_loss", "validation loss")):
+        for split in results.SPLITS.values():
+            key, what = split.loss, f"{split.name} loss"
             if key in logs and number(logs[key]) is None and not self.nan:
                 self.nan = what
                 self.model.stop_training = True
@@ -264,8 +265,8 @@ class HeldOut(keras.callbacks.Callback):
             return
         out = self.model.evaluate(self.batches, verbose=0, return_dict=True,
                                   callbacks=self.swap)
-        logs["validation_accuracy"] = out.get("accuracy")
-        logs["validation_loss"] = out.get("loss")
+        logs[results.VALIDATION.curve] = out.get("accuracy")
+        logs[results.VALIDATION.loss] = out.get("loss")
 
 
 

@@ -55,7 +55,7 @@ SPLITS = {
                         "best_validation_accuracy", "validation_accuracy", "validation_loss",
                         "validation_images"),
 }
-TEST = SPLITS["test"]
+TEST, VALIDATION = SPLITS["test"], SPLITS["validation"]
 
 
 def run_dir(results: Path, recipe_id: str, variant: str, seed: int, tag: str = "") -> Path:

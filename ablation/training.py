@@ -163,28 +163,31 @@ def load_data(recipe: Recipe, data_dir: str | None, record: dict | None) -> data
 # --- the job: build, fit, record --------------------------------------------------------
 
 
+def _split_stats(rows: list[dict], split: results.Split) -> tuple[dict, int | None]:
+    """A split's numbers from history.csv rows (its final and best accuracy, its final
+    loss, under the record's names) and the best epoch."""
+    scored = [(v, int(r["epoch"])) for r in rows
+              if (v := number(r.get(split.curve))) is not None]
+    best = max(scored, default=(None, None))
+    return {split.final: scored[-1][0] if scored else None, split.best: best[0],
+            f"final_{split.name}_loss": number(rows[-1].get(split.loss)) if rows else None
+            }, best[1]
+
+
 def _history_stats(rows: list[dict]) -> dict:
     """The record's numbers from history.csv: how far, and how well (the test set's under
     0.5's `val_*` names too, for one version)."""
-    scored = [(v, int(r["epoch"])) for r in rows
-              if (v := number(r.get("val_accuracy"))) is not None]
-    best = max(scored, default=(None, None))
+    test, best_epoch = _split_stats(rows, results.TEST)
     held = {}
-    if rows and "validation_accuracy" in rows[0]:  # the held-out split, when there is one
-        vals = [v for r in rows if (v := number(r.get("validation_accuracy"))) is not None]
-        held = {"final_validation_accuracy": vals[-1] if vals else None,
-                "best_validation_accuracy": max(vals, default=None),
-                "final_validation_loss": number(rows[-1].get("validation_loss"))}
-    test = {"final_test_accuracy": scored[-1][0] if scored else None,
-            "best_test_accuracy": best[0],
-            "final_test_loss": number(rows[-1].get("val_loss")) if rows else None}
+    if rows and results.VALIDATION.curve in rows[0]:  # the held-out split, when there is one
+        held, _ = _split_stats(rows, results.VALIDATION)
     return {
         **held, **test,
         "final_val_accuracy": test["final_test_accuracy"],
         "best_val_accuracy": test["best_test_accuracy"],
         "final_val_loss": test["final_test_loss"],
         "epochs_done": len(rows),
-        "best_epoch": best[1],
+        "best_epoch": best_epoch,
         "final_accuracy": number(rows[-1].get("accuracy")) if rows else None,
         "final_loss": number(rows[-1].get("loss")) if rows else None,
         "train_seconds": round(sum(float(r.get("epoch_seconds") or 0) for r in rows), 2),

@@ -286,12 +286,6 @@ def _cost_lines(cost: dict[str, dict], t: tune.Tune) -> list[str]:
                "start-up and snapshots: a lower bound.", ""] if older else [])]
 
 
-def _validation_at(run: Run, epoch: int) -> float:
-    """A run's validation accuracy after `epoch` (1-based); NaN where it has none."""
-    h = run.history["validation_accuracy"]
-    return float(h.iloc[epoch - 1]) if len(h) >= epoch else math.nan
-
-
 def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Path,
                    gid: str, col: dict, also: tuple[str, ...]) -> list[str]:
     """Dodge et al.'s expected best validation accuracy against the number of settings
@@ -305,7 +299,7 @@ def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Pa
         by_setting: dict[str, list] = {}
         for r in rs:
             if r.variant == v and r.record.phase == "tune" and len(r.history) \
-                    and "validation_accuracy" in r.history.columns:
+                    and results.VALIDATION.curve in r.history.columns:
                 by_setting.setdefault(r.record.recipe_id, []).append(r)
         # the epoch is one every setting that ran as planned reached: a run that failed
         # or diverged early does not pull the whole figure back to its last epoch
@@ -333,7 +327,7 @@ def _budget_curves(rs: list[Run], variants: list[str], t: tune.Tune, fig_dir: Pa
     for v, by_setting in per.items():
         vals = []
         for runs_ in by_setting.values():  # a setting without a number there is left out
-            accs = [_validation_at(x, epoch) for x in runs_]
+            accs = [curve(x.history, "validation").get(epoch, math.nan) for x in runs_]
             if all(a == a for a in accs):
                 vals.append(sum(accs) / len(accs))
         if len(vals) >= 2:
