@@ -1,5 +1,6 @@
-"""What every executor shares: the `Executor` protocol the runner drives, the job's
-command, and turning a finished job's process into a queue outcome.
+"""What every executor shares: the `Executor` protocol the runner drives, the one node
+runner (`JobProcess`: a job's training process, started, its output collected, stopped),
+and turning a finished job's process into a queue outcome.
 
 An executor runs `python -m ablation.job RUN_DIR` and reports the outcome (exit code
 + the run folder's summary.json), so a job's artefacts do not depend on who ran it.
@@ -8,14 +9,17 @@ Only the driver (ablation.runner) touches the queue database.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome, module_command
-from ablation.store import RunFolder
+from ablation.store import LOG, RunFolder
 
 LineSink = Callable[[int, str], None]  # (job id, progress payload) -> None
 
@@ -44,6 +48,55 @@ class Executor(Protocol):
 
 def train_command(run_dir: str) -> list[str]:
     return module_command("ablation.job", str(run_dir))
+
+
+class JobProcess:
+    """One job's training process on the node that runs it, whichever executor placed it
+    there (local, a Ray task, a Slurm job): started with its environment, its output
+    copied into the run folder's train.log with progress lines handed to `sink`, waited
+    for, or stopped at a safe point (SIGTERM: it keeps its last finished epoch)."""
+
+    def __init__(self, job_id: int, run_dir: str | Path, env: dict[str, str],
+                 sink: LineSink):
+        self.job_id, self.run_dir = job_id, Path(run_dir)
+        self.tail: list[str] = []  # the output's last lines, for a failure's reason
+        self.proc = subprocess.Popen(train_command(str(run_dir)), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=env)
+        self.reader = threading.Thread(
+            target=pump, args=(self.proc.stdout, RunFolder(run_dir).file(LOG), job_id, sink,
+                               self.tail), daemon=True)
+        self.reader.start()
+
+    def poll(self) -> int | None:
+        """Its exit code once it has ended (its output read to the end), else None."""
+        code = self.proc.poll()
+        if code is not None:
+            self.reader.join(timeout=10)
+        return code
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.proc.wait(timeout)
+        self.reader.join(timeout=10)
+        return code
+
+    def terminate(self) -> None:
+        """Ask it to stop at a safe point (SIGTERM), where it still runs."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, grace: float) -> int:
+        """SIGTERM, then SIGKILL after `grace` seconds; the exit code."""
+        self.terminate()
+        try:
+            return self.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait()
+
+    def outcome(self) -> Outcome:
+        """How it ended, as the queue records it (`outcome_from`)."""
+        return outcome_from(self.job_id, self.run_dir, self.proc.returncode, self.tail)
 
 
 def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outcome:

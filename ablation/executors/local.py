@@ -5,27 +5,20 @@ Which GPUs, how they are shared and each job's environment: `ablation.devices`."
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ablation import argtypes, devices
-from ablation.executors.base import LineSink, outcome_from, pump, train_command
+from ablation.executors.base import JobProcess, LineSink
 from ablation.protocol import Outcome
 
 
 @dataclass
 class _Slot:
     place: devices.Slot
-    job_id: int | None = None
-    proc: subprocess.Popen | None = None
-    run_dir: Path | None = None
-    reader: threading.Thread | None = None
-    tail: list[str] = field(default_factory=list)
+    job: JobProcess | None = None
 
 
 class LocalExecutor:
@@ -64,29 +57,22 @@ class LocalExecutor:
 
     @property
     def capacity(self) -> int:
-        return sum(s.job_id is None for s in self.slots)
+        return sum(s.job is None for s in self.slots)
 
     def _free(self) -> _Slot:
-        return next(s for s in self.slots if s.job_id is None)
+        return next(s for s in self.slots if s.job is None)
 
     def next_place(self) -> str:
         return self._free().place.describe()
 
     def running(self) -> list[int]:
-        return [s.job_id for s in self.slots if s.job_id is not None]
+        return [s.job.job_id for s in self.slots if s.job is not None]
 
     def submit(self, job_id: int, run_dir: Path) -> None:
         slot = self._free()
         env = devices.job_env(os.environ, slot.place.gpu, slot.place.sharing,
                               self.gpus.pci_order, self.threads, self.steps_per_execution)
-        slot.tail = []
-        slot.proc = subprocess.Popen(train_command(str(run_dir)), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env)
-        slot.job_id, slot.run_dir = job_id, Path(run_dir)
-        slot.reader = threading.Thread(
-            target=pump, args=(slot.proc.stdout, slot.run_dir / "train.log", job_id, self.sink,
-                               slot.tail), daemon=True)
-        slot.reader.start()
+        slot.job = JobProcess(job_id, run_dir, env, self.sink)
 
     def poll(self, timeout: float = 1.0) -> list[Outcome]:
         """Outcomes of the jobs that ended since the last call (waits up to timeout)."""
@@ -94,27 +80,22 @@ class LocalExecutor:
         while True:
             done = []
             for s in self.slots:
-                if s.proc is not None and s.proc.poll() is not None:
-                    s.reader.join(timeout=10)
-                    done.append(outcome_from(s.job_id, s.run_dir, s.proc.returncode, s.tail))
-                    s.job_id = s.proc = s.run_dir = s.reader = None
+                if s.job is not None and s.job.poll() is not None:
+                    done.append(s.job.outcome())
+                    s.job = None
             if done or time.monotonic() >= deadline:
                 return done
             time.sleep(0.2)
 
     def cancel(self, grace: float = 30.0) -> list[Outcome]:
         """Stop every running job (SIGTERM, then SIGKILL after `grace` seconds)."""
-        for s in self.slots:
-            if s.proc is not None and s.proc.poll() is None:
-                s.proc.send_signal(signal.SIGTERM)
+        for s in self.slots:  # every job told at once, then each waited for
+            if s.job is not None:
+                s.job.terminate()
         deadline = time.monotonic() + grace
         for s in self.slots:
-            if s.proc is not None:
-                try:
-                    s.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    s.proc.kill()
-                    s.proc.wait()
+            if s.job is not None:
+                s.job.stop(max(0.1, deadline - time.monotonic()))
         return self.poll(timeout=0)
 
     def shutdown(self) -> None:

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ablation import argtypes, devices
 from ablation.errors import AblationError
-from ablation.executors.base import LineSink, outcome_from, pump, train_command
+from ablation.executors.base import JobProcess, LineSink, outcome_from
 from ablation.protocol import Exit, JobState, Outcome
 from ablation.store import CONFIG, RunFolder
 
@@ -89,20 +87,12 @@ def _train_on_worker(run_dir: str, job_id: int, progress, gpus_per_job: float = 
     if not RunFolder(run_dir).file(CONFIG).is_file():
         return Exit.NOT_VISIBLE, [f"results folder {run_dir} is not visible on worker "
                              f"{socket.gethostname()}: put --results on shared storage"]
-    tail: list[str] = []
-    proc = subprocess.Popen(train_command(run_dir), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT,
-                            env=task_env(gpus_per_job, threads, steps_per_execution))
+    job = JobProcess(job_id, run_dir, task_env(gpus_per_job, threads, steps_per_execution),
+                     lambda jid, line: progress.put((jid, line)))
     try:
-        pump(proc.stdout, Path(run_dir) / "train.log", job_id,
-             lambda jid, line: progress.put((jid, line)), tail)
-        return proc.wait(), tail
+        return job.wait(), job.tail
     except KeyboardInterrupt:  # ray.cancel: stop training cleanly, keep the backup
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        job.stop(60)
         raise
 
 

@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 from ablation import argtypes, devices
 from ablation.errors import AblationError
-from ablation.executors.base import LineSink, outcome_from, pump, train_command
+from ablation.executors.base import JobProcess, LineSink, outcome_from
 from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome
 
 PROGRESS_FILE = "progress.jsonl"  # a job's progress lines, for the driver to follow
@@ -70,38 +69,24 @@ class SlurmTask:
                  steps_per_execution: int | None = None):
         self.jobs, self.gpus, self.sharing = jobs, gpus, sharing
         self.threads, self.steps_per_execution = threads, steps_per_execution
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[JobProcess] = []
 
     def __call__(self) -> list[tuple[int, int, list[str]]]:
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "") if self.gpus else ""
         env = devices.job_env(os.environ, gpu, self.sharing if gpu else 1,
                               threads=self.threads,
                               steps_per_execution=self.steps_per_execution)
-        tails: list[list[str]] = []
-        pumps = []
         for job_id, run_dir in self.jobs:
             _record_slurm(Path(run_dir))
-            proc = subprocess.Popen(train_command(run_dir), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, env=env)
-            self.procs.append(proc)
-            tail: list[str] = []
-            tails.append(tail)
-            progress = Path(run_dir) / PROGRESS_FILE
-            t = threading.Thread(target=pump, args=(proc.stdout, Path(run_dir) / "train.log",
-                                                    job_id, _appender(progress), tail),
-                                 daemon=True)
-            t.start()
-            pumps.append(t)
+            self.procs.append(JobProcess(job_id, run_dir, env,
+                                         _appender(Path(run_dir) / PROGRESS_FILE)))
         codes = [p.wait() for p in self.procs]
-        for t in pumps:
-            t.join(timeout=10)
         if any(c in (Exit.INTERRUPTED, -signal.SIGTERM, -signal.SIGINT) for c in codes):
             # Slurm is stopping this job (preemption, requeue, a cancel, a time limit):
             # no result, so the driver waits for the requeued job (or sees it cancelled)
             while True:
                 time.sleep(60)
-        return [(job_id, code, tail) for (job_id, _), code, tail
-                in zip(self.jobs, codes, tails, strict=True)]
+        return [(p.job_id, code, p.tail) for p, code in zip(self.procs, codes, strict=True)]
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit's hook on its signal (the time limit near, or preemption with a grace
@@ -109,9 +94,8 @@ class SlurmTask:
         which resumes each from its snapshot."""
         import submitit
 
-        for p in self.procs:
-            with contextlib.suppress(OSError):
-                p.send_signal(signal.SIGTERM)
+        for p in self.procs:  # every job told at once, then each waited for
+            p.terminate()
         for p in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=120)
