@@ -148,3 +148,39 @@ class _Fake:
             @staticmethod
             def exists() -> bool:
                 return False
+
+
+def test_the_slurm_task_is_checkpointable_holds_nothing_and_ends(tmp_path, monkeypatch):
+    """submitit's Checkpointable: the resubmitted task is the one given, without the
+    attempt's processes; a task whose process was stopped by a signal Slurm did not
+    follow with the job's end ends itself instead of holding the allocation."""
+    pytest.importorskip("submitit")
+    import pickle
+
+    import submitit
+
+    from ablation.errors import AblationError
+    from ablation.executors import slurm
+
+    class Stopped:  # a training process that a signal stopped (exit 130)
+        def __init__(self, job_id, run_dir, env, sink):
+            self.job_id, self.tail = job_id, ["stopped"]
+
+        def wait(self, timeout=None):
+            return 130
+
+        def terminate(self):
+            pass
+
+    monkeypatch.setattr(slurm, "JobProcess", Stopped)
+    monkeypatch.setattr(slurm, "STOPPING_SECONDS", 0.0)
+    task = slurm.SlurmTask([(1, str(tmp_path / "r1"))], gpus=0, sharing=1, threads=1)
+    (tmp_path / "r1").mkdir()
+    assert isinstance(task, submitit.helpers.Checkpointable)
+    with pytest.raises(AblationError, match="stopped by a signal and Slurm did not end"):
+        task()
+    assert len(task.procs) == 1  # the attempt's processes, until requeued
+    again = task.checkpoint()
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    resubmitted = pickle.loads(pickle.dumps(again.function))
+    assert resubmitted.jobs == task.jobs and resubmitted.procs == []

@@ -35,7 +35,7 @@ class Executor(Protocol):
 
     def next_place(self) -> str: ...  # where the next submitted job will run, in words
 
-    def running(self) -> list[int]: ...  # job ids in flight
+    def running(self) -> list[int]: ...  # job ids submitted whose outcome poll owes
 
     def submit(self, job_id: int, run_dir: Path) -> None: ...
 

@@ -38,8 +38,16 @@ from ablation.errors import AblationError
 from ablation.executors.base import JobProcess, LineSink, outcome_from
 from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome
 
+try:  # the [slurm] extra; without it SlurmExecutor says how to install it
+    from submitit.helpers import Checkpointable
+except ImportError:
+    Checkpointable = object  # type: ignore[assignment,misc]
+
 PROGRESS_FILE = "progress.jsonl"  # a job's progress lines, for the driver to follow
 SLURM_FILE = "slurm.json"  # which Slurm job ran (runs) a job: for people and tests
+# after its training processes were stopped by a signal, how long a task waits for Slurm
+# to end its job (KillWait, a preemption's GraceTime) before it ends itself
+STOPPING_SECONDS = 600.0
 SQUEUE_SECONDS = 10.0  # between squeue calls while nothing was submitted or cancelled
 # states squeue shows of a job that will not run again (a preempted or failed node's job
 # is requeued: squeue shows it pending, then running)
@@ -60,10 +68,15 @@ OPTIONS = {
 }
 
 
-class SlurmTask:
+class SlurmTask(Checkpointable):
     """What a Slurm job runs (submitit pickles it): the training processes of its run
     folders, side by side on the job's GPU, each with the memory settings of a packed
-    local job. Returns [(queue id, exit code, the output's last lines)] when they end."""
+    local job. Returns [(queue id, exit code, the output's last lines)] when they end.
+
+    A submitit `Checkpointable`: on submitit's signal (the time limit near, a preemption
+    with a grace time) it stops its processes at a safe point and is resubmitted as it
+    was given, holding nothing of the attempt (each process resumes from its snapshot).
+    """
 
     def __init__(self, jobs: list[tuple[int, str]], gpus: int, sharing: int, threads: int,
                  steps_per_execution: int | None = None):
@@ -71,37 +84,39 @@ class SlurmTask:
         self.threads, self.steps_per_execution = threads, steps_per_execution
         self.procs: list[JobProcess] = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "procs": []}  # a requeued task starts its own processes
+
     def __call__(self) -> list[tuple[int, int, list[str]]]:
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "") if self.gpus else ""
         env = devices.job_env(os.environ, gpu, self.sharing if gpu else 1,
                               threads=self.threads,
                               steps_per_execution=self.steps_per_execution)
+        self.procs = []
         for job_id, run_dir in self.jobs:
             _record_slurm(Path(run_dir))
             self.procs.append(JobProcess(job_id, run_dir, env,
                                          _appender(Path(run_dir) / PROGRESS_FILE)))
         codes = [p.wait() for p in self.procs]
         if any(c in (Exit.INTERRUPTED, -signal.SIGTERM, -signal.SIGINT) for c in codes):
-            # Slurm is stopping this job (preemption, requeue, a cancel, a time limit):
-            # no result, so the driver waits for the requeued job (or sees it cancelled)
-            while True:
-                time.sleep(60)
+            # Slurm is stopping this job (preemption, requeue, a cancel): no result, so
+            # the driver waits for the requeued job (or sees it cancelled). Slurm ends it
+            # within KillWait (or the grace time); a process stopped by anyone else must
+            # not hold the allocation, so the task ends itself after STOPPING_SECONDS.
+            time.sleep(STOPPING_SECONDS)
+            raise AblationError(f"a training process was stopped by a signal and Slurm "
+                                f"did not end the job within {STOPPING_SECONDS:.0f} s")
         return [(p.job_id, code, p.tail) for p, code in zip(self.procs, codes, strict=True)]
 
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        """submitit's hook on its signal (the time limit near, or preemption with a grace
-        time): stop the training processes at a safe point, then resubmit this same task,
-        which resumes each from its snapshot."""
-        import submitit
-
-        for p in self.procs:  # every job told at once, then each waited for
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's hook on its signal: stop the training processes at a safe point
+        (every one told at once, then each waited for), then resubmit this task."""
+        for p in self.procs:
             p.terminate()
         for p in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=120)
-        return submitit.helpers.DelayedSubmission(
-            SlurmTask(self.jobs, self.gpus, self.sharing, self.threads,
-                      self.steps_per_execution))
+        return super().checkpoint(*args, **kwargs)
 
 
 def _appender(path: Path):
@@ -212,12 +227,15 @@ class SlurmExecutor:
 
     @property
     def capacity(self) -> int:
+        if self.refused:  # sbatch refused: nothing more is claimed until that is reported
+            return 0
         return max(0, self.size - len(self.running()))
 
     def next_place(self) -> str:
         return "slurm"
 
     def running(self) -> list[int]:
+        # a job sbatch refused is owed its outcome (the next poll's), not running on Slurm
         return ([i for i, _ in self.waiting] + [i for b in self.batches for i, _ in b.jobs]
                 + [o.job_id for o in self.refused])
 
