@@ -3,6 +3,7 @@
 do, each on public Keras calls only.
 
 * `AtomicBackup`: Keras' `BackupAndRestore`, made atomic and checked whole;
+* `Lookahead`: airbench's lookahead, its average kept in the snapshots;
 * `EpochMeter`: lr, epoch time and images/s into the epoch's logs, and the progress line
   the runner reads (`ablation.protocol.EpochRecord`);
 * `HeldOut`: the held-out validation split evaluated every epoch;
@@ -58,10 +59,12 @@ class AtomicBackup(keras.callbacks.Callback):
 
     WEIGHTS, META = "latest.weights.h5", "training_metadata.json"
 
-    def __init__(self, root: Path, identity: dict | None = None):
+    def __init__(self, root: Path, identity: dict | None = None,
+                 keeps: tuple[Lookahead, ...] = ()):
         super().__init__()
         self.root = Path(root)
         self.identity = dict(identity or {})
+        self.keeps = keeps  # other callbacks' state that the snapshot holds beside weights
 
     def _damaged(self, what: str) -> DamagedSnapshot:
         return DamagedSnapshot(
@@ -94,8 +97,9 @@ class AtomicBackup(keras.callbacks.Callback):
             if key in meta and meta[key] != want:
                 raise self._damaged(f"it belongs to another job ({key} {meta[key]!r}, "
                                     f"this job's is {want!r})")
-        if not (folder / self.WEIGHTS).is_file():
-            raise self._damaged(f"no {self.WEIGHTS} in {folder.name}")
+        for name in [self.WEIGHTS, *(k.FILE for k in self.keeps)]:
+            if not (folder / name).is_file():
+                raise self._damaged(f"no {name} in {folder.name}")
         return folder, epoch
 
     def resume(self, model: Any, steps_per_epoch: int) -> int:
@@ -121,6 +125,11 @@ class AtomicBackup(keras.callbacks.Callback):
                 else steps == epoch * steps_per_epoch):
             raise self._damaged(f"its optimizer state is at step {steps}, not at the end of "
                                 f"epoch {epoch} (step {epoch * steps_per_epoch})")
+        for keep in self.keeps:
+            try:
+                keep.restore(folder / keep.FILE, model)
+            except (OSError, ValueError, KeyError) as e:
+                raise self._damaged(f"cannot load {folder.name}/{keep.FILE} ({e})") from e
         return epoch
 
     def on_epoch_end(self, epoch, logs=None):
@@ -132,8 +141,11 @@ class AtomicBackup(keras.callbacks.Callback):
         try:  # VGG19's snapshot is ~310 MB (weights and momenta): a full disk is likely
             tmp.mkdir(parents=True)
             self.model.save_weights(str(tmp / self.WEIGHTS))
-            with open(tmp / self.WEIGHTS, "rb") as fh:
-                os.fsync(fh.fileno())
+            for keep in self.keeps:
+                keep.save(tmp / keep.FILE)
+            for name in [self.WEIGHTS, *(k.FILE for k in self.keeps)]:
+                with open(tmp / name, "rb") as fh:
+                    os.fsync(fh.fileno())
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)  # the last good snapshot stays
             raise results.disk_error(e, tmp / self.WEIGHTS) from e
@@ -145,6 +157,72 @@ class AtomicBackup(keras.callbacks.Callback):
         for old in self.root.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead (Jordan 2024, after hlb-cifar10): every `every` steps the
+    model's float variables (its weights and batch-norm statistics) move to an average
+    that trails them, ema <- ema + (1 - d)(w - ema), then w <- ema, with d = decay^every ·
+    (step / last step)^3: no averaging at first, the most at the end. After the last
+    step the model takes the average. The average lives on the device (Keras ops) and
+    goes into each snapshot (`save`/`restore`), so a resumed run goes on exactly.
+
+    With several steps per execution the callback sees every k-th step: it updates when
+    a multiple of `every` was passed, so the run is airbench's where k divides `every`
+    (steps_per_execution is 1 on the CPU)."""
+
+    FILE = "lookahead.npz"
+
+    def __init__(self, decay: float, every: int, last_step: int):
+        super().__init__()
+        self.decay, self.every, self.last_step = decay, every, last_step
+        self.ema: list[Any] | None = None
+        self.done = 0  # updates made: the step's multiple of `every` last passed
+
+    def _floats(self, model: Any) -> list[Any]:
+        return [v for v in model.weights if "float" in str(v.dtype)]
+
+    def on_train_begin(self, logs=None):
+        if self.ema is None:  # not restored: the average starts at the model
+            self.ema = [keras.ops.copy(v.value) for v in self._floats(self.model)]
+        self.done = self._step() // self.every
+
+    def _step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if step // self.every > self.done:
+            self.done = step // self.every
+            self._update(self.decay ** self.every
+                         * (self.done * self.every / self.last_step) ** 3)
+        if step >= self.last_step:
+            self._update(1.0)  # the model takes the average
+
+    def _update(self, d: float) -> None:
+        assert self.ema is not None
+        for i, v in enumerate(self._floats(self.model)):
+            self.ema[i] = self.ema[i] + (1.0 - d) * (keras.ops.cast(v.value, self.ema[i].dtype)
+                                                     - self.ema[i])
+            v.assign(keras.ops.cast(self.ema[i], v.dtype))
+
+    def save(self, path: Path) -> None:
+        import numpy as np
+
+        assert self.ema is not None
+        with open(path, "wb") as f:
+            np.savez(f, *[keras.ops.convert_to_numpy(e) for e in self.ema])
+
+    def restore(self, path: Path, model: Any) -> None:
+        import numpy as np
+
+        with np.load(path) as z:
+            arrays = [z[f"arr_{i}"] for i in range(len(z.files))]
+        shapes = [tuple(v.shape) for v in self._floats(model)]
+        if [a.shape for a in arrays] != shapes:
+            raise ValueError(f"{len(arrays)} averages for {len(shapes)} variables, or "
+                             "other shapes")
+        self.ema = [keras.ops.convert_to_tensor(a) for a in arrays]
 
 
 class EpochMeter(keras.callbacks.Callback):

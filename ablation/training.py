@@ -47,6 +47,7 @@ from ablation.callbacks import (
     EpochMeter,
     HeldOut,
     HoldForTest,
+    Lookahead,
     SummaryKeeper,
     process_start,
     tensorboard_callback,
@@ -276,14 +277,16 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
                            execution["steps_per_execution"], steps, ds.input_shape)
     info = models.count_params(variant, ds.num_classes, ds.input_shape)
     models.check_counts(model, info, cfg.variant)  # what the record says is the model's
-    backup = AtomicBackup(run_dir / "backup", {
-        "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
-        "definition_hash": study.definition_hash(variant)})
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
                               epochs=trains_to(cfg.until, recipe.epochs),
                               threads=execution["loader_threads"],
                               mixup=recipe.mixup, cutmix=recipe.cutmix, pad=recipe.pad,
                               flip=recipe.flip)
+    lookahead = (Lookahead(recipe.lookahead, recipe.lookahead_every,
+                           stream.steps_per_epoch * recipe.epochs),) if recipe.lookahead else ()
+    backup = AtomicBackup(run_dir / "backup", {
+        "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
+        "definition_hash": study.definition_hash(variant)}, keeps=lookahead)
     start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
     pretrained = {}
     if start == 0 and variant.pretrained:
@@ -363,6 +366,7 @@ def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
         *swap,
         *([HeldOut(data.test_batches(job.ds, recipe.batch_size, split="validation"), swap)]
           if recipe.validation else []),
+        *job.backup.keeps,  # the lookahead (its average is in the snapshots)
         meter,
         keras.callbacks.CSVLogger(str(job.history_path), append=True),
         keras.callbacks.TerminateOnNaN(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ablation import data, models
+from ablation import data, models, registry
 from ablation.study import load_study
 
 
@@ -144,4 +144,12 @@ def test_the_study_and_its_recipe(study):
     assert recipe.lr_at(0, 50) == pytest.approx(0.2 * recipe.lr)
     assert recipe.lr_at(100, 50) == pytest.approx(recipe.lr)
     assert recipe.lr_at(300, 50) == pytest.approx(0.5 * recipe.lr)
-    assert len(study.variant_names) == 6
+    assert len(study.variant_names) == 8
+    # each step on the one before (a variant's recipe replaces its base's: each lists all)
+    steps = {n: registry.get(n).train_recipe(recipe) for n in study.variant_names}
+    assert [(steps[n].flip, steps[n].tta, steps[n].bn_bias_lr, steps[n].lookahead) for n in (
+        "airbench_3_scalebias", "airbench_5_lookahead", "airbench_6_tta", "airbench_7_flip",
+        "airbench")] == [("random", "flip", 64, 0), ("random", "flip", 64, 0.95),
+                         ("random", "flip_translate", 64, 0.95),
+                         ("alternate", "flip_translate", 64, 0.95),
+                         ("alternate", "flip_translate", 64, 0)]

@@ -130,3 +130,74 @@ def test_every_kind_of_damage_fails_in_one_line_and_keeps_the_files(snapshot, tm
     assert says in message and "\n" not in message
     assert "Delete" in message and "--retry-failed" in message
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == files
+
+
+LOOKAHEAD = RECIPE.replace(lookahead=0.95, lookahead_every=3)
+
+
+def _train(model, epochs, root, start=0, every=3, last=3 * STEPS):
+    """Train (epochs start..epochs) with the lookahead, snapshotting each epoch."""
+    look = callbacks.Lookahead(0.95, every, last)
+    backup = callbacks.AtomicBackup(root, IDENTITY, keeps=(look,))
+    if start:
+        assert backup.resume(model, STEPS) == start
+    stream = data.TrainStream(data.synthetic(16, 8), 8, seed=0, epochs=epochs)
+    stream.start_epoch = start
+    model.fit(iter(stream), steps_per_epoch=STEPS, epochs=epochs, initial_epoch=start,
+              verbose=0, callbacks=[look, backup])
+    return look
+
+
+def test_the_lookahead_follows_airbenchs_rule(tmp_path):
+    """Every `every` steps: ema <- ema + (1 - d)(w - ema), w <- ema, d = decay^every ·
+    (step / last)^3; after the last step the model holds the average. Replayed here in
+    numpy from the weights the training steps produced."""
+    model = fresh(0, LOOKAHEAD)
+    floats = [v for v in model.weights if "float" in str(v.dtype)]
+    seen = []  # each step's weights before the lookahead touched them
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append([np.array(keras.ops.convert_to_numpy(v.value)) for v in floats])
+
+    start = [np.array(keras.ops.convert_to_numpy(v.value)) for v in floats]
+    look = callbacks.Lookahead(0.95, 3, 3 * STEPS)
+    stream = data.TrainStream(data.synthetic(16, 8), 8, seed=0, epochs=3)
+    model.fit(iter(stream), steps_per_epoch=STEPS, epochs=3, verbose=0,
+              callbacks=[Spy(), look])
+    assert len(seen) == 6
+    ema = start
+    for step in (3, 6):  # seen[step - 1]: the weights the optimizer left at that step
+        d = 0.95 ** 3 * (step / 6) ** 3
+        ema = [e + (1 - d) * (w - e) for e, w in zip(ema, seen[step - 1], strict=True)]
+    for v, e in zip(floats, ema, strict=True):  # the last step: the model takes the average
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(v.value), e, rtol=1e-5,
+                                   atol=1e-6)
+    # the averaged weights are not the raw ones (it did something)
+    assert any(not np.allclose(w, e) for w, e in zip(seen[-1], ema, strict=True))
+
+
+def test_a_resumed_lookahead_goes_on_as_if_never_stopped(tmp_path):
+    """Killed after epoch 1 (mid-cycle: 2 steps of every 3), resumed from the snapshot:
+    the same weights as the run that never stopped; a snapshot without its average is
+    damaged."""
+    whole = fresh(0, LOOKAHEAD)
+    _train(whole, 3, tmp_path / "whole")
+    part = fresh(0, LOOKAHEAD)
+    _train(part, 1, tmp_path / "part")
+    resumed = fresh(1, LOOKAHEAD)
+    _train(resumed, 3, tmp_path / "part", start=1)
+    for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    (_latest(tmp_path / "part") / callbacks.Lookahead.FILE).unlink()
+    with pytest.raises(callbacks.DamagedSnapshot, match=r"no lookahead\.npz"):
+        callbacks.AtomicBackup(tmp_path / "part", IDENTITY,
+                               keeps=(callbacks.Lookahead(0.95, 3, 6),)).resume(fresh(1), STEPS)
+
+
+def test_lookahead_and_ema_are_one_or_the_other():
+    from ablation.errors import AblationError
+
+    with pytest.raises(AblationError, match="ema and lookahead both average the weights"):
+        RECIPE.replace(lookahead=0.95, ema=0.99)
+    assert LOOKAHEAD.id != RECIPE.id and "lookahead 0.95 every 3 steps" in LOOKAHEAD.describe()

@@ -223,6 +223,12 @@ class Recipe:
         "shifted one pixel up-left and down-right, reflected: airbench's 6 views)")
     bn_bias_lr: Pos = _f(1, "number", "learning-rate factor of batch-norm offsets, not of "
                          "their weight decay (airbench's 64)")
+    lookahead: Unit = _f(0, "number", "airbench's lookahead (0: off; its 0.95): every "
+                         "lookahead-every steps the weights and batch-norm statistics move "
+                         "to an average that trails them, at this decay per step ramped up "
+                         "as (step / last step)^3, and the model takes the average at the "
+                         "end")
+    lookahead_every: Int1 = _f(5, "int", "steps between the lookahead's updates")
 
     def __post_init__(self):
         values = _validate({f.name: getattr(self, f.name) for f in fields(self)})
@@ -263,6 +269,8 @@ class Recipe:
             if name not in spec.settings and getattr(self, name) != getattr(DEFAULTS, name):
                 raise AblationError(f"{name} is SGD's setting; {self.optimizer} takes "
                                     "beta-1 and beta-2")
+        if self.lookahead and self.ema:
+            raise AblationError("ema and lookahead both average the weights: give one")
         allowed = [n for n in spec.settings if n in _BETAS]
         for name in _BETAS:
             if getattr(self, name) is not None and name not in spec.settings:
@@ -417,6 +425,8 @@ class Recipe:
             (self.image_size, f"images resized to {'x'.join(map(str, self.image_hw or ()))}"),
             (self.bn_bias_lr != 1, f"batch-norm offsets at {self.bn_bias_lr:g}x the lr"),
             (self.tta != "none", f"test-time augmentation {self.tta} (recorded apart)"),
+            (self.lookahead, f"lookahead {self.lookahead:g} every {self.lookahead_every} "
+                             "steps"),
         ) if on]
         aug = f"augmentation `{self.augment}`" + (f" (pad {self.pad})" if self.pad else "") \
             + ("" if self.flip == "random" else f", flip {self.flip}")
@@ -492,7 +502,8 @@ VARIANT_FIELDS = tuple(f.name for f in fields(Recipe) if f.name not in RUN_FIELD
 _ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1", "beta_2",
                 "epsilon", "decay", "schedule", "warmup", "min_lr", "label_smoothing",
                 "mixup", "cutmix", "ema", "grad_clip", "image_size", "validation",
-                "data_hash", "lr_drop", "bias_decay", "pad", "flip", "tta", "bn_bias_lr")
+                "data_hash", "lr_drop", "bias_decay", "pad", "flip", "tta", "bn_bias_lr",
+                "lookahead", "lookahead_every")
 DEFAULTS_MILESTONES = (0.405, 0.61)
 
 # the schema: one pydantic model made from the dataclass's own annotations
