@@ -89,6 +89,29 @@ def test_comparison_table_marks_reference_counts(results):
     assert p.loc["resnet32", "published error %"] == "7.51"
     assert p.loc["resnet32", "test error % (final)"] == "39.00 ± 1.00"
     assert p.loc["resnet32_e", "published error %"] == "–"
+    assert "final TTA test acc %" not in t  # no run was evaluated under TTA
+
+
+def test_tta_accuracy_has_its_own_columns_and_interval(tmp_path):
+    """The test set under test-time augmentation (airbench's headline): mean ± std and
+    a 95 % t interval over seeds, beside the plain accuracy, never in its place."""
+    from scipy import stats as sp
+
+    res = tmp_path / "results"
+    tta = [0.9391, 0.9402, 0.9388]
+    for seed, acc in enumerate(tta):
+        make_run(res, "resnet32_e", seed, [0.5, 0.6, 0.7], final_tta_accuracy=acc)
+    make_run(res, "resnet32", 0, [0.5, 0.6, 0.7])
+    runs = load.load_runs(res)
+    by = {v: [r for r in runs if r.variant == v] for v in ("resnet32", "resnet32_e")}
+    t = markdown.comparison_table(stats.summarise(by, {}), load_blog().comparisons[1], 3,
+                                  published=False).set_index("variant")
+    low, high = sp.t.interval(0.95, 2, loc=np.mean(tta), scale=sp.sem(tta))
+    assert t.loc["resnet32_e", "final TTA test acc %"] == \
+        f"{100 * np.mean(tta):.2f} ± {100 * np.std(tta, ddof=1):.2f}"
+    assert t.loc["resnet32_e", "TTA 95 % interval"] == f"[{100 * low:.2f}, {100 * high:.2f}]"
+    assert t.loc["resnet32_e", "final test acc %"] == "70.00 ± 0.00"
+    assert t.loc["resnet32", "final TTA test acc %"] == "–"
 
 
 def load_blog():

@@ -309,6 +309,7 @@ def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int
     image, size, seeds, accuracy, time, speed; the published error beside ours where the
     study has one for the runs' dataset."""
     rows = []
+    tta = "tta_mean" in summary and summary["tta_mean"].notna().any()
     for s in summary.itertuples():
         v = registry.get(s.variant)
         ref = v.reference_params or (None, None, None)
@@ -325,6 +326,10 @@ def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int
             f"best {split.name} acc % (picked on {split.name})": mean_std(s.best_mean,
                                                                        s.best_std),
             f"final {split.name} acc %": mean_std(s.final_mean, s.final_std),
+            **({} if not tta else {
+                "final TTA test acc %": mean_std(s.tta_mean, s.tta_std),
+                "TTA 95 % interval": "–" if s.tta_interval is None else
+                f"[{100 * s.tta_interval[0]:.2f}, {100 * s.tta_interval[1]:.2f}]"}),
             "train time": "–" if math.isnan(s.train_seconds) else results.duration(
                 s.train_seconds),
             "img/s": "–" if math.isnan(s.images_per_second) else f"{s.images_per_second:.0f}",

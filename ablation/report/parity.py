@@ -19,6 +19,7 @@ from ablation import results
 from ablation.errors import AblationError
 from ablation.protocol import JobState
 from ablation.report import markdown
+from ablation.report.stats import t_interval
 from ablation.store import load_runs, quiet
 
 BASELINE = "baseline"  # the blog path's runs, under the results folder
@@ -52,13 +53,11 @@ def frame(results_dir: Path, variant: str = "resnet32_e") -> pd.DataFrame:
 
 def interval(differences, confidence: float = 0.95) -> tuple[float, float, float]:
     """The mean paired difference and its t interval (in the values' units)."""
-    from scipy import stats
-
     d = pd.Series(differences, dtype=float)
     if len(d) < 2:
         raise AblationError("a paired interval needs two seeds or more")
-    low, high = stats.t.interval(confidence, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
-    return float(d.mean()), float(low), float(high)
+    low, high = t_interval(list(d), confidence)
+    return float(d.mean()), low, high
 
 
 def write(results_dir: Path, out_dir: Path, variant: str = "resnet32_e") -> Path:
