@@ -28,7 +28,7 @@ _backend.prefer_installed()
 # TensorFlow's C++ start-up log lines never reach a user's terminal (ablation.backend)
 _backend.quiet_tensorflow_import()
 
-__version__ = "0.6.0"
+__version__ = "0.7.0.dev0"
 __all__ = ["Block", "Net", "Study", "__version__", "build_model", "count_params", "head",
            "load_model", "load_study", "shortcut", "stem", "unit", "variants"]
 

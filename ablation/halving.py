@@ -76,6 +76,7 @@ class Trial:
     curve: dict[int, float] = field(default_factory=dict)
     failed: bool = False
     target: int = 0
+    distance: float = 0.0  # from the variant's own recipe: a tie at a rung goes nearest
 
     def at(self, epoch: int) -> float | None:
         return self.curve.get(epoch)
@@ -172,7 +173,7 @@ def _completed(trials: list[Trial], epoch: int) -> list[Trial]:
 
 
 def _ranked(trials: list[Trial], epoch: int) -> list[Trial]:
-    return sorted(_completed(trials, epoch), key=lambda t: (-t.at(epoch), t.key))
+    return sorted(_completed(trials, epoch), key=lambda t: (-t.at(epoch), t.distance, t.key))
 
 
 def _promoted(trials: list[Trial], rungs: list[int], k: int) -> int:

@@ -44,14 +44,15 @@ def study_runs(results_dir: Path, study: studies.Study, history: bool = False) -
 
 
 def halving_trials(found: list[Run], group: str, variant: str, recipe_ids: list[str],
-                   rungs: list[int], seeds: int, running=lambda recipe_id, seed: False
-                   ) -> tuple[list[halving.Trial], int]:
+                   rungs: list[int], seeds: int, running=lambda recipe_id, seed: False,
+                   distance=lambda recipe_id: 0.0) -> tuple[list[halving.Trial], int]:
     """A variant's settings (their recipe ids, in the order the search starts them) as
     successive halving's rule sees them, from its tuning runs among `found`, and the
     epochs those runs trained. A setting whose run failed, or that has no validation
     accuracy at a rung it reached (it diverged: its history has NaN there, or no such
     column), has failed: it is never promoted. `running(recipe id, seed)`: whether that
-    job trains now."""
+    job trains now; `distance(recipe id)`: how far the setting is from the variant's own
+    recipe (a tie at a rung goes to the nearest, as the final choice's does)."""
     mine = {(r.record.recipe_id, r.seed): r for r in found
             if r.variant == variant and r.record.phase == "tune" and r.record.tuning
             and r.record.tuning.group == group}
@@ -73,7 +74,7 @@ def halving_trials(found: list[Run], group: str, variant: str, recipe_ids: list[
                     failed = True
         # a running setting is on its way to the next rung above what it trained
         target = next((e for e in rungs if e > done), done) if busy else done
-        out.append(halving.Trial(rid, done, busy, at, failed, target))
+        out.append(halving.Trial(rid, done, busy, at, failed, target, distance(rid)))
     return out, spent
 
 

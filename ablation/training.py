@@ -473,7 +473,7 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
               "halving)", flush=True)
         return Exit.DONE
     extra = {}
-    if job.recipe.tta != "none":
+    if job.recipe.tta != "none" and job.tests:  # a tuning run never reads the test set
         extra["final_tta_accuracy"] = tta_accuracy(job)
         print(f"test accuracy with test-time augmentation ({job.recipe.tta}): "
               f"{extra['final_tta_accuracy']:.4f}", flush=True)

@@ -38,7 +38,9 @@ from ablation.protocol import JobState, RunRecord
 from ablation.recipe import VARIANT_FIELDS, Recipe, check_field
 
 RECIPE_FIELDS = {f.name for f in fields(Recipe)}
-TUNABLE = (*VARIANT_FIELDS, "batch_size")  # what [tune] may search: not the data, not epochs
+# what [tune] may search: not the data, not epochs, and not `tta` (an evaluation of the
+# test set, which tuning never reads)
+TUNABLE = tuple(f for f in (*VARIANT_FIELDS, "batch_size") if f != "tta")
 # [tune]'s own keys, beside the fields it tunes
 SETTINGS = ("samples", "seeds", "validation", "halving", "budget", "test", "space")
 PHASES = ("tune", "compare")
@@ -64,12 +66,29 @@ class Axis:
         (`own`), rounded to six digits as any tuned value is."""
         if not self.times:
             return self
-        def at(m: float) -> float:
-            return float(f"{m * own:.6g}")
+        if isinstance(own, bool) or not isinstance(own, int | float):
+            raise AblationError(f"[tune] {self.name} = {{ times = ... }} multiplies the "
+                                f"variant's own {self.name}, which is {own!r}: give the "
+                                "values themselves")
+
+        def at(m: float) -> float | int:
+            v = float(f"{m * own:.6g}")
+            if isinstance(own, int):  # an integer field stays one (batch_size, epochs)
+                if v != round(v):
+                    raise AblationError(f"[tune] {self.name}: {m:g} x {own} = {v:g} is not "
+                                        "a whole number: give multipliers that keep it "
+                                        "whole, or the values themselves")
+                return round(v)
+            return v
 
         if self.is_range:
             return replace(self, low=at(self.low), high=at(self.high), times=False)
-        return replace(self, values=tuple(at(m) for m in self.values), times=False)
+        values = tuple(at(m) for m in self.values)
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise AblationError(f"[tune] {self.name}: the multipliers {list(self.values)} of "
+                                f"{own:g} give {twice[0]:g} twice")
+        return replace(self, values=values, times=False)
 
     def words(self) -> str:
         """The axis as the report says it: "lr in [0.01, 0.1]", "lr 1e-4..1e-2 (log)"."""
@@ -164,15 +183,24 @@ class Tune:
                 out.append(c)
         return out
 
-    def warnings(self) -> list[str]:
-        """What the table asks that tunes nothing: an axis of one value (said by `run`,
-        its dry run and the report)."""
+    def warnings(self, run: Recipe | None = None) -> list[str]:
+        """What the table asks that tunes nothing: an axis of one value; with the `run`'s
+        recipe, halving whose only rung is the last epoch (said by `run`, its dry run and
+        the report)."""
         spaces = [("", self.axes), *((f" (the space of {', '.join(n)})", a)
                                      for n, a in self.spaces)]
-        return [f"[tune] {a.name}{where} has one candidate ({a.values[0]}): nothing is "
-                "tuned on it; list several values or give a range"
-                for where, axes in spaces for a in axes
-                if not a.is_range and len(a.values) == 1]
+        out = [f"[tune] {a.name}{where} has one candidate ({a.values[0]}): nothing is "
+               "tuned on it; list several values or give a range"
+               for where, axes in spaces for a in axes
+               if not a.is_range and len(a.values) == 1]
+        if run is not None and self.halving is not None and len(self.rungs(run)) == 1:
+            drops = run.lr_drops() if run.schedule == "step" else ()
+            out.append(f"[tune] halving has no rung before the last epoch ({run.epochs}): "
+                       "every setting trains in full and none is stopped early; give more "
+                       "epochs" + (f" (the default first rung is after the step schedule's "
+                                   f"first lr drop, epoch {drops[0]})" if drops else "")
+                       + " or a smaller min_epochs")
+        return out
 
     def rungs(self, run: Recipe) -> list[int]:
         """Successive halving's rungs for a run's recipe (its epochs, and for a step
@@ -341,7 +369,11 @@ def _plain_axis(name: str, spec: Any, bad, check: bool = True) -> Axis:
     if isinstance(spec, dict):
         extra = sorted(set(spec) - {"low", "high", "log"})
         if extra or "low" not in spec or "high" not in spec:
-            raise bad(f"{name}: a range is {{ low = X, high = Y, log = true|false }}")
+            named = (f"unknown key {extra[0]!r}"
+                     f"{did_you_mean(extra[0], ('low', 'high', 'log', 'times'), n=1)}: "
+                     if extra else "")
+            raise bad(f"{name}: {named}a range is {{ low = X, high = Y, log = true|false }}; "
+                      "multipliers of the variant's own value { times = [...] }")
         low, high, log = spec["low"], spec["high"], spec.get("log", False)
         for v in (low, high):
             if check:

@@ -129,6 +129,14 @@ def test_synchronous_where_slots_are_fewer_than_a_rungs_settings():
     assert halving.decide(done, RUNGS, FACTOR, free=3, slots=3) == [("7", 9), ("6", 9), ("5", 9)]
 
 
+
+def test_a_tie_at_a_rung_goes_to_the_setting_nearest_the_variants_own():
+    """As the final choice's tie rule (docs/studies.md): equal accuracies at a rung send
+    on the setting nearest the variant's own recipe, not the one whose id sorts first."""
+    trials = [halving.Trial(key, done=3, target=3, curve={3: 0.1}, distance=far)
+              for key, far in (("a", 0.69), ("b", 0.0), ("c", 0.69))]
+    assert halving.decide(trials, RUNGS, FACTOR, free=1, slots=1) == [("b", 9)]
+
 # ASHA where slots are as many as a rung's settings: (reserve, the declared fraction of
 # repetitions that choose the best setting): promotions as soon as a setting ranks in
 # the top third of those done, half the promotions held for the complete rung, and every

@@ -242,6 +242,8 @@ def test_the_recipe_line_says_every_field_that_differs_in_words():
      "give a warmup-lr below lr 0.1"),
     (["--ema", "1"], "--ema: must be in [0, 1)"),
     (["--grad-clip", "nan"], "--grad-clip: must be >= 0"),
+    (["--pad", "2"], "augment blog pads nothing"),
+    (["--lookahead", "0.95", "--ema", "0.99"], "ema and lookahead both average the weights"),
 ])
 def test_bad_recipe_values_are_one_line(tmp_path, args, says):
     r = run_cli("run", "resnet32", *args, "--dry-run", "--results", str(tmp_path / "r"))

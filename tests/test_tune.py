@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 
 import pytest
@@ -20,7 +21,7 @@ from conftest import (
     wait_for,
 )
 
-from ablation import tune
+from ablation import registry, tune
 from ablation.errors import AblationError
 from ablation.protocol import HELD_MARKER, RunRecord
 from ablation.recipe import Recipe
@@ -113,6 +114,7 @@ epochs = 1
 batch_size = 32
 train_limit = 128
 test_limit = 64
+tta = "flip"
 
 [tune]
 lr = [0.03, 0.1]
@@ -178,6 +180,8 @@ def test_one_command_tunes_chooses_compares_resumes_and_reports(tmp_path, cifar_
         tests = [row.get("val_accuracy") for row in history(d)]
         assert all(v not in ("", "NA", None) for v in tests) == (cfg["phase"] == "compare")
         assert (s.get("final_test_accuracy") is None) == (cfg["phase"] == "tune")
+        # nor under test-time augmentation
+        assert (s.get("final_tta_accuracy") is None) == (cfg["phase"] == "tune")
         attempts.append((d / "train.log").read_text().count("--- attempt started"))
     assert sorted(attempts) == [1] * 7 + [2]  # nothing lost, nothing but the killed job twice
     assert sum(k[0] == "tune" for k in runs) == 4 and sum(k[0] == "compare" for k in runs) == 4
@@ -284,3 +288,35 @@ def test_each_variant_can_be_tuned_over_its_own_space(tmp_path, isolated_registr
                    .replace('"adam_e"', '"adam_f"').replace('"spaces"', '"bad"'))
     with pytest.raises(AblationError, match="names 'adam_x', which is not one of"):
         load_study(str(bad))
+
+
+@pytest.mark.parametrize("space,message", [
+    ("beta_1 = { times = [0.5, 1] }", "multiplies the variant's own beta_1, which is None"),
+    ("optimizer = { times = [0.5, 1] }", "multiplies the variant's own optimizer, which is "
+                                         "'adamw'"),
+    ("batch_size = { times = [0.3, 1] }", "0.3 x 128 = 38.4 is not a whole number"),
+    ("lr = { times = [1, 1.0] }", "the multipliers [1, 1.0] of 0.001 give 0.001 twice"),
+    ("tta = ['none', 'flip']", "cannot tune 'tta'"),
+    ("lr = { time = [1, 3] }", "unknown key 'time'; did you mean times?"),
+])
+def test_a_space_that_cannot_be_searched_is_one_line(space, message, tmp_path,
+                                                     isolated_registry):
+    from ablation.study import load_study
+
+    path = tmp_path / "bad.toml"
+    path.write_text(SPACES.replace("lr = { times = [0.3, 1, 3] }", space))
+    with pytest.raises(AblationError, match=re.escape(message)):
+        study = load_study(str(path))
+        study.tune.for_variant("adam_e", registry.get("adam_e").train_recipe(study.recipe()))
+
+
+def test_multipliers_keep_an_integer_field_whole(tmp_path, isolated_registry):
+    from ablation.study import load_study
+
+    path = tmp_path / "ints.toml"
+    path.write_text(SPACES.replace("lr = { times = [0.3, 1, 3] }",
+                                   "batch_size = { times = [0.5, 2] }"))
+    study = load_study(str(path))
+    space = study.tune.for_variant("adam_e", registry.get("adam_e").train_recipe(study.recipe()))
+    assert [c["batch_size"] for c in space.candidates()] == [64, 256]
+    assert all(isinstance(c["batch_size"], int) for c in space.candidates())

@@ -123,7 +123,7 @@ class Tuned(Policy):
         t = self.t
         if not self.queued:
             self.queued = True
-            warn = tuple(t.warnings())
+            warn = tuple(t.warnings(self.tuning.recipe))
             if self.halving is not None:
                 first = self.halving.next_jobs(view, view.slots)
                 if first is not None:
@@ -170,7 +170,7 @@ class Tuned(Policy):
         """What the two phases would run: job counts, and the projected time from the speed
         of earlier runs in the results folder where there are some."""
         t, plan = self.t, self.plan
-        for w in t.warnings():
+        for w in t.warnings(self.tuning.recipe):
             print(f"warning: {w}", file=sys.stderr, flush=True)
         known = view.states()
         speed = runs.speeds(plan.results, plan.recipe.precision)
@@ -288,10 +288,14 @@ class Search:
         trained (`trials`)."""
         tag = studies.folder_tag(registry.get(variant))
         active = view.active()
+        order = self.order(variant)
+        own = registry.get(variant).train_recipe(self.tuning.recipe)
+        fields = self.tuning.tuning["fields"]
+        far = {r.id: tune.distance(tune.setting_of(r.to_dict(), fields), own) for r in order}
         return runs.halving_trials(view.runs(), self.tuning.tuning["group"], variant,
-                                   [r.id for r in self.order(variant)], self.rungs,
-                                   self.t.seeds,
-                                   lambda rid, seed: JobKey(variant, tag, seed, rid) in active)
+                                   [r.id for r in order], self.rungs, self.t.seeds,
+                                   lambda rid, seed: JobKey(variant, tag, seed, rid) in active,
+                                   far.__getitem__)
 
     def next_jobs(self, view: View, free: int) -> Plan | None:
         """The next jobs for `free` slots, one variant after the other; None when none."""

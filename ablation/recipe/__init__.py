@@ -269,6 +269,9 @@ class Recipe:
             if name not in spec.settings and getattr(self, name) != getattr(DEFAULTS, name):
                 raise AblationError(f"{name} is SGD's setting; {self.optimizer} takes "
                                     "beta-1 and beta-2")
+        if self.pad is not None and self.augment not in ("crop", "reflect"):
+            raise AblationError(f"pad is what the crop and reflect augmentations pad by; "
+                                f"augment {self.augment} pads nothing")
         if self.lookahead and self.ema:
             raise AblationError("ema and lookahead both average the weights: give one")
         allowed = [n for n in spec.settings if n in _BETAS]

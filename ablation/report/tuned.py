@@ -483,7 +483,11 @@ def _robustness(means: dict[str, dict[str, float]], settings: dict[str, dict],
                      *("–" if a is None else f"{100 * a:.2f}" for a in accs.values()),
                      ranked[0][0] if lead > 0 else "(tie)", f"{lead:.2f}"])
     if not rows:
-        return []
+        if len(variants) < 2:
+            return []
+        return ["Does the ranking hold across settings? Not answered here: no setting was "
+                "trained (to the end) by two variants or more (each searched a space of its "
+                "own, or halving stopped the shared settings at different rungs).", ""]
     table = pd.DataFrame(rows, columns=["setting", *(f"{v} val %" for v in variants),
                                         "leads", "by (points)"])
     holds = ("the same variant leads at every setting" if len(leaders) == 1 else
