@@ -1,0 +1,77 @@
+"""The reproductions README's Results section states, committed as run records under
+results/ and reports under reports/: each report rebuilds from the committed runs alone,
+byte for byte, and every number the Results section states is the runs' own.
+
+A reproduction is added here when its first runs are committed; the table below and
+README's Results section name the same ones."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+from scipy import stats
+
+from ablation.store import load_runs, quiet
+
+# results folder -> how its report is rebuilt (the out folder is appended)
+REPORTS = {
+    "airbench2024": ["report", "--study", "airbench2024", "--results",
+                     "results/airbench2024", "--out"],
+}
+COMPARED = ("README.md", "comparisons.csv", "runs.csv")
+
+
+def _results_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^## Results\n(.*?)(?=^## )", text, re.S | re.M)
+    assert found, "README.md has no Results section"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("name", sorted(REPORTS))
+def test_a_committed_report_rebuilds_from_its_runs(name, tmp_path):
+    assert any((ROOT / "results" / name / "runs").glob("*/*/summary.json")), \
+        f"results/{name}: no committed run"
+    out = tmp_path / name
+    r = run_cli(*REPORTS[name], str(out))
+    assert r.returncode == 0, r.stderr
+    for file in COMPARED:
+        committed = ROOT / "reports" / name / file
+        assert committed.is_file(), f"reports/{name}/{file} is not committed"
+        assert (out / file).read_text(encoding="utf-8") == \
+            committed.read_text(encoding="utf-8"), \
+            f"reports/{name}/{file} differs from what its runs give: rebuild it with " \
+            f"`ablation {' '.join(REPORTS[name])} reports/{name}`"
+    assert f"reports/{name}/README.md" in _results_section()
+
+
+def _runs(name: str, variant: str) -> list:
+    return [r.record for r in load_runs(ROOT / "results" / name, quiet, history=False)
+            if r.variant == variant and r.record.finished]
+
+
+def _row(*words: str) -> str:
+    return next(line for line in _results_section().splitlines()
+                if line.startswith("|") and all(w in line for w in words))
+
+
+def test_airbench_accuracy_is_the_runs_own():
+    runs = sorted(_runs("airbench2024", "airbench"), key=lambda r: r.seed)
+    assert runs and all(r.recipe.epochs == 10 and r.recipe.batch_size == 1000
+                        and r.recipe.tta == "flip_translate" for r in runs)
+    row = _row("airbench2024", "clean_airbench")
+    hours = sum(r.train_seconds for r in runs) / len(runs) / 3600
+    if len(runs) == 1:
+        (run,) = runs
+        assert f"{100 * run.final_tta_accuracy:.2f} % test accuracy with TTA " \
+               f"({100 * run.final_test_accuracy:.2f} % without), seed {run.seed}" in row, row
+    else:  # the mean and its 95 % t interval over the seeds (SciPy's)
+        tta = [r.final_tta_accuracy for r in runs]
+        low, high = stats.t.interval(0.95, len(tta) - 1, loc=np.mean(tta), scale=stats.sem(tta))
+        assert f"{100 * np.mean(tta):.2f} % test accuracy with TTA, 95 % interval " \
+               f"[{100 * low:.2f}, {100 * high:.2f}] over {len(tta)} seeds" in row, row
+    assert f"{len(runs)} of 5 seeds" in row and f"{hours:.1f} h of training each" in row, row
+    assert "93.97 %" in row
