@@ -18,6 +18,7 @@ import sys
 
 import pytest
 from conftest import (
+    ROOT,
     TINY,
     finish,
     hold_after,
@@ -84,7 +85,8 @@ def test_a_study_runs_on_slurm_survives_ctrl_c_and_a_preemption(tmp_path, cifar_
 
 def test_the_sbatch_script_the_packing_and_mistakes(tmp_path, monkeypatch, cifar_dir):
     _slurm_up()
-    from ablation.executors.slurm import SlurmExecutor, SlurmTask
+    from ablation.executors.slurm import SlurmExecutor
+    from ablation.executors.slurm_task import SlurmTask
 
     ex = SlurmExecutor(tmp_path, table={"gpus": 1, "cpus": 8, "mem": 32, "time": 120,
                                         "partition": "gpu", "account": "lab", "qos": "normal"},
@@ -154,13 +156,12 @@ def test_the_slurm_task_is_checkpointable_holds_nothing_and_ends(tmp_path, monke
     """submitit's Checkpointable: the resubmitted task is the one given, without the
     attempt's processes; a task whose process was stopped by a signal Slurm did not
     follow with the job's end ends itself instead of holding the allocation."""
-    pytest.importorskip("submitit")
     import pickle
 
-    import submitit
-
     from ablation.errors import AblationError
-    from ablation.executors import slurm
+    from ablation.executors import slurm_task
+
+    submitit = slurm_task.import_submitit()
 
     class Stopped:  # a training process that a signal stopped (exit 130)
         def __init__(self, job_id, run_dir, env, sink):
@@ -172,9 +173,9 @@ def test_the_slurm_task_is_checkpointable_holds_nothing_and_ends(tmp_path, monke
         def terminate(self):
             pass
 
-    monkeypatch.setattr(slurm, "JobProcess", Stopped)
-    monkeypatch.setattr(slurm, "STOPPING_SECONDS", 0.0)
-    task = slurm.SlurmTask([(1, str(tmp_path / "r1"))], gpus=0, sharing=1, threads=1)
+    monkeypatch.setattr(slurm_task, "JobProcess", Stopped)
+    monkeypatch.setattr(slurm_task, "STOPPING_SECONDS", 0.0)
+    task = slurm_task.SlurmTask([(1, str(tmp_path / "r1"))], gpus=0, sharing=1, threads=1)
     (tmp_path / "r1").mkdir()
     assert isinstance(task, submitit.helpers.Checkpointable)
     with pytest.raises(AblationError, match="stopped by a signal and Slurm did not end"):
@@ -184,3 +185,27 @@ def test_the_slurm_task_is_checkpointable_holds_nothing_and_ends(tmp_path, monke
     assert isinstance(again, submitit.helpers.DelayedSubmission)
     resubmitted = pickle.loads(pickle.dumps(again.function))
     assert resubmitted.jobs == task.jobs and resubmitted.procs == []
+
+
+def test_submitit_leaves_the_process_logging_alone():
+    """Importing submitit applies its logging configuration (`logging.config.dictConfig`),
+    which closes every handler the process has; absl's (TensorFlow's) closed the stream it
+    held, which was pytest's captured stderr, and every later test in that worker failed.
+    No command but `run --executor slurm` imports submitit, and that one without its
+    configuration. In a fresh process: this one's state is not the question."""
+    code = """
+import io, sys
+from absl import logging as absl_logging
+stream = io.StringIO()
+absl_logging.get_absl_handler().python_handler.stream = stream  # not sys.stderr
+from ablation import cli
+cli.build_parser()
+assert "submitit" not in sys.modules, "the parser imported submitit"
+from ablation.executors import slurm_task
+assert slurm_task.Checkpointable.__module__ == "submitit.helpers"
+assert not stream.closed, "importing submitit closed absl's stream"
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
