@@ -102,6 +102,8 @@ class JobEnv(StrEnum):
 
 
 PROGRESS_PREFIX = "@@epoch "  # machine-readable progress lines on a job's stdout
+PROGRESS_FILE = "progress.jsonl"  # a Slurm job's progress lines, for its driver to follow
+SLURM_FILE = "slurm.json"  # which Slurm job ran (runs) a job: for people and tests
 SUMMARY = "summary.json"  # the run record, in every run folder
 
 # Test hook: a training process whose environment sets this to N (or N,M,...) stops

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +33,8 @@ from typing import Any
 from ablation import argtypes
 from ablation.errors import AblationError
 from ablation.executors.base import LineSink, outcome_from
-from ablation.protocol import PROGRESS_PREFIX, Exit, JobState, Outcome
+from ablation.protocol import PROGRESS_FILE, PROGRESS_PREFIX, Exit, JobState, Outcome
 
-PROGRESS_FILE = "progress.jsonl"  # a job's progress lines, for the driver to follow
 SQUEUE_SECONDS = 10.0  # between squeue calls while nothing was submitted or cancelled
 # states squeue shows of a job that will not run again (a preempted or failed node's job
 # is requeued: squeue shows it pending, then running)
@@ -58,28 +55,6 @@ OPTIONS = {
 }
 
 
-def import_submitit() -> Any:
-    """submitit, imported without the logging configuration it applies as it is first
-    imported: `logging.config.dictConfig` closes every logging handler the process already
-    has, and absl's (TensorFlow's) then closes the stream it holds, which need not be its
-    own (a test's captured stderr was). The driver prints its own lines; submitit's
-    warnings reach stderr through Python's last-resort handler. On a node, submitit's own
-    entry point imports it first, configured as usual. SUBMITIT_LOG_LEVEL, where a user
-    set it, is kept."""
-    if "submitit" in sys.modules:
-        return sys.modules["submitit"]
-    unset = "SUBMITIT_LOG_LEVEL" not in os.environ
-    if unset:
-        os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
-    try:
-        import submitit
-    except ImportError:
-        raise AblationError("--executor slurm needs submitit: pip install -e "
-                            "'.[slurm]'") from None
-    finally:
-        if unset:
-            os.environ.pop("SUBMITIT_LOG_LEVEL", None)
-    return submitit
 
 
 @dataclass
@@ -127,7 +102,10 @@ class SlurmExecutor:
             raise AblationError(f"--executor slurm needs Slurm's {', '.join(missing)} here "
                                 "(sbatch, srun, squeue and scancel): run it on the "
                                 "cluster's login node")
+        from ablation.executors.slurm_task import SlurmTask, import_submitit
+
         submitit = import_submitit()
+        self.task = SlurmTask
         table = dict(table or {})
         self.gpus = int(table.get("gpus", 0))
         self.pack = (jobs_per_gpu or 1) if self.gpus else 1
@@ -188,15 +166,13 @@ class SlurmExecutor:
             self._flush()
 
     def _flush(self) -> None:
-        from ablation.executors.slurm_task import SlurmTask
-
         if self.refused:  # sbatch refused this driver's last job: it is not asked again
             self._refuse(self.refused[0].error)
         while self.waiting:
             jobs, self.waiting = self.waiting[:self.pack], self.waiting[self.pack:]
             for _, run_dir in jobs:  # a new attempt: old progress lines are not news
                 (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
-            task = SlurmTask([(i, str(d)) for i, d in jobs], self.gpus, self.pack,
+            task = self.task([(i, str(d)) for i, d in jobs], self.gpus, self.pack,
                              self.threads, self.steps_per_execution)
             try:
                 slurm = self.executor.submit(task)

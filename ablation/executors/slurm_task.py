@@ -1,8 +1,8 @@
 """What a Slurm job runs on its compute node: the training processes of its run folders.
 
 Imported by the Slurm executor as it submits, and by submitit on the node as it unpickles
-the task; never by the command line's parser, since importing submitit configures logging
-(`slurm.import_submitit`).
+the task; never by the command line's parser: importing submitit configures logging
+(`import_submitit` says how it is imported here).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,39 @@ from typing import Any
 from ablation import devices
 from ablation.errors import AblationError
 from ablation.executors.base import JobProcess
-from ablation.executors.slurm import PROGRESS_FILE, import_submitit
-from ablation.protocol import Exit
+from ablation.protocol import PROGRESS_FILE, SLURM_FILE, Exit
+
+
+def import_submitit() -> Any:
+    """submitit, imported without the logging configuration it applies as it is first
+    imported: `logging.config.dictConfig` closes every logging handler the process already
+    has, and absl's (TensorFlow's) then closes the stream it holds, which need not be its
+    own (a test's captured stderr was). The driver prints its own lines; submitit's
+    warnings reach stderr through Python's last-resort handler. On a node, submitit's own
+    entry point imports it first, configured as usual. SUBMITIT_LOG_LEVEL, where a user
+    set it, is kept."""
+    if "submitit" in sys.modules:
+        return sys.modules["submitit"]
+    unset = "SUBMITIT_LOG_LEVEL" not in os.environ
+    if unset:
+        os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
+    try:
+        import submitit
+    except ImportError:
+        raise AblationError("--executor slurm needs submitit: pip install -e "
+                            "'.[slurm]'") from None
+    finally:
+        if unset:
+            os.environ.pop("SUBMITIT_LOG_LEVEL", None)
+    return submitit
+
 
 Checkpointable = import_submitit().helpers.Checkpointable
 
-SLURM_FILE = "slurm.json"  # which Slurm job ran (runs) a job: for people and tests
 # after its training processes were stopped by a signal, how long a task waits for Slurm
 # to end its job (KillWait, a preemption's GraceTime) before it ends itself
 STOPPING_SECONDS = 600.0
+
 
 class SlurmTask(Checkpointable):
     """What a Slurm job runs (submitit pickles it): the training processes of its run
