@@ -95,6 +95,9 @@ class Verdicts:
     looks_done: int = 0
     diverged: dict[str, int] = field(default_factory=dict)  # variant -> diverged seeds
     beyond: dict[str, int] = field(default_factory=dict)  # seeds past a design's last look
+    resolution: tuple[float, int, float] | None = None  # `resolution` of these runs
+    # variant -> its runs with a history that did not finish (none of them is pooled)
+    unfinished: dict[str, int] = field(default_factory=dict)
 
 
 def _prepared(runs: list[Run], split: Split, first_seed: int):
@@ -108,7 +111,7 @@ def _prepared(runs: list[Run], split: Split, first_seed: int):
     stopped = {v: {s - first_seed for s in seeds} for v, seeds in ended(runs).items()}
     res = resolution(runs, split)
     step = 100.0 / res[1] if res and res[1] else 0.0
-    return finals, stopped, step, gone
+    return finals, stopped, step, gone, res
 
 
 def replay(runs: list[Run], comparisons: dict[str, list[tuple[str, str]]], design: dict,
@@ -117,7 +120,7 @@ def replay(runs: list[Run], comparisons: dict[str, list[tuple[str, str]]], desig
     """A recorded --until-decided design replayed on `runs`: what the runner decides
     between looks and what the report shows, from one place (diverged runs left out,
     failed seeds not waited for)."""
-    finals, stopped, step, _ = _prepared(runs, split, first_seed)
+    finals, stopped, step, _, _ = _prepared(runs, split, first_seed)
     return verdict.sequential(finals, comparisons, list(design["looks"]), settings,
                               design.get("spending", "pocock"), stopped, design.get("fixed"),
                               step)
@@ -141,14 +144,21 @@ def verdicts(study: studies.Study, runs: list[Run], settings: verdict.Settings,
     recorded sequential design; seeds needed from the spread of the deltas pooled over all
     of them. `first_seed`: the runs' seeds start there (a tuned comparison's follow the
     tuning seeds); the looks count from it."""
-    finals, _, step, gone = _prepared(runs, split, first_seed)
+    finals, _, step, gone, res = _prepared(runs, split, first_seed)
+    pooled = set(map(id, finished(runs, split)))
+    unfinished: dict[str, int] = {}
+    for r in runs:
+        if r.history is not None and len(r.history) and id(r) not in pooled:
+            unfinished[r.variant] = unfinished.get(r.variant, 0) + 1
+    seq = None
+    if design:  # the design's own pairs by its looks; any others at one look
+        chosen = design.get("variants") or study.variant_names
+        seq = replay(runs, pairs_among(study, chosen), design, settings, first_seed, split)
     comparisons = {c.key: comparison_pairs(c) for c in study.comparisons}
     done, beyond = 0, {}
     pairs = {k: verdict.compare(finals, ps, settings, resolution=step)
              for k, ps in comparisons.items()}
-    if design:  # the design's own pairs by its looks; any others at one look
-        chosen = design.get("variants") or study.variant_names
-        seq = replay(runs, pairs_among(study, chosen), design, settings, first_seed, split)
+    if seq:
         done, beyond = seq.looks_done, seq.beyond
         for k, judged in seq.pairs.items():
             by_pair = {(p.a, p.b): p for p in judged}
@@ -162,7 +172,7 @@ def verdicts(study: studies.Study, runs: list[Run], settings: verdict.Settings,
     spread = verdict.pooled_spread([p for ps in pairs.values() for p in ps])
     for ps in pairs.values():
         verdict.fill_seeds_needed(ps, spread, settings, len(ps))
-    return Verdicts(pairs, settings, spread, design, done, counts, beyond)
+    return Verdicts(pairs, settings, spread, design, done, counts, beyond, res, unfinished)
 
 
 def resolution(runs: list[Run], split: Split = TEST) -> tuple[float, int, float] | None:

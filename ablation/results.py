@@ -58,6 +58,7 @@ SPLITS = {
 TEST, VALIDATION = SPLITS["test"], SPLITS["validation"]
 
 
+
 def run_dir(results: Path, recipe_id: str, variant: str, seed: int, tag: str = "") -> Path:
     """One folder per (recipe, variant definition, seed), named so a person can find
     it; `tag` is a user variant's definition hash (ablation.study.folder_tag)."""

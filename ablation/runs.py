@@ -43,6 +43,22 @@ def study_runs(results_dir: Path, study: studies.Study, history: bool = False) -
     return for_study(load_runs(results_dir, quiet, history), study, quiet)
 
 
+def report_runs(results_dir: Path, study: studies.Study) -> tuple[list[Run], dict]:
+    """The study's runs in a results folder as the report reads them (damaged records and
+    earlier definitions said on stderr), and the `--until-decided` designs recorded
+    there; one line naming what to run where there is none."""
+    results.existing(results_dir)
+    every = load_runs(Path(results_dir))
+    if not every:
+        raise AblationError(f"no readable runs in {results_dir}; run `ablation run` first")
+    runs = for_study(every, study)
+    if not runs:
+        cmd = " ".join(["ablation run", *study.flag, "--all", "--results", str(results_dir)])
+        raise AblationError(f"no runs of study {study.name!r} in {results_dir}; run "
+                            f"`{cmd}` first")
+    return runs, results.read_designs(Path(results_dir))
+
+
 def halving_trials(found: list[Run], group: str, variant: str, recipe_ids: list[str],
                    rungs: list[int], seeds: int, running=lambda recipe_id, seed: False,
                    distance=lambda recipe_id: 0.0) -> tuple[list[halving.Trial], int]:

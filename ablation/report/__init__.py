@@ -21,7 +21,7 @@ from ablation.recipe import Recipe
 from ablation.report import figures, markdown, stats, tuned
 from ablation.report import latex as latex_mod
 from ablation.report.frames import responses_frame, runs_frame
-from ablation.runs import for_study
+from ablation.runs import report_runs
 from ablation.store import Run, load_runs
 
 __all__ = ["COMPARISONS_CSV", "Run", "build", "comparison_rows", "load_runs", "runs_frame"]
@@ -112,8 +112,7 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
     out += _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir, also)
     if len(present) > 1:
         pairs = [p for p in judged.pairs[cmp.key] if p.a in present and p.b in present]
-        members = [r for rs in present.values() for r in rs]
-        left_out = len(members) - len(judge.finished(members, split))
+        left_out = sum(judged.unfinished.get(v, 0) for v in present)
         verdicts = markdown.verdict_table(pairs, judged.settings.margin, judged.settings.alpha)
         if latex:
             latex_mod.write(fig_dir / f"{base}-verdicts.tex", verdicts,
@@ -150,7 +149,7 @@ def _responses_block(study, cmp, present, fig_dir, rel, base, col, results_dir,
                      also=()) -> list[str]:
     resp = responses_frame([r for rs in present.values() for r in rs])
     if not len(resp):
-        cmd = " ".join(["ablation analyze", *markdown.study_flag(study),
+        cmd = " ".join(["ablation analyze", *study.flag,
                         *markdown.results_flag(results_dir), *present])
         return [f"Layer responses (He et al. 2015, Fig. 7): not measured yet; `{cmd}` adds "
                 "them to this report.", ""]
@@ -245,16 +244,7 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
     matplotlib.use("Agg")
     study = study or studies.load_study()
     out_dir = Path(out_dir or study.default_out)
-    results.existing(results_dir)
-    every = load_runs(Path(results_dir))
-    if not every:
-        raise AblationError(f"no readable runs in {results_dir}; run `ablation run` first")
-    runs = for_study(every, study)
-    if not runs:
-        cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all",
-                        *markdown.results_flag(results_dir)])
-        raise AblationError(f"no runs of study {study.name!r} in {results_dir}; run "
-                            f"`{cmd}` first")
+    runs, designs = report_runs(Path(results_dir), study)
     # a tuned study's runs (both phases) have their own section: they span many recipes
     phased = [r for r in runs if r.record.phase]
     groups = _plain_groups(runs)
@@ -294,14 +284,13 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
                      f"{rs[0].record.recipe.epochs} | {len(rs)} | "
                      f"{len({r.variant for r in rs})} |")
     lines.append("")
-    designs = results.read_designs(Path(results_dir))
     verdict_rows = []
     for rid, rs in ordered:
         fig_dir = out_dir / rid
         fig_dir.mkdir(exist_ok=True)
         judged = _judge(study, rid, rs, designs, margin, split)
         lines += markdown.recipe_header(rid, rs)[:-1]
-        lines += [*markdown.verdict_header(judged, judge.resolution(rs, split), split), ""]
+        lines += [*markdown.verdict_header(judged, judged.resolution, split), ""]
         for n, cmp in enumerate(study.comparisons, 1):
             lines += _comparison_block(study, cmp, n, rs, fig_dir, rid, col, results_dir,
                                        judged, split, also, latex)

@@ -53,7 +53,7 @@ def command(study: studies.Study, recipe: dict, variants: list[str], seeds: int,
             flags.append(f"{flag} {','.join(map(str, value))}")
         else:
             flags.append(f"{flag} {value}")
-    return " ".join(["ablation run", *study_flag(study), *variants,
+    return " ".join(["ablation run", *study.flag, *variants,
                      *([f"--seeds {seeds}"] if seeds else []), *flags,
                      *results_flag(results_dir)])
 
@@ -62,13 +62,6 @@ def results_flag(results_dir: Path | str) -> list[str]:
     """What a suggested command needs to find the runs the report read: nothing for the
     default folder."""
     return [] if str(results_dir) == DEFAULT_RESULTS else ["--results", str(results_dir)]
-
-
-def study_flag(study: studies.Study) -> list[str]:
-    """What a command needs to name this study: nothing for the default one."""
-    if study.name == studies.DEFAULT:
-        return []
-    return ["--study", study.name if study.builtin else str(study.path)]
 
 
 VERDICT_TEXT = {

@@ -184,12 +184,12 @@ def section(study: studies.Study, runs: list[Run], out_dir: Path, col: dict,
         lines += _budget_curves(rs, variants, t, fig_dir, gid, col, also)
         compare, judged = _judge(study, gid, rs, choices, designs, margin)
         if not compare:
-            cmd = " ".join(["ablation run", *markdown.study_flag(study), "--all",
+            cmd = " ".join(["ablation run", *study.flag, "--all",
                             *markdown.results_flag(results_dir)])
             lines += [f"**Comparison phase pending**: no run at the chosen settings yet; "
                       f"`{cmd}` runs it.", ""]
             continue
-        lines += [*markdown.verdict_header(judged, judge.resolution(compare)), ""]
+        lines += [*markdown.verdict_header(judged, judged.resolution), ""]
         for n, cmp in enumerate(study.comparisons, 1):
             lines += block(study, cmp, n, compare, fig_dir, f"tuned-{gid}", col, results_dir,
                            judged, results.TEST, also, tex)

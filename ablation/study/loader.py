@@ -115,6 +115,13 @@ class Study:
         return Recipe(**{**fields_, **(overrides or {})})
 
     @property
+    def flag(self) -> list[str]:
+        """What a command needs to name this study: nothing for the default one."""
+        if self.name == DEFAULT:
+            return []
+        return ["--study", self.name if self.builtin else str(self.path)]
+
+    @property
     def default_out(self) -> str:
         """Where `ablation report` writes by default: reports/, or reports/<study>."""
         return "reports" if self.name == DEFAULT else f"reports/{self.name}"
