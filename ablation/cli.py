@@ -143,6 +143,7 @@ def cmd_run(args) -> int:
         raise AblationError("give variant names/globs or --all, not both")
     if not args.all and not args.variants:
         raise AblationError("name the variants to train (names or globs), or pass --all")
+    study, overrides = _study(args), _recipe_overrides(args)
     planning.check_flags(args.seeds, args.until_decided, args.max_seeds)
     for name, actions in args.executor_flags.items():  # another executor's settings
         given = [a.option_strings[0] for a in actions
@@ -153,9 +154,8 @@ def cmd_run(args) -> int:
                 f"{args.executor}" + ("; add --executor " + name + " (without it the jobs "
                                       "run here, on this machine)"
                                       if args.executor == "local" else ""))
-    study = _study(args)
     names = study.variants() if args.all else study.select(args.variants)
-    plan = planning.plan(study, names, _recipe_overrides(args), Path(args.results),
+    plan = planning.plan(study, names, overrides, Path(args.results),
                          args.data_dir, args.seeds or 1, keep_model=not args.no_keep_model,
                          retry_failed=args.retry_failed, dry_run=args.dry_run)
     policy = planning.policy(plan, study, args.seeds, args.until_decided, args.max_seeds,

@@ -115,12 +115,12 @@ class UntilDecided(Policy):
     def __init__(self, plan: Plan, study: studies.Study, max_seeds: int,
                  settings: verdict.Settings):
         self.plan, self.study, self.settings = plan, study, settings
-        self.looks = verdict.looks_for(max_seeds)
-        self.max_seeds = max_seeds
         self.comparisons = judge.pairs_among(study, [v.name for v in plan.variants])
         if not self.comparisons:
             raise AblationError("--until-decided needs two variants of one of the study's "
                                 "comparisons among those selected")
+        self.looks = verdict.looks_for(max_seeds)
+        self.max_seeds = max_seeds
         self.k = 0  # looks queued so far
         self.todo = sorted({v for ps in self.comparisons.values() for p in ps for v in p})
         self.design: dict | None = None
