@@ -55,8 +55,6 @@ OPTIONS = {
 }
 
 
-
-
 @dataclass
 class _Batch:
     jobs: list[tuple[int, Path]]
