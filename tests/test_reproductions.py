@@ -20,6 +20,7 @@ from ablation.store import load_runs, quiet
 REPORTS = {
     "airbench2024": ["report", "--study", "airbench2024", "--results",
                      "results/airbench2024", "--out"],
+    "he2015": ["report", "--study", "he2015", "--results", "results/he2015", "--out"],
 }
 COMPARED = ("README.md", "comparisons.csv", "runs.csv")
 
@@ -75,3 +76,14 @@ def test_airbench_accuracy_is_the_runs_own():
                f"[{100 * low:.2f}, {100 * high:.2f}] over {len(tta)} seeds" in row, row
     assert f"{len(runs)} of 5 seeds" in row and f"{hours:.1f} h of training each" in row, row
     assert "93.97 %" in row
+
+
+def test_he2015_resnet20_error_is_the_runs_own():
+    (run,) = _runs("he2015", "he_resnet20")
+    assert run.recipe.epochs == 182 and run.recipe.validation == 5000  # 64k iterations
+    assert run.recipe.precision == "bf16" and run.recipe.augment == "crop"
+    row = _row("he2015", "ResNet-20")
+    assert f"{100 - 100 * run.final_test_accuracy:.2f} % test error, seed {run.seed}" in row, row
+    assert f"{run.train_seconds / 3600:.1f} h of training" in row, row
+    assert f"median epoch {run.images_per_second:,.0f} img/s" in row, row
+    assert "8.75 %" in row and "8.27 %" in row
