@@ -178,6 +178,7 @@ class Lookahead(keras.callbacks.Callback):
         self.decay, self.every, self.last_step = decay, every, last_step
         self.ema: list[Any] | None = None
         self.done = 0  # updates made: the step's multiple of `every` last passed
+        self.epoch_steps = 0  # optimizer steps before the current epoch
 
     def _floats(self, model: Any) -> list[Any]:
         return [v for v in model.weights if "float" in str(v.dtype)]
@@ -185,13 +186,16 @@ class Lookahead(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.ema is None:  # not restored: the average starts at the model
             self.ema = [keras.ops.copy(v.value) for v in self._floats(self.model)]
-        self.done = self._step() // self.every
+        # the optimizer's step, read from the device once; counted here from then on (a
+        # read per batch would wait for the device at every step)
+        self.epoch_steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.done = self.epoch_steps // self.every
 
-    def _step(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_steps += self.params["steps"]  # the steps before the next epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._step()
+        step = self.epoch_steps + batch + 1  # `batch`: the execution's last step
         if step // self.every > self.done:
             self.done = step // self.every
             self._update(self.decay ** self.every
