@@ -248,6 +248,15 @@ def cmd_analyze(args) -> int:
                         data_dir=args.data_dir, recipe=args.recipe)
 
 
+# --- data ---------------------------------------------------------------------------------
+
+
+def cmd_data_pack(args) -> int:
+    from ablation.data import pack
+
+    return pack.main(args)
+
+
 # --- bench --------------------------------------------------------------------------------
 
 
@@ -418,6 +427,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=argtypes.path, help="as for `ablation run`")
     s.add_argument("--force", action="store_true", help="recompute runs already analysed")
     s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("data", help="prepare datasets: pack one into shards read from disk")
+    data_sub = s.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    d = data_sub.add_parser(
+        "pack", help="write a dataset as ArrayRecord shards that training streams from disk "
+                     "(docs/datasets.md)")
+    d.add_argument("source", metavar="SRC",
+                   help="cifar10, cifar100, mnist, fashion_mnist, an .npz, or a folder of "
+                        "images (train/ and test/ or val/ class folders; Tiny-ImageNet's "
+                        "layout)")
+    d.add_argument("dest", metavar="DEST", type=argtypes.path,
+                   help="the packed dataset's folder (must not exist); train from it with "
+                        "--dataset DEST")
+    d.add_argument("--store", choices=["auto", "raw", "encoded"], default="auto",
+                   help="raw pixels, or the image files' own bytes decoded when read "
+                        "(default auto: raw for images of one size up to 64 px a side)")
+    d.add_argument("--image-size", type=argtypes.recipe_value("image_size", "size"),
+                   metavar="N|H,W", help="resize every image and store it raw")
+    d.add_argument("--shard-mb", type=argtypes.number("pos"), default=256, metavar="MB",
+                   help="about this many MiB a shard (default 256)")
+    d.add_argument("--data-dir", type=argtypes.path, help="as for `ablation run`")
+    d.set_defaults(func=cmd_data_pack)
 
     s = sub.add_parser("bench", help="time training steps; compare with the blog's Keras-2 path")
     s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB",

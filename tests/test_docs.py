@@ -226,6 +226,18 @@ def test_every_command_line_is_run_or_listed_with_its_reason():
     assert len(RUNNABLE) >= 8
 
 
+def _pack_first(dataset: str, workdir: Path, cifar_dir: Path) -> None:
+    """A `run --dataset DEST` line after a documented `ablation data pack SRC DEST`: the
+    pack is made first, whichever of the two lines runs first."""
+    for _, cmd in RUNNABLE:
+        args = shlex.split(cmd)
+        if args[1:3] == ["data", "pack"] and args[4] == dataset and not (
+                workdir / dataset).exists():
+            more = [] if "--data-dir" in args else ["--data-dir", str(cifar_dir)]
+            r = run_cli(*args[1:], *more, cwd=workdir)
+            assert r.returncode == 0, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("where,cmd", RUNNABLE, ids=[f"{w} {c[:40]}" for w, c in RUNNABLE])
 def test_a_documented_command_runs(where, cmd, workdir, tiny_results, cifar_dir, tmp_path):
     """As pasted, in a user's folder: `run` plans (--dry-run, tiny limits), the rest runs
@@ -234,6 +246,12 @@ def test_a_documented_command_runs(where, cmd, workdir, tiny_results, cifar_dir,
     assert args[0] == "ablation", (where, cmd)
     sub = args[1]
     extra: list[str] = []
+    if args[1:3] == ["data", "pack"]:  # made once, for the `run --dataset` lines too
+        _pack_first(args[4], workdir, cifar_dir)
+        assert (workdir / args[4] / "manifest.json").is_file(), (where, cmd)
+        return
+    if sub == "run" and "--dataset" in args:
+        _pack_first(args[args.index("--dataset") + 1], workdir, cifar_dir)
     if sub == "run":
         extra = ["--dry-run", "--data-dir", str(cifar_dir), "--results", str(tmp_path / "r")]
         if "--epochs" not in args:

@@ -2,11 +2,16 @@
 and a held-out validation split; normalisation statistics; the batches training sees.
 
 * `sources`: CIFAR-10/100 (safe pickles), the other `keras.datasets` image sets, an
-  `.npz` of arrays or a folder of images, and a path dataset's content hash;
+  `.npz` of arrays, a folder of images or a packed dataset, and a path dataset's
+  content hash;
+* `folders`: the image-folder layouts (ours, ImageNet's, Tiny-ImageNet's) and decoding;
+* `packed`: a packed dataset's manifest and its images read from shards by index;
+  `pack`: making one (`ablation data pack`);
 * `augment`: normalisation, the blog's and the papers' augmentations, mixup and CutMix;
 * `stream`: the resumable training stream and the evaluation splits.
 
-Images stay uint8 in memory (150 MB for CIFAR-10 train, once per job); batches are
+Images stay uint8 in memory (150 MB for CIFAR-10 train, once per job), or on disk in a
+packed dataset's shards, read a batch at a time (`packed.PackedImages`); batches are
 normalised and augmented on the fly in numpy, so the same code feeds the TensorFlow
 and the JAX backend and TensorFlow is never needed to read data. Every random choice
 is a pure function of (seed, epoch, batch index): a job resumed after a crash sees
@@ -27,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.data import sources
+from ablation.data import folders, packed, sources
 from ablation.data.augment import (
     AUGMENTATIONS,
     _shift_axis,
@@ -52,7 +57,7 @@ from ablation.data.sources import (
 from ablation.data.stream import TrainStream, one_hot, test_batches
 from ablation.errors import AblationError
 
-__all__ = ["AUGMENTATIONS", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "Dataset",
+__all__ = ["AUGMENTATIONS", "CIFAR10_MEAN", "CIFAR10_STD", "DATASETS", "Dataset", "Moments",
            "TrainStream", "_shift_axis", "augment_blog", "augment_crop", "balanced_subset",
            "check", "content_hash", "crop_pad", "describe", "is_path", "load", "mix",
            "normalise", "one_hot", "prepare", "resolve", "resolve_data_dir", "shape_of",
@@ -87,10 +92,13 @@ class Dataset:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
     def checksum(self) -> str:
-        """sha256 over the exact pixels and labels used, for provenance."""
+        """sha256 over the exact pixels and labels used, for provenance; for images
+        streamed from a packed dataset, over its content hash and the indices taken
+        (reading every image of an ImageNet to name it would take longer than a run)."""
         h = hashlib.sha256()
         for a in (self.x_train, self.y_train, self.x_test, self.y_test):
-            h.update(np.ascontiguousarray(a).tobytes())
+            h.update(a.digest().encode() if isinstance(a, packed.PackedImages)
+                     else np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
 
@@ -173,19 +181,37 @@ def held_out(y: np.ndarray, n: int, num_classes: int) -> tuple[np.ndarray, np.nd
 # --- loading ---------------------------------------------------------------------------------
 
 
+STATS_CHUNK = 4096  # images per step of `statistics` (a packed dataset's too)
+
+
+class Moments:
+    """Per-channel sums of uint8 pixels in float64, added a chunk of images at a time:
+    `statistics` in memory and `ablation data pack` on disk add the same chunks in the
+    same order, so the two give the same statistics to the last bit."""
+
+    def __init__(self, channels: int):
+        self.total, self.squares, self.n = np.zeros(channels), np.zeros(channels), 0
+
+    def add(self, x: np.ndarray) -> None:
+        chunk = x.reshape(-1, len(self.total)).astype(np.float64)
+        self.total += chunk.sum(0)
+        self.squares += np.square(chunk).sum(0)
+        self.n += len(chunk)
+
+    def result(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, population std) per channel."""
+        mean = self.total / self.n
+        std = np.sqrt(np.maximum(self.squares / self.n - mean ** 2, 0.0))
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def statistics(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 images over every pixel, in float64,
     a few thousand images at a time (a float64 copy of CIFAR-10 would take 1.2 GB)."""
-    c = x.shape[-1]
-    total, squares, n = np.zeros(c), np.zeros(c), 0
-    for start in range(0, len(x), 4096):
-        chunk = x[start:start + 4096].reshape(-1, c).astype(np.float64)
-        total += chunk.sum(0)
-        squares += np.square(chunk).sum(0)
-        n += len(chunk)
-    mean = total / n
-    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    moments = Moments(x.shape[-1])
+    for start in range(0, len(x), STATS_CHUNK):
+        moments.add(x[start:start + STATS_CHUNK])
+    return moments.result()
 
 
 def _check_memory(shape: sources.Shape, where: str) -> None:
@@ -227,8 +253,25 @@ def _read(source: sources.Source, data_dir, image_size, digest: str | None,
                                 "the new data")
         return (*sources.read_npz(source.path, content), str(source.path))
     _check_memory(describe(source, image_size), str(source.path))
-    x_tr, y_tr, x_te, y_te, names = sources.read_folder(source.path, image_size)
+    x_tr, y_tr, x_te, y_te, names = folders.read_folder(source.path, image_size)
     return x_tr, y_tr, x_te, y_te, names, str(source.path)
+
+
+def _read_packed(source: sources.Source, image_size, digest: str | None) -> tuple:
+    """A packed dataset's splits as `PackedImages` (read when indexed) and its labels;
+    its statistics as packed."""
+    m = packed.read_manifest(source.path)
+    if digest and m.content_hash != digest:
+        raise AblationError(f"{source.path} changed since this job was queued (its content "
+                            "hash differs); run `ablation run` again to queue the new data")
+    y_tr, y_te = m.labels()
+    x_tr, x_te = (packed.PackedImages(m, s, image_size) for s in packed.SPLITS)
+    return x_tr, y_tr, x_te, y_te, m.classes, str(source.path), (m.mean, m.std)
+
+
+def _take(x, idx: np.ndarray):
+    """The images at `idx`: a view for packed images (nothing read), a copy in memory."""
+    return x.take(idx) if isinstance(x, packed.PackedImages) else x[idx]
 
 
 def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
@@ -243,14 +286,22 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
     hash the job was queued with (a changed .npz fails); `cache` the folder of decoded
     folder datasets; `stats` (mean, std) the statistics the runner computed."""
     source = resolve(dataset, base)
-    x_tr, y_tr, x_te, y_te, names, where = _read(source, data_dir, image_size, data_hash,
-                                                 cache)
-    native = x_tr.shape[1:3]
-    x_tr, x_te = sources.resized(x_tr, image_size), sources.resized(x_te, image_size)
+    packed_stats = None
+    if source.kind == "packed":  # resized as read, a batch at a time
+        x_tr, y_tr, x_te, y_te, names, where, packed_stats = _read_packed(source, image_size,
+                                                                          data_hash)
+        native = x_tr.shape[1:3]
+    else:
+        x_tr, y_tr, x_te, y_te, names, where = _read(source, data_dir, image_size, data_hash,
+                                                     cache)
+        native = x_tr.shape[1:3]
+        x_tr, x_te = sources.resized(x_tr, image_size), sources.resized(x_te, image_size)
     k = len(names) or (sources._LAYOUT[source.name]["classes"] if source.kind == "cifar"
                        else int(max(y_tr.max(), y_te.max())) + 1)
     if stats is not None:
         mean, std = stats
+    elif packed_stats is not None:  # measured as it was packed, at its stored size
+        mean, std = packed_stats
     elif dataset in sources.PUBLISHED and x_tr.shape[1:3] == native:
         mean, std = sources.PUBLISHED[dataset]
     else:  # its own full train-split statistics, before any hold-out or subset
@@ -262,13 +313,13 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
     x_val = y_val = None
     if validation:
         keep, val = held_out(y_tr, validation, k)
-        x_val, y_val = x_tr[val], y_tr[val]
-        x_tr, y_tr = x_tr[keep], y_tr[keep]
+        x_val, y_val = _take(x_tr, val), y_tr[val]
+        x_tr, y_tr = _take(x_tr, keep), y_tr[keep]
     tr = balanced_subset(y_tr, train_limit, k, "train-limit")
     te = balanced_subset(y_te, test_limit, k, "test-limit")
     name = dataset if not source.by_path else f"{source.kind}:{Path(where).name}"
-    return Dataset(name, x_tr[tr], y_tr[tr], x_te[te], y_te[te], k, tuple(mean), tuple(std),
-                   where, x_val, y_val, tuple(names), data_hash)
+    return Dataset(name, _take(x_tr, tr), y_tr[tr], _take(x_te, te), y_te[te], k,
+                   tuple(mean), tuple(std), where, x_val, y_val, tuple(names), data_hash)
 
 
 def shape_of(dataset: str, image_size: tuple[int, int] | None = None,
@@ -290,7 +341,8 @@ def prepare(dataset: str, image_size: tuple[int, int] | None, results: Path,
     if not source.by_path:
         return None
     shape = describe(source, image_size)
-    _check_memory(shape, str(source.path))
+    if source.kind != "packed":  # a packed dataset streams: its size is the disk's concern
+        _check_memory(shape, str(source.path))
     content = source.path.read_bytes() if source.kind == "npz" else None  # read once
     digest = content_hash(source, content)
     cache = Path(results) / CACHE
@@ -301,6 +353,9 @@ def prepare(dataset: str, image_size: tuple[int, int] | None, results: Path,
               "cache": str(cache) if source.kind == "folder" else None}
     if not decode:
         return record
+    if source.kind == "packed":  # its statistics as packed
+        m = packed.read_manifest(source.path)
+        return {**record, "mean": list(m.mean), "std": list(m.std)}
     if source.kind == "npz":
         x_tr = sources.resized(sources.read_npz(source.path, content)[0], image_size)
     elif (target := _cache_file(cache, digest, image_size)).is_file():
@@ -308,7 +363,7 @@ def prepare(dataset: str, image_size: tuple[int, int] | None, results: Path,
     else:
         say(f"decoding the {shape.train + shape.test:,} images of {source.path} once into "
             f"{target}")
-        x_tr, y_tr, x_te, y_te, names = sources.read_folder(source.path, image_size)
+        x_tr, y_tr, x_te, y_te, names = folders.read_folder(source.path, image_size)
         _write_npz(target, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
                    class_names=np.array(names))
     mean, std = statistics(x_tr)

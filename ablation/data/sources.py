@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ablation.data import folders, packed
 from ablation.errors import AblationError
 
 # Per-channel train-set statistics on 0..255 pixels, as the blog normalised them.
@@ -49,14 +50,13 @@ CIFAR = tuple(_LAYOUT)
 KERAS = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10)}
 NAMED = (*CIFAR, *KERAS)
 PUBLISHED = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD)}  # statistics a dataset keeps as published
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif",
-                  ".tiff")
 
 
 @dataclass(frozen=True)
 class Source:
-    """A dataset, resolved: `kind` is cifar, keras, npz or folder; `path` the file or
-    folder given (None for the named datasets)."""
+    """A dataset, resolved: `kind` is cifar, keras, npz, folder or packed (shards made by
+    `ablation data pack`); `path` the file or folder given (None for the named
+    datasets)."""
 
     kind: str
     name: str
@@ -64,7 +64,7 @@ class Source:
 
     @property
     def by_path(self) -> bool:
-        return self.kind in ("npz", "folder")
+        return self.kind in ("npz", "folder", "packed")
 
 
 def is_path(dataset: str) -> bool:
@@ -82,20 +82,22 @@ def resolve(dataset: str, base: Path | None = None) -> Source:
     if dataset.startswith("tfds:"):
         raise AblationError(f"dataset {dataset!r}: tensorflow-datasets sources are not "
                             "supported; export the data to an .npz (x_train, y_train, "
-                            "x_test, y_test) or a folder of images")
+                            "x_test, y_test) or a folder of images, or pack it (`ablation "
+                            "data pack`)")
     path = Path(dataset).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
     path = path.resolve()
     if path.is_dir():
-        return Source("folder", dataset, path)
+        return Source("packed" if packed.is_packed(path) else "folder", dataset, path)
     if path.is_file() and path.suffix == ".npz":
         return Source("npz", dataset, path)
     if path.is_file():
         raise AblationError(f"dataset {dataset!r}: a file must be an .npz of x_train, "
                             "y_train, x_test, y_test")
     raise AblationError(f"dataset {dataset!r} is not one of {', '.join(NAMED)}, nor an .npz "
-                        f"file or a folder of images ({path} does not exist)")
+                        f"file, a folder of images or a packed dataset ({path} does not "
+                        "exist)")
 
 
 # --- CIFAR pickles -----------------------------------------------------------------------
@@ -257,7 +259,7 @@ def _check_images(key: str, shape: tuple, dtype, where: str) -> None:
                             "np.moveaxis(x, 1, -1))")
 
 
-def _check_labels(y_train: np.ndarray, y_test: np.ndarray, names: list[str] | tuple,
+def check_labels(y_train: np.ndarray, y_test: np.ndarray, names: list[str] | tuple,
                   where: str) -> int:
     """Integer class ids 0..K-1, one per image: K is the class names' count, else the
     largest id + 1, and every class has a training image (labels 1..4 with no class 0
@@ -307,7 +309,7 @@ def _arrays(x_tr, y_tr, x_te, y_te, where: str, names: list[str] | tuple = ()
         x = np.asarray(x)
         _check_images(key, x.shape, x.dtype, where)
         out.append(x[..., None] if x.ndim == 3 else x)
-    _check_labels(y_tr, y_te, names, where)
+    check_labels(y_tr, y_te, names, where)
     result = []
     for key, x, y in (("x_train", out[0], y_tr), ("x_test", out[1], y_te)):
         y = np.asarray(y).reshape(-1)
@@ -355,92 +357,6 @@ def read_npz(path: Path, content: bytes | None = None) -> tuple[np.ndarray, ...]
         raise AblationError(f"{where}: not a readable .npz ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:160] if str(e) else ''})") from e
     return (*arrays, names)
-
-
-# --- a folder of images ------------------------------------------------------------------
-
-
-def _class_folders(root: Path, split: str) -> dict[str, list[Path]]:
-    folder = root / split
-    classes = {}
-    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in d.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise AblationError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        classes[d.name] = files
-    return classes
-
-
-def folder_layout(root: Path) -> tuple[list[str], dict[str, dict[str, list[Path]]]]:
-    """Class names (train/'s subfolders, sorted) and the image files of each split."""
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise AblationError(f"{root} has no {split}/ folder: a folder dataset holds "
-                                "train/ and test/, each with one subfolder of images per class")
-    splits = {s: _class_folders(root, s) for s in ("train", "test")}
-    names = list(splits["train"])
-    if not names:
-        raise AblationError(f"{root / 'train'} has no class folders")
-    if len(names) < 2:
-        raise AblationError(f"{root / 'train'} has one class folder ({names[0]}): a "
-                            "classifier needs two or more (every accuracy would be 100 %)")
-    stray = [c for c in splits["test"] if c not in splits["train"]]
-    if stray:
-        raise AblationError(f"{root / 'test'} has class {stray[0]!r}, which train/ lacks")
-    return names, splits
-
-
-def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(path)
-        img.size  # noqa: B018  (reads the header now, so a bad file fails here)
-        return img
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise AblationError(f"cannot read image {path}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120] if str(e) else ''}") from e
-
-
-def _folder_shape(root: Path, splits: dict, image_size) -> tuple[int, int, int]:
-    sizes, grey = set(), True
-    for files in (f for cls in splits.values() for f in cls.values()):
-        for p in files:
-            img = _open(p)
-            sizes.add(img.size)
-            grey = grey and img.mode in ("L", "1", "I;16", "I", "F")
-    if image_size is None and len(sizes) > 1:
-        (w1, h1), (w2, h2) = sorted(sizes)[:2]
-        raise AblationError(f"the images of {root} differ in size ({h1}x{w1} and {h2}x{w2}, "
-                            "H x W): set image_size to resize them all")
-    h, w = (image_size if image_size is not None else next(iter(sizes))[::-1])
-    return h, w, 1 if grey else 3
-
-
-def read_folder(root: Path, image_size: tuple[int, int] | None) -> tuple[np.ndarray, ...]:
-    """Decode every image (resized to `image_size` (H, W) when given; greyscale when
-    every image is, else RGB), labels by class folder."""
-    from PIL import Image
-
-    names, splits = folder_layout(root)
-    h, w, c = _folder_shape(root, splits, image_size)
-    mode = "L" if c == 1 else "RGB"
-    out = []
-    for split in ("train", "test"):
-        files = [(names.index(cls), p) for cls, ps in splits[split].items() for p in ps]
-        x = np.empty((len(files), h, w, c), np.uint8)
-        for i, (_, p) in enumerate(files):
-            img = _open(p)
-            try:
-                img = img.convert(mode)
-                if img.size != (w, h):
-                    img = img.resize((w, h), Image.BILINEAR)
-                x[i] = np.asarray(img, np.uint8).reshape(h, w, c)
-            except (OSError, ValueError) as e:
-                raise AblationError(f"cannot read image {p}: {type(e).__name__}: {e}") from e
-        out += [x, np.array([k for k, _ in files], np.int64)]
-    return (*out, names)
 
 
 # --- what a dataset is, without loading it -----------------------------------------------
@@ -510,27 +426,33 @@ def describe(source: Source, image_size: tuple[int, int] | None = None) -> Shape
             _check_images(key, *heads[key], where)
         shape = heads["x_train"][0]
         hwc = (*shape[1:3], shape[3] if len(shape) == 4 else 1)
-        k = _check_labels(*labels, names, where)
+        k = check_labels(*labels, names, where)
         return Shape(_at(hwc, image_size), k, names, shape[0], heads["x_test"][0][0])
-    names, splits = folder_layout(source.path)
-    return Shape(_folder_shape(source.path, splits, image_size), len(names), tuple(names),
-                 sum(len(f) for f in splits["train"].values()),
-                 sum(len(f) for f in splits["test"].values()))
+    if source.kind == "packed":
+        m = packed.read_manifest(source.path)
+        check_labels(*m.labels(), m.classes, str(source.path))  # as an .npz's are
+        return Shape(m.shape_at(image_size), m.num_classes, m.classes, m.counts["train"],
+                     m.counts["test"])
+    layout = folders.folder_layout(source.path)
+    return Shape(folders.folder_shape(layout, image_size), len(layout.names),
+                 tuple(layout.names), layout.count("train"), layout.count("test"))
 
 
 def content_hash(source: Source, content: bytes | None = None) -> str:
     """sha256 of what a path dataset holds: the .npz's bytes (`content`, if the caller
     has read them already); for a folder, every image file's path under the folder (class
-    and split included) and bytes. Moving the files keeps it; changing one image
+    and split included) and bytes; for a packed dataset, its manifest's (what it was
+    packed from: `ablation.data.pack`). Moving the files keeps it; changing one image
     changes it."""
     if source.kind == "npz":
         return hashlib.sha256(content if content is not None
                               else source.path.read_bytes()).hexdigest()
+    if source.kind == "packed":
+        return packed.read_manifest(source.path).content_hash
     h = hashlib.sha256()
-    _, splits = folder_layout(source.path)
-    for split, classes in splits.items():
+    layout = folders.folder_layout(source.path)
+    for split, classes in layout.splits.items():
         for cls, files in classes.items():
             for p in files:
-                h.update(f"{split}/{cls}/{p.name}\0".encode())
-                h.update(hashlib.sha256(p.read_bytes()).digest())
+                folders.hash_file(h, split, cls, p, p.read_bytes())
     return h.hexdigest()

@@ -1,0 +1,219 @@
+"""A packed dataset: image records in ArrayRecord shards, read by index, and the manifest
+that says what they hold.
+
+A packed dataset is a folder made by `ablation data pack` (`ablation.data.pack`):
+
+* `manifest.json`: the format, the classes, each split's count, how the images are
+  stored (`raw`: uint8 pixels of one shape; `encoded`: the image files' own JPEG/PNG
+  bytes, decoded when read), the content hash, the normalisation statistics, and each
+  shard's file, record count and size;
+* `labels.npz`: the integer labels of both splits (held in memory: 8 bytes an image);
+* `train-NNNNN.array_record`, `test-NNNNN.array_record`: one record an image, written
+  with `group_size:1`, so any record is read without its neighbours (what Grain's
+  `ArrayRecordDataSource` asks of its files too).
+
+`PackedImages` is one split as an array of uint8 images (N, H, W, C) that reads only the
+images it is indexed with: a training stream's batch gathers its images from the shards,
+so a job's memory does not grow with the dataset. The batches are the same, bit for bit,
+as the same images held in memory: the stream indexes both the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ablation.errors import AblationError
+
+FORMAT = "ablation-packed"
+VERSION = 1
+MANIFEST = "manifest.json"
+LABELS = "labels.npz"
+SPLITS = ("train", "test")
+RAW, ENCODED = "raw", "encoded"
+WRITER_OPTIONS = "group_size:1,uncompressed"  # random access by record; pixels compress little
+
+
+def is_packed(folder: Path) -> bool:
+    """Whether a folder is a packed dataset (it has a manifest; a pack that was killed
+    never has one)."""
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def record_reader():
+    """ArrayRecord's random-access reader class, or one line saying how to install it."""
+    try:
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
+    except ImportError as e:
+        raise AblationError("packed datasets need the array-record package (pip install "
+                            f"array-record; Linux and macOS): {e}") from e
+    return ArrayRecordDataSource
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a packed dataset holds, read from its manifest.json (and checked against its
+    files' sizes, cheaply: a shard copied in part is one line, not a wrong image)."""
+
+    path: Path
+    classes: tuple[str, ...]
+    num_classes: int
+    counts: dict[str, int]
+    storage: str
+    size: tuple[int, int] | None  # (H, W) of every image; None: encoded, of several sizes
+    channels: int
+    content_hash: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    shards: dict[str, list[dict]]
+    source: str
+    statistics_images: int  # training images the statistics were measured on
+
+    def shape_at(self, image_size: tuple[int, int] | None) -> tuple[int, int, int]:
+        """(H, W, C) the images are read at: `image_size` (H, W), else their own size."""
+        hw = image_size if image_size is not None else self.size
+        if hw is None:
+            raise AblationError(f"the images of {self.path} differ in size (packed "
+                                "encoded): set image_size to resize them all")
+        return int(hw[0]), int(hw[1]), self.channels
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.path / s["file"] for s in self.shards[split]]
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(y_train, y_test), checked against the counts."""
+        where = self.path / LABELS
+        try:
+            with np.load(where, allow_pickle=False) as z:
+                ys = tuple(np.asarray(z[f"y_{s}"], np.int64) for s in SPLITS)
+        except (OSError, KeyError, ValueError) as e:
+            raise AblationError(f"damaged packed dataset {self.path}: {LABELS} is not "
+                                f"readable ({type(e).__name__}); pack it again") from e
+        for split, y in zip(SPLITS, ys, strict=True):
+            if len(y) != self.counts[split]:
+                raise AblationError(f"damaged packed dataset {self.path}: {LABELS} holds "
+                                    f"{len(y):,} {split} labels, the manifest "
+                                    f"{self.counts[split]:,}; pack it again")
+        return ys
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """A packed dataset's manifest, its shards' presence and sizes checked; every fault
+    is one line naming the folder."""
+    folder = Path(folder)
+    where = folder / MANIFEST
+    try:
+        raw = json.loads(where.read_text())
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"format {raw.get('format')!r}")
+        if raw.get("version") != VERSION:
+            raise AblationError(f"{folder} is packed in format version {raw.get('version')}; "
+                                f"this ablation reads version {VERSION}: pack it again")
+        m = Manifest(folder, tuple(raw["classes"]), int(raw["num_classes"]),
+                     {s: int(raw["counts"][s]) for s in SPLITS}, raw["storage"],
+                     tuple(raw["size"]) if raw["size"] else None, int(raw["channels"]),
+                     raw["content_hash"], tuple(raw["mean"]), tuple(raw["std"]),
+                     {s: list(raw["shards"][s]) for s in SPLITS}, raw["source"],
+                     int(raw["statistics_images"]))
+    except AblationError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AblationError(f"damaged packed dataset {folder}: {MANIFEST} is not readable "
+                            f"({type(e).__name__}: {e}); pack it again") from e
+    for split in SPLITS:
+        if sum(int(s["records"]) for s in m.shards[split]) != m.counts[split]:
+            raise AblationError(f"damaged packed dataset {folder}: the {split} shards' "
+                                f"records do not add up to {m.counts[split]:,}")
+        for shard in m.shards[split]:
+            path = folder / shard["file"]
+            size = path.stat().st_size if path.is_file() else None
+            if size != shard["bytes"]:
+                raise AblationError(f"damaged packed dataset {folder}: {shard['file']} is "
+                                    + ("missing" if size is None else f"{size:,} bytes, the "
+                                       f"manifest says {shard['bytes']:,}")
+                                    + "; copy or pack it again")
+    return m
+
+
+class PackedImages:
+    """One split of a packed dataset as uint8 images (N, H, W, C), read when indexed.
+
+    Indexing (an int, a slice, an index array) reads those images from the shards and
+    returns a numpy array, at `image_size` when one is given (resized bilinearly, as an
+    array in memory is). `take` returns a view of a subset without reading anything:
+    the validation split and class-balanced subsets are views.
+    """
+
+    def __init__(self, manifest: Manifest, split: str,
+                 image_size: tuple[int, int] | None = None,
+                 index: np.ndarray | None = None, _source=None):
+        self.manifest, self.split, self.image_size = manifest, split, image_size
+        h, w, c = manifest.shape_at(image_size)
+        self.shape = (manifest.counts[split] if index is None else len(index), h, w, c)
+        self.index = np.arange(manifest.counts[split]) if index is None else index
+        self._source = _source
+        self._lock = threading.Lock()
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, idx: np.ndarray) -> PackedImages:
+        """The images at `idx`, as a view: nothing is read."""
+        return PackedImages(self.manifest, self.split, self.image_size, self.index[idx],
+                            self._reader())
+
+    def __getitem__(self, key) -> np.ndarray:
+        keys = self.index[key]
+        if np.ndim(keys) == 0:
+            return self._read(np.array([keys]))[0]
+        return self._read(np.asarray(keys))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def _reader(self):
+        """The split's shards, opened once (readers open lazily, thread-safely)."""
+        with self._lock:
+            if self._source is None:
+                paths = [str(p) for p in self.manifest.shard_paths(self.split)]
+                self._source = record_reader()(paths)
+            return self._source
+
+    def _read(self, keys: np.ndarray) -> np.ndarray:
+        from ablation.data import folders
+        from ablation.data.sources import resized
+
+        h, w, c = self.shape[1:]
+        if not len(keys):
+            return np.empty((0, h, w, c), np.uint8)
+        records = self._reader().__getitems__([int(k) for k in keys])
+        m = self.manifest
+        if m.storage == RAW:
+            sh, sw = m.size
+            x = np.frombuffer(b"".join(records), np.uint8)
+            if x.size != len(keys) * sh * sw * c:
+                raise AblationError(f"damaged packed dataset {m.path}: a {self.split} record "
+                                    f"is not {sh}x{sw}x{c} pixels; pack it again")
+            return resized(x.reshape(len(keys), sh, sw, c), self.image_size)
+        out = np.empty((len(keys), h, w, c), np.uint8)
+        for i, (k, rec) in enumerate(zip(keys, records, strict=True)):
+            where = f"{m.path} ({self.split} record {int(k)})"
+            out[i] = folders.decode(folders.open_image(where, rec), h, w, c, where)
+        return out
+
+    def digest(self) -> str:
+        """What these images are, without reading them: the dataset's content hash, the
+        split and the indices taken, and the size read at (for a run's provenance)."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.manifest.content_hash}/{self.split}/{self.shape}".encode())
+        h.update(np.ascontiguousarray(self.index, np.int64).tobytes())
+        return h.hexdigest()
