@@ -49,22 +49,35 @@ class AtomicBackup(keras.callbacks.Callback):
     renamed into place, then a one-line LATEST pointer is swapped atomically. A snapshot
     of a NaN epoch is never taken.
 
+    With `every_steps` or `every_seconds`, snapshots are also taken inside an epoch (an
+    ImageNet epoch outlasts a preemption): after that many steps of the epoch, or the
+    first step after that many seconds since the last one. Such a snapshot also holds
+    the epoch's running metrics (Keras' loss and accuracy means), given back to the
+    model when the resumed epoch begins, so the epoch's logged loss and accuracy are
+    those of an uninterrupted epoch.
+
     A snapshot is trusted whole or not at all (`resume`): weights, optimizer state and
     epoch must all be there, readable, agree with each other (the optimizer's step
-    count is the epoch's), and belong to this job. Anything else — a missing or damaged
+    count is the epoch's and step's), and belong to this job. Anything else — a missing or damaged
     weights file, missing or damaged metadata, a LATEST pointing nowhere, another job's
     snapshot — fails the job in one line and keeps the files for inspection; it never
     trains on. Deleting the run's `backup/` folder starts the job again from epoch 0.
     """
 
-    WEIGHTS, META = "latest.weights.h5", "training_metadata.json"
+    WEIGHTS, META, METRICS = "latest.weights.h5", "training_metadata.json", "metrics.npz"
 
     def __init__(self, root: Path, identity: dict | None = None,
-                 keeps: tuple[Lookahead, ...] = ()):
+                 keeps: tuple[Lookahead, ...] = (), every_steps: int | None = None,
+                 every_seconds: float | None = None):
         super().__init__()
         self.root = Path(root)
         self.identity = dict(identity or {})
         self.keeps = keeps  # other callbacks' state that the snapshot holds beside weights
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.resumed: tuple[int, int] = (0, 0)  # (epoch, step) the job went on from
+        self.metrics: list | None = None  # the resumed epoch's running metrics
+        self.taken: tuple[int, int] | None = None  # the last (epoch, step) snapshotted
+        self.epoch, self.offset, self.last = 0, 0, time.monotonic()
 
     def _damaged(self, what: str) -> DamagedSnapshot:
         return DamagedSnapshot(
@@ -72,8 +85,10 @@ class AtomicBackup(keras.callbacks.Callback):
             f"Delete {self.root} to start this job again from epoch 0, then rerun with "
             "--retry-failed")
 
-    def snapshot(self) -> tuple[Path, int] | None:
-        """The latest snapshot's folder and epoch, checked; None when there is none."""
+    def snapshot(self) -> tuple[Path, int, int] | None:
+        """The latest snapshot's folder, epoch (finished epochs) and step (steps of the
+        next epoch already trained: 0 for a snapshot at an epoch's end), checked; None
+        when there is none."""
         pointer = self.root / "LATEST"
         if not pointer.exists():
             return None
@@ -90,26 +105,30 @@ class AtomicBackup(keras.callbacks.Callback):
             raise self._damaged(f"no {self.META} in {folder.name}") from None
         except AblationError:
             raise self._damaged(f"unreadable {self.META} in {folder.name}") from None
-        epoch = meta.get("epoch")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        epoch, step = meta.get("epoch"), meta.get("step", 0)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (epoch, step)
+               ) or epoch + step < 1:
             raise self._damaged(f"no valid epoch in {folder.name}/{self.META}")
         for key, want in self.identity.items():
             if key in meta and meta[key] != want:
                 raise self._damaged(f"it belongs to another job ({key} {meta[key]!r}, "
                                     f"this job's is {want!r})")
-        for name in [self.WEIGHTS, *(k.FILE for k in self.keeps)]:
+        for name in [self.WEIGHTS, *(k.FILE for k in self.keeps),
+                     *([self.METRICS] if step else [])]:
             if not (folder / name).is_file():
                 raise self._damaged(f"no {name} in {folder.name}")
-        return folder, epoch
+        return folder, epoch, step
 
-    def resume(self, model: Any, steps_per_epoch: int) -> int:
+    def resume(self, model: Any, steps_per_epoch: int) -> tuple[int, int]:
         """Load the latest snapshot into `model` (built, with its optimizer) and return
-        its epoch; 0 when there is none. Raises DamagedSnapshot when it cannot be
-        trusted whole."""
+        its (epoch, step); (0, 0) when there is none. Raises DamagedSnapshot when it
+        cannot be trusted whole."""
         found = self.snapshot()
         if found is None:
-            return 0
-        folder, epoch = found
+            return 0, 0
+        folder, epoch, step = found
+        if step >= steps_per_epoch:
+            raise self._damaged(f"it is at step {step} of an epoch of {steps_per_epoch}")
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:
@@ -119,23 +138,71 @@ class AtomicBackup(keras.callbacks.Callback):
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
                                 ) from e
         steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        want = epoch * steps_per_epoch + step
         # loss scaling (fp16) skips the steps whose gradients overflowed: at most that
         scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        if not (0 < steps <= epoch * steps_per_epoch if scaled
-                else steps == epoch * steps_per_epoch):
-            raise self._damaged(f"its optimizer state is at step {steps}, not at the end of "
-                                f"epoch {epoch} (step {epoch * steps_per_epoch})")
+        if not (0 < steps <= want if scaled else steps == want):
+            raise self._damaged(f"its optimizer state is at step {steps}, not at "
+                                + (f"step {step} of epoch {epoch + 1}" if step else
+                                   f"the end of epoch {epoch}") + f" (step {want})")
         for keep in self.keeps:
             try:
                 keep.restore(folder / keep.FILE, model)
             except (OSError, ValueError, KeyError) as e:
                 raise self._damaged(f"cannot load {folder.name}/{keep.FILE} ({e})") from e
-        return epoch
+        if step:
+            import numpy as np
+
+            try:
+                with np.load(folder / self.METRICS) as z:
+                    self.metrics = [z[f"arr_{i}"] for i in range(len(z.files))]
+            except (OSError, ValueError) as e:
+                raise self._damaged(f"cannot load {folder.name}/{self.METRICS} ({e})") from e
+        self.resumed = (epoch, step)
+        return epoch, step
+
+    def on_train_begin(self, logs=None):
+        self.last = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        # the resumed epoch starts at its snapshot's step, with the metrics it had then
+        self.offset = self.resumed[1] if epoch == self.resumed[0] else 0
+        if self.offset and self.metrics is not None:
+            variables = self.model.metrics_variables
+            if len(variables) != len(self.metrics):
+                raise self._damaged(f"{len(self.metrics)} running metrics for "
+                                    f"{len(variables)}")
+            for v, value in zip(variables, self.metrics, strict=True):
+                v.assign(value)
+            self.metrics = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not (self.every_steps or self.every_seconds) or not _finite(logs):
+            return
+        step = self.offset + batch + 1  # of this epoch
+        if step >= self.params["steps"] + self.offset:  # its end: on_epoch_end's snapshot
+            return
+        if (self.every_steps and step % self.every_steps == 0) or (
+                self.every_seconds and time.monotonic() - self.last >= self.every_seconds):
+            import numpy as np
+
+            def metrics(folder: Path) -> None:
+                with open(folder / self.METRICS, "wb") as f:
+                    np.savez(f, *[keras.ops.convert_to_numpy(v)
+                                  for v in self.model.metrics_variables])
+
+            self._take(f"epoch-{self.epoch:04d}-step-{step:07d}",
+                       {"epoch": self.epoch, "step": step}, metrics)
 
     def on_epoch_end(self, epoch, logs=None):
         if not _finite(logs):
             return
-        name = f"epoch-{epoch + 1:04d}"
+        self._take(f"epoch-{epoch + 1:04d}", {"epoch": epoch + 1})
+
+    def _take(self, name: str, meta: dict, extra: Callable[[Path], None] | None = None
+              ) -> None:
+        """Write a snapshot folder whole, then point LATEST at it; older ones go."""
         tmp = self.root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:  # VGG19's snapshot is ~310 MB (weights and momenta): a full disk is likely
@@ -143,13 +210,17 @@ class AtomicBackup(keras.callbacks.Callback):
             self.model.save_weights(str(tmp / self.WEIGHTS))
             for keep in self.keeps:
                 keep.save(tmp / keep.FILE)
-            for name in [self.WEIGHTS, *(k.FILE for k in self.keeps)]:
-                with open(tmp / name, "rb") as fh:
+            if extra is not None:
+                extra(tmp)
+            for file in tmp.iterdir():
+                with open(file, "rb") as fh:
                     os.fsync(fh.fileno())
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)  # the last good snapshot stays
             raise results.disk_error(e, tmp / self.WEIGHTS) from e
-        results.atomic_write_json(tmp / self.META, {"epoch": epoch + 1, **self.identity})
+        results.atomic_write_json(tmp / self.META, {**meta, **self.identity})
+        self.taken = (meta["epoch"], meta.get("step", 0))
+        self.last = time.monotonic()
         final = self.root / name
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -273,8 +344,10 @@ class EpochMeter(keras.callbacks.Callback):
         logs.pop("learning_rate", None)  # Keras' float32 echo of what we set
         logs["lr"] = self.recipe.learning_rate(epoch, self.stream.steps_per_epoch)
         logs["epoch_seconds"] = round(seconds, 3)
-        logs["images_per_second"] = round(self.n_train / train_s, 1)
-        self.train_rates.append(self.n_train / train_s)
+        # an epoch resumed from a snapshot inside it trains only its remaining steps
+        images = self.n_train * self.params["steps"] / self.stream.steps_per_epoch
+        logs["images_per_second"] = round(images / train_s, 1)
+        self.train_rates.append(images / train_s)
         done = epoch + 1
         record = EpochRecord(
             job=self.cfg.index, of=self.cfg.total, variant=self.cfg.variant, seed=self.cfg.seed,
@@ -366,16 +439,28 @@ class SummaryKeeper(keras.callbacks.Callback):
 
 
 class HoldForTest(keras.callbacks.Callback):
-    """The protocol's test hook (HOLD_ENV): after each listed finished epoch, whose backup
-    is already taken, write the marker (`protocol.held_line`: the epoch, this process and
-    its parent, so a test signals only its own job) and wait until a signal ends it."""
+    """The protocol's test hook (HOLD_ENV): after each listed finished epoch ("2"), or
+    each listed snapshot inside an epoch ("1+3": 1 epoch and 3 steps trained), whose
+    backup is already taken, write the marker (`protocol.held_line`: the epoch, this
+    process and its parent, so a test signals only its own job) and wait until a signal
+    ends it."""
 
-    def __init__(self, run_dir: Path, after: set[int]):
+    def __init__(self, run_dir: Path, spec: str, backup: AtomicBackup):
         super().__init__()
-        self.marker, self.after = Path(run_dir) / HELD_MARKER, after
+        self.marker, self.backup = Path(run_dir) / HELD_MARKER, backup
+        points = [tuple(int(v) for v in p.split("+")) for p in spec.split(",") if p]
+        self.after = {p[0] for p in points if len(p) == 1}
+        self.steps = {(p[0], p[1]) for p in points if len(p) == 2}
+
+    def _hold(self, epoch: int) -> None:
+        results.atomic_write_text(self.marker, held_line(epoch))
+        while True:
+            time.sleep(3600)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.backup.taken in self.steps:
+            self._hold(self.backup.taken[0])
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 in self.after:
-            results.atomic_write_text(self.marker, held_line(epoch + 1))
-            while True:
-                time.sleep(3600)
+            self._hold(epoch + 1)

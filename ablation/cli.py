@@ -157,7 +157,9 @@ def cmd_run(args) -> int:
     names = study.variants() if args.all else study.select(args.variants)
     plan = planning.plan(study, names, overrides, Path(args.results),
                          args.data_dir, args.seeds or 1, keep_model=not args.no_keep_model,
-                         retry_failed=args.retry_failed, dry_run=args.dry_run)
+                         retry_failed=args.retry_failed, dry_run=args.dry_run,
+                         snapshot_steps=args.snapshot_every,
+                         snapshot_minutes=args.snapshot_minutes)
     policy = planning.policy(plan, study, args.seeds, args.until_decided, args.max_seeds,
                              args.margin)
     view = View(plan.results, study)
@@ -360,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-keep-model", action="store_true",
                    help="save the .h5 to measure it, then delete it")
     s.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
+    g = s.add_argument_group("snapshots inside an epoch (a job killed mid-epoch goes on "
+                             "from the last one; never the numbers)")
+    g.add_argument("--snapshot-every", type=argtypes.integer(1), default=None, metavar="N",
+                   help="also snapshot every N steps of an epoch (default: at each "
+                        "epoch's end only)")
+    g.add_argument("--snapshot-minutes", type=argtypes.number("pos"), default=None,
+                   metavar="M", help="also snapshot after M minutes since the last one")
     s.add_argument("--executor", choices=list(EXECUTORS), default="local",
                    help="where jobs run (default: local subprocesses)")
     g = s.add_argument_group("devices (docs/performance.md; speed only, never the numbers)")

@@ -54,6 +54,8 @@ class Plan:
     tuning: dict | None = None  # its tuning group (ablation.tune.tuning_record)
     # (variant, recipe id) -> the epoch to stop after (a rung of successive halving)
     until: dict[tuple[str, str], int] | None = None
+    snapshot_steps: int | None = None  # snapshots inside an epoch (JobConfig's)
+    snapshot_minutes: float | None = None
 
     def recipes_of(self, variant: str) -> list[Recipe]:
         return (self.recipes or {}).get(variant, [self.recipe])
@@ -97,4 +99,6 @@ class Plan:
                          definition_hash=study.definition_hash(job.variant),
                          units=study.unit_records(job.variant), study=self.study,
                          data=self.data, phase=self.phase,
-                         tuning=self.tuning_of(job.variant.name), until=job.until)
+                         tuning=self.tuning_of(job.variant.name), until=job.until,
+                         snapshot_steps=self.snapshot_steps,
+                         snapshot_minutes=self.snapshot_minutes)

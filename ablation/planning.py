@@ -30,7 +30,8 @@ def check_flags(seeds: int | None, until_decided: bool, max_seeds: int | None) -
 
 def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
          data_dir: str | None = None, seeds: int = 1, keep_model: bool = True,
-         retry_failed: bool = False, dry_run: bool = False) -> Plan:
+         retry_failed: bool = False, dry_run: bool = False,
+         snapshot_steps: int | None = None, snapshot_minutes: float | None = None) -> Plan:
     """The jobs of `names` under the study's recipe with `overrides` (the flags given),
     checked: one AblationError naming the problem before anything is queued."""
     try:
@@ -75,7 +76,8 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
     return Plan(variants, seeds, recipe, Path(results),
                 str(folder.resolve()) if folder else None, keep_model=keep_model,
                 retry_failed=retry_failed,
-                study=study.name if study.builtin else str(study.path), data=record)
+                study=study.name if study.builtin else str(study.path), data=record,
+                snapshot_steps=snapshot_steps, snapshot_minutes=snapshot_minutes)
 
 
 def policy(plan: Plan, study: studies.Study, seeds: int | None = None,

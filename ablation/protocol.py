@@ -107,7 +107,8 @@ SLURM_FILE = "slurm.json"  # which Slurm job ran (runs) a job: for people and te
 SUMMARY = "summary.json"  # the run record, in every run folder
 
 # Test hook: a training process whose environment sets this to N (or N,M,...) stops
-# after its N-th finished epoch (its backup and history already written), writes
+# after its N-th finished epoch (its backup and history already written), or to N+S
+# after its snapshot at step S of epoch N + 1 (`run --snapshot-every`), writes
 # HELD_MARKER in its run folder (`held_line`), and waits there until a signal ends it.
 # Tests that interrupt or kill a job wait for the marker, so the job always has work
 # left when the signal lands, and read from it which processes are the job's own.
@@ -215,6 +216,10 @@ class JobConfig:
     # stop after this epoch, the backup kept (a rung of successive halving: `trains_to`);
     # the schedule stays the full run's
     until: int | None = None
+    # snapshots inside an epoch, besides the one at each epoch's end (`run
+    # --snapshot-every`, `--snapshot-minutes`): where a job may go on from, never its numbers
+    snapshot_steps: int | None = None
+    snapshot_minutes: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)

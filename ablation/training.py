@@ -235,6 +235,7 @@ class Job:
     stream: data.TrainStream
     backup: AtomicBackup
     start: int  # epochs already trained (restored from the backup)
+    start_step: int  # steps of the next epoch already trained (a snapshot inside it)
     execution: dict  # compile and loader settings, as the record keeps them
     pretrained: dict
 
@@ -286,18 +287,21 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
                            stream.steps_per_epoch * recipe.epochs),) if recipe.lookahead else ()
     backup = AtomicBackup(run_dir / "backup", {
         "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
-        "definition_hash": study.definition_hash(variant)}, keeps=lookahead)
-    start = backup.resume(model, stream.steps_per_epoch)  # checked whole, or it fails
+        "definition_hash": study.definition_hash(variant)}, keeps=lookahead,
+        every_steps=cfg.snapshot_steps,
+        every_seconds=cfg.snapshot_minutes * 60 if cfg.snapshot_minutes else None)
+    # checked whole, or it fails
+    start, start_step = backup.resume(model, stream.steps_per_epoch)
     pretrained = {}
-    if start == 0 and variant.pretrained:
+    if start == start_step == 0 and variant.pretrained:
         pretrained = {"pretrained": variant.pretrained,
                       "pretrained_convs": models.load_pretrained(model, variant.pretrained)}
-    if start == 0:  # airbench's whitening: from the first 5,000 training images, as seen
-        models.set_from_data(model, data.normalise(ds.x_train[:WHITEN_IMAGES], ds.mean,
-                                                   ds.std))
-    stream.start_epoch = start
+    if start == start_step == 0:  # airbench's whitening: from the first 5,000 training
+        models.set_from_data(model, data.normalise(  # images, as seen
+            ds.x_train[:WHITEN_IMAGES], ds.mean, ds.std))
+    stream.start_epoch, stream.start_step = start, start_step
     return Job(cfg, run_dir, variant, recipe, ds, model, info, stream, backup, start,
-               execution, pretrained)
+               start_step, execution, pretrained)
 
 
 class RecordWriter:
@@ -375,17 +379,49 @@ def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
     return out, meter
 
 
+def _resuming(job: Job) -> str:
+    if job.start_step:
+        return (f"resuming inside epoch {job.start + 1} after step {job.start_step} of "
+                f"{job.stream.steps_per_epoch}")
+    return f"resuming after epoch {job.start}" if job.start else "starting"
+
+
+class _RawWeights(keras.callbacks.Callback):
+    """The trained (not averaged) weights at the last epoch's end, put back after `fit`
+    gave the model the average."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values = [keras.ops.copy(v.value) for v in self.model.trainable_variables]
+
+    def restore(self) -> None:
+        for v, value in zip(self.model.trainable_variables, self.values, strict=True):
+            v.assign(value)
+
+
 def fit(job: Job, extra: list) -> None:
     """Train from the restored epoch to the job's stop (a job killed after its last epoch
-    but before saving trains nothing more)."""
-    recipe = job.recipe
-    if job.start < job.target:
-        job.model.fit(iter(job.stream), steps_per_epoch=job.stream.steps_per_epoch,
-                      epochs=job.target, initial_epoch=job.start,
+    but before saving trains nothing more). Resumed inside an epoch, the rest of that
+    epoch is one `fit` (its steps only), the epochs after it another: Keras' `fit`
+    starts epochs at their first step."""
+    recipe, stream, spe = job.recipe, job.stream, job.stream.steps_per_epoch
+    parts = [(job.start, job.start + 1, job.start_step), (job.start + 1, job.target, 0)] \
+        if job.start_step else [(job.start, job.target, 0)]
+    for first, last, step in parts:
+        if first >= last or job.model.stop_training:
+            continue
+        # `fit` ends by giving the model an EMA's average: not between the two parts
+        keep = [_RawWeights()] if recipe.ema and last < job.target else []
+        stream.start_epoch, stream.epochs, stream.start_step = first, last, step
+        job.model.fit(iter(stream), steps_per_epoch=spe - step, epochs=last,
+                      initial_epoch=first,
                       validation_data=data.test_batches(job.ds, recipe.batch_size)
                       if job.tests else None,
-                      callbacks=extra, verbose=0, shuffle=False)
-    elif recipe.ema and job.target == recipe.epochs:  # what fit does at its end: the
+                      callbacks=extra + keep, verbose=0, shuffle=False)
+        for k in keep:
+            k.restore()
+    if job.start < job.target:
+        return
+    if recipe.ema and job.target == recipe.epochs:  # what fit does at its end: the
         job.model.optimizer.finalize_variable_values(  # averaged weights become the model's
             job.model.trainable_variables)
 
@@ -448,9 +484,9 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
     extra += [*([board] if board is not None else []), SummaryKeeper(record.write)]
     hold = os.environ.get(HOLD_ENV)
     if hold:
-        extra.append(HoldForTest(run_dir, {int(e) for e in hold.split(",")}))
+        extra.append(HoldForTest(run_dir, hold, job.backup))
     print(f"job {cfg.index}/{cfg.total}: {cfg.variant} seed {cfg.seed}, recipe {cfg.recipe.id}, "
-          f"{'resuming after epoch ' + str(job.start) if job.start else 'starting'}; "
+          f"{_resuming(job)}; "
           f"{len(job.ds.y_train)} train / {len(job.ds.y_test)} test images; "
           f"{record.fixed['device']}; {keras.backend.backend()}, matmul "
           f"{job.execution['matmul_precision']}, {job.execution['steps_per_execution']} "

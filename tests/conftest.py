@@ -168,7 +168,7 @@ def start_cli(*args: str, env: dict | None = None, nohup: bool = False) -> subpr
                             preexec_fn=_as_under_nohup if nohup else as_in_a_terminal)
 
 
-def hold_after(*epochs: int) -> dict:
+def hold_after(*epochs: int | str) -> dict:
     """Environment for a job that stops after each of `epochs` finished epochs and waits
     for a signal (ablation.protocol.HOLD_ENV): a signal sent once it is held always finds
     the job with work left, however fast or slow the machine is."""

@@ -62,7 +62,7 @@ def test_resume_restores_weights_optimizer_step_and_momenta_bit_for_bit(
     model = fresh(1, recipe)  # other initial weights, an untouched optimizer
     before = state(model)
     assert not all(np.array_equal(a, b) for a, b in zip(before, saved, strict=True))
-    assert callbacks.AtomicBackup(root, IDENTITY).resume(model, STEPS) == 1
+    assert callbacks.AtomicBackup(root, IDENTITY).resume(model, STEPS) == (1, 0)
     after = state(model)
     assert len(after) == len(saved)
     for a, b in zip(after, saved, strict=True):
@@ -86,7 +86,8 @@ def test_a_load_that_silently_does_nothing_is_caught(snapshot, monkeypatch):
 
 
 def test_no_snapshot_means_epoch_zero(tmp_path):
-    assert callbacks.AtomicBackup(tmp_path / "backup", IDENTITY).resume(fresh(1), STEPS) == 0
+    backup = callbacks.AtomicBackup(tmp_path / "backup", IDENTITY)
+    assert backup.resume(fresh(1), STEPS) == (0, 0)
 
 
 def _latest(root):
@@ -140,7 +141,7 @@ def _train(model, epochs, root, start=0, every=3, last=3 * STEPS):
     look = callbacks.Lookahead(0.95, every, last)
     backup = callbacks.AtomicBackup(root, IDENTITY, keeps=(look,))
     if start:
-        assert backup.resume(model, STEPS) == start
+        assert backup.resume(model, STEPS) == (start, 0)
     stream = data.TrainStream(data.synthetic(16, 8), 8, seed=0, epochs=epochs)
     stream.start_epoch = start
     model.fit(iter(stream), steps_per_epoch=STEPS, epochs=epochs, initial_epoch=start,

@@ -21,7 +21,8 @@ class TrainStream:
     """Finite, resumable stream of augmented training batches, epochs start..epochs-1.
 
     Epoch e uses permutation rng(seed, e) and batch b of it augmentation rng(seed, e, b),
-    so starting at `start_epoch` reproduces an uninterrupted run exactly. Batches are
+    so starting at `start_epoch` (and within it at batch `start_step`, a job resumed from
+    a snapshot taken inside an epoch) reproduces an uninterrupted run exactly. Batches are
     prepared on `threads` threads (numpy releases the GIL), two per thread ahead; the
     executor sizes `threads` to the host's cores and the jobs sharing them.
 
@@ -36,7 +37,7 @@ class TrainStream:
     def __init__(self, ds: Dataset, batch_size: int, seed: int, augment: str = "blog",
                  start_epoch: int = 0, epochs: int = 1, threads: int = 2,
                  dtype: str = "float32", mixup: float = 0.0, cutmix: float = 0.0,
-                 pad: int | None = None, flip: str = "random"):
+                 pad: int | None = None, flip: str = "random", start_step: int = 0):
         if augment not in AUGMENTATIONS:
             raise AblationError(f"unknown augmentation {augment!r}; choose "
                                 f"{', '.join(AUGMENTATIONS)}")
@@ -47,7 +48,7 @@ class TrainStream:
                            if flip == "alternate" else None)
         self.ds, self.batch_size, self.seed = ds, batch_size, seed
         self.augment = AUGMENTATIONS[augment]
-        self.start_epoch, self.epochs = start_epoch, epochs
+        self.start_epoch, self.epochs, self.start_step = start_epoch, epochs, start_step
         self.threads = max(1, int(threads))
         self.prefetch = 2 * self.threads
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
@@ -86,7 +87,8 @@ class TrainStream:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         keys = ((e, s) for e in range(self.start_epoch, self.epochs)
-                for s in range(self.steps_per_epoch))
+                for s in range(self.start_step if e == self.start_epoch else 0,
+                               self.steps_per_epoch))
         pool = ThreadPoolExecutor(self.threads)
         pending: deque = deque()
         try:
