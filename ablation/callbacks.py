@@ -77,7 +77,7 @@ class AtomicBackup(keras.callbacks.Callback):
         self.resumed: tuple[int, int] = (0, 0)  # (epoch, step) the job went on from
         self.metrics: list | None = None  # the resumed epoch's running metrics
         self.taken: tuple[int, int] | None = None  # the last (epoch, step) snapshotted
-        self.epoch, self.offset, self.last = 0, 0, time.monotonic()
+        self.epoch, self.offset, self.since, self.last = 0, 0, 0, time.monotonic()
 
     def _damaged(self, what: str) -> DamagedSnapshot:
         return DamagedSnapshot(
@@ -168,6 +168,7 @@ class AtomicBackup(keras.callbacks.Callback):
         self.epoch = epoch
         # the resumed epoch starts at its snapshot's step, with the metrics it had then
         self.offset = self.resumed[1] if epoch == self.resumed[0] else 0
+        self.since = self.offset  # the epoch's step of the last snapshot
         if self.offset and self.metrics is not None:
             variables = self.model.metrics_variables
             if len(variables) != len(self.metrics):
@@ -183,8 +184,11 @@ class AtomicBackup(keras.callbacks.Callback):
         step = self.offset + batch + 1  # of this epoch
         if step >= self.params["steps"] + self.offset:  # its end: on_epoch_end's snapshot
             return
-        if (self.every_steps and step % self.every_steps == 0) or (
+        # `batch` is an execution's last step: with several steps per execution (a GPU)
+        # a snapshot is due once `every_steps` have passed, at the first step seen
+        if (self.every_steps and step - self.since >= self.every_steps) or (
                 self.every_seconds and time.monotonic() - self.last >= self.every_seconds):
+            self.since = step
             import numpy as np
 
             def metrics(folder: Path) -> None:
@@ -373,10 +377,12 @@ class EpochScalars(keras.callbacks.Callback):
 
     def __init__(self, logdir: Path):
         super().__init__()
+        self.logdir, self.writers = logdir, {}
+
+    def on_train_begin(self, logs=None):  # each `fit` (a job resumed inside an epoch: two)
         from tensorboard.summary import Writer
 
-        self.writers = {"train": Writer(str(logdir / "train")),
-                        "validation": Writer(str(logdir / "validation"))}
+        self.writers = {run: Writer(str(self.logdir / run)) for run in ("train", "validation")}
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():

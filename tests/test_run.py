@@ -141,7 +141,9 @@ def test_without_tensorflow_a_job_trains_on_jax_with_no_flag(tmp_path, cifar_dir
     env = {"PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
            "KERAS_BACKEND": None, "KERAS_HOME": str(tmp_path / "keras-home")}
     res = tmp_path / "results"
-    r = tiny_run(res, cifar_dir, "tiny8", "--study", str(study), env=env)
+    # snapshots inside each epoch too (the JAX trainer's state synced for them)
+    r = tiny_run(res, cifar_dir, "tiny8", "--study", str(study), "--snapshot-every", "2",
+                 env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     run = run_dirs(res)[0]
     s = json.loads((run / "summary.json").read_text())

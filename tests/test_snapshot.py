@@ -202,3 +202,15 @@ def test_lookahead_and_ema_are_one_or_the_other():
     with pytest.raises(AblationError, match="ema and lookahead both average the weights"):
         RECIPE.replace(lookahead=0.95, ema=0.99)
     assert LOOKAHEAD.id != RECIPE.id and "lookahead 0.95 every 3 steps" in LOOKAHEAD.describe()
+
+
+def test_tensorboard_scalars_without_tensorflow_survive_a_second_fit(tmp_path):
+    """A job resumed inside an epoch trains in two `fit` calls: the TensorBoard writer
+    of a JAX job (EpochScalars) opens again for the second."""
+    cb = callbacks.EpochScalars(tmp_path)
+    for epoch in (0, 1):
+        cb.on_train_begin()
+        cb.on_epoch_end(epoch, {"loss": 1.0 - epoch / 4, "val_loss": 2.0})
+        cb.on_train_end()
+    assert {e.parent.name for e in tmp_path.rglob("events.out.tfevents.*")} == {
+        "train", "validation"}
