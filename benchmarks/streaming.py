@@ -94,16 +94,29 @@ def packing(work: Path, data_dir: str) -> dict:
 
 
 def decoding(work: Path) -> dict:
+    """One thread: JPEG decode + resize to px (PackedImages), then that plus the
+    normalisation and ImageNet's random-resized crop + flip (the `rrc` augmentation)."""
+    from ablation.data import augment
+
     m = packed.read_manifest(work / "jpegs.packed")
     out = {}
     for px in (64, 128, 224):
         x = packed.PackedImages(m, "train", (px, px))
         idx = np.random.default_rng(px).permutation(len(x))[:400]
         x[idx[:20]]  # warm
-        t0 = time.perf_counter()
-        for start in range(0, len(idx), 50):
-            x[idx[start:start + 50]]
-        out[f"decode_resize_{px}px_img_s_one_thread"] = len(idx) / (time.perf_counter() - t0)
+        t_read = t_aug = 0.0
+        for b, start in enumerate(range(0, len(idx), 50)):
+            t0 = time.perf_counter()
+            batch = x[idx[start:start + 50]]
+            t1 = time.perf_counter()
+            augment.augment_rrc(augment.normalise(batch, m.mean, m.std),
+                                np.random.default_rng([px, b]))
+            t2 = time.perf_counter()
+            t_read, t_aug = t_read + t1 - t0, t_aug + t2 - t1
+        out[f"decode_resize_{px}px_img_s_one_thread"] = len(idx) / t_read
+        out[f"decode_resize_rrc_{px}px_img_s_one_thread"] = len(idx) / (t_read + t_aug)
+        print(f"  {px} px: decode + resize {len(idx) / t_read:,.0f} img/s, with the crop "
+              f"{len(idx) / (t_read + t_aug):,.0f} img/s (one thread)", flush=True)
     return out
 
 
@@ -158,8 +171,12 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000])
     p.add_argument("--cifar-images", type=int, default=10_000)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--only", choices=["decoding"], help="only this part (its pack made)")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
+    if a.only == "decoding":
+        print(json.dumps(decoding(a.work), indent=1))
+        return 0
     found: dict = {}
     print("1. packing", flush=True)
     found.update(packing(a.work, a.data_dir))

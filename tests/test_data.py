@@ -102,7 +102,7 @@ def _labelled(n: int, num_classes: int = 10) -> data.Dataset:
                         (1.0, 1.0, 1.0), "generated")
 
 
-@pytest.mark.parametrize("augment", ["blog", "crop"])
+@pytest.mark.parametrize("augment", ["blog", "crop", "rrc"])
 def test_stream_keeps_labels_with_their_images_and_shows_each_once_per_epoch(augment):
     ds = _labelled(200)
     stream = data.TrainStream(ds, 32, seed=4, augment=augment, epochs=2)
@@ -128,6 +128,45 @@ def test_stream_replays_exactly_from_any_epoch():
         np.testing.assert_array_equal(a[1], b[1])
     other = list(data.TrainStream(ds, 32, seed=6, epochs=1))
     assert not np.array_equal(other[0][0], batches[0][0])
+    inside = data.TrainStream(ds, 32, seed=5, start_epoch=1, epochs=3, start_step=2)
+    for a, b in zip(batches[4 + 2:], list(inside), strict=True):  # from inside epoch 2
+        np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_the_random_resized_crop_is_imagenets():
+    """The crop boxes keep ImageNet's bounds (8-100 % of the area, ratio 3/4-4/3, inside
+    the image), and each crop is its box resized back, bilinear (against a numpy
+    reference written here)."""
+    from ablation.data import augment
+
+    boxes = augment.rrc_boxes(224, 224, 20_000, np.random.default_rng(1))
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 224).all() and (
+        left + w <= 224).all()
+    share, ratio = h * w / 224 ** 2, w / h
+    assert share.min() >= 0.079 and share.max() <= 1 and 0.45 < share.mean() < 0.6
+    assert ratio.min() >= 0.73 and ratio.max() <= 1.37  # 3/4..4/3, to the pixel
+    assert np.array_equal(boxes, augment.rrc_boxes(224, 224, 20_000, np.random.default_rng(1)))
+    x = np.random.default_rng(0).integers(0, 256, (64, 32, 40, 2)).astype(np.float32)
+    out = augment.augment_rrc(x, np.random.default_rng(3), flip=np.zeros(64, bool))
+    top, left, h, w = augment.rrc_boxes(32, 40, 64, np.random.default_rng(3)).T
+    want = _resized_span(_resized_span(x, top, h, 32, 1), left, w, 40, 2)
+    np.testing.assert_allclose(out, want, atol=2e-3)
+
+
+def _resized_span(x, start, length, size: int, axis: int):
+    """An independent reference: each image's span [start, start + length) along `axis`
+    resampled to `size`, bilinear with half-pixel centres, clamped to the span."""
+    pos = start[:, None] + (np.arange(size)[None, :] + 0.5) * (length[:, None] / size) - 0.5
+    pos = np.clip(pos, start[:, None], (start + length - 1)[:, None])
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, (start + length - 1)[:, None])
+    f = pos - lo
+    idx = np.arange(len(x))[:, None]
+    if axis == 1:
+        return x[idx, lo] + (x[idx, hi] - x[idx, lo]) * f[:, :, None, None]
+    a, b = x[idx, :, lo].transpose(0, 2, 1, 3), x[idx, :, hi].transpose(0, 2, 1, 3)
+    return a + (b - a) * f[:, None, :, None]
 
 
 def test_cifar100_layout_and_its_own_statistics(tmp_path):

@@ -154,3 +154,22 @@ def test_weights_are_reproducible_under_a_seed():
     keras.utils.set_random_seed(7)
     b = build_model("resnet32").get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_the_imagenet_stem_makes_kerass_resnet50():
+    """The ImageNet stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) on Bag of Tricks' ResNet-50
+    is keras.applications.ResNet50 at 224x224 and 1,000 classes: the same count, counted
+    and built, and the same 7x7x2048 last map."""
+    import keras
+
+    from ablation import models, registry
+    from ablation.study import load_builtins
+
+    load_builtins()
+    v = registry.get("tricks_r50").replace(stem="imagenet")
+    reference = keras.applications.ResNet50(weights=None)
+    assert models.count_params(v, 1000, (224, 224, 3)).params_total == \
+        reference.count_params() == 25_636_712
+    m = models.build_model(v, num_classes=1000, input_shape=(224, 224, 3))
+    assert m.count_params() == reference.count_params()
+    assert m.get_layer("stem_pool").output.shape[1:] == (56, 56, 64)

@@ -94,6 +94,64 @@ def augment_reflect(x: np.ndarray, rng: np.random.Generator, pad: int | None = N
     return augment_crop(x, rng, pad, flip, mode="reflect")
 
 
+RRC_SCALE = (0.08, 1.0)  # the crop's share of the image's area (Inception's, torchvision's)
+RRC_RATIO = (3 / 4, 4 / 3)  # its aspect ratio, drawn log-uniformly
+RRC_TRIES = 10
+
+
+def rrc_boxes(h: int, w: int, n: int, rng: np.random.Generator,
+              scale: tuple[float, float] = RRC_SCALE,
+              ratio: tuple[float, float] = RRC_RATIO) -> np.ndarray:
+    """n crop boxes (top, left, height, width) as ImageNet's training crop draws them
+    (Szegedy et al. 2015; torchvision's RandomResizedCrop): an area share in `scale` and
+    a log-uniform aspect ratio in `ratio`, the first of 10 tries that fits the image, at
+    a uniform place; when none fits, the whole image's centre, its ratio clamped."""
+    area = h * w
+    share = rng.uniform(*scale, (n, RRC_TRIES))
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), (n, RRC_TRIES)))
+    cw = np.rint(np.sqrt(area * share * aspect)).astype(np.int64)
+    ch = np.rint(np.sqrt(area * share / aspect)).astype(np.int64)
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = np.where(fits.any(1), fits.argmax(1), -1)
+    u = rng.random((n, 2))  # the place, drawn for every image
+    boxes = np.empty((n, 4), np.int64)
+    for i in range(n):
+        if first[i] >= 0:
+            bh, bw = ch[i, first[i]], cw[i, first[i]]
+        elif w / h < ratio[0]:
+            bw, bh = w, round(w / ratio[0])
+        elif w / h > ratio[1]:
+            bh, bw = h, round(h * ratio[1])
+        else:
+            bh, bw = h, w
+        if first[i] >= 0:
+            top = int(u[i, 0] * (h - bh + 1))
+            left = int(u[i, 1] * (w - bw + 1))
+        else:
+            top, left = (h - bh) // 2, (w - bw) // 2
+        boxes[i] = top, left, bh, bw
+    return boxes
+
+
+def augment_rrc(x: np.ndarray, rng: np.random.Generator, pad: int | None = None,
+                flip: np.ndarray | None = None) -> np.ndarray:
+    """ImageNet's training crop: a random-resized crop (`rrc_boxes`) back to the image's
+    size, then the random flip. It crops the image as it was read (at the recipe's
+    `image_size`). Resized by PIL, bilinear, channel by channel in float32 (a crop is
+    never larger than the image, so no antialiasing applies): about nine times numpy's
+    gathers at 224 px."""
+    from PIL import Image
+
+    n, h, w, c = x.shape
+    out = np.empty((n, h, w, c), np.float32)
+    for i, (top, left, bh, bw) in enumerate(rrc_boxes(h, w, n, rng)):
+        for k in range(c):  # the crop, then its resize (PIL's `box` would read past it)
+            plane = np.ascontiguousarray(x[i, top:top + bh, left:left + bw, k], np.float32)
+            out[i, :, :, k] = np.asarray(Image.fromarray(plane).resize((w, h),
+                                                                       Image.BILINEAR))
+    return _flip(out, flip, rng)
+
+
 def augment_none(x: np.ndarray, rng: np.random.Generator, pad: int | None = None,
                  flip: np.ndarray | None = None) -> np.ndarray:
     """No augmentation, but the recipe's flips where it asks for them."""
@@ -101,7 +159,7 @@ def augment_none(x: np.ndarray, rng: np.random.Generator, pad: int | None = None
 
 
 AUGMENTATIONS = {"blog": augment_blog, "crop": augment_crop, "reflect": augment_reflect,
-                 "none": augment_none}
+                 "rrc": augment_rrc, "none": augment_none}
 
 
 def flips(epoch: int, which: str, base: np.ndarray | None) -> np.ndarray | bool | None:

@@ -218,6 +218,19 @@ def stem_deep3(ops: Any, x: Any, net: Net) -> Any:
     return x
 
 
+def stem_imagenet(ops: Any, x: Any, net: Net) -> Any:
+    """The ImageNet stem of He et al. 2015 (and Keras' ResNet50): a 7x7 stride-2 conv
+    (with bias, as Keras') -> BN -> ReLU, then a 3x3 stride-2 max-pool: a 224x224 image
+    becomes a 56x56 map. `same` padding, so the counts and shapes are Keras', the border
+    arithmetic TensorFlow's."""
+    y = ops.conv(x, net.stem_filters, 7, 2, "stem_conv")
+    y = ops.relu(ops.bn(y, "stem_bn"), "stem_relu")
+    return ops.maxpool(y, "stem_pool", size=3, stride=2, padding="same")
+
+
+stem_imagenet.preactivates = True
+
+
 def _patchify(p: int) -> Callable:
     def stem(ops: Any, x: Any, net: Net) -> Any:
         return ops.conv(x, net.stem_filters, p, p, "stem_patchify")
@@ -307,7 +320,7 @@ STEMS = Parts("stem", {"conv": stem_conv, "conv_bn_relu": stem_conv_bn_relu,
                        "none": stem_none, "patchify2": _patchify(2),
                        "patchify4": _patchify(4), "deep3": stem_deep3,
                        "airbench_whiten": stem_airbench_whiten,
-                       "airbench_plain": stem_airbench_plain})
+                       "airbench_plain": stem_airbench_plain, "imagenet": stem_imagenet})
 HEADS = Parts("head", {"bn_relu": head_bn_relu, "plain": head_plain, "dense": head_dense,
                        "dense_bn": head_dense_bn, "ln_gap": head_ln_gap,
                        "ln_cls": head_ln_cls, "airbench": head_airbench})

@@ -36,7 +36,7 @@ from ablation.errors import AblationError, did_you_mean, validation_line
 PRECISION_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16",
                       "fp16": "mixed_float16"}
 PRECISIONS = tuple(PRECISION_POLICIES)
-AUGMENTS = ("blog", "crop", "reflect")
+AUGMENTS = ("blog", "crop", "reflect", "rrc")
 FLIPS = ("random", "alternate", "none")
 TTAS = ("none", "flip", "flip_translate")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
@@ -152,7 +152,9 @@ class Recipe:
     augment: Literal[AUGMENTS] = _choice("blog", AUGMENTS, "blog: flip + continuous 4-px "
                                          "shift; crop: zero-pad 4, random crop back, flip; "
                                          "reflect: reflection-pad, random crop back, flip "
-                                         "(airbench's translation)")
+                                         "(airbench's translation); rrc: ImageNet's "
+                                         "random-resized crop (8-100 % of the area, ratio "
+                                         "3/4-4/3) back to the size, flip")
     train_limit: Annotated[Int1, _at_most(MAX_LIMIT)] | None = _f(
         None, "int", "class-balanced train subset size")
     test_limit: Annotated[Int1, _at_most(MAX_LIMIT)] | None = _f(
