@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -172,6 +173,74 @@ def _write_encoded(out: Path, layout: folders.Layout, channels: int, progress, h
     return shards, tuple(map(float, mean)), tuple(map(float, std)), sample
 
 
+@dataclass
+class _Made:
+    """What a packer wrote into the pack's folder, for its manifest."""
+
+    shards: dict
+    ys: list[np.ndarray]
+    names: list[str] | tuple
+    storage: str
+    size: tuple[int, int] | None
+    channels: int
+    digest: str
+    mean: tuple
+    std: tuple
+    sample: int  # training images the statistics were measured on
+    total: int
+
+
+def _pack_folder(source, src, dest, out, data_dir, store, image_size, shard_bytes,
+                 say) -> _Made:
+    """A folder of image files: raw pixels when small and of one size (or resized), else
+    the files' own bytes."""
+    layout = folders.folder_layout(source.path)
+    total = layout.count("train") + layout.count("test")
+    say(f"reading the headers of {total:,} images in {source.path}")
+    scanned = folders.scan(layout)
+    sizes, grey = scanned
+    small = len(sizes) == 1 and max(next(iter(sizes))) <= RAW_MAX
+    raw = store == "raw" or image_size is not None or (store == "auto" and small)
+    shape = folders.folder_shape(layout, image_size if raw else None, scanned) \
+        if raw or len(sizes) == 1 else None
+    channels = 1 if grey else 3
+    ys = [np.array([k for k, _ in layout.files(s)], np.int64) for s in packed.SPLITS]
+    sources.check_labels(*ys, layout.names, str(source.path))
+    hasher = hashlib.sha256()
+    progress = _Progress(total, say)
+    say(f"packing {total:,} images of {source.path} into {dest} "
+        + (f"as raw {shape[0]}x{shape[1]}x{shape[2]} pixels" if raw else
+           "as their files' own bytes (decoded when read)"))
+    if raw:
+        shards, mean, std = _write_raw(
+            out, {s: _folder_chunks(layout, s, shape, hasher) for s in packed.SPLITS},
+            progress, shard_bytes)
+        sample = layout.count("train")
+    else:
+        shards, mean, std, sample = _write_encoded(out, layout, channels, progress, hasher,
+                                                   shard_bytes)
+    return _Made(shards, ys, layout.names, packed.RAW if raw else packed.ENCODED,
+                 shape[:2] if shape is not None else None, channels, hasher.hexdigest(),
+                 mean, std, sample, total)
+
+
+def _pack_arrays(source, src, dest, out, data_dir, store, image_size, shard_bytes,
+                 say) -> _Made:
+    """A named set or an .npz: raw pixels (resized when asked)."""
+    x_tr, y_tr, x_te, y_te, names, digest = _arrays(source, data_dir)
+    total = len(x_tr) + len(x_te)
+    progress = _Progress(total, say)
+    say(f"packing {total:,} images of {src} into {dest} as raw pixels")
+    shards, mean, std = _write_raw(out, {"train": _image_chunks(x_tr, image_size),
+                                         "test": _image_chunks(x_te, image_size)},
+                                   progress, shard_bytes)
+    if image_size is None and src in sources.PUBLISHED:
+        mean, std = sources.PUBLISHED[src]  # as `ablation.data.load` normalises it
+    size = tuple(image_size) if image_size is not None else x_tr.shape[1:3]
+    return _Made(shards, [y_tr, y_te], names, packed.RAW, size, x_tr.shape[-1], digest,
+                 mean, std, len(x_tr), total)
+
+
 def _clear_partials(dest: Path) -> None:
     for old in dest.parent.glob(f".{dest.name}.packing-*"):
         shutil.rmtree(old, ignore_errors=True)
@@ -202,48 +271,9 @@ def pack(src: str, dest: str | os.PathLike, data_dir=None, store: str = "auto",
     out = dest.parent / f".{dest.name}.packing-{os.getpid()}"
     out.mkdir()
     try:
-        if source.kind == "folder":
-            layout = folders.folder_layout(source.path)
-            total = layout.count("train") + layout.count("test")
-            say(f"reading the headers of {total:,} images in {source.path}")
-            scanned = folders.scan(layout)
-            sizes, _ = scanned
-            small = len(sizes) == 1 and max(next(iter(sizes))) <= RAW_MAX
-            raw = store == "raw" or image_size is not None or (store == "auto" and small)
-            shape = folders.folder_shape(layout, image_size if raw else None, scanned) \
-                if raw or len(sizes) == 1 else None
-            channels = 1 if scanned[1] else 3
-            names, ys = layout.names, [np.array([k for k, _ in layout.files(s)], np.int64)
-                                       for s in packed.SPLITS]
-            sources.check_labels(*ys, names, str(source.path))
-            hasher = hashlib.sha256()
-            progress = _Progress(total, say)
-            say(f"packing {total:,} images of {source.path} into {dest} "
-                + (f"as raw {shape[0]}x{shape[1]}x{shape[2]} pixels" if raw else
-                   "as their files' own bytes (decoded when read)"))
-            if raw:
-                shards, mean, std = _write_raw(
-                    out, {s: _folder_chunks(layout, s, shape, hasher) for s in packed.SPLITS},
-                    progress, shard_bytes)
-                sample = layout.count("train")
-            else:
-                shards, mean, std, sample = _write_encoded(out, layout, channels, progress,
-                                                           hasher, shard_bytes)
-            digest = hasher.hexdigest()
-            size = shape[:2] if shape is not None else None
-        else:
-            x_tr, y_tr, x_te, y_te, names, digest = _arrays(source, data_dir)
-            ys, channels = [y_tr, y_te], x_tr.shape[-1]
-            total = len(x_tr) + len(x_te)
-            progress = _Progress(total, say)
-            say(f"packing {total:,} images of {src} into {dest} as raw pixels")
-            shards, mean, std = _write_raw(
-                out, {"train": _image_chunks(x_tr, image_size),
-                      "test": _image_chunks(x_te, image_size)}, progress, shard_bytes)
-            if image_size is None and src in sources.PUBLISHED:
-                mean, std = sources.PUBLISHED[src]  # as `ablation.data.load` normalises it
-            sample = len(x_tr)
-            size = tuple(image_size) if image_size is not None else x_tr.shape[1:3]
+        packer = _pack_folder if source.kind == "folder" else _pack_arrays
+        made = packer(source, src, dest, out, data_dir, store, image_size, shard_bytes, say)
+        digest, ys, names, total = made.digest, made.ys, made.names, made.total
         if image_size is not None:  # resized: other pixels, so another identity
             digest = hashlib.sha256(f"{digest}\0{image_size[0]}x{image_size[1]}".encode()
                                     ).hexdigest()
@@ -253,11 +283,11 @@ def pack(src: str, dest: str | os.PathLike, data_dir=None, store: str = "auto",
             "source_kind": source.kind, "classes": list(names),
             "num_classes": len(names) or int(max(ys[0].max(), ys[1].max())) + 1,
             "counts": {s: len(y) for s, y in zip(packed.SPLITS, ys, strict=True)},
-            "storage": packed.RAW if source.kind != "folder" or raw else packed.ENCODED,
-            "size": [int(v) for v in size] if size is not None else None,
-            "channels": int(channels), "content_hash": digest,
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "statistics_images": int(sample), "shards": shards,
+            "storage": made.storage,
+            "size": [int(v) for v in made.size] if made.size is not None else None,
+            "channels": int(made.channels), "content_hash": digest,
+            "mean": [float(v) for v in made.mean], "std": [float(v) for v in made.std],
+            "statistics_images": int(made.sample), "shards": made.shards,
             "packed": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (out / packed.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
