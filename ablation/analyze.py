@@ -125,7 +125,8 @@ def _images(run: Run, images: int, data_dir: str | None, cache: dict) -> np.ndar
         ds = data.load(dataset, source, train_limit=1, test_limit=min(images, test),
                        image_size=recipe.image_hw, data_hash=recipe.data_hash,
                        cache=Path(record["cache"]) if record and record.get("cache") else None,
-                       stats=(record["mean"], record["std"]) if record else None)
+                       stats=(record["mean"], record["std"]) if record else None,
+                       crop_pct=recipe.crop_pct)
         cache[key] = data.normalise(ds.x_test, ds.mean, ds.std)
     return cache[key]
 

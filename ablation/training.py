@@ -158,7 +158,8 @@ def load_data(recipe: Recipe, data_dir: str | None, record: dict | None) -> data
     return data.load(recipe.dataset, data_dir, recipe.train_limit, recipe.test_limit,
                      recipe.validation, recipe.image_hw, recipe.data_hash,
                      cache=Path(record["cache"]) if record and record.get("cache") else None,
-                     stats=(record["mean"], record["std"]) if record else None)
+                     stats=(record["mean"], record["std"]) if record else None,
+                     crop_pct=recipe.crop_pct)
 
 
 # --- the job: build, fit, record --------------------------------------------------------

@@ -93,6 +93,11 @@ def test_a_packed_copy_trains_as_the_same_data_in_memory_bit_for_bit(tmp_path):
     assert any("(100 %)" in s and "img/s" in s and "ETA" in s for s in said)
     kw = {"validation": 20, "train_limit": 60, "test_limit": 20}
     mem, disk = data.load(str(npz), **kw), data.load(str(tmp_path / "sq"), **kw)
+    for crop in ({"crop_pct": 0.875}, {"crop_pct": 0.875, "image_size": (24, 24)}):
+        cropped = [data.load(d, **kw, **crop) for d in (str(npz), str(tmp_path / "sq"))]
+        for split in ("x_test", "x_val"):  # evaluated alike: resized, centre-cropped
+            np.testing.assert_array_equal(*(np.asarray(getattr(c, split)) for c in cropped))
+        assert cropped[1].x_test.shape[1:3] == crop.get("image_size", (16, 16))
     assert isinstance(disk.x_train, packed.PackedImages) and disk.input_shape == (16, 16, 3)
     assert (disk.mean, disk.std, disk.class_names) == (mem.mean, mem.std, mem.class_names)
     for x_disk, x_mem in ((disk.x_val, mem.x_val), (disk.x_test, mem.x_test)):

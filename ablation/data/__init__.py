@@ -257,16 +257,24 @@ def _read(source: sources.Source, data_dir, image_size, digest: str | None,
     return x_tr, y_tr, x_te, y_te, names, str(source.path)
 
 
-def _read_packed(source: sources.Source, image_size, digest: str | None) -> tuple:
+def _read_packed(source: sources.Source, image_size, digest: str | None,
+                 crop_pct: float) -> tuple:
     """A packed dataset's splits as `PackedImages` (read when indexed) and its labels;
-    its statistics as packed."""
+    its statistics as packed; the training split as evaluations read it (for the
+    validation split)."""
     m = packed.read_manifest(source.path)
     if digest and m.content_hash != digest:
         raise AblationError(f"{source.path} changed since this job was queued (its content "
                             "hash differs); run `ablation run` again to queue the new data")
     y_tr, y_te = m.labels()
-    x_tr, x_te = (packed.PackedImages(m, s, image_size) for s in packed.SPLITS)
-    return x_tr, y_tr, x_te, y_te, m.classes, str(source.path), (m.mean, m.std)
+    x_tr = packed.PackedImages(m, "train", image_size)
+    hw = x_tr.shape[1:3]
+    if crop_pct == 1:
+        x_te, x_tr_eval = packed.PackedImages(m, "test", image_size), x_tr
+    else:
+        at = sources.eval_size(hw, crop_pct)
+        x_tr_eval, x_te = (packed.PackedImages(m, s, at, crop=hw) for s in packed.SPLITS)
+    return x_tr, y_tr, x_te, y_te, m.classes, str(source.path), (m.mean, m.std), x_tr_eval
 
 
 def _take(x, idx: np.ndarray):
@@ -278,24 +286,35 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
          train_limit: int | None = None, test_limit: int | None = None,
          validation: int = 0, image_size: tuple[int, int] | None = None,
          data_hash: str | None = None, cache: Path | None = None,
-         stats: tuple | None = None, base: Path | None = None) -> Dataset:
+         stats: tuple | None = None, base: Path | None = None,
+         crop_pct: float = 1) -> Dataset:
     """A dataset as uint8 arrays: `validation` class-balanced images held out of the
     training split, then class-balanced `train_limit` / `test_limit` subsets.
 
     `dataset` is a known name or a path (relative to `base`); `data_hash` the content
     hash the job was queued with (a changed .npz fails); `cache` the folder of decoded
-    folder datasets; `stats` (mean, std) the statistics the runner computed."""
+    folder datasets; `stats` (mean, std) the statistics the runner computed; `crop_pct`
+    below 1: the test and validation images are resized to `sources.eval_size`, then
+    centre-cropped to the training images' size (the recipe's `crop_pct`)."""
     source = resolve(dataset, base)
     packed_stats = None
     if source.kind == "packed":  # resized as read, a batch at a time
-        x_tr, y_tr, x_te, y_te, names, where, packed_stats = _read_packed(source, image_size,
-                                                                          data_hash)
+        x_tr, y_tr, x_te, y_te, names, where, packed_stats, x_tr_eval = _read_packed(
+            source, image_size, data_hash, crop_pct)
         native = x_tr.shape[1:3]
+
+        def validation_images(idx):
+            return _take(x_tr_eval, idx)
     else:
         x_tr, y_tr, x_te, y_te, names, where = _read(source, data_dir, image_size, data_hash,
                                                      cache)
         native = x_tr.shape[1:3]
-        x_tr, x_te = sources.resized(x_tr, image_size), sources.resized(x_te, image_size)
+        hw = tuple(image_size or native)
+        x_read = x_tr
+        x_tr, x_te = sources.resized(x_tr, image_size), sources.evaluated(x_te, hw, crop_pct)
+
+        def validation_images(idx):
+            return sources.evaluated(x_read[idx], hw, crop_pct)
     k = len(names) or (sources._LAYOUT[source.name]["classes"] if source.kind == "cifar"
                        else int(max(y_tr.max(), y_te.max())) + 1)
     if stats is not None:
@@ -313,7 +332,7 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
     x_val = y_val = None
     if validation:
         keep, val = held_out(y_tr, validation, k)
-        x_val, y_val = _take(x_tr, val), y_tr[val]
+        x_val, y_val = validation_images(val), y_tr[val]
         x_tr, y_tr = _take(x_tr, keep), y_tr[keep]
     tr = balanced_subset(y_tr, train_limit, k, "train-limit")
     te = balanced_subset(y_te, test_limit, k, "test-limit")

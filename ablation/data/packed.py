@@ -144,15 +144,20 @@ class PackedImages:
 
     Indexing (an int, a slice, an index array) reads those images from the shards and
     returns a numpy array, at `image_size` when one is given (resized bilinearly, as an
-    array in memory is). `take` returns a view of a subset without reading anything:
-    the validation split and class-balanced subsets are views.
+    array in memory is), then centre-cropped to `crop` (H, W) when one is given (an
+    evaluation's). `take` returns a view of a subset without reading anything: the
+    validation split and class-balanced subsets are views.
     """
 
     def __init__(self, manifest: Manifest, split: str,
                  image_size: tuple[int, int] | None = None,
-                 index: np.ndarray | None = None, _source=None):
+                 index: np.ndarray | None = None, _source=None,
+                 crop: tuple[int, int] | None = None):
         self.manifest, self.split, self.image_size = manifest, split, image_size
+        self.crop = crop
         h, w, c = manifest.shape_at(image_size)
+        self.read_hw = (h, w)
+        h, w = crop or (h, w)
         self.shape = (manifest.counts[split] if index is None else len(index), h, w, c)
         self.index = np.arange(manifest.counts[split]) if index is None else index
         self._source = _source
@@ -167,7 +172,7 @@ class PackedImages:
     def take(self, idx: np.ndarray) -> PackedImages:
         """The images at `idx`, as a view: nothing is read."""
         return PackedImages(self.manifest, self.split, self.image_size, self.index[idx],
-                            self._reader())
+                            self._reader(), self.crop)
 
     def __getitem__(self, key) -> np.ndarray:
         keys = self.index[key]
@@ -188,10 +193,16 @@ class PackedImages:
             return self._source
 
     def _read(self, keys: np.ndarray) -> np.ndarray:
+        from ablation.data.sources import centre_crop
+
+        x = self._decoded(keys)
+        return x if self.crop is None else centre_crop(x, self.crop)
+
+    def _decoded(self, keys: np.ndarray) -> np.ndarray:
         from ablation.data import folders
         from ablation.data.sources import resized
 
-        h, w, c = self.shape[1:]
+        (h, w), c = self.read_hw, self.shape[3]
         if not len(keys):
             return np.empty((0, h, w, c), np.uint8)
         records = self._reader().__getitems__([int(k) for k in keys])
@@ -214,6 +225,7 @@ class PackedImages:
         split and the indices taken, and the size read at (for a run's provenance)."""
         import hashlib
 
-        h = hashlib.sha256(f"{self.manifest.content_hash}/{self.split}/{self.shape}".encode())
+        h = hashlib.sha256(f"{self.manifest.content_hash}/{self.split}/{self.read_hw}/"
+                           f"{self.shape}".encode())
         h.update(np.ascontiguousarray(self.index, np.int64).tobytes())
         return h.hexdigest()

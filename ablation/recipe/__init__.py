@@ -97,6 +97,7 @@ Pos = Annotated[Number, _rule(lambda v: _finite(v) and v > 0, "must be a positiv
 NonNeg = Annotated[Number, _rule(lambda v: _finite(v) and v >= 0, "must be >= 0")]
 Unit = Annotated[Number, _rule(lambda v: _finite(v) and 0 <= v < 1, "must be in [0, 1)")]
 Beta = Annotated[Number, _rule(lambda v: _finite(v) and 0 < v < 1, "must be in (0, 1)")]
+Share = Annotated[Number, _rule(lambda v: _finite(v) and 0 < v <= 1, "must be in (0, 1]")]
 
 
 def _at_most(top: int) -> AfterValidator:
@@ -231,6 +232,10 @@ class Recipe:
                          "as (step / last step)^3, and the model takes the average at the "
                          "end")
     lookahead_every: Int1 = _f(5, "int", "steps between the lookahead's updates")
+    # --- ImageNet-class data (CHANGELOG.md: when)
+    crop_pct: Share = _f(1, "number", "evaluation images (test, validation) resized to "
+                         "image_size / crop_pct, then centre-cropped to image_size: "
+                         "ImageNet's 0.875 (224 from 256); 1: resized only")
 
     def __post_init__(self):
         values = _validate({f.name: getattr(self, f.name) for f in fields(self)})
@@ -428,6 +433,8 @@ class Recipe:
             (self.validation, f"{self.validation:,} training images held out for "
                               "validation"),
             (self.image_size, f"images resized to {'x'.join(map(str, self.image_hw or ()))}"),
+            (self.crop_pct != 1, f"evaluated on centre crops of {self.crop_pct:g} of the "
+                                 "image"),
             (self.bn_bias_lr != 1, f"batch-norm offsets at {self.bn_bias_lr:g}x the lr"),
             (self.tta != "none", f"test-time augmentation {self.tta} (recorded apart)"),
             (self.lookahead, f"lookahead {self.lookahead:g} every {self.lookahead_every} "
@@ -499,7 +506,7 @@ _NumpyOps = _NumpyOps()
 # what the run, not the network, decides: the data, its length and its batches; a variant
 # may fix any other field for itself (its `recipe`), e.g. ResNet-110's warm-up
 RUN_FIELDS = ("dataset", "epochs", "batch_size", "augment", "train_limit", "test_limit",
-              "precision", "image_size", "validation", "data_hash", "pad")
+              "precision", "image_size", "validation", "data_hash", "pad", "crop_pct")
 VARIANT_FIELDS = tuple(f.name for f in fields(Recipe) if f.name not in RUN_FIELDS)
 
 # Fields added after the first release: left out of the recipe id while at their
@@ -508,7 +515,7 @@ _ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1
                 "epsilon", "decay", "schedule", "warmup", "min_lr", "label_smoothing",
                 "mixup", "cutmix", "ema", "grad_clip", "image_size", "validation",
                 "data_hash", "lr_drop", "bias_decay", "pad", "flip", "tta", "bn_bias_lr",
-                "lookahead", "lookahead_every")
+                "lookahead", "lookahead_every", "crop_pct")
 DEFAULTS_MILESTONES = (0.405, 0.61)
 
 # the schema: one pydantic model made from the dataclass's own annotations
