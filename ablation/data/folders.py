@@ -151,14 +151,17 @@ def decode(img, h: int, w: int, c: int, where: Path | str) -> np.ndarray:
         raise AblationError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
 
 
-def scan(layout: Layout) -> tuple[set[tuple[int, int]], bool]:
-    """Every image's size (W, H), from its header, and whether every image is grey."""
+def scan(layout: Layout, progress=None) -> tuple[set[tuple[int, int]], bool]:
+    """Every image's size (W, H), from its header, and whether every image is grey;
+    `progress(n)` is told of each class folder's n files read."""
     sizes, grey = set(), True
     for files in (f for cls in layout.splits.values() for f in cls.values()):
         for p in files:
             img = open_image(p)
             sizes.add(img.size)
             grey = grey and img.mode in GREY_MODES
+        if progress is not None:
+            progress(len(files))
     return sizes, grey
 
 

@@ -39,8 +39,8 @@ STAT_SAMPLE = 10_000  # training images an encoded pack's statistics are measure
 class _Progress:
     """`packed n/N images (p %), img/s, ETA`, every tenth of the way and at the end."""
 
-    def __init__(self, total: int, say: Callable[[str], None]):
-        self.total, self.say, self.done = total, say, 0
+    def __init__(self, total: int, say: Callable[[str], None], what: str = "packed"):
+        self.total, self.say, self.done, self.what = total, say, 0, what
         self.t0, self.next = time.monotonic(), max(1, total // 10)
 
     def add(self, n: int) -> None:
@@ -53,7 +53,7 @@ class _Progress:
             self.next += max(1, self.total // 10)
         elapsed = time.monotonic() - self.t0
         rate = self.done / elapsed if elapsed > 0 else float("inf")
-        self.say(f"  packed {self.done:,}/{self.total:,} images "
+        self.say(f"  {self.what} {self.done:,}/{self.total:,} images "
                  f"({100 * self.done / self.total:.0f} %), {rate:,.0f} img/s, ETA "
                  f"{duration((self.total - self.done) / rate if rate else None)}")
 
@@ -109,17 +109,26 @@ def _image_chunks(x: np.ndarray, image_size) -> Iterator[np.ndarray]:
 
 
 def _folder_chunks(layout: folders.Layout, split: str, shape, hasher) -> Iterator:
-    """A folder split's images decoded at `shape`, CHUNK at a time, hashing each file."""
+    """A folder split's images decoded at `shape`, CHUNK at a time, on the host's cores
+    (PIL decodes without the GIL); each file hashed in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     h, w, c = shape
+
+    def read(p: Path) -> tuple[bytes, np.ndarray]:
+        content = p.read_bytes()
+        return content, folders.decode(folders.open_image(p, content), h, w, c, p)
+
     files = layout.files(split)
-    for start in range(0, len(files), CHUNK):
-        part = files[start:start + CHUNK]
-        x = np.empty((len(part), h, w, c), np.uint8)
-        for i, (k, p) in enumerate(part):
-            content = p.read_bytes()
-            folders.hash_file(hasher, split, layout.names[k], p, content)
-            x[i] = folders.decode(folders.open_image(p, content), h, w, c, p)
-        yield x
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for start in range(0, len(files), CHUNK):
+            part = files[start:start + CHUNK]
+            x = np.empty((len(part), h, w, c), np.uint8)
+            for i, ((k, p), (content, img)) in enumerate(
+                    zip(part, pool.map(read, [p for _, p in part]), strict=True)):
+                folders.hash_file(hasher, split, layout.names[k], p, content)
+                x[i] = img
+            yield x
 
 
 def _write_raw(out: Path, splits: dict[str, Iterator[np.ndarray]], progress,
@@ -197,7 +206,7 @@ def _pack_folder(source, src, dest, out, data_dir, store, image_size, shard_byte
     layout = folders.folder_layout(source.path)
     total = layout.count("train") + layout.count("test")
     say(f"reading the headers of {total:,} images in {source.path}")
-    scanned = folders.scan(layout)
+    scanned = folders.scan(layout, _Progress(total, say, "read the headers of").add)
     sizes, grey = scanned
     small = len(sizes) == 1 and max(next(iter(sizes))) <= RAW_MAX
     raw = store == "raw" or image_size is not None or (store == "auto" and small)
