@@ -295,7 +295,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
             continue
         default = getattr(DEFAULTS, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_ = f.metadata["help"] + ("" if default is None else f" (blog: {shown})")
+        help_ = (f.metadata["help"] + ("" if default is None else f" (blog: {shown})")
+                 ).replace("%", "%%")  # argparse formats help with %: "100 %" is no spec
         if kind == "bool":
             g.add_argument(flag, action=argtypes.Switch, default=None, help=help_)
         elif kind == "choice":
