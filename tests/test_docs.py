@@ -266,3 +266,27 @@ def test_a_documented_command_runs(where, cmd, workdir, tiny_results, cifar_dir,
         assert "no runs of study" in r.stderr and "Traceback" not in r.stderr, (where, cmd)
         return
     assert r.returncode == 0, f"{where}: {cmd}\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
+
+
+def test_every_command_has_a_help_that_prints(capsys):
+    """`--help` of every command and subcommand prints (argparse formats help texts
+    with %, so a stray "100 %" in a recipe field's help broke `ablation run --help`).
+    The commands are read from each usage line's {choices}."""
+    from ablation.cli import build_parser
+
+    def helped(words: tuple[str, ...]) -> str:
+        with pytest.raises(SystemExit) as done:
+            build_parser().parse_args([*words, "--help"])
+        assert done.value.code == 0, words
+        out = capsys.readouterr().out
+        assert out.startswith("usage: ablation"), words
+        return out
+
+    todo, seen = [()], []
+    while todo:
+        words = todo.pop()
+        seen.append(words)
+        usage = helped(words).split("\n\n")[0]
+        choices = re.search(r"\{([a-z,]+)\} \.\.\.", usage)  # a command's subcommands
+        todo += [(*words, c) for c in choices.group(1).split(",")] if choices else []
+    assert ("data", "pack") in seen and ("run",) in seen and len(seen) == 11, seen
