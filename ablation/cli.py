@@ -159,17 +159,14 @@ def cmd_run(args) -> int:
                          args.data_dir, args.seeds or 1, keep_model=not args.no_keep_model,
                          retry_failed=args.retry_failed, dry_run=args.dry_run,
                          snapshot_steps=args.snapshot_every,
-                         snapshot_minutes=args.snapshot_minutes)
+                         snapshot_minutes=args.snapshot_minutes,
+                         local=(args.workers, args.jobs_per_gpu)
+                         if args.dry_run and args.executor == "local" else None)
     policy = planning.policy(plan, study, args.seeds, args.until_decided, args.max_seeds,
                              args.margin)
+    if args.dry_run:  # the jobs that would run at once: what halving's rule reads
+        return policy.dry_run(View(plan.results, study, slots=plan.slots))
     view = View(plan.results, study)
-    if args.dry_run:
-        if args.executor == "local":  # how many jobs run at once: what halving's rule reads
-            from ablation import devices
-
-            view.slots = len(devices.plan_slots(devices.list_gpus(), args.workers,
-                                                args.jobs_per_gpu))
-        return policy.dry_run(view)
     args.slurm_table = study.slurm  # the study's [slurm] table: --executor slurm's defaults
     executor = EXECUTORS[args.executor]()
     return runner.drive(policy, view, lambda sink: executor.from_args(args, sink))

@@ -56,6 +56,7 @@ class Plan:
     until: dict[tuple[str, str], int] | None = None
     snapshot_steps: int | None = None  # snapshots inside an epoch (JobConfig's)
     snapshot_minutes: float | None = None
+    slots: int = 1  # jobs that run at once here (a dry run's count; a run's executor's)
 
     def recipes_of(self, variant: str) -> list[Recipe]:
         return (self.recipes or {}).get(variant, [self.recipe])

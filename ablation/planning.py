@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablation import data, models, registry, verdict
+from ablation import data, devices, models, registry, verdict
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.plan import Plan
@@ -31,9 +31,13 @@ def check_flags(seeds: int | None, until_decided: bool, max_seeds: int | None) -
 def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
          data_dir: str | None = None, seeds: int = 1, keep_model: bool = True,
          retry_failed: bool = False, dry_run: bool = False,
-         snapshot_steps: int | None = None, snapshot_minutes: float | None = None) -> Plan:
+         snapshot_steps: int | None = None, snapshot_minutes: float | None = None,
+         local: tuple[int | None, int | None] | None = None) -> Plan:
     """The jobs of `names` under the study's recipe with `overrides` (the flags given),
-    checked: one AblationError naming the problem before anything is queued."""
+    checked: one AblationError naming the problem before anything is queued. `local`:
+    the local executor's (workers, jobs per GPU), for how many jobs run at once here
+    (the plan's `slots`, what a dry run's halving rule reads)."""
+    slots = len(devices.plan_slots(devices.list_gpus(), *local)) if local else 1
     try:
         recipe = study.recipe(overrides)
     except AblationError as e:
@@ -77,7 +81,8 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
                 str(folder.resolve()) if folder else None, keep_model=keep_model,
                 retry_failed=retry_failed,
                 study=study.name if study.builtin else str(study.path), data=record,
-                snapshot_steps=snapshot_steps, snapshot_minutes=snapshot_minutes)
+                snapshot_steps=snapshot_steps, snapshot_minutes=snapshot_minutes,
+                slots=slots)
 
 
 def policy(plan: Plan, study: studies.Study, seeds: int | None = None,

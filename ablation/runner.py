@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ablation import results
@@ -109,12 +110,15 @@ class Progress:
               f" queue {results.duration(eta_q)}", file=self.out, flush=True)
 
 
-def prepare_jobs(plan: Plan, queue: JobQueue) -> tuple[list[int], dict[int, PlannedJob]]:
-    """Insert the plan's jobs; return their ids and what each id stands for."""
+def prepare_jobs(plan: Plan, queue: JobQueue
+                 ) -> tuple[list[int], dict[int, PlannedJob], dict[int, str]]:
+    """Insert the plan's jobs; return their ids, what each id stands for, and what sets
+    each apart in a progress line (a tuning candidate's setting)."""
     jobs = plan.jobs()
+    settings = [plan.setting(j) for j in jobs]
     ids = queue.add([(j.key, j.recipe.to_dict()) for j in jobs],
                     retry_failed=plan.retry_failed)
-    return ids, dict(zip(ids, jobs, strict=True))
+    return ids, dict(zip(ids, jobs, strict=True)), dict(zip(ids, settings, strict=True))
 
 
 def _done_on_disk(job: PlannedJob) -> JobState | None:
@@ -134,7 +138,7 @@ class _Step:
     def __init__(self, plan: Plan, queue: JobQueue, executor: Executor, progress: Progress,
                  out):
         self.queue = queue
-        self.ids, self.planned = prepare_jobs(plan, queue)
+        self.ids, self.planned, settings = prepare_jobs(plan, queue)
         status = {r.id: r.status for r in queue.all()}
         for i in self.ids:  # done, says the queue; a damaged record is rebuilt by its job
             why = status[i] == JobState.DONE and RunFolder(self.planned[i].run_dir).damaged()
@@ -151,7 +155,7 @@ class _Step:
         self.pending = [i for i in todo if i not in found]
         progress.add({i: self.planned[i].target for i in self.pending})
         self.labels = progress.labels
-        self.labels.update({i: plan.setting(self.planned[i]) for i in self.ids})
+        self.labels.update(settings)
         print(f"{len(self.ids)} job(s): {skipped} already done, "
               + (f"{len(found)} found done in their run folders, " if found else "")
               + f"{len(self.pending)} to run with {executor.describe}; results in "
@@ -162,11 +166,11 @@ class _Step:
 
     def extend(self, plan: Plan, progress: Progress) -> None:
         """More jobs for this step (an asynchronous policy's)."""
-        ids, planned = prepare_jobs(plan, self.queue)
+        ids, planned, settings = prepare_jobs(plan, self.queue)
         status = {r.id: r.status for r in self.queue.all()}
         new = [i for i in ids if i not in self.index]
         self.planned.update(planned)
-        self.labels.update({i: plan.setting(planned[i]) for i in ids})
+        self.labels.update(settings)
         for i in new:
             self.ids.append(i)
             self.index[i] = len(self.ids)
@@ -200,20 +204,20 @@ def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Exe
         try:
             executor = executor_factory(progress.line)
             progress.workers = executor.size
-            view.update(slots=executor.size, free=executor.size)
+            view = replace(view, slots=executor.size, free=executor.size)
             while True:
-                view.update(history=policy.needs_history)
+                view = replace(view, history=policy.needs_history)
                 decision = policy.next(view)
                 _say(decision, out, err)
                 if isinstance(decision, Stop):
                     return view.code if decision.code is None else decision.code
                 step = _Step(decision.plan, queue, executor, progress, out)
-                view.update(pending=step.pending)
+                view = replace(view, pending=tuple(step.pending))
                 progress.planned = policy.remaining(view)
-                machine = _run_step(step, policy, view, executor, progress, out, err)
+                machine, view = _run_step(step, policy, view, executor, progress, out, err)
                 code = step.report(out, err)
-                view.update(step_code=code, code=max(view.code, code))
-                view.changed()
+                view = replace(view, step_code=code, code=max(view.code, code),
+                               pending=tuple(step.pending))
                 if machine is not None:
                     left = sum(queue.get(i).status in (JobState.INTERRUPTED, JobState.QUEUED)
                                for i in step.ids)
@@ -227,9 +231,10 @@ def drive(policy: Policy, view: View, executor_factory: Callable[[LineSink], Exe
 
 
 def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
-              progress: Progress, out, err) -> str | None:
+              progress: Progress, out, err) -> tuple[str | None, View]:
     """Claim, submit and collect until nothing of the step we may claim is left (done,
-    failed, or another runner's). Returns why jobs cannot start here, if they cannot."""
+    failed, or another runner's). Returns why jobs cannot start here, if they cannot,
+    and the view as the step left it."""
     last_beat = time.monotonic()
     machine: str | None = None
     while True:
@@ -240,8 +245,8 @@ def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
             step.pending.remove(job.id)
             RunFolder(job.run_dir).write_config(step.config(job.id))
             executor.submit(job.id, Path(job.run_dir))
-        if not executor.running():
-            return machine  # nothing left we may claim: done, failed, or another runner's
+        if not executor.running():  # nothing left we may claim: done, failed, or another's
+            return machine, view
         ended = executor.poll(timeout=1.0)
         for o in ended:
             step.queue.finish(o.job_id, o.status, o.error)
@@ -254,8 +259,8 @@ def _run_step(step: _Step, policy: Policy, view: View, executor: Executor,
                   file=err if o.status == JobState.FAILED and not (
                       step.plan.phase == "tune" and diverged(o.error)) else out)
         if ended and policy.asynchronous and machine is None:
-            view.changed()
-            view.update(free=max(0, executor.capacity - len(step.pending)))
+            view = replace(view, free=max(0, executor.capacity - len(step.pending)),
+                           pending=tuple(step.pending))
             more = policy.extend(view)
             if more is not None:
                 _say(more, out, err)

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -277,8 +278,7 @@ def test_a_job_a_killed_command_queued_and_never_started_is_not_running(tmp_path
         (job_id,) = q.add([(JobKey("t8", "", 0, "r1"), {})])
     view = base.View(tmp_path, None)
     assert view.active() == set()
-    view.pending = [job_id]
-    assert view.active() == {JobKey("t8", "", 0, "r1")}
+    assert replace(view, pending=(job_id,)).active() == {JobKey("t8", "", 0, "r1")}
 
 
 def test_a_budget_alone_is_said_as_such_in_the_dry_run(tmp_path):

@@ -122,11 +122,12 @@ class Policy:
         raise NotImplementedError
 
 
-@dataclass
+@dataclass(frozen=True)
 class View:
-    """What a policy reads: the study's run records in the results folder (read once per
-    question), the queue's states, the executor's slots and the exit codes so far. Only
-    the driver loop changes it (`update`, `changed`)."""
+    """What a policy reads, read-only: the study's run records in the results folder
+    (read once per view), the queue's states, the executor's slots and the exit codes so
+    far. The driver makes a new view when any of it changes (`dataclasses.replace`), so
+    a new view reads the records again."""
 
     results: Path
     study: study.Study
@@ -135,28 +136,19 @@ class View:
     slots: int = 1  # jobs the executor runs at once
     free: int = 1  # of them, free now (what an asynchronous policy may fill)
     history: bool = False  # read the runs' histories too (a policy that needs curves)
-    pending: list[int] = field(default_factory=list)  # the step's queued jobs, not started
-    _runs: list | None = field(default=None, repr=False)
-
-    def update(self, **changes) -> None:
-        """The driver's: a step ended, slots freed, the policy's needs changed."""
-        for k, v in changes.items():
-            setattr(self, k, v)
-        if "history" in changes:
-            self._runs = None
+    pending: tuple[int, ...] = ()  # the step's queued jobs, not started
+    _runs: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def runs(self) -> list[Run]:
-        """The study's runs as they are on disk now: records only, unless `history`."""
-        if self._runs is None:
-            self._runs = runs.study_runs(self.results, self.study, history=self.history)
-        return self._runs
+        """The study's runs as they are on disk when first asked: records only, unless
+        `history`."""
+        if not self._runs:  # the view's own memo, not its state
+            self._runs.append(runs.study_runs(self.results, self.study,
+                                              history=self.history))
+        return self._runs[0]
 
     def records(self) -> list[RunRecord]:
         return [r.record for r in self.runs()]
-
-    def changed(self) -> None:
-        """Jobs ended: read the records again at the next question."""
-        self._runs = None
 
     def unfinished(self, plan: Plan) -> int:
         return unfinished(plan)
