@@ -189,13 +189,13 @@ def test_cifar100_layout_and_its_own_statistics(tmp_path):
 def test_evaluation_crops_are_timms_size_and_torchvisions_centre():
     """crop_pct: resized to floor(size / crop_pct) (256 for 224 at 0.875), then the centre
     crop of the size, placed as torchvision's CenterCrop places it."""
-    from ablation.data import sources
+    from ablation.data import sizes
 
-    assert sources.eval_size((224, 224), 0.875) == (256, 256)
-    assert sources.eval_size((32, 24), 0.9) == (35, 26)
+    assert sizes.eval_size((224, 224), 0.875) == (256, 256)
+    assert sizes.eval_size((32, 24), 0.9) == (35, 26)
     x = np.arange(7 * 9).reshape(1, 7, 9, 1)
-    np.testing.assert_array_equal(sources.centre_crop(x, (4, 4))[0, :, :, 0],
+    np.testing.assert_array_equal(sizes.centre_crop(x, (4, 4))[0, :, :, 0],
                                   x[0, 2:6, 2:6, 0])  # round(1.5) = 2, round(2.5) = 2
     ds = data.synthetic(n_train=20, n_test=10)
-    assert sources.evaluated(ds.x_test, (32, 32), 1) is ds.x_test  # 1: as read
-    assert sources.evaluated(ds.x_test, (32, 32), 0.875).shape == (10, 32, 32, 3)
+    assert sizes.evaluated(ds.x_test, (32, 32), 1) is ds.x_test  # 1: as read
+    assert sizes.evaluated(ds.x_test, (32, 32), 0.875).shape == (10, 32, 32, 3)

@@ -5,6 +5,7 @@ and a held-out validation split; normalisation statistics; the batches training 
   `.npz` of arrays, a folder of images or a packed dataset, and a path dataset's
   content hash;
 * `folders`: the image-folder layouts (ours, ImageNet's, Tiny-ImageNet's) and decoding;
+* `sizes`: resizing, and the evaluation's centre crop;
 * `packed`: a packed dataset's manifest and its images read from shards by index;
   `pack`: making one (`ablation data pack`);
 * `augment`: normalisation, the blog's and the papers' augmentations, mixup and CutMix;
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.data import folders, packed, sources
+from ablation.data import folders, packed, sizes, sources
 from ablation.data.augment import (
     AUGMENTATIONS,
     _shift_axis,
@@ -272,7 +273,7 @@ def _read_packed(source: sources.Source, image_size, digest: str | None,
     if crop_pct == 1:
         x_te, x_tr_eval = packed.PackedImages(m, "test", image_size), x_tr
     else:
-        at = sources.eval_size(hw, crop_pct)
+        at = sizes.eval_size(hw, crop_pct)
         x_tr_eval, x_te = (packed.PackedImages(m, s, at, crop=hw) for s in packed.SPLITS)
     return x_tr, y_tr, x_te, y_te, m.classes, str(source.path), (m.mean, m.std), x_tr_eval
 
@@ -294,7 +295,7 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
     `dataset` is a known name or a path (relative to `base`); `data_hash` the content
     hash the job was queued with (a changed .npz fails); `cache` the folder of decoded
     folder datasets; `stats` (mean, std) the statistics the runner computed; `crop_pct`
-    below 1: the test and validation images are resized to `sources.eval_size`, then
+    below 1: the test and validation images are resized to `sizes.eval_size`, then
     centre-cropped to the training images' size (the recipe's `crop_pct`)."""
     source = resolve(dataset, base)
     packed_stats = None
@@ -311,10 +312,10 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
         native = x_tr.shape[1:3]
         hw = tuple(image_size or native)
         x_read = x_tr
-        x_tr, x_te = sources.resized(x_tr, image_size), sources.evaluated(x_te, hw, crop_pct)
+        x_tr, x_te = sizes.resized(x_tr, image_size), sizes.evaluated(x_te, hw, crop_pct)
 
         def validation_images(idx):
-            return sources.evaluated(x_read[idx], hw, crop_pct)
+            return sizes.evaluated(x_read[idx], hw, crop_pct)
     k = len(names) or (sources._LAYOUT[source.name]["classes"] if source.kind == "cifar"
                        else int(max(y_tr.max(), y_te.max())) + 1)
     if stats is not None:
@@ -376,7 +377,7 @@ def prepare(dataset: str, image_size: tuple[int, int] | None, results: Path,
         m = packed.read_manifest(source.path)
         return {**record, "mean": list(m.mean), "std": list(m.std)}
     if source.kind == "npz":
-        x_tr = sources.resized(sources.read_npz(source.path, content)[0], image_size)
+        x_tr = sizes.resized(sources.read_npz(source.path, content)[0], image_size)
     elif (target := _cache_file(cache, digest, image_size)).is_file():
         x_tr = sources.read_npz(target)[0]
     else:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.data import folders, packed, sources
+from ablation.data import folders, packed, sizes, sources
 from ablation.errors import AblationError
 
 RAW_MAX = 64  # images at most this many pixels a side (of one size) are stored raw
@@ -105,7 +105,7 @@ def _arrays(source: sources.Source, data_dir) -> tuple:
 
 def _image_chunks(x: np.ndarray, image_size) -> Iterator[np.ndarray]:
     for start in range(0, len(x), CHUNK):
-        yield sources.resized(x[start:start + CHUNK], image_size)
+        yield sizes.resized(x[start:start + CHUNK], image_size)
 
 
 def _folder_chunks(layout: folders.Layout, split: str, shape, hasher) -> Iterator:

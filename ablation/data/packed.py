@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ablation.data import folders
+from ablation.data.sizes import centre_crop, resized
 from ablation.errors import AblationError
 
 FORMAT = "ablation-packed"
@@ -193,15 +195,10 @@ class PackedImages:
             return self._source
 
     def _read(self, keys: np.ndarray) -> np.ndarray:
-        from ablation.data.sources import centre_crop
-
         x = self._decoded(keys)
         return x if self.crop is None else centre_crop(x, self.crop)
 
     def _decoded(self, keys: np.ndarray) -> np.ndarray:
-        from ablation.data import folders
-        from ablation.data.sources import resized
-
         (h, w), c = self.read_hw, self.shape[3]
         if not len(keys):
             return np.empty((0, h, w, c), np.uint8)
