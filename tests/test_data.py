@@ -139,17 +139,18 @@ def test_the_random_resized_crop_is_imagenets():
     reference written here)."""
     from ablation.data import augment
 
-    boxes = augment.rrc_boxes(224, 224, 20_000, np.random.default_rng(1))
+    boxes = augment.rrc_boxes(np.tile([224, 224], (20_000, 1)), np.random.default_rng(1))
     top, left, h, w = boxes.T
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 224).all() and (
         left + w <= 224).all()
     share, ratio = h * w / 224 ** 2, w / h
     assert share.min() >= 0.079 and share.max() <= 1 and 0.45 < share.mean() < 0.6
     assert ratio.min() >= 0.73 and ratio.max() <= 1.37  # 3/4..4/3, to the pixel
-    assert np.array_equal(boxes, augment.rrc_boxes(224, 224, 20_000, np.random.default_rng(1)))
+    assert np.array_equal(boxes, augment.rrc_boxes(np.tile([224, 224], (20_000, 1)),
+                                                  np.random.default_rng(1)))
     x = np.random.default_rng(0).integers(0, 256, (64, 32, 40, 2)).astype(np.float32)
     out = augment.augment_rrc(x, np.random.default_rng(3), flip=np.zeros(64, bool))
-    top, left, h, w = augment.rrc_boxes(32, 40, 64, np.random.default_rng(3)).T
+    top, left, h, w = augment.rrc_boxes(np.tile([32, 40], (64, 1)), np.random.default_rng(3)).T
     want = _resized_span(_resized_span(x, top, h, 32, 1), left, w, 40, 2)
     np.testing.assert_allclose(out, want, atol=2e-3)
 

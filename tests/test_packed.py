@@ -253,3 +253,52 @@ def test_packing_mistakes_are_one_line(tmp_path):
     with pytest.raises(AblationError, match="into a folder outside it"):
         pack.pack(str(inet), inet / "packed", say=lambda s: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenet", "sq", "squares.npz"]
+
+
+def test_an_encoded_pack_crops_and_evaluates_each_image_at_its_own_size(tmp_path):
+    """ImageNet's protocol on an encoded pack (PNG files of several shapes): the `rrc`
+    training crop is cut from each file at its own size (boxes drawn on the original
+    height and width), then resized; the evaluation (crop_pct) resizes each image with
+    its aspect kept, the shorter side to image_size / crop_pct, and takes the centre.
+    Checked against PIL on the files themselves."""
+    from PIL import Image
+
+    from ablation.data import augment
+
+    root = tmp_path / "shapes"
+    shapes = [(30, 40), (50, 30), (36, 36)]  # (H, W)
+    x, y = squares(6, 48, 8)
+    files = {}
+    for split, count in (("train", 16), ("test", 8)):
+        for i in range(count):
+            c, (h, w) = int(y[i]), shapes[i % 3]
+            folder = root / split / WNIDS[c]
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{i:03d}.png"
+            Image.fromarray(x[i]).resize((w, h)).save(path)
+            files[split, i] = path
+    m = pack.pack(str(root), tmp_path / "shapes.packed", say=lambda s: None)
+    assert m.storage == "encoded" and m.size is None
+    ds = data.load(str(tmp_path / "shapes.packed"), image_size=(24, 24), crop_pct=0.875)
+    layout = folders.folder_layout(root)
+    originals = {s: [Image.open(p).convert("RGB") for _, p in layout.files(s)]
+                 for s in ("train", "test")}
+    stream = data.TrainStream(ds, 8, seed=2, augment="rrc", epochs=1)
+    xb, _ = stream.batch(0, 1)
+    idx = stream.order(0)[8:16]
+    rng = np.random.default_rng([2, 0, 1])
+    images = [originals["train"][i] for i in idx]
+    boxes = augment.rrc_boxes([(im.height, im.width) for im in images], rng)
+    flip = rng.random(8) < 0.5
+    for k, (im, (top, left, h, w)) in enumerate(zip(images, boxes, strict=True)):
+        crop = np.asarray(im.crop((left, top, left + w, top + h)).resize((24, 24),
+                                                                         Image.BILINEAR))
+        want = augment.normalise(crop[None, :, ::-1] if flip[k] else crop[None], ds.mean,
+                                 ds.std)[0]
+        np.testing.assert_array_equal(xb[k], want)
+    for k, im in enumerate(originals["test"]):  # shorter side 27 (24 / 0.875), centre 24
+        s = 27 / min(im.height, im.width)
+        big = np.asarray(im.resize((max(27, round(im.width * s)), max(27, round(im.height * s))),
+                                   Image.BILINEAR))
+        top, left = round((big.shape[0] - 24) / 2), round((big.shape[1] - 24) / 2)
+        np.testing.assert_array_equal(ds.x_test[k], big[top:top + 24, left:left + 24])

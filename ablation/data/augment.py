@@ -99,36 +99,41 @@ RRC_RATIO = (3 / 4, 4 / 3)  # its aspect ratio, drawn log-uniformly
 RRC_TRIES = 10
 
 
-def rrc_boxes(h: int, w: int, n: int, rng: np.random.Generator,
+def rrc_boxes(sizes: np.ndarray, rng: np.random.Generator,
               scale: tuple[float, float] = RRC_SCALE,
               ratio: tuple[float, float] = RRC_RATIO) -> np.ndarray:
-    """n crop boxes (top, left, height, width) as ImageNet's training crop draws them
-    (Szegedy et al. 2015; torchvision's RandomResizedCrop): an area share in `scale` and
-    a log-uniform aspect ratio in `ratio`, the first of 10 tries that fits the image, at
-    a uniform place; when none fits, the whole image's centre, its ratio clamped."""
-    area = h * w
+    """A crop box (top, left, height, width) for each image of `sizes` ((n, 2): height,
+    width), as ImageNet's training crop draws them (Szegedy et al. 2015; torchvision's
+    RandomResizedCrop): an area share in `scale` and a log-uniform aspect ratio in
+    `ratio`, the first of 10 tries that fits the image, at a uniform place; when none
+    fits, the whole image's centre, its ratio clamped. The draws are the same whatever
+    the sizes, so images read whole (`augment_rrc`) and images cropped as they are
+    decoded (a packed dataset's files) take one definition."""
+    sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
+    n = len(sizes)
+    h, w = sizes[:, 0], sizes[:, 1]
+    area = (h * w)[:, None]
     share = rng.uniform(*scale, (n, RRC_TRIES))
     aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), (n, RRC_TRIES)))
     cw = np.rint(np.sqrt(area * share * aspect)).astype(np.int64)
     ch = np.rint(np.sqrt(area * share / aspect)).astype(np.int64)
-    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    fits = (cw > 0) & (cw <= w[:, None]) & (ch > 0) & (ch <= h[:, None])
     first = np.where(fits.any(1), fits.argmax(1), -1)
     u = rng.random((n, 2))  # the place, drawn for every image
     boxes = np.empty((n, 4), np.int64)
     for i in range(n):
+        hi, wi = int(h[i]), int(w[i])
         if first[i] >= 0:
             bh, bw = ch[i, first[i]], cw[i, first[i]]
-        elif w / h < ratio[0]:
-            bw, bh = w, round(w / ratio[0])
-        elif w / h > ratio[1]:
-            bh, bw = h, round(h * ratio[1])
+            top, left = int(u[i, 0] * (hi - bh + 1)), int(u[i, 1] * (wi - bw + 1))
         else:
-            bh, bw = h, w
-        if first[i] >= 0:
-            top = int(u[i, 0] * (h - bh + 1))
-            left = int(u[i, 1] * (w - bw + 1))
-        else:
-            top, left = (h - bh) // 2, (w - bw) // 2
+            if wi / hi < ratio[0]:
+                bw, bh = wi, round(wi / ratio[0])
+            elif wi / hi > ratio[1]:
+                bh, bw = hi, round(hi * ratio[1])
+            else:
+                bh, bw = hi, wi
+            top, left = (hi - bh) // 2, (wi - bw) // 2
         boxes[i] = top, left, bh, bw
     return boxes
 
@@ -144,12 +149,22 @@ def augment_rrc(x: np.ndarray, rng: np.random.Generator, pad: int | None = None,
 
     n, h, w, c = x.shape
     out = np.empty((n, h, w, c), np.float32)
-    for i, (top, left, bh, bw) in enumerate(rrc_boxes(h, w, n, rng)):
+    for i, (top, left, bh, bw) in enumerate(rrc_boxes(np.tile([h, w], (n, 1)), rng)):
         for k in range(c):  # the crop, then its resize (PIL's `box` would read past it)
             plane = np.ascontiguousarray(x[i, top:top + bh, left:left + bw, k], np.float32)
             out[i, :, :, k] = np.asarray(Image.fromarray(plane).resize((w, h),
                                                                        Image.BILINEAR))
     return _flip(out, flip, rng)
+
+
+def rrc_as_read(images, idx: np.ndarray, rng: np.random.Generator, mean, std,
+                flip: np.ndarray | None = None) -> np.ndarray:
+    """`augment_rrc` for images cropped as they are decoded: the boxes drawn on each
+    image's own size (`images.read_crops`: a packed dataset's image files), each crop
+    resized to the size read, then normalised and flipped. The draws are those of
+    `augment_rrc`, in its order."""
+    crops = images.read_crops(idx, lambda sizes: rrc_boxes(sizes, rng))
+    return _flip(normalise(crops, mean, std), flip, rng)
 
 
 def augment_none(x: np.ndarray, rng: np.random.Generator, pad: int | None = None,

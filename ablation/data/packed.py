@@ -194,17 +194,63 @@ class PackedImages:
                 self._source = record_reader()(paths)
             return self._source
 
+    @property
+    def crops_when_read(self) -> bool:
+        """Whether a training crop is cut from each image file as decoded, at its own
+        size (an encoded pack's training split: `read_crops`)."""
+        return self.manifest.storage == ENCODED and self.crop is None
+
+    def read_crops(self, key, boxes_of) -> np.ndarray:
+        """The images at `key`, each decoded whole, cropped to its box and resized to the
+        size read: `boxes_of(sizes)` gives the boxes (top, left, height, width) for the
+        images' own (height, width)."""
+        keys = np.asarray(self.index[key]).reshape(-1)
+        (h, w), c = self.read_hw, self.shape[3]
+        opened = self._opened(keys)
+        sizes = np.array([(img.size[1], img.size[0]) for img, _ in opened], np.int64)
+        out = np.empty((len(keys), h, w, c), np.uint8)
+        for i, ((img, where), (top, left, bh, bw)) in enumerate(
+                zip(opened, boxes_of(sizes), strict=True)):
+            box = img.crop((int(left), int(top), int(left + bw), int(top + bh)))
+            out[i] = folders.decode(box, h, w, c, where)
+        return out
+
+    def _opened(self, keys: np.ndarray) -> list:
+        """The records at `keys` as opened image files (headers read), with a name each."""
+        if not len(keys):
+            return []
+        records = self._reader().__getitems__([int(k) for k in keys])
+        out = []
+        for k, rec in zip(keys, records, strict=True):
+            where = f"{self.manifest.path} ({self.split} record {int(k)})"
+            out.append((folders.open_image(where, rec), where))
+        return out
+
     def _read(self, keys: np.ndarray) -> np.ndarray:
+        if self.crop is not None and self.manifest.storage == ENCODED:
+            return self._evaluated(keys)
         x = self._decoded(keys)
         return x if self.crop is None else centre_crop(x, self.crop)
+
+    def _evaluated(self, keys: np.ndarray) -> np.ndarray:
+        """An encoded pack's evaluation images as ImageNet's are: each resized, its aspect
+        kept, to cover the size read (the shorter side of a square one), then its centre
+        cropped (`crop`)."""
+        (eh, ew), c = self.read_hw, self.shape[3]
+        out = np.empty((len(keys), *self.shape[1:]), np.uint8)
+        for i, (img, where) in enumerate(self._opened(keys)):
+            scale = max(eh / img.size[1], ew / img.size[0])
+            h, w = max(eh, round(img.size[1] * scale)), max(ew, round(img.size[0] * scale))
+            out[i] = centre_crop(folders.decode(img, h, w, c, where)[None], self.crop)[0]
+        return out
 
     def _decoded(self, keys: np.ndarray) -> np.ndarray:
         (h, w), c = self.read_hw, self.shape[3]
         if not len(keys):
             return np.empty((0, h, w, c), np.uint8)
-        records = self._reader().__getitems__([int(k) for k in keys])
         m = self.manifest
         if m.storage == RAW:
+            records = self._reader().__getitems__([int(k) for k in keys])
             sh, sw = m.size
             x = np.frombuffer(b"".join(records), np.uint8)
             if x.size != len(keys) * sh * sw * c:
@@ -212,9 +258,8 @@ class PackedImages:
                                     f"is not {sh}x{sw}x{c} pixels; pack it again")
             return resized(x.reshape(len(keys), sh, sw, c), self.image_size)
         out = np.empty((len(keys), h, w, c), np.uint8)
-        for i, (k, rec) in enumerate(zip(keys, records, strict=True)):
-            where = f"{m.path} ({self.split} record {int(k)})"
-            out[i] = folders.decode(folders.open_image(where, rec), h, w, c, where)
+        for i, (img, where) in enumerate(self._opened(keys)):
+            out[i] = folders.decode(img, h, w, c, where)
         return out
 
     def digest(self) -> str:

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablation.data.augment import AUGMENTATIONS, flips, mix, normalise
+from ablation.data.augment import (
+    AUGMENTATIONS,
+    augment_rrc,
+    flips,
+    mix,
+    normalise,
+    rrc_as_read,
+)
 from ablation.errors import AblationError
 
 if TYPE_CHECKING:
@@ -72,13 +79,18 @@ class TrainStream:
     def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         order = self.order(epoch)
         idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-        x = normalise(self.ds.x_train[idx], self.ds.mean, self.ds.std)
         which = flips(epoch, self.flip, self.first_flip)
         which = which[idx] if isinstance(which, np.ndarray) else (
             np.zeros(len(idx), bool) if which is False else None)
-        extra = {} if self.pad is None and self.flip == "random" else {"pad": self.pad,
-                                                                        "flip": which}
-        x = self.augment(x, np.random.default_rng([self.seed, epoch, step]), **extra)
+        rng = np.random.default_rng([self.seed, epoch, step])
+        if self.augment is augment_rrc and getattr(self.ds.x_train, "crops_when_read", False):
+            # ImageNet's crop from the image file itself, not from it resized whole
+            x = rrc_as_read(self.ds.x_train, idx, rng, self.ds.mean, self.ds.std, which)
+        else:
+            x = normalise(self.ds.x_train[idx], self.ds.mean, self.ds.std)
+            extra = {} if self.pad is None and self.flip == "random" else {"pad": self.pad,
+                                                                            "flip": which}
+            x = self.augment(x, rng, **extra)
         y = one_hot(self.ds.y_train[idx], self.ds.num_classes)
         if self.mixup or self.cutmix:  # its own stream: the augmentation's is unchanged
             x, y = mix(x, y, np.random.default_rng([self.seed, epoch, step, 1]), self.mixup,
