@@ -118,6 +118,7 @@ def test_each_op_counts_what_keras_builds():
         ("maxpool", ("p",), {}), ("avgpool", ("p",), {}), ("pool", ("p",), {}),
         ("flatten", ("f",), {}), ("dropout", (0.3, "o"), {}), ("drop_path", (0.3, "o"), {}),
         ("pad_shortcut", (16, 2, "s"), {}), ("softmax", ("s",), {}),
+        ("softmax", ("s",), {"axis": 1}), ("softmax", ("s",), {"axis": -2}),
     ]
     for op_name, args, kw in calls:
         results = []
@@ -388,3 +389,25 @@ def test_the_docs_table_gives_every_op_with_its_signature():
     example = (EXAMPLES / "se_units.py").read_text().split('"""', 2)[2]
     body = example[example.index("@unit"):]
     assert body.strip() in text  # the docs show the example in full, as it is
+
+
+def test_a_softmax_over_one_element_or_no_axis_is_refused():
+    """Token scores (N, L, 1) under the last axis' softmax would weigh every token 1: one
+    line naming the axis to use; axis 1 normalises over the tokens."""
+    import keras
+    import numpy as np
+
+    for g in (graph.Counter(), graph.Builder(keras, 1e-4)):
+        scores = g.input((5, 1))
+        with pytest.raises(graph.OpError, match=r"has one element, so every weight would be 1: "
+                                          r"give the axis .*axis=1 for tokens"):
+            g.softmax(scores, "w")
+        for bad in (0, 3, -3):
+            with pytest.raises(graph.OpError, match=r"is not an axis of|must be an integer"):
+                g.softmax(scores, f"w{bad}", axis=bad)
+        weights = g.softmax(scores, "tokens", axis=1)
+        assert tuple(weights.shape[1:]) == (5, 1)
+        if not g.counting:
+            x = np.arange(10, dtype="float32").reshape(2, 5, 1)
+            out = keras.Model(scores, weights)(x)
+            np.testing.assert_allclose(np.asarray(out).sum(1), 1.0, rtol=1e-6)

@@ -227,11 +227,25 @@ def act(g, x, fn, name):
 
 
 @op
-def softmax(g, x, name):
-    """Softmax over the last axis, computed in float32 under mixed precision."""
+def softmax(g, x, name, axis=-1):
+    """Softmax over `axis` (the last by default; 1 for a token axis, (N, L, 1) scores ->
+    weights over the L tokens), computed in float32 under mixed precision. An axis of
+    one element is refused: its softmax is 1 everywhere."""
     dims = g.tensor(x, "softmax")
-    return g.probabilities(g.emit(name, [x], dims, lambda L: L.Activation(
-        "softmax", name=name, dtype="float32")))
+    axis = _int(axis, "softmax", "axis", lo=-len(dims))
+    if axis == 0 or axis > len(dims):
+        raise OpError(f"ops.softmax {name}: axis {axis} is not an axis of {_shape(dims)} "
+                      "(1 is the first after the batch, -1 the last)")
+    size = dims[axis] if axis < 0 else dims[axis - 1]
+    if size == 1:
+        raise OpError(f"ops.softmax {name}: axis {axis} of {_shape(dims)} has one element, "
+                      "so every weight would be 1: give the axis to normalise over (axis=1 "
+                      "for tokens)")
+    if axis in (-1, len(dims)):  # the last: class probabilities, as a head gives them
+        return g.probabilities(g.emit(name, [x], dims, lambda L: L.Activation(
+            "softmax", name=name, dtype="float32")))
+    return g.emit(name, [x], dims, lambda L: L.Softmax(axis=axis, name=name,
+                                                       dtype="float32"))
 
 
 @op
