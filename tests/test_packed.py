@@ -193,7 +193,10 @@ def test_a_killed_pack_leaves_nothing_that_loads_and_the_next_pack_clears_it(tmp
     p = subprocess.run([sys.executable, "-c", KILL_AT_RECORD, str(npz), str(dest)],
                        cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == -9, p.stderr
-    assert not dest.exists() and list(tmp_path.glob(".sq.packing-*"))
+    (partial,) = tmp_path.glob(".sq.packing-*")
+    assert not dest.exists()
+    with pytest.raises(AblationError, match="is an unfinished pack"):
+        data.load(str(partial))
     assert "does not exist" in one_line_error(
         run_cli("run", "resnet32_e", "--dataset", str(dest), "--dry-run",
                 "--results", str(tmp_path / "res")))
@@ -217,6 +220,7 @@ def test_a_killed_pack_leaves_nothing_that_loads_and_the_next_pack_clears_it(tmp
     ("shard", "train-00000.array_record is 100 bytes, the manifest says"),
     ("missing", "train-00000.array_record is missing"),
     ("labels", "labels.npz holds 3 train labels, the manifest 120"),
+    ("no labels", "labels.npz is missing"),
 ])
 def test_a_damaged_packed_dataset_is_one_line(tmp_path, damage, says):
     """Each kind of damage (a bad manifest, a newer format, a shard cut short or gone,
@@ -232,11 +236,28 @@ def test_a_damaged_packed_dataset_is_one_line(tmp_path, damage, says):
         (dest / "train-00000.array_record").write_bytes(b"\0" * 100)
     elif damage == "missing":
         (dest / "train-00000.array_record").unlink()
-    else:
+    elif damage == "labels":
         np.savez(dest / "labels.npz", y_train=np.zeros(3, int), y_test=np.zeros(40, int))
+    else:
+        (dest / "labels.npz").unlink()
     line = one_line_error(run_cli("run", "resnet32_e", "--dataset", str(dest), "--epochs",
                                   "1", "--results", str(tmp_path / "res")))
     assert str(dest) in line and says in line, line
+
+
+def test_a_shard_damaged_inside_is_one_line_when_read(tmp_path):
+    """Bytes changed inside a shard, its size kept (so the manifest's check passes): the
+    job's load, which opens the shards, fails in one line naming the pack, not with the
+    record library's own error."""
+    dest = tmp_path / "sq"
+    pack.pack(str(write_npz(tmp_path / "squares.npz")), dest, say=lambda s: None)
+    shard = dest / "train-00000.array_record"
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2:len(content) // 2 + 2000] = bytes(2000)
+    shard.write_bytes(bytes(content))
+    with pytest.raises(AblationError, match=r"damaged packed dataset .*sq: a train shard "
+                                            r"cannot be read .*copy or pack it again"):
+        np.asarray(data.load(str(dest)).x_train)
 
 
 def test_packing_mistakes_are_one_line(tmp_path):

@@ -172,7 +172,8 @@ def folder_shape(layout: Layout, image_size, scanned=None) -> tuple[int, int, in
     if image_size is None and len(sizes) > 1:
         (w1, h1), (w2, h2) = sorted(sizes)[:2]
         raise AblationError(f"the images of {layout.root} differ in size ({h1}x{w1} and "
-                            f"{h2}x{w2}, H x W): set image_size to resize them all")
+                            f"{h2}x{w2}, H x W): set image_size (--image-size N) to resize them "
+                            "all")
     h, w = (image_size if image_size is not None else next(iter(sizes))[::-1])
     return h, w, 1 if grey else 3
 

@@ -80,7 +80,7 @@ class Manifest:
         hw = image_size if image_size is not None else self.size
         if hw is None:
             raise AblationError(f"the images of {self.path} differ in size (packed "
-                                "encoded): set image_size to resize them all")
+                                "encoded): set image_size (--image-size N) to resize them all")
         return int(hw[0]), int(hw[1]), self.channels
 
     def shard_paths(self, split: str) -> list[Path]:
@@ -89,6 +89,9 @@ class Manifest:
     def labels(self) -> tuple[np.ndarray, np.ndarray]:
         """(y_train, y_test), checked against the counts."""
         where = self.path / LABELS
+        if not where.is_file():
+            raise AblationError(f"damaged packed dataset {self.path}: {LABELS} is missing; "
+                                "copy or pack it again")
         try:
             with np.load(where, allow_pickle=False) as z:
                 ys = tuple(np.asarray(z[f"y_{s}"], np.int64) for s in SPLITS)
@@ -191,8 +194,18 @@ class PackedImages:
         with self._lock:
             if self._source is None:
                 paths = [str(p) for p in self.manifest.shard_paths(self.split)]
-                self._source = record_reader()(paths)
+                self._source = self._guarded(lambda: record_reader()(paths))
             return self._source
+
+    def _guarded(self, read):
+        """`read()`; a shard whose content is damaged (its size right, so `read_manifest`
+        passed it) is one line naming the pack, not the record library's error."""
+        try:
+            return read()
+        except (RuntimeError, OSError, ValueError) as e:
+            raise AblationError(f"damaged packed dataset {self.manifest.path}: a {self.split} "
+                                f"shard cannot be read ({str(e).splitlines()[0][:120]}); "
+                                "copy or pack it again") from e
 
     @property
     def crops_when_read(self) -> bool:
@@ -215,11 +228,15 @@ class PackedImages:
             out[i] = folders.decode(box, h, w, c, where)
         return out
 
+    def _records(self, keys: np.ndarray) -> list[bytes]:
+        reader = self._reader()
+        return self._guarded(lambda: reader.__getitems__([int(k) for k in keys]))
+
     def _opened(self, keys: np.ndarray) -> list:
         """The records at `keys` as opened image files (headers read), with a name each."""
         if not len(keys):
             return []
-        records = self._reader().__getitems__([int(k) for k in keys])
+        records = self._records(keys)
         out = []
         for k, rec in zip(keys, records, strict=True):
             where = f"{self.manifest.path} ({self.split} record {int(k)})"
@@ -250,7 +267,7 @@ class PackedImages:
             return np.empty((0, h, w, c), np.uint8)
         m = self.manifest
         if m.storage == RAW:
-            records = self._reader().__getitems__([int(k) for k in keys])
+            records = self._records(keys)
             sh, sw = m.size
             x = np.frombuffer(b"".join(records), np.uint8)
             if x.size != len(keys) * sh * sw * c:

@@ -82,14 +82,19 @@ def resolve(dataset: str, base: Path | None = None) -> Source:
     if dataset.startswith("tfds:"):
         raise AblationError(f"dataset {dataset!r}: tensorflow-datasets sources are not "
                             "supported; export the data to an .npz (x_train, y_train, "
-                            "x_test, y_test) or a folder of images, or pack it (`ablation "
-                            "data pack`)")
+                            "x_test, y_test) or a folder of images (either can then be "
+                            "packed, to stream it: `ablation data pack`)")
     path = Path(dataset).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
     path = path.resolve()
     if path.is_dir():
-        return Source("packed" if packed.is_packed(path) else "folder", dataset, path)
+        if packed.is_packed(path):
+            return Source("packed", dataset, path)
+        if any(path.glob("*.array_record")):  # shards without a manifest: a pack cut short
+            raise AblationError(f"dataset {dataset!r} is an unfinished pack (no "
+                                f"{packed.MANIFEST}: stopped while packing?); pack it again")
+        return Source("folder", dataset, path)
     if path.is_file() and path.suffix == ".npz":
         return Source("npz", dataset, path)
     if path.is_file():

@@ -141,8 +141,8 @@ class Recipe:
 
     dataset: Annotated[str, _rule(lambda v: bool(v.strip()), "must not be empty")] = _f(
         "cifar10", "text", "cifar10, cifar100, mnist, fashion_mnist, or the path of an .npz "
-        "(x_train, y_train, x_test, y_test) or of a folder of images (train/ and test/, a "
-        "subfolder per class)")
+        "(x_train, y_train, x_test, y_test), of a folder of images (train/ and test/ or "
+        "val/, a subfolder per class) or of a packed dataset (`ablation data pack`)")
     epochs: Annotated[Int1, _at_most(MAX_EPOCHS)] = _f(200, "int", "epochs to train")
     batch_size: Annotated[Int1, _at_most(MAX_BATCH)] = _f(128, "int", "images per step")
     lr: Pos = _f(0.1, "number", "peak learning rate (after any warm-up)")
