@@ -158,3 +158,14 @@ def test_runs_done_on_disk_are_counted_as_found_when_the_queue_is_lost(tmp_path,
         assert json.loads((d / "summary.json").read_text())["status"] == "done"
         assert (d / "history.csv").read_bytes() == (
             tiny_e_results[0] / d.relative_to(res) / "history.csv").read_bytes()
+
+
+@pytest.mark.parametrize("code", [-11, -6, 139])
+def test_a_job_that_crashes_in_native_code_says_what_may_avoid_it(tmp_path, code):
+    """A segfault or abort (oneDNN's kernels crashed so on this CPU for an 8-channel net
+    at 64x64) fails the job with its exit code, its last line and what may avoid it."""
+    from ablation.executors.base import outcome_from
+
+    o = outcome_from(3, tmp_path, code, ["step 5", "double free or corruption (!prev)"])
+    assert o.status == "failed" and o.error.startswith(f"exit code {code}: double free")
+    assert "TF_ENABLE_ONEDNN_OPTS=0 or KERAS_BACKEND=jax" in o.error

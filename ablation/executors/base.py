@@ -116,6 +116,9 @@ def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outc
         reason = f"exit code {code}" + (f": {last[-1].strip()[:300]}" if last else "")
         if code in (-signal.SIGKILL, 137):
             reason += " (killed: out of memory?)"
+        elif code in (-signal.SIGSEGV, -signal.SIGABRT, 139, 134):
+            reason += (" (a crash in native code; with TensorFlow on a CPU, TF_ENABLE_ONEDNN_OPTS=0"
+                       " or KERAS_BACKEND=jax may avoid it)")
     return Outcome(job_id, JobState.FAILED, reason)
 
 
