@@ -214,3 +214,31 @@ def test_tensorboard_scalars_without_tensorflow_survive_a_second_fit(tmp_path):
         cb.on_train_end()
     assert {e.parent.name for e in tmp_path.rglob("events.out.tfevents.*")} == {
         "train", "validation"}
+
+
+def test_a_snapshot_every_few_minutes_is_taken_inside_the_epoch(tmp_path, monkeypatch):
+    """--snapshot-minutes: the first step after that long since the last snapshot takes
+    one inside the epoch (its step and running metrics with it); the epoch's own end
+    still takes its own. A clock moved by hand, a minute per step: no real waiting."""
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+
+    class Tick(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            clock[0] += 60.0
+
+    model = fresh(0)
+    stream = data.TrainStream(data.synthetic(32, 8), 8, seed=0, epochs=1)  # 4 steps
+    backup = callbacks.AtomicBackup(tmp_path / "backup", IDENTITY, every_seconds=150)
+    taken = []
+
+    class Seen(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            taken.append(backup.taken)
+
+    model.fit(iter(stream), steps_per_epoch=4, epochs=1, verbose=0,
+              callbacks=[Tick(), backup, Seen()])
+    # 60 s a step: due after step 3 (180 s since the start), not at step 4 (the end's)
+    assert taken == [None, None, (0, 3), (0, 3)] and backup.taken == (1, 0)
+    folder, epoch, step = callbacks.AtomicBackup(tmp_path / "backup", IDENTITY).snapshot()
+    assert (folder.name, epoch, step) == ("epoch-0001", 1, 0)
