@@ -156,8 +156,9 @@ def _write_encoded(out: Path, layout: folders.Layout, channels: int, progress, h
                    shard_bytes: int) -> tuple[dict, tuple, tuple, int]:
     """Each image file's own bytes as a record; statistics of an evenly spaced sample of
     at most STAT_SAMPLE training images, each at its own size."""
-    sums, squares, pixels = np.zeros(channels), np.zeros(channels), 0
-    shards = {}
+    from ablation.data import Moments
+
+    moments, sample, shards = Moments(channels), 0, {}
     for split in packed.SPLITS:
         files = layout.files(split)
         step = max(1, len(files) // STAT_SAMPLE)
@@ -166,20 +167,15 @@ def _write_encoded(out: Path, layout: folders.Layout, channels: int, progress, h
             content = p.read_bytes()
             folders.hash_file(hasher, split, layout.names[k], p, content)
             img = folders.open_image(p, content)
-            if split == "train" and i % step == 0 and i // step < STAT_SAMPLE:
+            if split == "train" and i % step == 0 and sample < STAT_SAMPLE:
                 w, h = img.size
-                x = folders.decode(img, h, w, channels, p).reshape(-1, channels)
-                x = x.astype(np.float64)
-                sums += x.sum(0)
-                squares += np.square(x).sum(0)
-                pixels += len(x)
+                moments.add(folders.decode(img, h, w, channels, p))
+                sample += 1
             writer.write(content)
             progress.add(1)
         shards[split] = writer.close()
-    mean = sums / pixels
-    std = np.sqrt(np.maximum(squares / pixels - mean ** 2, 0.0))
-    sample = min(len(layout.files("train")), STAT_SAMPLE)
-    return shards, tuple(map(float, mean)), tuple(map(float, std)), sample
+    mean, std = moments.result()
+    return shards, mean, std, sample
 
 
 @dataclass
