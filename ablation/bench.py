@@ -46,10 +46,11 @@ def _study_of(variant: str, study: str | None):
 
 
 def measure(variant: str, precision: str, steps: int | None, batch_size: int,
-            data_dir: str | None, study: str | None = None) -> dict:
+            data_dir: str | None, study: str | None = None,
+            augment_on: str = "host") -> dict:
     """In this process: time `steps` training steps after a warm-up of as many (of
     FIRST_STEPS when `steps` is None; then the timed steps grow until they last
-    MIN_SECONDS)."""
+    MIN_SECONDS), the blog's augmentation on the host or in the step (`augment_on`)."""
     from ablation import backend
 
     name = backend.choose()
@@ -59,7 +60,8 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
     from ablation.recipe import Recipe
 
     _study_of(variant, study)  # registers the variant
-    recipe = Recipe(precision=precision, batch_size=batch_size)
+    recipe = Recipe(precision=precision, batch_size=batch_size, augment_on=augment_on)
+    on_device = augment_on == "device"
     on_gpu = backend.gpus_seen(name) > 0
     # whole executions only: k is always a multiple of the steps per execution
     settings = backend.compile_settings(name, precision, on_gpu,
@@ -71,9 +73,12 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
           else data.synthetic(n_train=n, n_test=10))
     keras.utils.set_random_seed(0)
     model = training.training_model(variant, recipe, ds.num_classes,
-                                    settings["jit_compile"], spe)
+                                    settings["jit_compile"], spe,
+                                    on_device=(list(map(float, ds.mean)),
+                                               list(map(float, ds.std)))
+                                    if on_device else None)
     stream = iter(data.TrainStream(ds, batch_size, seed=0, augment="blog", epochs=MAX_STEPS,
-                                   threads=devices.loader_threads(1)))
+                                   threads=devices.loader_threads(1), on_device=on_device))
 
     class Timer(keras.callbacks.Callback):
         """The epoch's own time: not fit()'s setup of its data adapter."""
@@ -98,7 +103,7 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
         seconds = timed(k)
     return {"images_per_second": k * batch_size / seconds, "seconds": seconds, "steps": k,
             **settings, "backend": name, "device": "GPU" if on_gpu else "CPU",
-            "variant": variant, "precision": precision}
+            "variant": variant, "precision": precision, "augment_ran": augment_on}
 
 
 def _child(cmd: list[str]) -> dict:
@@ -118,9 +123,9 @@ def _child(cmd: list[str]) -> dict:
     raise AblationError(f"benchmark process failed: {tail}")
 
 
-def _ours(variant, precision, steps, batch_size, data_dir, study) -> dict:
+def _ours(variant, precision, steps, batch_size, data_dir, study, augment_on="host") -> dict:
     cmd = module_command("ablation.bench", variant, precision, str(steps or 0),
-                         str(batch_size), data_dir or "", study or "")
+                         str(batch_size), data_dir or "", study or "", augment_on)
     return _child(cmd)
 
 
@@ -187,7 +192,7 @@ def project_studies(measured: dict[str, float]) -> list[str]:
 def main(variants: list[str], precision: str = "fp32", steps: int | None = None,
          batch_size: int = 128, baseline: bool = False, data_dir: str | None = None,
          repeats: int = 3, study: str | None = None, train_limit: int | None = None,
-         results_dir: Path | None = None) -> int:
+         results_dir: Path | None = None, augment_on: str = "host") -> int:
     from ablation import data
 
     if data_dir:
@@ -198,14 +203,15 @@ def main(variants: list[str], precision: str = "fp32", steps: int | None = None,
         raise AblationError("--baseline needs tf_keras: pip install 'ablation[baseline]'")
     source = f"real CIFAR-10 ({data_dir})" if data_dir else "generated images"
     print(f"benchmark: {steps or f'≥ {MIN_SECONDS:g} s of'} steps of batch {batch_size}, "
-          f"{precision}, {source}; each figure from a fresh process after a warm-up",
+          f"{precision}, augmentation on the {augment_on}, {source}; each figure from a "
+          "fresh process after a warm-up",
           flush=True)
     measured: dict[str, float] = {}
     for v in variants:
         epochs = registry.get(v).train_recipe(_study_of(v, study).recipe()).epochs
         ours, theirs = [], []
         for k in range(repeats if baseline else 1):
-            got = _ours(v, precision, steps, batch_size, data_dir, study)
+            got = _ours(v, precision, steps, batch_size, data_dir, study, augment_on)
             ours.append(got["images_per_second"])
             line = (f"  {v} run {k + 1}: ablation {ours[-1]:.0f} img/s ({got['steps']} steps, "
                     f"{got['backend']} on {got['device']}, matmul {got['matmul_precision']})")
@@ -240,8 +246,8 @@ def main(variants: list[str], precision: str = "fp32", steps: int | None = None,
 
 
 if __name__ == "__main__":  # one measurement, in its own process
-    v, prec, st, bs, dd, sref = sys.argv[1:7]
-    print(json.dumps(measure(v, prec, int(st) or None, int(bs), dd or None, sref or None)),
-          flush=True)
+    v, prec, st, bs, dd, sref, where = sys.argv[1:8]
+    print(json.dumps(measure(v, prec, int(st) or None, int(bs), dd or None, sref or None,
+                             where)), flush=True)
     sys.stdout.flush()
     os._exit(0)

@@ -272,7 +272,8 @@ def cmd_bench(args) -> int:
     return bench.main(names, precision=args.precision, steps=args.steps,
                       batch_size=args.batch_size, baseline=args.baseline,
                       data_dir=args.data_dir, repeats=args.repeats, study=args.study,
-                      train_limit=args.train_limit, results_dir=Path(args.results))
+                      train_limit=args.train_limit, results_dir=Path(args.results),
+                      augment_on=args.augment_on)
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ablation import argtypes, backend, devices, verdict
     from ablation.bench import MIN_SECONDS
     from ablation.executors import EXECUTORS
-    from ablation.recipe import DEFAULTS, PRECISIONS
+    from ablation.recipe import AUGMENT_ON, DEFAULTS, PRECISIONS
 
     p = _Parser(prog="ablation", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=_version())
@@ -462,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default resnet32_e; any built-in study's variant")
     _add_study(s)
     s.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision)
+    s.add_argument("--augment-on", choices=AUGMENT_ON, default=DEFAULTS.augment_on,
+                   help="where ours augments: host (loader threads) or device (inside the "
+                        "compiled step)")
     s.add_argument("--steps", type=argtypes.integer(2), default=None,
                    help=f"timed steps (default: as many as last at least {MIN_SECONDS:g} s "
                         "on this device)")

@@ -366,6 +366,7 @@ class RunRecord(BaseModel):
     jit_compile: bool | None = None
     steps_per_execution: int | None = None
     loader_threads: int | None = None
+    augment_ran: str | None = None  # "host" or "device" (the recipe's augment_on, or host)
     jobs_per_gpu: int | None = None
     CUDA_VISIBLE_DEVICES: str | None = None
     CUDA_DEVICE_ORDER: str | None = None

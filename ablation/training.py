@@ -87,26 +87,40 @@ def per_step(recipe: Recipe) -> bool:
 def training_model(variant: str | Variant, recipe: Recipe, num_classes: int,
                    jit_compile: bool = False, steps_per_execution: int = 1,
                    steps_per_epoch: int | None = None,
-                   input_shape: tuple[int, int, int] = (32, 32, 3)) -> Any:
+                   input_shape: tuple[int, int, int] = (32, 32, 3),
+                   on_device: tuple[list[float], list[float]] | None = None) -> Any:
     """The compiled model `run` and `bench` train: the registry graph on the fused
     layers of ablation.layers (same math, faster on TensorFlow), under the recipe's
     precision, optimizer, loss and schedule, compiled as `ablation.backend` chose for
-    the device. A per-step schedule needs `steps_per_epoch`."""
+    the device. A per-step schedule needs `steps_per_epoch`. `on_device` (the data's
+    mean and std): the network behind `ondevice.DeviceAugment`, taking uint8 images
+    and keys (`network` gives the network back)."""
     keras.mixed_precision.set_global_policy(PRECISION_POLICIES[recipe.precision])
     schedule = None
     if per_step(recipe):
         if not steps_per_epoch:
             raise ValueError("a per-step schedule needs steps_per_epoch")
         schedule = RecipeSchedule(recipe, steps_per_epoch)
-    model = compile_model(models.build_model(variant, num_classes=num_classes,
-                                             input_shape=input_shape,
-                                             weight_decay=l2(recipe), fast=True,
-                                             bias_decay=recipe.bias_decay,
-                                             bn_bias_lr=recipe.bn_bias_lr),
-                          recipe, keras, schedule, jit_compile=jit_compile,
+    model = models.build_model(variant, num_classes=num_classes, input_shape=input_shape,
+                               weight_decay=l2(recipe), fast=True,
+                               bias_decay=recipe.bias_decay, bn_bias_lr=recipe.bn_bias_lr)
+    if on_device is not None:
+        from ablation.data import ondevice
+
+        model = ondevice.training_graph(model, *on_device, recipe.augment, recipe.pad,
+                                        recipe.mixup, recipe.cutmix)
+    model = compile_model(model, recipe, keras, schedule, jit_compile=jit_compile,
                           steps_per_execution=steps_per_execution)
     _build_training_state(model, num_classes)
     return model
+
+
+def network(model: Any) -> Any:
+    """The network a training model trains (itself, unless augmentation runs on the
+    device: then the model behind `DeviceAugment`)."""
+    from ablation.data import ondevice
+
+    return model.layers[-1] if isinstance(model, ondevice.AugmentedModel) else model
 
 
 def _build_training_state(model: Any, num_classes: int) -> None:
@@ -120,7 +134,10 @@ def _build_training_state(model: Any, num_classes: int) -> None:
     if keras.backend.backend() != "tensorflow":
         return
     model.optimizer.build(model.trainable_variables)
-    x = keras.ops.zeros((1, *model.input_shape[1:]))
+    shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    x = [keras.ops.zeros((1, *shape[1:]), dtype=i.dtype)
+         for shape, i in zip(shapes, model.inputs, strict=True)]
+    x = x[0] if len(x) == 1 else x
     y = keras.ops.zeros((1, num_classes))
     model.compute_metrics(x, y, model(x, training=False), sample_weight=None)
     model.reset_metrics()
@@ -249,6 +266,11 @@ class Job:
         return self.folder.file(store.HISTORY)
 
     @property
+    def on_device(self) -> bool:
+        """Whether the training step augments (`ablation.data.ondevice`)."""
+        return self.execution["augment_ran"] == "device"
+
+    @property
     def tests(self) -> bool:
         """Whether the test set is evaluated after each epoch: not in a tuning run, which
         chooses on its validation split and never reads the test set (unless its study
@@ -274,16 +296,23 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     execution = {**backend.compile_settings(keras.backend.backend(), recipe.precision, on_gpu,
                                             steps),
                  "loader_threads": backend.loader_threads()}
+    # an encoded pack's random-resized crop is cut from each file as it is decoded: on
+    # the host, whatever the recipe says (the record says where it ran)
+    on_device = recipe.augment_on == "device" and not (
+        recipe.augment == "rrc" and getattr(ds.x_train, "crops_when_read", False))
+    execution["augment_ran"] = "device" if on_device else "host"
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
     model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
-                           execution["steps_per_execution"], steps, ds.input_shape)
+                           execution["steps_per_execution"], steps, ds.input_shape,
+                           on_device=(list(map(float, ds.mean)), list(map(float, ds.std)))
+                           if on_device else None)
     info = models.count_params(variant, ds.num_classes, ds.input_shape)
     models.check_counts(model, info, cfg.variant)  # what the record says is the model's
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
                               epochs=trains_to(cfg.until, recipe.epochs),
                               threads=execution["loader_threads"],
                               mixup=recipe.mixup, cutmix=recipe.cutmix, pad=recipe.pad,
-                              flip=recipe.flip)
+                              flip=recipe.flip, on_device=on_device)
     lookahead = (Lookahead(recipe.lookahead, recipe.lookahead_every,
                            stream.steps_per_epoch * recipe.epochs),) if recipe.lookahead else ()
     backup = AtomicBackup(run_dir / "backup", {
@@ -296,9 +325,10 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     pretrained = {}
     if start == start_step == 0 and variant.pretrained:
         pretrained = {"pretrained": variant.pretrained,
-                      "pretrained_convs": models.load_pretrained(model, variant.pretrained)}
+                      "pretrained_convs": models.load_pretrained(network(model),
+                                                                 variant.pretrained)}
     if start == start_step == 0:  # airbench's whitening: from the first 5,000 training
-        models.set_from_data(model, data.normalise(  # images, as seen
+        models.set_from_data(network(model), data.normalise(  # images, as seen
             ds.x_train[:WHITEN_IMAGES], ds.mean, ds.std))
     stream.start_epoch, stream.start_step = start, start_step
     return Job(cfg, run_dir, variant, recipe, ds, model, info, stream, backup, start,
@@ -369,7 +399,8 @@ def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
         *([] if per_step(recipe) else [keras.callbacks.LearningRateScheduler(
             lambda epoch, _lr: recipe.learning_rate(epoch))]),
         *swap,
-        *([HeldOut(data.test_batches(job.ds, recipe.batch_size, split="validation"), swap)]
+        *([HeldOut(data.test_batches(job.ds, recipe.batch_size, split="validation",
+                                     on_device=job.on_device), swap)]
           if recipe.validation else []),
         *job.backup.keeps,  # the lookahead (its average is in the snapshots)
         meter,
@@ -415,7 +446,8 @@ def fit(job: Job, extra: list) -> None:
         stream.start_epoch, stream.epochs, stream.start_step = first, last, step
         job.model.fit(iter(stream), steps_per_epoch=spe - step, epochs=last,
                       initial_epoch=first,
-                      validation_data=data.test_batches(job.ds, recipe.batch_size)
+                      validation_data=data.test_batches(job.ds, recipe.batch_size,
+                                                        on_device=job.on_device)
                       if job.tests else None,
                       callbacks=extra + keep, verbose=0, shuffle=False)
         for k in keep:
@@ -433,12 +465,12 @@ def tta_accuracy(job: Job) -> float:
     averages them: a view's log-softmax is its logits less one number per image)."""
     import numpy as np
 
-    ds, batch = job.ds, max(job.recipe.batch_size, 500)
+    ds, batch, net = job.ds, max(job.recipe.batch_size, 500), network(job.model)
     score = np.zeros((len(ds.y_test), ds.num_classes))
     for start in range(0, len(ds.y_test), batch):
         x = data.normalise(ds.x_test[start:start + batch], ds.mean, ds.std)
         for weight, view in data.tta_views(x, job.recipe.tta):
-            p = job.model.predict_on_batch(np.ascontiguousarray(view))
+            p = net.predict_on_batch(np.ascontiguousarray(view))
             score[start:start + len(x)] += weight * np.log(np.maximum(
                 keras.ops.convert_to_numpy(p).astype(np.float64), 1e-30))
     return float(np.mean(score.argmax(1) == ds.y_test))

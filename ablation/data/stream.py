@@ -24,6 +24,30 @@ if TYPE_CHECKING:
     from ablation.data import Dataset
 
 
+# the keys a batch carries when the step augments it (`ablation.data.ondevice`)
+FLIP_DRAWN = 2  # the keys' third column: draw this image's flip on the device
+EVAL_KEY = -1  # an evaluation batch's key: normalise only
+
+
+def device_keys(seed: int, epoch: int, step: int, flip: np.ndarray | None,
+                n: int) -> np.ndarray:
+    """The (n, 3) int32 keys of training batch `step` of `epoch`: the batch's key (31
+    bits of numpy's generator on (seed, epoch, step, 2), a stream the host path never
+    draws from), each image's place, its flip (`flip`: the recipe's, or None: drawn)."""
+    k = int(np.random.default_rng([seed, epoch, step, 2]).integers(0, 2 ** 31 - 1))
+    keys = np.empty((n, 3), np.int32)
+    keys[:, 0], keys[:, 1] = k, np.arange(n)
+    keys[:, 2] = FLIP_DRAWN if flip is None else np.asarray(flip, bool)
+    return keys
+
+
+def device_eval_keys(n: int) -> np.ndarray:
+    """An evaluation batch's keys (`EVAL_KEY`): the step only normalises."""
+    keys = np.zeros((n, 3), np.int32)
+    keys[:, 0] = EVAL_KEY
+    return keys
+
+
 class TrainStream:
     """Finite, resumable stream of augmented training batches, epochs start..epochs-1.
 
@@ -37,6 +61,9 @@ class TrainStream:
     iterator over a generator is destroyed mid-sequence, so the generator must be
     exhausted by the end of `fit`; `stop()` ends it early (NaN loss).
 
+    `on_device`: the batches are (uint8 images, their keys) and unmixed labels, the
+    augmentation and the mix being the training step's (`ablation.data.ondevice`).
+
     As in the blog (steps = N // batch + 1), an epoch is ceil(N / batch) batches, the
     last one smaller.
     """
@@ -44,7 +71,8 @@ class TrainStream:
     def __init__(self, ds: Dataset, batch_size: int, seed: int, augment: str = "blog",
                  start_epoch: int = 0, epochs: int = 1, threads: int = 2,
                  dtype: str = "float32", mixup: float = 0.0, cutmix: float = 0.0,
-                 pad: int | None = None, flip: str = "random", start_step: int = 0):
+                 pad: int | None = None, flip: str = "random", start_step: int = 0,
+                 on_device: bool = False):
         if augment not in AUGMENTATIONS:
             raise AblationError(f"unknown augmentation {augment!r}; choose "
                                 f"{', '.join(AUGMENTATIONS)}")
@@ -60,6 +88,7 @@ class TrainStream:
         self.prefetch = 2 * self.threads
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
         self.dtype = dtype
+        self.on_device = on_device
         self.steps_per_epoch = -(-len(ds.y_train) // batch_size)
         self._stopped = False
 
@@ -82,6 +111,10 @@ class TrainStream:
         which = flips(epoch, self.flip, self.first_flip)
         which = which[idx] if isinstance(which, np.ndarray) else (
             np.zeros(len(idx), bool) if which is False else None)
+        if self.on_device:  # uint8 and the batch's keys: the step augments and mixes
+            return ((self.ds.x_train[idx], device_keys(self.seed, epoch, step, which,
+                                                          len(idx))),
+                    one_hot(self.ds.y_train[idx], self.ds.num_classes))
         rng = np.random.default_rng([self.seed, epoch, step])
         if self.augment is augment_rrc and getattr(self.ds.x_train, "crops_when_read", False):
             # ImageNet's crop from the image file itself, not from it resized whole
@@ -122,9 +155,11 @@ def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def test_batches(ds: Dataset, batch_size: int, dtype: str = "float32", split: str = "test"):
+def test_batches(ds: Dataset, batch_size: int, dtype: str = "float32", split: str = "test",
+                 on_device: bool = False):
     """A whole split (the test set; "validation": the held-out images) as a keras
-    PyDataset: normalised on the fly, no randomness."""
+    PyDataset: normalised on the fly, no randomness (`on_device`: uint8 images and
+    evaluation keys, which the step only normalises)."""
     import keras
 
     x_all, y_all = (ds.x_val, ds.y_val) if split == "validation" else (ds.x_test, ds.y_test)
@@ -135,6 +170,9 @@ def test_batches(ds: Dataset, batch_size: int, dtype: str = "float32", split: st
 
         def __getitem__(self, i: int):
             sl = slice(i * batch_size, (i + 1) * batch_size)
+            if on_device:
+                return ((x_all[sl], device_eval_keys(len(y_all[sl]))),
+                        one_hot(y_all[sl], ds.num_classes))
             x = normalise(x_all[sl], ds.mean, ds.std).astype(dtype, copy=False)
             return x, one_hot(y_all[sl], ds.num_classes)
 

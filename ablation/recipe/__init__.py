@@ -39,6 +39,7 @@ PRECISIONS = tuple(PRECISION_POLICIES)
 AUGMENTS = ("blog", "crop", "reflect", "rrc")
 FLIPS = ("random", "alternate", "none")
 TTAS = ("none", "flip", "flip_translate")
+AUGMENT_ON = ("host", "device")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
 
 
@@ -236,6 +237,11 @@ class Recipe:
     crop_pct: Share = _f(1, "number", "evaluation images (test, validation) resized to "
                          "image_size / crop_pct, then centre-cropped to image_size: "
                          "ImageNet's 0.875 (224 from 256); 1: resized only")
+    # --- feeding the accelerator (CHANGELOG.md: when)
+    augment_on: Literal[AUGMENT_ON] = _choice(
+        "host", AUGMENT_ON, "where augmentation and mixing run: host (numpy, on loader "
+        "threads, float32 batches) or device (inside the compiled training step, on uint8 "
+        "batches and stateless keys: the same distributions, other draws)")
 
     def __post_init__(self):
         values = _validate({f.name: getattr(self, f.name) for f in fields(self)})
@@ -506,7 +512,8 @@ _NumpyOps = _NumpyOps()
 # what the run, not the network, decides: the data, its length and its batches; a variant
 # may fix any other field for itself (its `recipe`), e.g. ResNet-110's warm-up
 RUN_FIELDS = ("dataset", "epochs", "batch_size", "augment", "train_limit", "test_limit",
-              "precision", "image_size", "validation", "data_hash", "pad", "crop_pct")
+              "precision", "image_size", "validation", "data_hash", "pad", "crop_pct",
+              "augment_on")
 VARIANT_FIELDS = tuple(f.name for f in fields(Recipe) if f.name not in RUN_FIELDS)
 
 # Fields added after the first release: left out of the recipe id while at their
@@ -515,7 +522,7 @@ _ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1
                 "epsilon", "decay", "schedule", "warmup", "min_lr", "label_smoothing",
                 "mixup", "cutmix", "ema", "grad_clip", "image_size", "validation",
                 "data_hash", "lr_drop", "bias_decay", "pad", "flip", "tta", "bn_bias_lr",
-                "lookahead", "lookahead_every", "crop_pct")
+                "lookahead", "lookahead_every", "crop_pct", "augment_on")
 DEFAULTS_MILESTONES = (0.405, 0.61)
 
 # the schema: one pydantic model made from the dataclass's own annotations
