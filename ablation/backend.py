@@ -205,6 +205,9 @@ def require_given_gpu(backend: str) -> bool:
     and sees none: it must never fall back to the CPU in silence."""
     given = os.environ.get(JobEnv.GPU)
     seen = gpus_seen(backend)
+    if given and 0 < seen < len(given.split(",")):
+        raise NoDevice(f"given GPUs {given}, {backend} sees {seen}; nothing was trained, "
+                       "rerun the same command once it is fixed")
     if given and not seen:
         raise NoDevice(f"given GPU {given} (CUDA_VISIBLE_DEVICES="
                        f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}), {backend} sees no GPU: "

@@ -161,7 +161,8 @@ def cmd_run(args) -> int:
                          snapshot_steps=args.snapshot_every,
                          snapshot_minutes=args.snapshot_minutes,
                          local=(args.workers, args.jobs_per_gpu)
-                         if args.dry_run and args.executor == "local" else None)
+                         if args.dry_run and args.executor == "local" else None,
+                         devices_per_job=args.devices_per_job)
     policy = planning.policy(plan, study, args.seeds, args.until_decided, args.max_seeds,
                              args.margin)
     if args.dry_run:  # the jobs that would run at once: what halving's rule reads
@@ -373,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_argument_group("devices (docs/performance.md; speed only, never the numbers)")
     g.add_argument("--jobs-per-gpu", type=argtypes.integer(1), default=None, metavar="K",
                    help="pack K jobs on each GPU, each with 1/K of its memory (default 1)")
+    g.add_argument("--devices-per-job", type=argtypes.integer(1), default=1, metavar="N",
+                   help="train each job data parallel on N GPUs, the recipe's batch the "
+                        "global batch, batch-norm statistics synchronised (default 1; "
+                        "without GPUs, N CPU devices)"),
     g.add_argument("--loader-threads", type=argtypes.integer(1), default=None, metavar="N",
                    help="input-pipeline threads per job (default: the host's cores / its "
                         f"jobs at once, 1 to {devices.MAX_LOADER_THREADS})")

@@ -111,12 +111,30 @@ class Slot:
     def describe(self) -> str:
         if self.gpu is None:
             return "CPU"
-        return f"GPU {self.gpu}" + (f" ({self.sharing} jobs/GPU)" if self.sharing > 1 else "")
+        kind = "GPUs" if "," in self.gpu else "GPU"
+        return f"{kind} {self.gpu}" + (f" ({self.sharing} jobs/GPU)" if self.sharing > 1
+                                       else "")
 
 
-def plan_slots(gpus: GpuListing, workers: int | None, jobs_per_gpu: int | None) -> list[Slot]:
+def plan_slots(gpus: GpuListing, workers: int | None, jobs_per_gpu: int | None,
+               per_job: int = 1) -> list[Slot]:
     """The local executor's slots: `jobs_per_gpu` per GPU (default 1), at most `workers`
-    in all; without a GPU, `workers` (default 1) CPU slots."""
+    in all; without a GPU, `workers` (default 1) CPU slots. `per_job` > 1: each slot
+    holds that many GPUs (a job across devices), never shared."""
+    if per_job > 1 and jobs_per_gpu is not None and jobs_per_gpu > 1:
+        raise AblationError(f"--devices-per-job {per_job} and --jobs-per-gpu {jobs_per_gpu}: "
+                            "a job across several GPUs has them to itself; give one")
+    if per_job > 1 and gpus.ids:
+        if len(gpus.ids) < per_job:
+            raise AblationError(f"--devices-per-job {per_job}, but this machine offers "
+                                f"{len(gpus.ids)} GPU(s) ({', '.join(gpus.ids)}, from "
+                                f"{gpus.source})")
+        groups = [",".join(gpus.ids[i:i + per_job])
+                  for i in range(0, len(gpus.ids) - per_job + 1, per_job)]
+        if workers is not None and workers > len(groups):
+            raise AblationError(f"--workers {workers} is more than the {len(groups)} job(s) "
+                                f"of {per_job} GPUs this machine holds at once")
+        return [Slot(g) for g in groups[:workers or len(groups)]]
     if not gpus.ids:
         if jobs_per_gpu is not None:
             raise AblationError(f"--jobs-per-gpu {jobs_per_gpu} given, but no GPU was found "

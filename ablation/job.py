@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ablation import backend, devices
+from ablation import backend, devices, parallel
 from ablation.errors import AblationError
 from ablation.protocol import Exit, JobState
 from ablation.store import RunFolder
@@ -46,6 +46,10 @@ def _fail(run_dir: Path, reason: str) -> int:
 def run(run_dir: Path) -> int:
     """Choose the backend, check the device, train. Returns the exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # a job across N devices on a machine without GPUs: JAX's N host devices, set
+    # before JAX starts (ablation.parallel)
+    os.environ.update(parallel.cpu_devices_env(dict(os.environ),
+                                               RunFolder(run_dir).config().devices))
     try:
         name = backend.choose()
         on_gpu = backend.require_given_gpu(name)

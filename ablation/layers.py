@@ -31,7 +31,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if (keras.backend.backend() != "tensorflow" or mask is not None or self.renorm
-                or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
+                or self.synchronized or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 

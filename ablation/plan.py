@@ -56,6 +56,7 @@ class Plan:
     until: dict[tuple[str, str], int] | None = None
     snapshot_steps: int | None = None  # snapshots inside an epoch (JobConfig's)
     snapshot_minutes: float | None = None
+    devices: int = 1  # data parallel over this many devices per job (JobConfig's)
     slots: int = 1  # jobs that run at once here (a dry run's count; a run's executor's)
 
     def recipes_of(self, variant: str) -> list[Recipe]:
@@ -102,4 +103,4 @@ class Plan:
                          data=self.data, phase=self.phase,
                          tuning=self.tuning_of(job.variant.name), until=job.until,
                          snapshot_steps=self.snapshot_steps,
-                         snapshot_minutes=self.snapshot_minutes)
+                         snapshot_minutes=self.snapshot_minutes, devices=self.devices)

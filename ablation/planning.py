@@ -32,12 +32,13 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
          data_dir: str | None = None, seeds: int = 1, keep_model: bool = True,
          retry_failed: bool = False, dry_run: bool = False,
          snapshot_steps: int | None = None, snapshot_minutes: float | None = None,
-         local: tuple[int | None, int | None] | None = None) -> Plan:
+         local: tuple[int | None, int | None] | None = None, devices_per_job: int = 1) -> Plan:
     """The jobs of `names` under the study's recipe with `overrides` (the flags given),
     checked: one AblationError naming the problem before anything is queued. `local`:
     the local executor's (workers, jobs per GPU), for how many jobs run at once here
     (the plan's `slots`, what a dry run's halving rule reads)."""
-    slots = len(devices.plan_slots(devices.list_gpus(), *local)) if local else 1
+    slots = len(devices.plan_slots(devices.list_gpus(), *local, devices_per_job)) \
+        if local else 1
     try:
         recipe = study.recipe(overrides)
     except AblationError as e:
@@ -82,7 +83,7 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
                 retry_failed=retry_failed,
                 study=study.name if study.builtin else str(study.path), data=record,
                 snapshot_steps=snapshot_steps, snapshot_minutes=snapshot_minutes,
-                slots=slots)
+                devices=devices_per_job, slots=slots)
 
 
 def policy(plan: Plan, study: studies.Study, seeds: int | None = None,

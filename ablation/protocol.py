@@ -220,6 +220,9 @@ class JobConfig:
     # --snapshot-every`, `--snapshot-minutes`): where a job may go on from, never its numbers
     snapshot_steps: int | None = None
     snapshot_minutes: float | None = None
+    # data parallel over this many devices (`run --devices-per-job`; ablation.parallel):
+    # the recipe's batch is the global batch
+    devices: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -367,6 +370,9 @@ class RunRecord(BaseModel):
     steps_per_execution: int | None = None
     loader_threads: int | None = None
     augment_ran: str | None = None  # "host" or "device" (the recipe's augment_on, or host)
+    devices_per_job: int | None = None  # data parallel (ablation.parallel)
+    data_parallel: str | None = None
+    bn_statistics: str | None = None  # "synchronised": over the global batch
     jobs_per_gpu: int | None = None
     CUDA_VISIBLE_DEVICES: str | None = None
     CUDA_DEVICE_ORDER: str | None = None

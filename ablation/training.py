@@ -37,6 +37,7 @@ from ablation import (
     devices,
     environment,
     models,
+    parallel,
     registry,
     results,
     store,
@@ -107,8 +108,8 @@ def training_model(variant: str | Variant, recipe: Recipe, num_classes: int,
     if on_device is not None:
         from ablation.data import ondevice
 
-        model = ondevice.training_graph(model, *on_device, recipe.augment, recipe.pad,
-                                        recipe.mixup, recipe.cutmix)
+        model = ondevice.training_graph(model, *on_device, recipe.batch_size, recipe.augment,
+                                        recipe.pad, recipe.mixup, recipe.cutmix)
     model = compile_model(model, recipe, keras, schedule, jit_compile=jit_compile,
                           steps_per_execution=steps_per_execution)
     _build_training_state(model, num_classes)
@@ -301,11 +302,20 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     on_device = recipe.augment_on == "device" and not (
         recipe.augment == "rrc" and getattr(ds.x_train, "crops_when_read", False))
     execution["augment_ran"] = "device" if on_device else "host"
+    name = keras.backend.backend()
+    parallel.check_batches(cfg.devices, recipe.batch_size, {
+        "train": len(ds.y_train), "test": len(ds.y_test),
+        **({"validation": len(ds.y_val)} if ds.y_val is not None else {})}, name)
+    scope, spread = parallel.setup(cfg.devices, name, on_gpu)
+    execution.update(spread)
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
-    model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
-                           execution["steps_per_execution"], steps, ds.input_shape,
-                           on_device=(list(map(float, ds.mean)), list(map(float, ds.std)))
-                           if on_device else None)
+    with scope:
+        model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
+                               execution["steps_per_execution"], steps, ds.input_shape,
+                               on_device=(list(map(float, ds.mean)),
+                                          list(map(float, ds.std))) if on_device else None)
+    if cfg.devices > 1 and name == "tensorflow":
+        parallel.synchronise_batch_norm(model)
     info = models.count_params(variant, ds.num_classes, ds.input_shape)
     models.check_counts(model, info, cfg.variant)  # what the record says is the model's
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,

@@ -55,8 +55,8 @@ def device_seconds(ds, case: dict, batches: int, batch: int = 128) -> float:
     from ablation.data import ondevice
 
     layer = ondevice.DeviceAugment(list(map(float, ds.mean)), list(map(float, ds.std)),
-                                   case["augment"], case.get("pad"), case.get("mixup", 0),
-                                   case.get("cutmix", 0))
+                                   batch, case["augment"], case.get("pad"),
+                                   case.get("mixup", 0), case.get("cutmix", 0))
     stream = data.TrainStream(ds, batch, seed=0, epochs=1, on_device=True, **case)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf

@@ -18,7 +18,7 @@ from scipy import stats
 
 from ablation import callbacks, data, registry, training
 from ablation.data import augment, ondevice
-from ablation.data.stream import device_keys
+from ablation.data.stream import LAM_SCALE, device_keys
 from ablation.recipe import Recipe
 from ablation.registry import Variant
 
@@ -93,14 +93,18 @@ def test_the_draws_follow_the_host_paths_laws():
     dy, oy, flips, boxes, host_boxes = [], [], [], [], []
     rng = np.random.default_rng(0)
     for b in range(batches):
-        d = _draws(1000 + b)
-        dy.append(keras.ops.convert_to_numpy(ondevice.shifts(d, n, 32, 32)[0]))
-        oy.append(keras.ops.convert_to_numpy(ondevice.crop_offsets(d, n, 4)[0]) + 4)
         keys = device_keys(0, 0, b, None, n)
-        flips.append(keras.ops.convert_to_numpy(ondevice.flips(d, keys)))
+        u = ondevice.ImageDraws(keras.ops.convert_to_tensor(keys), n, n)
+        dy.append(keras.ops.convert_to_numpy(ondevice.shifts(u(ondevice.SHIFT_Y, 2),
+                                                             32, 32)[0]))
+        oy.append(keras.ops.convert_to_numpy(ondevice.crop_offsets(u(ondevice.SHIFT_Y, 2),
+                                                                   4)[0]) + 4)
+        flips.append(keras.ops.convert_to_numpy(ondevice.flips(u(ondevice.FLIP, 1)[:, 0],
+                                                               keys)))
         if b < 20:
-            boxes.append(np.stack([keras.ops.convert_to_numpy(v)
-                                   for v in ondevice.rrc_boxes(d, n, 32, 32)], 1))
+            drawn = ondevice.rrc_boxes(u(ondevice.SHARE, 10), u(ondevice.RATIO, 10),
+                                       u(ondevice.PLACE, 2), 32, 32)
+            boxes.append(np.stack([keras.ops.convert_to_numpy(v) for v in drawn], 1))
             host_boxes.append(augment.rrc_boxes(np.tile([32, 32], (n, 1)), rng))
     dy, oy, flips = np.concatenate(dy), np.concatenate(oy), np.concatenate(flips)
     assert stats.kstest(dy, stats.uniform(-4, 8).cdf).pvalue > ALPHA
@@ -111,27 +115,42 @@ def test_the_draws_follow_the_host_paths_laws():
     boxes, host_boxes = np.concatenate(boxes), np.concatenate(host_boxes)
     for f in (lambda b: b[:, 2] * b[:, 3], lambda b: b[:, 3] / b[:, 2], lambda b: b[:, 0]):
         assert stats.ks_2samp(f(boxes), f(host_boxes)).pvalue > ALPHA
-    # the mix: one weight per batch
-    lams = [float(keras.ops.convert_to_numpy(ondevice.mix_plan(_draws(k), 8, 32, 32, 0.4, 0)
-                                             ["lam"])) for k in range(300)]
+    # the mix: one weight per batch, drawn on the host as the host path draws it
+    lams = [device_keys(0, 0, b, None, 8, mixup=0.4)[0, 3] / LAM_SCALE for b in range(300)]
     assert stats.kstest(lams, stats.beta(0.4, 0.4).cdf).pvalue > ALPHA
     assert stats.kstest(lams, stats.beta(1.0, 1.0).cdf).pvalue < ALPHA
+    both = [device_keys(0, 0, b, None, 8, mixup=0.4, cutmix=1.0)[0, 4] for b in range(300)]
+    assert stats.binomtest(int(sum(both)), 300).pvalue > ALPHA
     dev_cut, host_cut = [], []
-    for k in range(300):
-        plan = ondevice.mix_plan(_draws(k), 8, 32, 32, 0, 1.0)
+    for b in range(300):
+        keys = keras.ops.convert_to_tensor(device_keys(0, 0, b, None, 8, cutmix=1.0))
+        plan = ondevice.mix_plan(keys, _draws(b), 8, 32, 32)
         dev_cut.append(float(keras.ops.convert_to_numpy(plan["cut_label"])))
         y = np.eye(8, dtype=np.float32)
         _, ym = augment.mix(np.zeros((8, 32, 32, 3), np.float32), y,
-                            np.random.default_rng(k), 0, 1.0)
+                            np.random.default_rng(b), 0, 1.0)
         host_cut.append(float(np.diag(ym).min()))  # an image given another's box
     assert stats.ks_2samp(dev_cut, host_cut).pvalue > ALPHA
+
+
+def test_a_share_of_a_batch_draws_what_the_whole_batch_draws_for_its_images():
+    """A device given images 8..15 of a batch of 16 (data parallel) draws their numbers
+    as one device given all 16 does; the last, smaller batch draws a full batch's first
+    numbers."""
+    keys = keras.ops.convert_to_tensor(device_keys(3, 1, 2, None, 16))
+    whole = keras.ops.convert_to_numpy(ondevice.ImageDraws(keys, 16, 16)(ondevice.FLIP, 3))
+    share = keras.ops.convert_to_numpy(ondevice.ImageDraws(keys[8:], 8, 16)(ondevice.FLIP, 3))
+    np.testing.assert_array_equal(share, whole[8:])
+    last = keras.ops.convert_to_numpy(ondevice.ImageDraws(keys[:5], 5, 16)(ondevice.FLIP, 3))
+    np.testing.assert_array_equal(last, whole[:5])
 
 
 def test_mixed_labels_are_the_pasted_share_and_sum_to_one():
     d = _draws(7)
     x, y = _images(n=8, h=32, w=32), np.eye(8, dtype=np.float32)[:, :8]
     for mixup, cutmix in ((0.5, 0), (0, 1.0), (0.5, 1.0)):
-        plan = ondevice.mix_plan(d, 8, 32, 32, mixup, cutmix)
+        keys = device_keys(1, 0, 3, None, 8, mixup, cutmix)
+        plan = ondevice.mix_plan(keras.ops.convert_to_tensor(keys), d, 8, 32, 32)
         ym = keras.ops.convert_to_numpy(ondevice.mix_labels(y, plan))
         np.testing.assert_allclose(ym.sum(1), 1, rtol=1e-6)
         if cutmix and bool(keras.ops.convert_to_numpy(plan["use_cut"])):

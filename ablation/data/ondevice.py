@@ -12,19 +12,26 @@ exactly (scipy's `constant` rule for the shift, numpy's `reflect`, PIL's bilinea
 resize with its pixel centres).
 
 Randomness is stateless: each batch carries a key, a pure function of (seed, epoch,
-batch) computed on the host (`stream.device_keys`), and every draw is the backend's stateless
-generator on that key (TensorFlow's `stateless_*` ops; JAX's threefry), folded with a
-number per kind of draw. The same seed gives the same run, bit for bit, and a job
-resumed inside an epoch sees the same batches. The draws are not the host path's
-numbers (numpy's generator is another generator): the run records where augmentation
-ran (`augment_ran`), and the recipe's `augment_on` is part of its id.
+batch) computed on the host (`stream.device_keys`), and every per-image draw is the
+backend's stateless generator on that key (TensorFlow's `stateless_*` ops; JAX's
+threefry), folded with a number per kind of draw. A batch's own few numbers (the mix's
+weight, mixup or CutMix, CutMix's centre) are drawn on the host by numpy, as the host
+path draws them, and travel in the keys: TensorFlow's Beta sampler has no XLA kernel.
+The same seed gives the same run, bit for bit, and a job resumed inside an epoch sees
+the same batches. The per-image draws are not the host path's numbers (another
+generator): the run records where augmentation ran (`augment_ran`), and the recipe's
+`augment_on` is part of its id.
 
-The keys travel as an (n, 3) int32 input beside the images: the batch's key, the
-image's place in the batch, and its flip (0 no, 1 yes, 2 drawn here: a recipe's
-`alternate` and `none` flips are decided on the host, which knows each image's index).
-A device's share of a batch (data parallel) keys its draws by its first image's place,
-so two devices never draw the same flips; mixup and CutMix then pair images within each
-device's share. Evaluation batches carry the key -1: images are only normalised.
+The keys travel as an (n, 7) int32 input beside the images: the batch's key, the
+image's place in the batch, its flip (0 no, 1 yes, 2 drawn here: a recipe's `alternate`
+and `none` flips are decided on the host, which knows each image's index), and the
+batch's mix (its weight times 2^30, CutMix or not, CutMix's centre row and column).
+Each image's draws are the numbers of a full batch (the recipe's batch size: a static
+shape, as XLA needs) at its place, so a device given a share of the batch (TensorFlow's
+MirroredStrategy; JAX compiles one program for the global batch) draws what one device
+would for those images. Mixup and
+CutMix pair images within each device's share on TensorFlow, its mix keyed by the
+share's first place. Evaluation batches carry the key -1: images are only normalised.
 """
 
 from __future__ import annotations
@@ -37,11 +44,10 @@ import numpy as np
 from keras import ops
 
 from ablation.data.augment import RRC_RATIO, RRC_SCALE, RRC_TRIES, crop_pad
-from ablation.data.stream import EVAL_KEY, FLIP_DRAWN
+from ablation.data.stream import EVAL_KEY, FLIP_DRAWN, KEY_COLUMNS, LAM_SCALE
 
 # one number per kind of draw, folded into the batch's key
-FLIP, SHIFT_Y, SHIFT_X, SHARE, RATIO, PLACE, MIX_WHICH, MIX_LAM, CUT_LAM, PERM, CENTRE = \
-    range(11)
+FLIP, SHIFT_Y, SHARE, RATIO, PLACE, PERM = range(6)
 class Draws:
     """Stateless draws on one key (two int32: the batch's, the first image's place), one
     stream per kind of draw."""
@@ -74,53 +80,53 @@ class Draws:
 
         return jax.random.uniform(key, tuple(shape), "float32")
 
-    def beta(self, kind: int, alpha: float) -> Any:
-        """One Beta(alpha, alpha) number (as two gammas' share, on TensorFlow)."""
-        key = self._stream(kind)
-        if self.backend == "tensorflow":
-            import tensorflow as tf
 
-            g = tf.random.stateless_gamma([2], seed=key, alpha=alpha, dtype=tf.float32)
-            return g[0] / (g[0] + g[1])
-        import jax
+class ImageDraws:
+    """Each image's uniform draws for one batch: the numbers of a full batch (keyed by
+    the batch alone, a static shape) at the places of the images this device holds."""
 
-        return jax.random.beta(key, alpha, alpha, dtype="float32")
+    def __init__(self, keys: Any, n: Any, batch_size: int):
+        self.keys, self.n, self.batch_size = keys, n, batch_size
+        self.d = Draws(ops.stack([keys[0, 0], ops.zeros_like(keys[0, 0])]))
+
+    def __call__(self, kind: int, cols: int) -> Any:
+        """(n, cols) uniform float32 in [0, 1)."""
+        whole = self.d.uniform(kind, (self.batch_size, cols))
+        return ops.take(whole, ops.arange(self.n) + self.keys[0, 1], axis=0)
 
 
 # --- the augmentations' parameters, drawn as the host path draws them --------------------
 
 
-def flips(d: Draws, keys: Any) -> Any:
-    """Which images to mirror: the host's choice, or even odds drawn here."""
+def flips(u: Any, keys: Any) -> Any:
+    """Which images to mirror (`u`: (n,) uniforms): the host's choice, or even odds."""
     given = keys[:, 2]
-    drawn = d.uniform(FLIP, (ops.shape(keys)[0],)) < 0.5
-    return ops.where(given == FLIP_DRAWN, drawn, given == 1)
+    return ops.where(given == FLIP_DRAWN, u < 0.5, given == 1)
 
 
-def shifts(d: Draws, n: Any, h: int, w: int, max_shift: float = 0.125) -> tuple[Any, Any]:
-    """The blog's shift in pixels, uniform in +-12.5 % of the size (`augment_blog`)."""
-    dy = (d.uniform(SHIFT_Y, (n,)) * 2 - 1) * (max_shift * h)
-    dx = (d.uniform(SHIFT_X, (n,)) * 2 - 1) * (max_shift * w)
-    return dy, dx
+def shifts(u: Any, h: int, w: int, max_shift: float = 0.125) -> tuple[Any, Any]:
+    """The blog's shift in pixels (`u`: (n, 2) uniforms), uniform in +-12.5 % of the size
+    (`augment_blog`)."""
+    return (u[:, 0] * 2 - 1) * (max_shift * h), (u[:, 1] * 2 - 1) * (max_shift * w)
 
 
-def crop_offsets(d: Draws, n: Any, pad: int) -> tuple[Any, Any]:
-    """The random crop's place in the padded image, 0..2*pad in each axis, less the pad:
-    the shift it amounts to (`augment_crop`)."""
-    span = 2 * pad + 1
-    oy = ops.floor(d.uniform(SHIFT_Y, (n,)) * span)
-    ox = ops.floor(d.uniform(SHIFT_X, (n,)) * span)
-    return oy - pad, ox - pad
+def crop_offsets(u: Any, pad: int) -> tuple[Any, Any]:
+    """The random crop's place in the padded image (`u`: (n, 2) uniforms), 0..2*pad in
+    each axis, less the pad: the shift it amounts to (`augment_crop`)."""
+    place = ops.floor(u * (2 * pad + 1)) - pad
+    return place[:, 0], place[:, 1]
 
 
-def rrc_boxes(d: Draws, n: Any, h: int, w: int) -> tuple[Any, Any, Any, Any]:
+def rrc_boxes(share_u: Any, ratio_u: Any, place_u: Any, h: int,
+              w: int) -> tuple[Any, Any, Any, Any]:
     """(top, left, height, width) of ImageNet's random-resized crop for n images of one
-    size, by `augment.rrc_boxes`' rule: the first of 10 (area share, log-uniform ratio)
-    tries that fits, at a uniform place; else the centre, its ratio clamped."""
+    size (uniforms: (n, 10) for the share and the ratio, (n, 2) for the place), by
+    `augment.rrc_boxes`' rule: the first of 10 (area share, log-uniform ratio) tries that
+    fits, at a uniform place; else the centre, its ratio clamped."""
     area = float(h * w)
-    share = RRC_SCALE[0] + d.uniform(SHARE, (n, RRC_TRIES)) * (RRC_SCALE[1] - RRC_SCALE[0])
+    share = RRC_SCALE[0] + share_u * (RRC_SCALE[1] - RRC_SCALE[0])
     lo, hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
-    aspect = ops.exp(lo + d.uniform(RATIO, (n, RRC_TRIES)) * (hi - lo))
+    aspect = ops.exp(lo + ratio_u * (hi - lo))
     cw = ops.round(ops.sqrt(area * share * aspect))
     ch = ops.round(ops.sqrt(area * share / aspect))
     fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
@@ -137,7 +143,7 @@ def rrc_boxes(d: Draws, n: Any, h: int, w: int) -> tuple[Any, Any, Any, Any]:
     any_fit = ops.any(fits, axis=1)
     bh = ops.where(any_fit, bh, float(fh))
     bw = ops.where(any_fit, bw, float(fw))
-    u = d.uniform(PLACE, (n, 2))
+    u = place_u
     top = ops.where(any_fit, ops.floor(u[:, 0] * (h - bh + 1)), float((h - fh) // 2))
     left = ops.where(any_fit, ops.floor(u[:, 1] * (w - bw + 1)), float((w - fw) // 2))
     return top, left, bh, bw
@@ -190,53 +196,32 @@ def mirror(x: Any, which: Any) -> Any:
 # --- mixup and CutMix --------------------------------------------------------------------
 
 
-def mix_plan(d: Draws, n: Any, h: int, w: int, mixup: float, cutmix: float) -> dict:
-    """One batch's mix, as `augment.mix` draws it: CutMix or mixup (at even odds when the
-    recipe has both), the weight, the partner order and CutMix's box; `label` is the
-    labels' weight (mixup's lam, CutMix's exact kept share)."""
-    perm = ops.argsort(d.uniform(PERM, (n,)))
-    plan: dict[str, Any] = {"perm": perm}
-    if cutmix:
-        lam = d.beta(CUT_LAM, cutmix)
-        cut = ops.sqrt(1.0 - lam)
-        ch, cw = ops.floor(h * cut), ops.floor(w * cut)
-        centre = ops.floor(d.uniform(CENTRE, (2,)) * np.array([h, w], np.float32))
-        y0 = ops.clip(centre[0] - ops.floor(ch / 2), 0, h)
-        y1 = ops.clip(centre[0] + ops.floor(ch / 2), 0, h)
-        x0 = ops.clip(centre[1] - ops.floor(cw / 2), 0, w)
-        x1 = ops.clip(centre[1] + ops.floor(cw / 2), 0, w)
-        rows = ops.arange(h, dtype="float32")
-        cols = ops.arange(w, dtype="float32")
-        inside = ops.cast((rows >= y0) & (rows < y1), "float32")[:, None] * \
-            ops.cast((cols >= x0) & (cols < x1), "float32")[None, :]
-        plan["box"] = ops.reshape(inside, (1, h, w, 1))
-        plan["cut_label"] = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
-    if mixup:
-        plan["lam"] = d.beta(MIX_LAM, mixup)
-    if mixup and cutmix:
-        plan["use_cut"] = d.uniform(MIX_WHICH, ()) < 0.5
-    elif cutmix:
-        plan["use_cut"] = ops.convert_to_tensor(True)
-    else:
-        plan["use_cut"] = ops.convert_to_tensor(False)
-    return plan
+def mix_plan(keys: Any, d: Draws, n: Any, h: int, w: int) -> dict:
+    """One batch's mix: its weight, CutMix or mixup and CutMix's box centre as the host
+    drew them (`stream.device_keys`, numpy's Beta, as `augment.mix` draws), the partner
+    order drawn here; `cut_label` is CutMix's exact kept share (the labels' weight)."""
+    lam = ops.cast(keys[0, 3], "float32") / LAM_SCALE
+    cut = ops.sqrt(1.0 - lam)
+    ch, cw = ops.floor(h * cut), ops.floor(w * cut)
+    cy, cx = ops.cast(keys[0, 5], "float32"), ops.cast(keys[0, 6], "float32")
+    y0, y1 = ops.clip(cy - ops.floor(ch / 2), 0, h), ops.clip(cy + ops.floor(ch / 2), 0, h)
+    x0, x1 = ops.clip(cx - ops.floor(cw / 2), 0, w), ops.clip(cx + ops.floor(cw / 2), 0, w)
+    rows, cols = ops.arange(h, dtype="float32"), ops.arange(w, dtype="float32")
+    inside = ops.cast((rows >= y0) & (rows < y1), "float32")[:, None] * \
+        ops.cast((cols >= x0) & (cols < x1), "float32")[None, :]
+    return {"perm": ops.argsort(d.uniform(PERM, (n,))), "lam": lam,
+            "use_cut": keys[0, 4] == 1, "box": ops.reshape(inside, (1, h, w, 1)),
+            "cut_label": 1.0 - (y1 - y0) * (x1 - x0) / (h * w)}
 
 
 def mix_images(x: Any, plan: dict) -> Any:
     partner = ops.take(x, plan["perm"], axis=0)
-    out = x
-    if "lam" in plan:
-        out = plan["lam"] * x + (1 - plan["lam"]) * partner
-    if "box" in plan:
-        pasted = x * (1 - plan["box"]) + partner * plan["box"]
-        out = ops.where(plan["use_cut"], pasted, out)
-    return out
+    pasted = x * (1 - plan["box"]) + partner * plan["box"]
+    return ops.where(plan["use_cut"], pasted, plan["lam"] * x + (1 - plan["lam"]) * partner)
 
 
 def mix_labels(y: Any, plan: dict) -> Any:
-    weight = plan.get("lam", 1.0)
-    if "cut_label" in plan:
-        weight = ops.where(plan["use_cut"], plan["cut_label"], weight)
+    weight = ops.where(plan["use_cut"], plan["cut_label"], plan["lam"])
     return weight * y + (1 - weight) * ops.take(y, plan["perm"], axis=0)
 
 
@@ -250,16 +235,18 @@ class DeviceAugment(keras.layers.Layer):
     saved model (`training.standard_copy`) is the network alone, taking normalised
     images as before."""
 
-    def __init__(self, mean: list[float], std: list[float], augment: str = "blog",
-                 pad: int | None = None, mixup: float = 0.0, cutmix: float = 0.0,
-                 **kwargs: Any):
+    def __init__(self, mean: list[float], std: list[float], batch_size: int,
+                 augment: str = "blog", pad: int | None = None, mixup: float = 0.0,
+                 cutmix: float = 0.0, **kwargs: Any):
         super().__init__(dtype="float32", autocast=False, **kwargs)
+        self.batch_size = int(batch_size)
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         self.augment, self.pad = augment, pad
         self.mixup, self.cutmix = float(mixup), float(cutmix)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mean": self.mean, "std": self.std,
+                "batch_size": self.batch_size,
                 "augment": self.augment, "pad": self.pad, "mixup": self.mixup,
                 "cutmix": self.cutmix}
 
@@ -280,26 +267,27 @@ class DeviceAugment(keras.layers.Layer):
 
     def augmented(self, x: Any, keys: Any) -> Any:
         """The recipe's augmentation (then mix) of a normalised batch."""
-        d = Draws(keys[0, :2])
         n = ops.shape(x)[0]
+        u = ImageDraws(keys, n, self.batch_size)
         h, w = int(x.shape[1]), int(x.shape[2])
-        flip = flips(d, keys)
+        flip = flips(u(FLIP, 1)[:, 0], keys)
         if self.augment == "blog":
-            dy, dx = shifts(d, n, h, w)
+            dy, dx = shifts(u(SHIFT_Y, 2), h, w)
             x = warp(mirror(x, flip), shift_weights(dy, h), shift_weights(dx, w))
         elif self.augment in ("crop", "reflect"):
             pad = crop_pad(h, w) if self.pad is None else self.pad
-            sy, sx = crop_offsets(d, n, pad)
+            sy, sx = crop_offsets(u(SHIFT_Y, 2), pad)
             reflect = self.augment == "reflect"
             x = mirror(warp(x, shift_weights(sy, h, reflect), shift_weights(sx, w, reflect)),
                        flip)
         elif self.augment == "rrc":
-            top, left, bh, bw = rrc_boxes(d, n, h, w)
+            top, left, bh, bw = rrc_boxes(u(SHARE, RRC_TRIES), u(RATIO, RRC_TRIES),
+                                          u(PLACE, 2), h, w)
             x = mirror(warp(x, resize_weights(top, bh, h), resize_weights(left, bw, w)), flip)
         else:
             x = mirror(x, flip)
-        if self.mixup or self.cutmix:
-            x = mix_images(x, mix_plan(d, n, h, w, self.mixup, self.cutmix))
+        if self.mixup or self.cutmix:  # keyed by the share: its own pairs
+            x = mix_images(x, mix_plan(keys, Draws(keys[0, :2]), n, h, w))
         return x
 
     def labels(self, keys: Any, y: Any) -> Any:
@@ -307,10 +295,8 @@ class DeviceAugment(keras.layers.Layer):
         -1, unchanged)."""
         if not (self.mixup or self.cutmix):
             return y
-        d = Draws(keys[0, :2])
-        x_shape = ops.shape(y)
         h, w = self.image_hw
-        mixed = mix_labels(y, mix_plan(d, x_shape[0], h, w, self.mixup, self.cutmix))
+        mixed = mix_labels(y, mix_plan(keys, Draws(keys[0, :2]), ops.shape(y)[0], h, w))
         return ops.where(keys[0, 0] == EVAL_KEY, y, mixed)
 
     def build(self, input_shape: Any) -> None:
@@ -338,12 +324,14 @@ class AugmentedModel(keras.Model):
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
 
-def training_graph(net: Any, mean: list[float], std: list[float], augment: str,
-                   pad: int | None, mixup: float, cutmix: float) -> AugmentedModel:
+def training_graph(net: Any, mean: list[float], std: list[float], batch_size: int,
+                   augment: str, pad: int | None, mixup: float,
+                   cutmix: float) -> AugmentedModel:
     """The network behind the device's augmentation: the model `fit` trains."""
     shape = tuple(int(s) for s in net.input_shape[1:])
     images = keras.Input(shape, dtype="uint8", name="images")
-    keys = keras.Input((3,), dtype="int32", name="keys")
-    x = DeviceAugment(mean, std, augment, pad, mixup, cutmix, name="device_augment")(
+    keys = keras.Input((KEY_COLUMNS,), dtype="int32", name="keys")
+    x = DeviceAugment(mean, std, batch_size, augment, pad, mixup, cutmix,
+                      name="device_augment")(
         [images, keys])
     return AugmentedModel([images, keys], net(x), name=f"{net.name}_on_device")

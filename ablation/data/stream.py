@@ -29,22 +29,37 @@ FLIP_DRAWN = 2  # the keys' third column: draw this image's flip on the device
 EVAL_KEY = -1  # an evaluation batch's key: normalise only
 
 
-def device_keys(seed: int, epoch: int, step: int, flip: np.ndarray | None,
-                n: int) -> np.ndarray:
-    """The (n, 3) int32 keys of training batch `step` of `epoch`: the batch's key (31
+KEY_COLUMNS = 7
+LAM_SCALE = 2 ** 30  # the mix's weight, as an integer in the keys
+
+
+def device_keys(seed: int, epoch: int, step: int, flip: np.ndarray | None, n: int,
+                mixup: float = 0.0, cutmix: float = 0.0,
+                size: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """The (n, 7) int32 keys of training batch `step` of `epoch`: the batch's key (31
     bits of numpy's generator on (seed, epoch, step, 2), a stream the host path never
-    draws from), each image's place, its flip (`flip`: the recipe's, or None: drawn)."""
+    draws from), each image's place in the batch, its flip (`flip`: the recipe's, or
+    None: drawn), and the batch's mix as `augment.mix` draws it (on (seed, epoch, step,
+    3)): its weight ~ Beta(alpha, alpha) times LAM_SCALE, whether it is CutMix (at even
+    odds with both), CutMix's centre (row, column) in an image of `size`."""
     k = int(np.random.default_rng([seed, epoch, step, 2]).integers(0, 2 ** 31 - 1))
-    keys = np.empty((n, 3), np.int32)
+    keys = np.zeros((n, KEY_COLUMNS), np.int32)
     keys[:, 0], keys[:, 1] = k, np.arange(n)
     keys[:, 2] = FLIP_DRAWN if flip is None else np.asarray(flip, bool)
+    if mixup or cutmix:
+        rng = np.random.default_rng([seed, epoch, step, 3])
+        use_cutmix = bool(cutmix) and (not mixup or rng.random() < 0.5)
+        alpha = cutmix if use_cutmix else mixup
+        keys[:, 3] = round(float(rng.beta(alpha, alpha)) * LAM_SCALE)
+        keys[:, 4] = use_cutmix
+        keys[:, 5], keys[:, 6] = rng.integers(size[0]), rng.integers(size[1])
     return keys
 
 
 def device_eval_keys(n: int) -> np.ndarray:
     """An evaluation batch's keys (`EVAL_KEY`): the step only normalises."""
-    keys = np.zeros((n, 3), np.int32)
-    keys[:, 0] = EVAL_KEY
+    keys = np.zeros((n, KEY_COLUMNS), np.int32)
+    keys[:, 0], keys[:, 1] = EVAL_KEY, np.arange(n)
     return keys
 
 
@@ -112,8 +127,9 @@ class TrainStream:
         which = which[idx] if isinstance(which, np.ndarray) else (
             np.zeros(len(idx), bool) if which is False else None)
         if self.on_device:  # uint8 and the batch's keys: the step augments and mixes
-            return ((self.ds.x_train[idx], device_keys(self.seed, epoch, step, which,
-                                                          len(idx))),
+            keys = device_keys(self.seed, epoch, step, which, len(idx), self.mixup,
+                               self.cutmix, self.ds.input_shape[:2])
+            return ((self.ds.x_train[idx], keys),
                     one_hot(self.ds.y_train[idx], self.ds.num_classes))
         rng = np.random.default_rng([self.seed, epoch, step])
         if self.augment is augment_rrc and getattr(self.ds.x_train, "crops_when_read", False):

@@ -32,13 +32,14 @@ class LocalExecutor:
     @classmethod
     def from_args(cls, args: Any, sink: LineSink) -> LocalExecutor:
         return cls(args.workers, sink, args.jobs_per_gpu, args.loader_threads,
-                   args.steps_per_execution)
+                   args.steps_per_execution, getattr(args, "devices_per_job", 1))
 
     def __init__(self, workers: int | None = None, sink: LineSink | None = None,
                  jobs_per_gpu: int | None = None, loader_threads: int | None = None,
-                 steps_per_execution: int | None = None):
+                 steps_per_execution: int | None = None, devices_per_job: int = 1):
         self.gpus = devices.list_gpus()
-        self.slots = [_Slot(p) for p in devices.plan_slots(self.gpus, workers, jobs_per_gpu)]
+        self.slots = [_Slot(p) for p in devices.plan_slots(self.gpus, workers, jobs_per_gpu,
+                                                            devices_per_job)]
         self.size = len(self.slots)
         self.threads = loader_threads or devices.loader_threads(self.size)
         self.steps_per_execution = steps_per_execution
@@ -46,7 +47,8 @@ class LocalExecutor:
         if self.gpus.ids:
             per = max(s.place.sharing for s in self.slots)
             where = (f" on GPU(s) {', '.join(self.gpus.ids)} (from {self.gpus.source}), "
-                     f"{per} job(s) per GPU")
+                     + (f"{devices_per_job} GPUs per job" if devices_per_job > 1
+                        else f"{per} job(s) per GPU"))
             memory = devices.memory_settings(per, os.environ)
             where += "; " + (", ".join(f"{k}={v}" for k, v in memory.items())
                              or "memory variables as set")

@@ -116,6 +116,18 @@ class RayExecutor:
     @classmethod
     def from_args(cls, args: Any, sink: LineSink) -> RayExecutor:
         gpus = args.ray_gpus
+        per_job = getattr(args, "devices_per_job", 1)
+        if per_job > 1:  # a job across devices: that many whole GPUs per task
+            if args.jobs_per_gpu is not None and args.jobs_per_gpu > 1:
+                raise AblationError(f"--devices-per-job {per_job} and --jobs-per-gpu "
+                                    f"{args.jobs_per_gpu}: a job across several GPUs has "
+                                    "them to itself; give one")
+            if gpus is not None and gpus != per_job:
+                raise AblationError(f"--ray-gpus {gpus:g} and --devices-per-job {per_job} "
+                                    "disagree; give one of them")
+            gpus = None if gpus is None else float(per_job)
+            return cls(args.ray_address, sink, gpus, args.ray_cpus, args.ray_retries,
+                       args.loader_threads, args.steps_per_execution, per_job)
         if args.jobs_per_gpu is not None:
             packed = round(1 / args.jobs_per_gpu, 4)  # Ray's own resolution
             if gpus is not None and abs(gpus - packed) > 1e-4:
@@ -127,7 +139,8 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, sink=None, gpus_per_job: float | None = None,
                  cpus_per_job: float | None = None, max_retries: int = 3,
-                 loader_threads: int | None = None, steps_per_execution: int | None = None):
+                 loader_threads: int | None = None, steps_per_execution: int | None = None,
+                 devices_per_job: int = 1):
         if gpus_per_job is not None and gpus_per_job > 1 and not float(gpus_per_job).is_integer():
             raise AblationError(f"--ray-gpus {gpus_per_job:g}: Ray takes a fraction up to 1 "
                                 "or a whole number of GPUs per task")
@@ -156,7 +169,9 @@ class RayExecutor:
                                 f" {str(e).splitlines()[0]}") from e
         nodes = ray.nodes()
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        self.gpus_per_job = (1.0 if gpus else 0.0) if gpus_per_job is None else gpus_per_job
+        # a GPU per task on a cluster with GPUs (a job across devices: that many), else none
+        self.gpus_per_job = (float(devices_per_job) if gpus else 0.0) \
+            if gpus_per_job is None else gpus_per_job
         if self.gpus_per_job and not gpus:
             raise AblationError(f"--ray-gpus {self.gpus_per_job:g} given, but the Ray cluster "
                                 "has no GPU")

@@ -88,6 +88,17 @@ class SlurmExecutor:
                 raise AblationError(f"--slurm-option {item!r}: give KEY=VALUE")
             k, v = item.split("=", 1)
             options[k.strip().lstrip("-")] = v
+        per_job = getattr(args, "devices_per_job", 1)
+        if per_job > 1:  # a job across devices: a Slurm job holds it and its N GPUs
+            if args.jobs_per_gpu is not None and args.jobs_per_gpu > 1:
+                raise AblationError(f"--devices-per-job {per_job} and --jobs-per-gpu "
+                                    f"{args.jobs_per_gpu}: a job across several GPUs has "
+                                    "them to itself; give one")
+            if table.get("gpus") not in (None, per_job):
+                raise AblationError(f"--slurm-gpus {table['gpus']} and --devices-per-job "
+                                    f"{per_job} disagree (a Slurm job holds one training job "
+                                    "and its GPUs); give one of them")
+            table["gpus"] = per_job
         return cls(Path(args.results), sink, table, options, args.jobs_per_gpu,
                    args.loader_threads, args.steps_per_execution)
 

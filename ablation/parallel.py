@@ -1,0 +1,116 @@
+"""One job across several devices: data parallel, through each backend's own mechanism.
+
+The recipe's batch size is the global batch: N devices each take batch / N images of
+every step, the gradients are averaged across them, and one optimizer step follows, so
+the recipe means what it means on one device. Batch-norm statistics are synchronised
+(computed over the global batch), so a step on N devices is the step on one, up to the
+order of floating-point sums (tests/test_parallel.py states the tolerance):
+
+- JAX: Keras' distribution API (`keras.distribution.DataParallel`): the model's
+  variables replicated, each batch sharded along its first axis, one compiled program
+  in which a batch norm's mean is over the global batch by construction;
+- TensorFlow: `tf.distribute.MirroredStrategy`, the model built and compiled in its
+  scope; every batch norm set `synchronized` (Keras' cross-replica moments), since
+  MirroredStrategy's default is each replica's own.
+
+The devices are the GPUs the job was given (its executor reserves N: the local
+executor's slots, Ray's `num_gpus`, Slurm's GPUs per task). A job on a machine without
+GPUs takes N CPU devices: JAX's host platform (`XLA_FLAGS=
+--xla_force_host_platform_device_count=N`, which `cpu_devices_env` sets) or TensorFlow's
+CPU split into N logical devices; nothing a lab would train on, and what the tests use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ablation.errors import AblationError
+
+HOST_DEVICE_COUNT = "--xla_force_host_platform_device_count"
+
+
+class TooFewDevices(AblationError):
+    """The job was given fewer devices than it is to train on."""
+
+
+def cpu_devices_env(env: dict[str, str], n: int) -> dict[str, str]:
+    """The environment in which JAX offers a CPU-only job N host devices (set before
+    JAX starts; TensorFlow splits its CPU itself, in `setup`)."""
+    if n <= 1:
+        return env
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(HOST_DEVICE_COUNT)]
+    return {**env, "XLA_FLAGS": " ".join([*flags, f"{HOST_DEVICE_COUNT}={n}"])}
+
+
+def check_batches(n: int, batch_size: int, sizes: dict[str, int], backend: str) -> None:
+    """JAX shards every batch evenly: the global batch, and each split's last, smaller
+    batch, must divide by the devices (TensorFlow splits uneven batches itself)."""
+    if n <= 1 or backend != "jax":
+        return
+    if batch_size % n:
+        raise AblationError(f"batch size {batch_size} does not divide over {n} devices; give "
+                            f"a multiple of {n}")
+    for split, count in sizes.items():
+        last = count % batch_size
+        if last % n:
+            flag = "--validation" if split == "validation" else f"--{split}-limit"
+            raise AblationError(f"the {split} split's last batch has {last} images, which "
+                                f"do not divide over {n} devices; give a {flag} that leaves "
+                                f"a multiple of {n}")
+
+
+def setup(n: int, backend: str, on_gpu: bool) -> tuple[contextlib.AbstractContextManager, dict]:
+    """Spread the job over its first N devices: the scope to build and compile the model
+    in, and what the record keeps of it. One device: nothing changes."""
+    if n <= 1:
+        return contextlib.nullcontext(), {"devices_per_job": 1}
+    kind = "GPU" if on_gpu else "CPU"
+    if backend == "jax":
+        import jax
+        import keras
+
+        devices = [d for d in jax.devices() if (d.platform == "gpu") == on_gpu]
+        _enough(devices, n, kind, backend)
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices[:n]))
+        scope: contextlib.AbstractContextManager = contextlib.nullcontext()
+        how = "keras.distribution.DataParallel"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if not on_gpu:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            with contextlib.suppress(RuntimeError):  # already split (a second job here)
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+        devices = tf.config.list_logical_devices(kind)
+        _enough(devices, n, kind, backend)
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:n]])
+        scope, how = strategy.scope(), "tf.distribute.MirroredStrategy"
+    else:
+        raise AblationError(f"a job across devices runs on TensorFlow or JAX, not {backend}")
+    return scope, {"devices_per_job": n, "data_parallel": how,
+                   "bn_statistics": "synchronised"}
+
+
+def _enough(devices: list, n: int, kind: str, backend: str) -> None:
+    if len(devices) < n:
+        raise TooFewDevices(f"the job is to train on {n} devices, but {backend} sees "
+                            f"{len(devices)} {kind}(s)")
+
+
+def synchronise_batch_norm(model: Any) -> int:
+    """On TensorFlow across devices: every batch norm's statistics over the global batch
+    (Keras' `synchronized`). How many there were."""
+    import keras
+
+    found = 0
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            found += 1
+        stack.extend(getattr(layer, "layers", ()))
+    return found
