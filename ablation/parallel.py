@@ -23,6 +23,7 @@ CPU split into N logical devices; nothing a lab would train on, and what the tes
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from ablation.errors import AblationError
@@ -60,11 +61,15 @@ def check_batches(n: int, batch_size: int, sizes: dict[str, int], backend: str) 
                                 f"a multiple of {n}")
 
 
-def setup(n: int, backend: str, on_gpu: bool) -> tuple[contextlib.AbstractContextManager, dict]:
-    """Spread the job over its first N devices: the scope to build and compile the model
-    in, and what the record keeps of it. One device: nothing changes."""
+Scope = Callable[[], contextlib.AbstractContextManager]
+
+
+def setup(n: int, backend: str, on_gpu: bool) -> tuple[Scope, dict]:
+    """Spread the job over its first N devices: what makes the scope to build and compile
+    a model in (a new one each time), and what the record keeps of it. One device:
+    nothing changes."""
     if n <= 1:
-        return contextlib.nullcontext(), {"devices_per_job": 1}
+        return contextlib.nullcontext, {"devices_per_job": 1}
     kind = "GPU" if on_gpu else "CPU"
     if backend == "jax":
         import jax
@@ -74,7 +79,7 @@ def setup(n: int, backend: str, on_gpu: bool) -> tuple[contextlib.AbstractContex
         _enough(devices, n, kind, backend)
         keras.distribution.set_distribution(
             keras.distribution.DataParallel(devices=devices[:n]))
-        scope: contextlib.AbstractContextManager = contextlib.nullcontext()
+        scope: Scope = contextlib.nullcontext
         how = "keras.distribution.DataParallel"
     elif backend == "tensorflow":
         import tensorflow as tf
@@ -87,11 +92,25 @@ def setup(n: int, backend: str, on_gpu: bool) -> tuple[contextlib.AbstractContex
         devices = tf.config.list_logical_devices(kind)
         _enough(devices, n, kind, backend)
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:n]])
-        scope, how = strategy.scope(), "tf.distribute.MirroredStrategy"
+        scope, how = strategy.scope, "tf.distribute.MirroredStrategy"
     else:
         raise AblationError(f"a job across devices runs on TensorFlow or JAX, not {backend}")
     return scope, {"devices_per_job": n, "data_parallel": how,
                    "bn_statistics": "synchronised"}
+
+
+def tf_dataset(make: Callable[[], Any], example: Any) -> Any:
+    """Batches from a Python iterable as a `tf.data.Dataset` (its signature from one
+    `example` batch): under MirroredStrategy, Keras feeds a generator's batches one per
+    replica (two devices trained on half the steps at twice the batch; measured), but
+    splits each element of a dataset across them, as the recipe's global batch means."""
+    import tensorflow as tf
+
+    def spec(a: Any) -> Any:
+        return tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype))
+
+    return tf.data.Dataset.from_generator(make, output_signature=tf.nest.map_structure(
+        spec, example))
 
 
 def _enough(devices: list, n: int, kind: str, backend: str) -> None:

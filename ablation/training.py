@@ -309,7 +309,7 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     scope, spread = parallel.setup(cfg.devices, name, on_gpu)
     execution.update(spread)
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
-    with scope:
+    with scope():
         model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
                                execution["steps_per_execution"], steps, ds.input_shape,
                                on_device=(list(map(float, ds.mean)),
@@ -395,6 +395,22 @@ class RecordWriter:
         return record
 
 
+def _fed(job: Job, make: Any, example: Any) -> Any:
+    """Batches as `fit` and `evaluate` take them: a tf.data dataset for a job across
+    devices on TensorFlow (`parallel.tf_dataset`), else the iterable itself."""
+    if job.execution.get("devices_per_job", 1) > 1 and keras.backend.backend() == "tensorflow":
+        return parallel.tf_dataset(make, example)
+    return make()
+
+
+def evaluation(job: Job, split: str = "test") -> Any:
+    """A split's evaluation batches for this job (`data.test_batches`)."""
+    batches = data.test_batches(job.ds, job.recipe.batch_size, split=split,
+                                on_device=job.on_device)
+    return _fed(job, lambda: (batches[i] for i in range(len(batches))) if
+                job.execution.get("devices_per_job", 1) > 1 else batches, batches[0])
+
+
 def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
     """Keras' callbacks and ours, in the order the exactly-once history needs: the CSV
     row is flushed before the backup is taken."""
@@ -409,8 +425,7 @@ def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
         *([] if per_step(recipe) else [keras.callbacks.LearningRateScheduler(
             lambda epoch, _lr: recipe.learning_rate(epoch))]),
         *swap,
-        *([HeldOut(data.test_batches(job.ds, recipe.batch_size, split="validation",
-                                     on_device=job.on_device), swap)]
+        *([HeldOut(evaluation(job, "validation"), swap)]
           if recipe.validation else []),
         *job.backup.keeps,  # the lookahead (its average is in the snapshots)
         meter,
@@ -454,11 +469,9 @@ def fit(job: Job, extra: list) -> None:
         # `fit` ends by giving the model an EMA's average: not between the two parts
         keep = [_RawWeights()] if recipe.ema and last < job.target else []
         stream.start_epoch, stream.epochs, stream.start_step = first, last, step
-        job.model.fit(iter(stream), steps_per_epoch=spe - step, epochs=last,
-                      initial_epoch=first,
-                      validation_data=data.test_batches(job.ds, recipe.batch_size,
-                                                        on_device=job.on_device)
-                      if job.tests else None,
+        job.model.fit(_fed(job, lambda: iter(stream), stream.batch(first, step)),
+                      steps_per_epoch=spe - step, epochs=last, initial_epoch=first,
+                      validation_data=evaluation(job) if job.tests else None,
                       callbacks=extra + keep, verbose=0, shuffle=False)
         for k in keep:
             k.restore()

@@ -1,19 +1,16 @@
 """Augmentation inside the training step (`ablation.data.ondevice`): the same maps as the
 host path given the same draws, the same distributions (tested against the host's and
-the named laws), the same run twice and a resumed run bit for bit, on TensorFlow and
-JAX, and a run from the command line that says where its augmentation ran."""
+the named laws), the same run twice and a resumed run bit for bit (on JAX:
+tests/test_parallel.py), and a run from the command line, on two devices, that says
+where its augmentation ran."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
-import pytest
-from conftest import ROOT, TINY, run_cli, run_dirs
+from conftest import TINY, history, run_cli, run_dirs
 from scipy import stats
 
 from ablation import callbacks, data, registry, training
@@ -214,48 +211,17 @@ def test_the_same_seed_is_the_same_run_and_a_resumed_one_bit_for_bit(tmp_path):
     np.testing.assert_allclose(whole.predict_on_batch([x, keys]), host, rtol=1e-5, atol=1e-7)
 
 
-JAX_SCRIPT = """
-import numpy as np, keras
-from ablation import data, registry, training
-from ablation.recipe import Recipe
-from ablation.registry import Variant
-net = Variant.from_dict({**registry.get("resnet32_e").to_dict(), "name": "dev_e",
-                         "stages": [[1, 8], [1, 8], [1, 8]]})
-recipe = Recipe(epochs=1, batch_size=8, train_limit=16, augment="blog", mixup=0.2,
-                augment_on="device")
-ds = data.synthetic(16, 8)
-out = []
-for _ in range(2):
-    keras.utils.set_random_seed(0)
-    model = training.training_model(net, recipe, 10, steps_per_epoch=2,
-                                    on_device=(list(ds.mean), list(ds.std)))
-    stream = data.TrainStream(ds, 8, seed=0, augment="blog", epochs=1, mixup=0.2,
-                              on_device=True)
-    h = model.fit(iter(stream), steps_per_epoch=2, epochs=1, verbose=0)
-    out.append((h.history["loss"], [np.asarray(w) for w in model.get_weights()]))
-assert out[0][0] == out[1][0] and np.isfinite(out[0][0]).all(), out
-assert all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1]))
-print("jax", keras.backend.backend(), out[0][0])
-"""
-
-
-def test_on_jax_too_the_same_seed_is_the_same_run():
-    pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", JAX_SCRIPT], capture_output=True, text=True,
-                       env=env, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    assert "jax jax" in r.stdout
-
-
 def test_a_run_augmented_on_the_device_says_so(tmp_path, cifar_dir):
     r = run_cli("run", "resnet32_e", *TINY, "--augment", "crop", "--mixup", "0.2",
-                "--augment-on", "device", "--data-dir", str(cifar_dir),
-                "--results", str(tmp_path))
+                "--augment-on", "device", "--devices-per-job", "2", "--data-dir",
+                str(cifar_dir), "--results", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = run_dirs(tmp_path)
     record = json.loads((run / "summary.json").read_text())
     assert record["augment_ran"] == "device" and record["recipe"]["augment_on"] == "device"
+    assert record["devices_per_job"] == 2 and record["bn_statistics"] == "synchronised"
+    assert record["data_parallel"] == "tf.distribute.MirroredStrategy"
+    assert len(history(run)) == 2  # each epoch's steps, the test set evaluated whole
     assert record["status"] == "done" and record["final_test_accuracy"] is not None
     host = Recipe(epochs=2, train_limit=128, test_limit=64, batch_size=32, augment="crop",
                   mixup=0.2)

@@ -1,0 +1,163 @@
+"""One job across several devices (`ablation.parallel`), on this CPU split into two
+devices (JAX's host platform, TensorFlow's logical CPUs): two devices train the same
+loss curve as one at the same global batch, to a stated tolerance, on both backends,
+with augmentation on the host and on the device (on JAX the device's, with mixup: its
+one program mixes across the global batch; the same run twice on JAX is this resume's
+exactness); a job killed after its first epoch and
+resumed on two devices is the unbroken run, bit for bit. And the executors reserve N
+GPUs a job, or refuse in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from conftest import ROOT
+
+from ablation import devices, parallel
+from ablation.errors import AblationError
+
+# the loss of each epoch, two devices against one: the sums' order differs, nothing else
+LOSS_RTOL = 1e-4
+
+SCRIPT = r"""
+import contextlib, json, pathlib, sys, tempfile
+import numpy as np, keras
+from ablation import callbacks, data, parallel, registry, training
+from ablation.recipe import Recipe
+from ablation.registry import Variant
+
+be = keras.backend.backend()
+net = Variant.from_dict({**registry.get("resnet32_e").to_dict(), "name": "par_e",
+                         "stages": [[1, 8], [1, 8], [1, 8]]})
+ds = data.synthetic(64, 16)
+tmp = pathlib.Path(tempfile.mkdtemp())
+
+
+def train(where, scope, n, first, last, root):
+    # mixup on TensorFlow pairs images within each device's share (ablation.data.ondevice)
+    mixup = 0.2 if where == "device" and be == "jax" else 0
+    recipe = Recipe(epochs=2, batch_size=16, train_limit=64, augment="crop", mixup=mixup,
+                    augment_on=where)
+    on_device = (list(map(float, ds.mean)), list(map(float, ds.std))) \
+        if where == "device" else None
+    keras.utils.set_random_seed(0)
+    with scope():
+        model = training.training_model(net, recipe, 10, steps_per_epoch=4,
+                                        on_device=on_device)
+    if n > 1 and be == "tensorflow":
+        parallel.synchronise_batch_norm(model)
+    backup = callbacks.AtomicBackup(root, {"variant": "par_e", "seed": 0,
+                                           "recipe_id": recipe.id, "definition_hash": "x"})
+    assert backup.resume(model, 4) == (first, 0)
+    stream = data.TrainStream(ds, 16, seed=0, augment="crop", start_epoch=first,
+                              epochs=last, mixup=recipe.mixup, on_device=on_device is not None)
+    feed = (parallel.tf_dataset(lambda: iter(stream), stream.batch(first, 0))
+            if n > 1 and be == "tensorflow" else iter(stream))
+    h = model.fit(feed, steps_per_epoch=4, epochs=last, initial_epoch=first, verbose=0,
+                  callbacks=[backup])
+    return h.history["loss"], [np.asarray(w) for w in model.get_weights()]
+
+
+out = {}
+# the host path's batches are the backend's own business on TensorFlow only (a tf.data
+# dataset split across replicas); JAX's one program takes either path's alike
+paths = ("host", "device") if be == "tensorflow" else ("device",)
+if be == "tensorflow":  # the CPU is split before TensorFlow starts
+    scope2, info = parallel.setup(2, be, False)
+for where in paths:
+    out[where] = {"one": train(where, contextlib.nullcontext, 1, 0, 2, tmp / f"1{where}")[0]}
+if be == "jax":  # one device first: the distribution is the process's
+    scope2, info = parallel.setup(2, be, False)
+for where in paths:
+    loss, whole = train(where, scope2, 2, 0, 2, tmp / f"2{where}")
+    out[where]["two"] = loss
+train("device", scope2, 2, 0, 1, tmp / "part")
+_, resumed = train("device", scope2, 2, 1, 2, tmp / "part")
+out["resumed_exact"] = all(np.array_equal(a, b) for a, b in zip(whole, resumed))
+out["info"] = info
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_devices_train_one_devices_curve_and_resume_exactly(backend):
+    if backend == "jax":
+        pytest.importorskip("jax")
+    env = {**parallel.cpu_devices_env(dict(os.environ), 2), "KERAS_BACKEND": backend,
+           "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["info"] == {"devices_per_job": 2, "bn_statistics": "synchronised",
+                           "data_parallel": {"tensorflow": "tf.distribute.MirroredStrategy",
+                                             "jax": "keras.distribution.DataParallel"}[backend]}
+    for where in ("host", "device") if backend == "tensorflow" else ("device",):
+        one, two = got[where]["one"], got[where]["two"]
+        assert len(one) == len(two) == 2
+        assert two == pytest.approx(one, rel=LOSS_RTOL), (where, one, two)
+    assert got["resumed_exact"]
+
+
+def _listing(*ids: str) -> devices.GpuListing:
+    return devices.GpuListing(tuple(ids), "nvidia-smi")
+
+
+def test_slots_hold_n_gpus_a_job_and_mistakes_are_one_line():
+    slots = devices.plan_slots(_listing("0", "1", "2", "3", "4"), None, None, 2)
+    assert [s.gpu for s in slots] == ["0,1", "2,3"] and slots[0].describe() == "GPUs 0,1"
+    env = devices.job_env({}, slots[1].gpu, pci_order=True)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert [s.gpu for s in devices.plan_slots(_listing("0", "1"), 1, None, 2)] == ["0,1"]
+    with pytest.raises(AblationError, match="a job across several GPUs has them to itself"):
+        devices.plan_slots(_listing("0", "1"), None, 2, 2)
+    with pytest.raises(AblationError, match=r"offers 1 GPU\(s\)"):
+        devices.plan_slots(_listing("0"), None, None, 2)
+    with pytest.raises(AblationError, match="--workers 2 is more than the 1 job"):
+        devices.plan_slots(_listing("0", "1", "2"), 2, None, 2)
+    # no GPU: CPU slots, the job splitting the CPU itself
+    assert [s.gpu for s in devices.plan_slots(_listing(), None, None, 2)] == [None]
+
+
+def test_ray_and_slurm_reserve_n_gpus_or_refuse(monkeypatch):
+    from ablation.executors import ray_cluster, slurm
+
+    seen = {}
+
+    def fake_init(self, *args, **kwargs):
+        seen["args"] = args
+
+    monkeypatch.setattr(ray_cluster.RayExecutor, "__init__", fake_init)
+    args = SimpleNamespace(ray_gpus=None, jobs_per_gpu=None, devices_per_job=2,
+                           ray_address=None, ray_cpus=None, ray_retries=3,
+                           loader_threads=None, steps_per_execution=None)
+    ray_cluster.RayExecutor.from_args(args, None)
+    assert seen["args"][2] is None and seen["args"][-1] == 2  # num_gpus: 2 where GPUs are
+    for bad, match in (({"ray_gpus": 1.0}, "--ray-gpus 1 and --devices-per-job 2 disagree"),
+                       ({"jobs_per_gpu": 2}, "has them to itself")):
+        with pytest.raises(AblationError, match=match):
+            ray_cluster.RayExecutor.from_args(SimpleNamespace(**{**vars(args), **bad}), None)
+    monkeypatch.setattr(slurm.SlurmExecutor, "__init__", fake_init)
+    sargs = SimpleNamespace(results="r", slurm_table={}, slurm_option=None, jobs_per_gpu=None,
+                            devices_per_job=2, loader_threads=None, steps_per_execution=None,
+                            **{f"slurm_{k}": None for k in slurm.OPTIONS})
+    slurm.SlurmExecutor.from_args(sargs, None)
+    assert seen["args"][2]["gpus"] == 2  # a Slurm job holds the job and its 2 GPUs
+    with pytest.raises(AblationError, match="--slurm-gpus 1 and --devices-per-job 2"):
+        slurm.SlurmExecutor.from_args(SimpleNamespace(**{**vars(sargs), "slurm_gpus": 1}),
+                                      None)
+
+
+def test_jax_needs_batches_that_divide_over_the_devices():
+    parallel.check_batches(2, 32, {"train": 128, "test": 64}, "jax")
+    parallel.check_batches(3, 32, {"train": 100}, "tensorflow")  # TensorFlow splits them
+    with pytest.raises(AblationError, match="batch size 33 does not divide over 2 devices"):
+        parallel.check_batches(2, 33, {"train": 128}, "jax")
+    with pytest.raises(AblationError, match=r"the test split's last batch has 5 images.*"
+                                            r"--test-limit"):
+        parallel.check_batches(2, 32, {"train": 128, "test": 69}, "jax")
