@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import registry, results
+from ablation import parallel, registry, results
 from ablation.errors import AblationError
 from ablation.protocol import module_command
 from ablation.recipe import TRAIN_IMAGES
@@ -47,10 +47,12 @@ def _study_of(variant: str, study: str | None):
 
 def measure(variant: str, precision: str, steps: int | None, batch_size: int,
             data_dir: str | None, study: str | None = None,
-            augment_on: str = "host") -> dict:
+            augment_on: str = "host", devices_per_job: int = 1) -> dict:
     """In this process: time `steps` training steps after a warm-up of as many (of
     FIRST_STEPS when `steps` is None; then the timed steps grow until they last
-    MIN_SECONDS), the blog's augmentation on the host or in the step (`augment_on`)."""
+    MIN_SECONDS), the blog's augmentation on the host or in the step (`augment_on`),
+    data parallel over `devices_per_job` devices (`ablation.parallel`; `batch_size` the
+    global batch)."""
     from ablation import backend
 
     name = backend.choose()
@@ -72,13 +74,19 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
     ds = (data.load("cifar10", data_dir, train_limit=n, test_limit=10) if data_dir
           else data.synthetic(n_train=n, n_test=10))
     keras.utils.set_random_seed(0)
-    model = training.training_model(variant, recipe, ds.num_classes,
-                                    settings["jit_compile"], spe,
-                                    on_device=(list(map(float, ds.mean)),
-                                               list(map(float, ds.std)))
-                                    if on_device else None)
-    stream = iter(data.TrainStream(ds, batch_size, seed=0, augment="blog", epochs=MAX_STEPS,
-                                   threads=devices.loader_threads(1), on_device=on_device))
+    scope, spread = parallel.setup(devices_per_job, name, on_gpu)
+    with scope():
+        model = training.training_model(variant, recipe, ds.num_classes,
+                                        settings["jit_compile"], spe,
+                                        on_device=(list(map(float, ds.mean)),
+                                                   list(map(float, ds.std)))
+                                        if on_device else None)
+    if devices_per_job > 1 and name == "tensorflow":
+        parallel.synchronise_batch_norm(model)
+    source = data.TrainStream(ds, batch_size, seed=0, augment="blog", epochs=MAX_STEPS,
+                              threads=devices.loader_threads(1), on_device=on_device)
+    stream = (parallel.tf_dataset(lambda: iter(source), source.batch(0, 0))
+              if devices_per_job > 1 and name == "tensorflow" else iter(source))
 
     class Timer(keras.callbacks.Callback):
         """The epoch's own time: not fit()'s setup of its data adapter."""
@@ -103,7 +111,7 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
         seconds = timed(k)
     return {"images_per_second": k * batch_size / seconds, "seconds": seconds, "steps": k,
             **settings, "backend": name, "device": "GPU" if on_gpu else "CPU",
-            "variant": variant, "precision": precision, "augment_ran": augment_on}
+            "variant": variant, "precision": precision, "augment_ran": augment_on, **spread}
 
 
 def _child(cmd: list[str]) -> dict:
@@ -246,8 +254,14 @@ def main(variants: list[str], precision: str = "fp32", steps: int | None = None,
 
 
 if __name__ == "__main__":  # one measurement, in its own process
-    v, prec, st, bs, dd, sref, where = sys.argv[1:8]
-    print(json.dumps(measure(v, prec, int(st) or None, int(bs), dd or None, sref or None,
-                             where)), flush=True)
+    v, prec, st, bs, dd, sref, *rest = sys.argv[1:]
+    where = rest[0] if rest else "host"
+    n = int(rest[1]) if len(rest) > 1 else 1
+    os.environ.update(parallel.cpu_devices_env(dict(os.environ), n))  # before JAX
+    try:
+        print(json.dumps(measure(v, prec, int(st) or None, int(bs), dd or None,
+                                 sref or None, where, n)), flush=True)
+    except AblationError as e:  # too few devices, batches that do not divide
+        print(json.dumps({"error": str(e)}), flush=True)
     sys.stdout.flush()
     os._exit(0)
