@@ -258,9 +258,10 @@ if __name__ == "__main__":  # one measurement, in its own process
     where = rest[0] if rest else "host"
     n = int(rest[1]) if len(rest) > 1 else 1
     os.environ.update(parallel.cpu_devices_env(dict(os.environ), n))  # before JAX
-    try:
-        print(json.dumps(measure(v, prec, int(st) or None, int(bs), dd or None,
-                                 sref or None, where, n)), flush=True)
+    try:  # "host,device": both, one after the other (one start-up for the two figures)
+        got = {w: measure(v, prec, int(st) or None, int(bs), dd or None, sref or None, w, n)
+               for w in where.split(",")}
+        print(json.dumps(got.get(where, got)), flush=True)
     except AblationError as e:  # too few devices, batches that do not divide
         print(json.dumps({"error": str(e)}), flush=True)
     sys.stdout.flush()

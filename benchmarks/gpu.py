@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         for prec in precisions:
             if not b.fits(f"{v} {prec}", 60):
                 continue
-            got = {w: b.result(b.start(v, prec, w, first)) for w in ("host", "device")}
+            both = b.result(b.start(v, prec, "host,device", first))
+            got = both if "error" not in both else {"host": both, "device": both}
             backend = backend or got["device"].get("backend")
             device = device or got["device"].get("device")
             lines.append(f"| {v} | {prec} | {fmt(got['host'])} | {fmt(got['device'])} |")

@@ -68,8 +68,9 @@ def cifar_dir() -> Path:
 # first, these never end up last on an already busy worker. Every other file follows in
 # its usual order: a stale list costs minutes, never a test.
 LONGEST_FIRST = ("test_ops.py", "test_run.py", "test_studies.py", "test_resume.py",
-                 "test_tune.py", "test_ray.py", "test_halving.py", "test_datasets.py",
-                 "test_packed.py",
+                 "test_tune.py", "test_ray.py", "test_halving.py", "test_parallel.py",
+                 "test_datasets.py", "test_ondevice.py", "test_packed.py",
+                 "test_gpu_benchmark.py",
                  "test_slurm.py", "test_analyze.py", "test_families.py", "test_report.py",
                  "test_features.py", "test_docs.py", "test_paper_studies.py",
                  "test_devices.py", "test_bench.py")

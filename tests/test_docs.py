@@ -40,6 +40,10 @@ NOT_HERE = {
     "ray start": "a Ray cluster's nodes",
     "mlflow ui": "a web server",
     "ablation bench resnet32_e resnet50 --precision bf16": "a GPU machine's measurement",
+    "ablation run wrn28_10 --study wrn2016 --augment-on device --devices-per-job 2":
+        "a machine with two GPUs (tests/test_parallel.py trains on two CPU devices)",
+    "python benchmarks/gpu.py": "a GPU machine's benchmark (tests/test_gpu_benchmark.py runs "
+                                "it on the CPU with a fake nvidia-smi)",
     "ablation run --all --seeds 3 --jobs-per-gpu 4": "a GPU machine's study (every variant, "
                                                      "VGG19's ImageNet weights included)",
     "ablation run --all --seeds 3 --executor ray": "a Ray cluster at `auto`",
