@@ -48,10 +48,12 @@ def run(run_dir: Path) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # a job across N devices on a machine without GPUs: JAX's N host devices, set
     # before JAX starts (ablation.parallel)
-    os.environ.update(parallel.cpu_devices_env(dict(os.environ),
-                                               RunFolder(run_dir).config().devices))
+    spread = RunFolder(run_dir).config().devices
+    os.environ.update(parallel.cpu_devices_env(dict(os.environ), spread))
     try:
         name = backend.choose()
+        if spread > 1 and name == "jax":  # before the device check's first JAX call
+            parallel.one_step_at_a_time()
         on_gpu = backend.require_given_gpu(name)
         backend.keep_tensorflow_off_gpu(name)
     except backend.NoDevice as e:

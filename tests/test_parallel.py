@@ -32,6 +32,8 @@ from ablation.recipe import Recipe
 from ablation.registry import Variant
 
 be = keras.backend.backend()
+if be == "jax":  # before JAX's first computation, as a job across CPU devices does
+    parallel.one_step_at_a_time()
 net = Variant.from_dict({**registry.get("resnet32_e").to_dict(), "name": "par_e",
                          "stages": [[1, 8], [1, 8], [1, 8]]})
 ds = data.synthetic(64, 16)
