@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packed", default=",".join(map(str, PACKED)),
                     help="part 2's numbers of jobs on one GPU")
     ap.add_argument("--study", help="a study file defining the variants named")
+    ap.add_argument("--gpus-per-job", default=None,
+                    help="part 3's GPUs per job (default: 1, 2 and all of them)")
     args = ap.parse_args(argv)
     gpus = devices.list_gpus()
     b = Bench(args.steps, args.budget_minutes * 60, args.data_dir, gpus, args.study)
@@ -158,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(gpus.ids) >= 2:
         lines += ["", f"| {one}: GPUs per job | global batch | img/s | per GPU |",
                   "|---:|---:|---:|---:|"]
-        for n in sorted({1, 2, len(gpus.ids)}):
+        spreads = (map(int, args.gpus_per_job.split(",")) if args.gpus_per_job
+                   else {1, 2, len(gpus.ids)})
+        for n in sorted(spreads):
             if not b.fits(f"{n} GPUs per job", 60):
                 continue
             r = b.result(b.start(one, "bf16", "device", list(gpus.ids[:n]),

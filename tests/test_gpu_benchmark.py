@@ -20,7 +20,8 @@ def test_the_gpu_benchmark_runs_every_part_and_writes_its_table(tmp_path):
     out = tmp_path / "gpu.md"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--study",
                         str(tiny_study(tmp_path)), "--variants", "tiny8", "--precisions",
-                        "bf16", "--packed", "2", "--steps", "2", "--epoch-images", "256",
+                        "bf16", "--packed", "2", "--gpus-per-job", "2", "--steps", "2",
+                        "--epoch-images", "256",
                         "--out", str(out)], capture_output=True, text=True, env=env,
                        timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
@@ -31,8 +32,7 @@ def test_the_gpu_benchmark_runs_every_part_and_writes_its_table(tmp_path):
     assert re.search(rf"\| tiny8 \| bf16 \| {number} \| {number} \|", md), md
     # 2. two jobs packed on one GPU, each measured, summed
     assert re.search(rf"\| 2 \| {number}, {number} \| {number} \|", md), md
-    # 3. one job on one GPU, then on both (a global batch of 256, split)
-    assert re.search(rf"\| 1 \| 128 \| {number} \| {number} \|", md), md
+    # 3. one job on both GPUs (a global batch of 256, split)
     assert re.search(rf"\| 2 \| 256 \| {number} \| {number} \|", md), md
     # 4. the timed epoch: 256 images, 2 steps of 128
     assert re.search(rf"\| training steps \| 256 \| [\d.]+ \| {number} \|", md), md
