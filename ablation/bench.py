@@ -74,19 +74,15 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
     ds = (data.load("cifar10", data_dir, train_limit=n, test_limit=10) if data_dir
           else data.synthetic(n_train=n, n_test=10))
     keras.utils.set_random_seed(0)
-    scope, spread = parallel.setup(devices_per_job, name, on_gpu)
-    with scope():
-        model = training.training_model(variant, recipe, ds.num_classes,
-                                        settings["jit_compile"], spe,
-                                        on_device=(list(map(float, ds.mean)),
-                                                   list(map(float, ds.std)))
-                                        if on_device else None)
-    if devices_per_job > 1 and name == "tensorflow":
-        parallel.synchronise_batch_norm(model)
+    spread = parallel.setup(devices_per_job, name, on_gpu)
+    with spread.scope():
+        model = spread.adopt(training.training_model(
+            variant, recipe, ds.num_classes, settings["jit_compile"], spe,
+            on_device=(list(map(float, ds.mean)), list(map(float, ds.std)))
+            if on_device else None))
     source = data.TrainStream(ds, batch_size, seed=0, augment="blog", epochs=MAX_STEPS,
                               threads=devices.loader_threads(1), on_device=on_device)
-    stream = (parallel.tf_dataset(lambda: iter(source), source.batch(0, 0))
-              if devices_per_job > 1 and name == "tensorflow" else iter(source))
+    stream = spread.feed(iter(source), lambda: iter(source), source.batch(0, 0))
 
     class Timer(keras.callbacks.Callback):
         """The epoch's own time: not fit()'s setup of its data adapter."""
@@ -111,7 +107,8 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
         seconds = timed(k)
     return {"images_per_second": k * batch_size / seconds, "seconds": seconds, "steps": k,
             **settings, "backend": name, "device": "GPU" if on_gpu else "CPU",
-            "variant": variant, "precision": precision, "augment_ran": augment_on, **spread}
+            "variant": variant, "precision": precision, "augment_ran": augment_on,
+            **spread.record}
 
 
 def _child(cmd: list[str]) -> dict:

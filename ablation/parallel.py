@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ablation.errors import AblationError
@@ -84,12 +85,37 @@ def check_batches(n: int, batch_size: int, sizes: dict[str, int], backend: str) 
 Scope = Callable[[], contextlib.AbstractContextManager]
 
 
-def setup(n: int, backend: str, on_gpu: bool) -> tuple[Scope, dict]:
-    """Spread the job over its first N devices: what makes the scope to build and compile
-    a model in (a new one each time), and what the record keeps of it. One device:
-    nothing changes."""
+@dataclass(frozen=True)
+class Spread:
+    """A job's devices, as `setup` arranged them: what builds a model across them, and
+    what feeds it."""
+
+    devices: int
+    backend: str
+    scope: Scope = contextlib.nullcontext  # a new scope to build and compile a model in
+    record: dict = field(default_factory=lambda: {"devices_per_job": 1})
+
+    @property
+    def _mirrored(self) -> bool:
+        return self.devices > 1 and self.backend == "tensorflow"
+
+    def adopt(self, model: Any) -> Any:
+        """A model built in `scope`, its batch norms synchronised across TensorFlow's
+        replicas (JAX's are, by construction)."""
+        if self._mirrored:
+            synchronise_batch_norm(model)
+        return model
+
+    def feed(self, plain: Any, make: Callable[[], Any], example: Any) -> Any:
+        """What `fit` or `evaluate` takes: `plain` itself, or under MirroredStrategy the
+        batches `make()` yields as a dataset (`tf_dataset`)."""
+        return tf_dataset(make, example) if self._mirrored else plain
+
+
+def setup(n: int, backend: str, on_gpu: bool) -> Spread:
+    """Spread the job over its first N devices. One device: nothing changes."""
     if n <= 1:
-        return contextlib.nullcontext, {"devices_per_job": 1}
+        return Spread(1, backend)
     kind = "GPU" if on_gpu else "CPU"
     if backend == "jax":
         import jax
@@ -117,8 +143,8 @@ def setup(n: int, backend: str, on_gpu: bool) -> tuple[Scope, dict]:
         scope, how = strategy.scope, "tf.distribute.MirroredStrategy"
     else:
         raise AblationError(f"a job across devices runs on TensorFlow or JAX, not {backend}")
-    return scope, {"devices_per_job": n, "data_parallel": how,
-                   "bn_statistics": "synchronised"}
+    return Spread(n, backend, scope, {"devices_per_job": n, "data_parallel": how,
+                                      "bn_statistics": "synchronised"})
 
 
 def tf_dataset(make: Callable[[], Any], example: Any) -> Any:

@@ -257,6 +257,7 @@ class Job:
     start_step: int  # steps of the next epoch already trained (a snapshot inside it)
     execution: dict  # compile and loader settings, as the record keeps them
     pretrained: dict
+    spread: parallel.Spread  # the devices it trains on
 
     @property
     def folder(self) -> store.RunFolder:
@@ -306,16 +307,15 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     parallel.check_batches(cfg.devices, recipe.batch_size, {
         "train": len(ds.y_train), "test": len(ds.y_test),
         **({"validation": len(ds.y_val)} if ds.y_val is not None else {})}, name)
-    scope, spread = parallel.setup(cfg.devices, name, on_gpu)
-    execution.update(spread)
+    spread = parallel.setup(cfg.devices, name, on_gpu)
+    execution.update(spread.record)
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))
-    with scope():
-        model = training_model(variant, recipe, ds.num_classes, execution["jit_compile"],
-                               execution["steps_per_execution"], steps, ds.input_shape,
-                               on_device=(list(map(float, ds.mean)),
-                                          list(map(float, ds.std))) if on_device else None)
-    if cfg.devices > 1 and name == "tensorflow":
-        parallel.synchronise_batch_norm(model)
+    with spread.scope():
+        model = spread.adopt(training_model(
+            variant, recipe, ds.num_classes, execution["jit_compile"],
+            execution["steps_per_execution"], steps, ds.input_shape,
+            on_device=(list(map(float, ds.mean)), list(map(float, ds.std)))
+            if on_device else None))
     info = models.count_params(variant, ds.num_classes, ds.input_shape)
     models.check_counts(model, info, cfg.variant)  # what the record says is the model's
     stream = data.TrainStream(ds, recipe.batch_size, cfg.seed, recipe.augment,
@@ -342,7 +342,7 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
             ds.x_train[:WHITEN_IMAGES], ds.mean, ds.std))
     stream.start_epoch, stream.start_step = start, start_step
     return Job(cfg, run_dir, variant, recipe, ds, model, info, stream, backup, start,
-               start_step, execution, pretrained)
+               start_step, execution, pretrained, spread)
 
 
 class RecordWriter:
@@ -395,20 +395,13 @@ class RecordWriter:
         return record
 
 
-def _fed(job: Job, make: Any, example: Any) -> Any:
-    """Batches as `fit` and `evaluate` take them: a tf.data dataset for a job across
-    devices on TensorFlow (`parallel.tf_dataset`), else the iterable itself."""
-    if job.execution.get("devices_per_job", 1) > 1 and keras.backend.backend() == "tensorflow":
-        return parallel.tf_dataset(make, example)
-    return make()
-
-
 def evaluation(job: Job, split: str = "test") -> Any:
-    """A split's evaluation batches for this job (`data.test_batches`)."""
+    """A split's evaluation batches for this job (`data.test_batches`), as its devices
+    take them."""
     batches = data.test_batches(job.ds, job.recipe.batch_size, split=split,
                                 on_device=job.on_device)
-    return _fed(job, lambda: (batches[i] for i in range(len(batches))) if
-                job.execution.get("devices_per_job", 1) > 1 else batches, batches[0])
+    return job.spread.feed(batches, lambda: (batches[i] for i in range(len(batches))),
+                           batches[0])
 
 
 def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
@@ -469,7 +462,8 @@ def fit(job: Job, extra: list) -> None:
         # `fit` ends by giving the model an EMA's average: not between the two parts
         keep = [_RawWeights()] if recipe.ema and last < job.target else []
         stream.start_epoch, stream.epochs, stream.start_step = first, last, step
-        job.model.fit(_fed(job, lambda: iter(stream), stream.batch(first, step)),
+        job.model.fit(job.spread.feed(iter(stream), lambda: iter(stream),
+                                      stream.batch(first, step)),
                       steps_per_epoch=spe - step, epochs=last, initial_epoch=first,
                       validation_data=evaluation(job) if job.tests else None,
                       callbacks=extra + keep, verbose=0, shuffle=False)

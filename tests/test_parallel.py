@@ -25,7 +25,7 @@ from ablation.errors import AblationError
 LOSS_RTOL = 1e-4
 
 SCRIPT = r"""
-import contextlib, json, pathlib, sys, tempfile
+import json, pathlib, sys, tempfile
 import numpy as np, keras
 from ablation import callbacks, data, parallel, registry, training
 from ablation.recipe import Recipe
@@ -40,7 +40,7 @@ ds = data.synthetic(64, 16)
 tmp = pathlib.Path(tempfile.mkdtemp())
 
 
-def train(where, scope, n, first, last, root):
+def train(where, spread, first, last, root):
     # mixup on TensorFlow pairs images within each device's share (ablation.data.ondevice)
     mixup = 0.2 if where == "device" and be == "jax" else 0
     recipe = Recipe(epochs=2, batch_size=16, train_limit=64, augment="crop", mixup=mixup,
@@ -48,19 +48,16 @@ def train(where, scope, n, first, last, root):
     on_device = (list(map(float, ds.mean)), list(map(float, ds.std))) \
         if where == "device" else None
     keras.utils.set_random_seed(0)
-    with scope():
-        model = training.training_model(net, recipe, 10, steps_per_epoch=4,
-                                        on_device=on_device)
-    if n > 1 and be == "tensorflow":
-        parallel.synchronise_batch_norm(model)
+    with spread.scope():  # as a job builds it (training.build)
+        model = spread.adopt(training.training_model(net, recipe, 10, steps_per_epoch=4,
+                                                     on_device=on_device))
     backup = callbacks.AtomicBackup(root, {"variant": "par_e", "seed": 0,
                                            "recipe_id": recipe.id, "definition_hash": "x"})
     assert backup.resume(model, 4) == (first, 0)
     stream = data.TrainStream(ds, 16, seed=0, augment="crop", start_epoch=first,
                               epochs=last, mixup=recipe.mixup, on_device=on_device is not None)
-    feed = (parallel.tf_dataset(lambda: iter(stream), stream.batch(first, 0))
-            if n > 1 and be == "tensorflow" else iter(stream))
-    h = model.fit(feed, steps_per_epoch=4, epochs=last, initial_epoch=first, verbose=0,
+    h = model.fit(spread.feed(iter(stream), lambda: iter(stream), stream.batch(first, 0)),
+                  steps_per_epoch=4, epochs=last, initial_epoch=first, verbose=0,
                   callbacks=[backup])
     return h.history["loss"], [np.asarray(w) for w in model.get_weights()]
 
@@ -70,19 +67,20 @@ out = {}
 # dataset split across replicas); JAX's one program takes either path's alike
 paths = ("host", "device") if be == "tensorflow" else ("device",)
 if be == "tensorflow":  # the CPU is split before TensorFlow starts
-    scope2, info = parallel.setup(2, be, False)
+    two = parallel.setup(2, be, False)
+one = parallel.setup(1, be, False)
 for where in paths:
-    out[where] = {"one": train(where, contextlib.nullcontext, 1, 0, 2, tmp / f"1{where}")[0]}
+    out[where] = {"one": train(where, one, 0, 2, tmp / f"1{where}")[0]}
 if be == "jax":  # one device first: the distribution is the process's
-    scope2, info = parallel.setup(2, be, False)
+    two = parallel.setup(2, be, False)
 for where in paths:
-    loss, whole = train(where, scope2, 2, 0, 2, tmp / f"2{where}")
+    loss, whole = train(where, two, 0, 2, tmp / f"2{where}")
     out[where]["two"] = loss
 if be == "tensorflow":  # JAX's, the same check, passed by hand (tests' time)
-    train("device", scope2, 2, 0, 1, tmp / "part")
-    _, resumed = train("device", scope2, 2, 1, 2, tmp / "part")
+    train("device", two, 0, 1, tmp / "part")
+    _, resumed = train("device", two, 1, 2, tmp / "part")
     out["resumed_exact"] = all(np.array_equal(a, b) for a, b in zip(whole, resumed))
-out["info"] = info
+out["info"] = two.record
 print(json.dumps(out))
 """
 
