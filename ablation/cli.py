@@ -135,7 +135,7 @@ def _recipe_overrides(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from ablation import planning, runner
+    from ablation import devices, planning, runner
     from ablation.executors import EXECUTORS
     from ablation.policies.base import View
 
@@ -154,6 +154,7 @@ def cmd_run(args) -> int:
                 f"{args.executor}" + ("; add --executor " + name + " (without it the jobs "
                                       "run here, on this machine)"
                                       if args.executor == "local" else ""))
+    devices.check_packing(args.devices_per_job, args.jobs_per_gpu)  # before anything is written
     names = study.variants() if args.all else study.select(args.variants)
     plan = planning.plan(study, names, overrides, Path(args.results),
                          args.data_dir, args.seeds or 1, keep_model=not args.no_keep_model,

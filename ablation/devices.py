@@ -116,14 +116,20 @@ class Slot:
                                        else "")
 
 
+def check_packing(per_job: int, jobs_per_gpu: int | None) -> None:
+    """A job across several GPUs has them to itself: no packing beside it."""
+    if per_job > 1 and jobs_per_gpu is not None and jobs_per_gpu > 1:
+        raise AblationError(f"--devices-per-job {per_job} and --jobs-per-gpu {jobs_per_gpu}: "
+                            "a job across several GPUs has them to itself; drop one of the "
+                            "two flags")
+
+
 def plan_slots(gpus: GpuListing, workers: int | None, jobs_per_gpu: int | None,
                per_job: int = 1) -> list[Slot]:
     """The local executor's slots: `jobs_per_gpu` per GPU (default 1), at most `workers`
     in all; without a GPU, `workers` (default 1) CPU slots. `per_job` > 1: each slot
     holds that many GPUs (a job across devices), never shared."""
-    if per_job > 1 and jobs_per_gpu is not None and jobs_per_gpu > 1:
-        raise AblationError(f"--devices-per-job {per_job} and --jobs-per-gpu {jobs_per_gpu}: "
-                            "a job across several GPUs has them to itself; give one")
+    check_packing(per_job, jobs_per_gpu)
     if per_job > 1 and gpus.ids:
         if len(gpus.ids) < per_job:
             raise AblationError(f"--devices-per-job {per_job}, but this machine offers "

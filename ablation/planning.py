@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablation import data, devices, models, registry, verdict
+from ablation import data, devices, models, parallel, registry, verdict
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.plan import Plan
@@ -56,6 +56,7 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
             v.train_recipe(recipe)
         except AblationError as e:
             raise AblationError(f"{v.name} (its recipe sets {dict(v.recipe)}): {e}") from e
+    parallel.check_batch_size(devices_per_job, recipe.batch_size)  # a run field: one for all
     shape, classes = data.shape_of(recipe.dataset, recipe.image_hw)
     for v in variants:  # each network fits the data: its head, its strides (counted, fast)
         models.count_params(v, classes, shape)

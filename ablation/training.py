@@ -306,7 +306,7 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
     name = keras.backend.backend()
     parallel.check_batches(cfg.devices, recipe.batch_size, {
         "train": len(ds.y_train), "test": len(ds.y_test),
-        **({"validation": len(ds.y_val)} if ds.y_val is not None else {})}, name)
+        **({"validation": len(ds.y_val)} if ds.y_val is not None else {})})
     spread = parallel.setup(cfg.devices, name, on_gpu)
     execution.update(spread.record)
     keras.utils.set_random_seed(init_seed(cfg.variant, cfg.seed))

@@ -16,7 +16,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, one_line_error, run_cli
 
 from ablation import devices, parallel
 from ablation.errors import AblationError
@@ -115,7 +115,7 @@ def test_slots_hold_n_gpus_a_job_and_mistakes_are_one_line():
     env = devices.job_env({}, slots[1].gpu, pci_order=True)
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert [s.gpu for s in devices.plan_slots(_listing("0", "1"), 1, None, 2)] == ["0,1"]
-    with pytest.raises(AblationError, match="a job across several GPUs has them to itself"):
+    with pytest.raises(AblationError, match="has them to itself; drop one of the two flags"):
         devices.plan_slots(_listing("0", "1"), None, 2, 2)
     with pytest.raises(AblationError, match=r"offers 1 GPU\(s\)"):
         devices.plan_slots(_listing("0"), None, None, 2)
@@ -154,11 +154,18 @@ def test_ray_and_slurm_reserve_n_gpus_or_refuse(monkeypatch):
                                       None)
 
 
-def test_jax_needs_batches_that_divide_over_the_devices():
-    parallel.check_batches(2, 32, {"train": 128, "test": 64}, "jax")
-    parallel.check_batches(3, 32, {"train": 100}, "tensorflow")  # TensorFlow splits them
+def test_batches_must_divide_over_the_devices_and_mistakes_write_nothing(tmp_path):
+    parallel.check_batches(2, 32, {"train": 128, "test": 64})
     with pytest.raises(AblationError, match="batch size 33 does not divide over 2 devices"):
-        parallel.check_batches(2, 33, {"train": 128}, "jax")
+        parallel.check_batches(2, 33, {"train": 128})
     with pytest.raises(AblationError, match=r"the test split's last batch has 5 images.*"
                                             r"--test-limit"):
-        parallel.check_batches(2, 32, {"train": 128, "test": 69}, "jax")
+        parallel.check_batches(2, 32, {"train": 128, "test": 69})
+    # refused when the command starts, before a results folder is made (a new user's
+    # trial: a batch of 33 on two TensorFlow devices failed inside the job)
+    for flags, line in ((["--batch-size", "33"], "batch size 33 does not divide over 2"),
+                        (["--jobs-per-gpu", "2"], "drop one of the two flags")):
+        r = run_cli("run", "resnet32_e", "--devices-per-job", "2", *flags,
+                    "--results", str(tmp_path / "r"))
+        assert r.returncode == 2 and line in one_line_error(r), r.stderr
+        assert not (tmp_path / "r").exists()

@@ -246,9 +246,8 @@ class DeviceAugment(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mean": self.mean, "std": self.std,
-                "batch_size": self.batch_size,
-                "augment": self.augment, "pad": self.pad, "mixup": self.mixup,
-                "cutmix": self.cutmix}
+                "batch_size": self.batch_size, "augment": self.augment, "pad": self.pad,
+                "mixup": self.mixup, "cutmix": self.cutmix}
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return tuple(input_shape[0])
@@ -331,7 +330,7 @@ def training_graph(net: Any, mean: list[float], std: list[float], batch_size: in
     shape = tuple(int(s) for s in net.input_shape[1:])
     images = keras.Input(shape, dtype="uint8", name="images")
     keys = keras.Input((KEY_COLUMNS,), dtype="int32", name="keys")
-    x = DeviceAugment(mean, std, batch_size, augment, pad, mixup, cutmix,
-                      name="device_augment")(
-        [images, keys])
+    augment_layer = DeviceAugment(mean, std, batch_size, augment, pad, mixup, cutmix,
+                                  name="device_augment")
+    x = augment_layer([images, keys])
     return AugmentedModel([images, keys], net(x), name=f"{net.name}_on_device")

@@ -53,7 +53,9 @@ class LocalExecutor:
             where += "; " + (", ".join(f"{k}={v}" for k, v in memory.items())
                              or "memory variables as set")
         else:
-            where = " on the CPU (no GPU found)"
+            where = " on the CPU (no GPU found)" + (
+                f", each job data parallel on {devices_per_job} CPU devices"
+                if devices_per_job > 1 else "")
         self.describe = (f"{self.size} local worker(s){where}; {self.threads} loader "
                          "thread(s) per job")
 

@@ -118,10 +118,7 @@ class RayExecutor:
         gpus = args.ray_gpus
         per_job = getattr(args, "devices_per_job", 1)
         if per_job > 1:  # a job across devices: that many whole GPUs per task
-            if args.jobs_per_gpu is not None and args.jobs_per_gpu > 1:
-                raise AblationError(f"--devices-per-job {per_job} and --jobs-per-gpu "
-                                    f"{args.jobs_per_gpu}: a job across several GPUs has "
-                                    "them to itself; give one")
+            devices.check_packing(per_job, args.jobs_per_gpu)
             if gpus is not None and gpus != per_job:
                 raise AblationError(f"--ray-gpus {gpus:g} and --devices-per-job {per_job} "
                                     "disagree; give one of them")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablation import argtypes
+from ablation import argtypes, devices
 from ablation.errors import AblationError
 from ablation.executors.base import LineSink, outcome_from
 from ablation.protocol import PROGRESS_FILE, PROGRESS_PREFIX, Exit, JobState, Outcome
@@ -90,10 +90,7 @@ class SlurmExecutor:
             options[k.strip().lstrip("-")] = v
         per_job = getattr(args, "devices_per_job", 1)
         if per_job > 1:  # a job across devices: a Slurm job holds it and its N GPUs
-            if args.jobs_per_gpu is not None and args.jobs_per_gpu > 1:
-                raise AblationError(f"--devices-per-job {per_job} and --jobs-per-gpu "
-                                    f"{args.jobs_per_gpu}: a job across several GPUs has "
-                                    "them to itself; give one")
+            devices.check_packing(per_job, args.jobs_per_gpu)
             if table.get("gpus") not in (None, per_job):
                 raise AblationError(f"--slurm-gpus {table['gpus']} and --devices-per-job "
                                     f"{per_job} disagree (a Slurm job holds one training job "
