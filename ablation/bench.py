@@ -255,10 +255,6 @@ if __name__ == "__main__":  # one measurement, in its own process
     where = rest[0] if rest else "host"
     n = int(rest[1]) if len(rest) > 1 else 1
     os.environ.update(parallel.cpu_devices_env(dict(os.environ), n))  # before JAX
-    from ablation import backend
-
-    if n > 1 and backend.choose() == "jax":  # before measure's first JAX call
-        parallel.one_step_at_a_time()
     try:  # "host,device": both, one after the other (one start-up for the two figures)
         got = {w: measure(v, prec, int(st) or None, int(bs), dd or None, sref or None, w, n)
                for w in where.split(",")}

@@ -52,8 +52,6 @@ def run(run_dir: Path) -> int:
     os.environ.update(parallel.cpu_devices_env(dict(os.environ), spread))
     try:
         name = backend.choose()
-        if spread > 1 and name == "jax":  # before the device check's first JAX call
-            parallel.one_step_at_a_time()
         on_gpu = backend.require_given_gpu(name)
         backend.keep_tensorflow_off_gpu(name)
     except backend.NoDevice as e:

@@ -18,13 +18,10 @@ executor's slots, Ray's `num_gpus`, Slurm's GPUs per task). A job on a machine w
 GPUs takes N CPU devices: JAX's host platform (`XLA_FLAGS=
 --xla_force_host_platform_device_count=N`, which `cpu_devices_env` sets) or TensorFlow's
 CPU split into N logical devices; nothing a lab would train on, and what the tests use.
-JAX's CPU devices run on one small thread pool, where an all-reduce waits for every
-device's task: with steps dispatched ahead (JAX's asynchronous CPU dispatch) and
-intra-op tasks in the same pool, a task can wait on a thread that never comes (seen
-once under load: "all reduce ... may be stuck", then an abort). So CPU devices run one
-step at a time (`jax_cpu_enable_async_dispatch` off) and single-threaded ops
-(`--xla_cpu_multi_thread_eigen=false`): the pool's only tasks are the step's own, one a
-device.
+JAX across CPU devices aborted in two of four full test-suite runs on a 2-core machine
+(XLA's in-process all-reduce: "may be stuck", then its 40 s limit), never when run
+alone; turning JAX's asynchronous CPU dispatch and multi-threaded ops off did not stop
+it, so the suite trains across devices on TensorFlow only (tests/test_parallel.py).
 """
 
 from __future__ import annotations
@@ -43,26 +40,14 @@ class TooFewDevices(AblationError):
     """The job was given fewer devices than it is to train on."""
 
 
-CPU_FLAGS = (HOST_DEVICE_COUNT, "--xla_cpu_multi_thread_eigen")
-
-
 def cpu_devices_env(env: dict[str, str], n: int) -> dict[str, str]:
-    """The environment in which JAX offers a CPU-only job N host devices, their ops
-    single-threaded (set before JAX starts; they concern JAX's CPU platform only;
-    TensorFlow splits its CPU itself, in `setup`)."""
+    """The environment in which JAX offers a CPU-only job N host devices (set before JAX
+    starts; it concerns JAX's CPU platform only; TensorFlow splits its CPU itself, in
+    `setup`)."""
     if n <= 1:
         return env
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(CPU_FLAGS)]
-    return {**env, "XLA_FLAGS": " ".join([*flags, f"{HOST_DEVICE_COUNT}={n}",
-                                          "--xla_cpu_multi_thread_eigen=false"])}
-
-
-def one_step_at_a_time() -> None:
-    """JAX's CPU devices run each step to its end before the next is dispatched: call
-    before JAX's first computation in the process (the module's docstring says why)."""
-    import jax
-
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(HOST_DEVICE_COUNT)]
+    return {**env, "XLA_FLAGS": " ".join([*flags, f"{HOST_DEVICE_COUNT}={n}"])}
 
 
 def check_batch_size(n: int, batch_size: int) -> None:
@@ -128,8 +113,6 @@ def setup(n: int, backend: str, on_gpu: bool) -> Spread:
         import jax
         import keras
 
-        if not on_gpu:
-            one_step_at_a_time()
         devices = [d for d in jax.devices() if (d.platform == "gpu") == on_gpu]
         _enough(devices, n, kind, backend)
         keras.distribution.set_distribution(

@@ -1,8 +1,8 @@
 """Augmentation inside the training step (`ablation.data.ondevice`): the same maps as the
 host path given the same draws, the same distributions (tested against the host's and
 the named laws), the same run twice and a resumed run bit for bit (TensorFlow; on JAX
-checked by hand, and trained in tests/test_parallel.py and test_run.py), and a run from
-the command line, on two devices, that says where its augmentation ran."""
+checked by hand, and trained from the command line in test_run.py), and a run from the
+command line, on two devices, that says where its augmentation ran."""
 
 from __future__ import annotations
 
