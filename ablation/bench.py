@@ -78,7 +78,7 @@ def measure(variant: str, precision: str, steps: int | None, batch_size: int,
     with spread.scope():
         model = spread.adopt(training.training_model(
             variant, recipe, ds.num_classes, settings["jit_compile"], spe,
-            on_device=(list(map(float, ds.mean)), list(map(float, ds.std)))
+            on_device=(ds.mean, ds.std)
             if on_device else None))
     source = data.TrainStream(ds, batch_size, seed=0, augment="blog", epochs=MAX_STEPS,
                               threads=devices.loader_threads(1), on_device=on_device)

@@ -23,6 +23,7 @@ import shutil
 import statistics
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def training_model(variant: str | Variant, recipe: Recipe, num_classes: int,
                    jit_compile: bool = False, steps_per_execution: int = 1,
                    steps_per_epoch: int | None = None,
                    input_shape: tuple[int, int, int] = (32, 32, 3),
-                   on_device: tuple[list[float], list[float]] | None = None) -> Any:
+                   on_device: tuple[Sequence[float], Sequence[float]] | None = None) -> Any:
     """The compiled model `run` and `bench` train: the registry graph on the fused
     layers of ablation.layers (same math, faster on TensorFlow), under the recipe's
     precision, optimizer, loss and schedule, compiled as `ablation.backend` chose for
@@ -314,7 +315,7 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
         model = spread.adopt(training_model(
             variant, recipe, ds.num_classes, execution["jit_compile"],
             execution["steps_per_execution"], steps, ds.input_shape,
-            on_device=(list(map(float, ds.mean)), list(map(float, ds.std)))
+            on_device=(ds.mean, ds.std)
             if on_device else None))
     info = models.count_params(variant, ds.num_classes, ds.input_shape)
     models.check_counts(model, info, cfg.variant)  # what the record says is the model's

@@ -54,7 +54,7 @@ def device_seconds(ds, case: dict, batches: int, batch: int = 128) -> float:
 
     from ablation.data import ondevice
 
-    layer = ondevice.DeviceAugment(list(map(float, ds.mean)), list(map(float, ds.std)),
+    layer = ondevice.DeviceAugment(ds.mean, ds.std,
                                    batch, case["augment"], case.get("pad"),
                                    case.get("mixup", 0), case.get("cutmix", 0))
     stream = data.TrainStream(ds, batch, seed=0, epochs=1, on_device=True, **case)

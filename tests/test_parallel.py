@@ -42,7 +42,7 @@ def train(where, spread, first, last, root):
     mixup = 0.2 if where == "device" and be == "jax" else 0
     recipe = Recipe(epochs=2, batch_size=16, train_limit=64, augment="crop", mixup=mixup,
                     augment_on=where)
-    on_device = (list(map(float, ds.mean)), list(map(float, ds.std))) \
+    on_device = (ds.mean, ds.std) \
         if where == "device" else None
     keras.utils.set_random_seed(0)
     with spread.scope():  # as a job builds it (training.build)

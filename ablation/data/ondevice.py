@@ -37,6 +37,7 @@ share's first place. Evaluation batches carry the key -1: images are only normal
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -235,7 +236,7 @@ class DeviceAugment(keras.layers.Layer):
     saved model (`training.standard_copy`) is the network alone, taking normalised
     images as before."""
 
-    def __init__(self, mean: list[float], std: list[float], batch_size: int,
+    def __init__(self, mean: Sequence[float], std: Sequence[float], batch_size: int,
                  augment: str = "blog", pad: int | None = None, mixup: float = 0.0,
                  cutmix: float = 0.0, **kwargs: Any):
         super().__init__(dtype="float32", autocast=False, **kwargs)
@@ -323,7 +324,7 @@ class AugmentedModel(keras.Model):
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
 
-def training_graph(net: Any, mean: list[float], std: list[float], batch_size: int,
+def training_graph(net: Any, mean: Sequence[float], std: Sequence[float], batch_size: int,
                    augment: str, pad: int | None, mixup: float,
                    cutmix: float) -> AugmentedModel:
     """The network behind the device's augmentation: the model `fit` trains."""
