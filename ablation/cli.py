@@ -20,6 +20,10 @@ from ablation.errors import AblationError
 from ablation.protocol import Exit, JobState, Terminated
 from ablation.results import DEFAULT_RESULTS
 
+# `run --no-inference-timing` by default when set (to 1): a machine whose timings would
+# mean nothing (shared, throttled), or a test suite
+NO_INFERENCE_ENV = "ABLATION_NO_INFERENCE_TIMING"
+
 # Only the standard library and two small modules above: `main` installs the signal
 # handling before anything heavy loads, so Ctrl-C (or SIGTERM) at any moment is one line.
 
@@ -75,7 +79,8 @@ def cmd_list(args) -> int:
                      "params_total": info.params_total,
                      "params_trainable": info.params_trainable,
                      "params_non_trainable": info.params_non_trainable,
-                     "macs": info.macs, "description": v.description})
+                     "macs": info.macs, "macs_unknown": list(info.unknown_macs),
+                     "description": v.description})
     shadows = [f"{kind} {u!r} of {study.units_source} shadows the built-in {kind} {u!r} for "
                "this study's own variants"
                for kind, u in [*(("unit", u) for u in study.shadowed), *study.shadowed_parts]]
@@ -101,8 +106,11 @@ def cmd_list(args) -> int:
               f"of {classes} classes")
     for line in shadows:
         print(line)
+    for r in rows:
+        if r["macs_unknown"]:
+            print(f"{r['name']}: multiply-adds unknown for {'; '.join(r['macs_unknown'])}")
     print("depth = weighted layers on the main path (stem, residual-branch convs, dense); "
-          "MACs = multiply-adds per image (unknown where a unit uses ops.layer)"
+          "MACs = multiply-adds per image (convolutions, dense layers, attention)"
           + ("; resnet152 is the blog's 3-4-36-3, 140 layers." if "resnet152" in names
              else "."))
     return 0
@@ -163,7 +171,8 @@ def cmd_run(args) -> int:
                          snapshot_minutes=args.snapshot_minutes,
                          local=(args.workers, args.jobs_per_gpu)
                          if args.dry_run and args.executor == "local" else None,
-                         devices_per_job=args.devices_per_job)
+                         devices_per_job=args.devices_per_job,
+                         inference=not args.no_inference_timing)
     policy = planning.policy(plan, study, args.seeds, args.until_decided, args.max_seeds,
                              args.margin)
     if args.dry_run:  # the jobs that would run at once: what halving's rule reads
@@ -362,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-failed", action="store_true", help="requeue failed jobs")
     s.add_argument("--no-keep-model", action="store_true",
                    help="save the .h5 to measure it, then delete it")
+    s.add_argument("--no-inference-timing", action="store_true",
+                   default=os.environ.get(NO_INFERENCE_ENV, "") not in ("", "0"),
+                   help="do not time the trained networks' inference (images/s at batch "
+                        "256, one image's latency; by default once per variant and device; "
+                        f"also set by {NO_INFERENCE_ENV}=1)")
     s.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
     g = s.add_argument_group("snapshots inside an epoch (a job killed mid-epoch goes on "
                              "from the last one; never the numbers)")

@@ -58,6 +58,7 @@ class Plan:
     snapshot_minutes: float | None = None
     devices: int = 1  # data parallel over this many devices per job (JobConfig's)
     slots: int = 1  # jobs that run at once here (a dry run's count; a run's executor's)
+    inference: bool = True  # time each variant's trained network (JobConfig's)
 
     def recipes_of(self, variant: str) -> list[Recipe]:
         return (self.recipes or {}).get(variant, [self.recipe])
@@ -103,4 +104,5 @@ class Plan:
                          data=self.data, phase=self.phase,
                          tuning=self.tuning_of(job.variant.name), until=job.until,
                          snapshot_steps=self.snapshot_steps,
-                         snapshot_minutes=self.snapshot_minutes, devices=self.devices)
+                         snapshot_minutes=self.snapshot_minutes, devices=self.devices,
+                         inference=self.inference)

@@ -32,7 +32,8 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
          data_dir: str | None = None, seeds: int = 1, keep_model: bool = True,
          retry_failed: bool = False, dry_run: bool = False,
          snapshot_steps: int | None = None, snapshot_minutes: float | None = None,
-         local: tuple[int | None, int | None] | None = None, devices_per_job: int = 1) -> Plan:
+         local: tuple[int | None, int | None] | None = None, devices_per_job: int = 1,
+         inference: bool = True) -> Plan:
     """The jobs of `names` under the study's recipe with `overrides` (the flags given),
     checked: one AblationError naming the problem before anything is queued. `local`:
     the local executor's (workers, jobs per GPU), for how many jobs run at once here
@@ -84,7 +85,7 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
                 retry_failed=retry_failed,
                 study=study.name if study.builtin else str(study.path), data=record,
                 snapshot_steps=snapshot_steps, snapshot_minutes=snapshot_minutes,
-                devices=devices_per_job, slots=slots)
+                devices=devices_per_job, slots=slots, inference=inference)
 
 
 def policy(plan: Plan, study: studies.Study, seeds: int | None = None,

@@ -223,6 +223,8 @@ class JobConfig:
     # data parallel over this many devices (`run --devices-per-job`; ablation.parallel):
     # the recipe's batch is the global batch
     devices: int = 1
+    # time the trained network's inference (ablation.inference; `run --no-inference-timing`)
+    inference: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -351,6 +353,15 @@ class RunRecord(BaseModel):
     images_per_second: float | None = None
     peak_rss_mb: float | None = None
     h5_bytes: int | None = None
+    # inference speed (ablation.inference): once per variant and device kind, so a run
+    # whose sibling measured it has none; images/s at infer_batch (median of the repeats,
+    # their lowest and highest) and one image's latency, median and 90th percentile
+    infer_batch: int | None = None
+    infer_images_per_second: float | None = None
+    infer_images_per_second_low: float | None = None
+    infer_images_per_second_high: float | None = None
+    infer_latency_ms: float | None = None
+    infer_latency_p90_ms: float | None = None
     model_file: str | None = None
     updated: str | None = None
     # where and with what it ran

@@ -37,6 +37,7 @@ from ablation import (
     data,
     devices,
     environment,
+    inference,
     models,
     parallel,
     registry,
@@ -565,10 +566,38 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
         print(f"test accuracy with test-time augmentation ({job.recipe.tta}): "
               f"{extra['final_tta_accuracy']:.4f}", flush=True)
     size = save(job)
-    record.write(JobState.DONE, h5_bytes=size,
-                 model_file="model.h5" if cfg.keep_model else None, **extra)
+    done = record.write(JobState.DONE, h5_bytes=size,
+                        model_file="model.h5" if cfg.keep_model else None, **extra)
     shutil.rmtree(job.backup.root, ignore_errors=True)
+    if cfg.inference and job.tests:  # a tuning run's network is timed in the comparison
+        time_inference(job, done)
     return Exit.DONE
+
+
+def time_inference(job: Job, done: RunRecord) -> None:
+    """The trained network's inference speed (`ablation.inference`), added to the
+    finished run's record; skipped where a run of the same network, precision and device
+    has it. The run is done before this starts: a failure here costs only the timing."""
+    before = inference.measured_before(job.run_dir, done)
+    if before is not None:
+        print(f"inference: timed by {before.name} (the same network, precision and "
+              "device)", flush=True)
+        return
+    images = data.normalise(job.ds.x_test[:inference.BATCH], job.ds.mean, job.ds.std)
+    print(f"inference: timing {job.cfg.variant} at batch {inference.BATCH} and 1 ...",
+          flush=True)
+    try:
+        got = inference.measure(network(job.model).predict_on_batch, images)
+    except Exception as e:  # the run is recorded; its timing is not worth failing it
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"inference: not timed ({type(e).__name__}: {first})", flush=True)
+        return
+    job.folder.write_record(done.model_copy(update=got))
+    print(f"inference: {got['infer_images_per_second']:,.0f} images/s at batch "
+          f"{got['infer_batch']} (repeats {got['infer_images_per_second_low']:,.0f}-"
+          f"{got['infer_images_per_second_high']:,.0f}); one image "
+          f"{got['infer_latency_ms']:.2f} ms median, {got['infer_latency_p90_ms']:.2f} ms "
+          "90th percentile", flush=True)
 
 
 def _recorded(job: Job) -> bool:

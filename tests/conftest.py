@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# jobs do not time their networks' inference (a few seconds each) unless a test asks
+# (`env={"ABLATION_NO_INFERENCE_TIMING": None}`: tests/test_ops.py, tests/test_inference.py)
+os.environ["ABLATION_NO_INFERENCE_TIMING"] = "1"
 ROOT = Path(__file__).resolve().parent.parent
 
 # the smallest real training job: 4 steps of 32 images, 2 epochs, 64 test images

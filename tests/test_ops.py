@@ -15,7 +15,7 @@ from designs import DESIGNS, EXAMPLE_NETS, EXAMPLES, MIXED, counts, write_design
 
 import ablation
 from ablation import models, study
-from ablation.models import graph, ops
+from ablation.models import costs, graph, ops
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,13 @@ def test_the_designs_count_like_independent_keras_models(designs, isolated_regis
             counts(make()), name
         built = ablation.build_model(name)  # and the model ablation builds has them too
         assert counts(built) == counts(make()), name
-    # multiply-adds: by rule where there is one, unknown (never 0) through ops.layer
-    assert ablation.count_params("t_gn").macs is None
-    assert ablation.count_params("t_gn").unknown_macs[0] == "s1b1_preact_gn"
+        # multiply-adds: the ops' rules (and ops.layer's) summed are what the independent
+        # model's compiled form multiplies
+        twin = make()
+        assert info.macs == costs.hlo_macs(costs.hlo_text(
+            lambda x, m=twin: m(x, training=False), [tuple(twin.input_shape[1:])])), name
     e, silu = ablation.count_params("t_e"), ablation.count_params("t_silu")
-    assert e.macs == silu.macs and e.macs > 0
+    assert e.macs == silu.macs == ablation.count_params("t_gn").macs > 0  # GN counts 0
     # depth: the SE gate's dense layers are beside the branch; ConvNeXt's three convs count
     assert ablation.count_params("t_se").depth == e.depth == 8
     assert ablation.count_params("t_convnext").depth == 1 + 3 * 3 + 1
@@ -335,26 +337,41 @@ def test_the_designs_build_on_jax_with_the_same_counts(designs):
 
 def test_the_designs_train_report_and_load_in_plain_keras(designs, tmp_path, cifar_dir):
     """Every design trains one epoch on a subset (three designs a network, a unit per
-    stage), the study reports, and every .h5 loads with plain `keras.models.load_model`:
-    the one with a Keras layer of the study's own (LayerScale) after importing the run
-    folder's copy of the units, as docs/studies.md says."""
+    stage), each network's inference is timed, the study reports (accuracy against
+    cost), and every .h5 loads with plain `keras.models.load_model`: the one with a
+    Keras layer of the study's own (LayerScale) after importing the run folder's copy of
+    the units, as docs/studies.md says."""
     res = tmp_path / "results"
     r = run_cli("run", "--study", str(designs), *MIXED, "--epochs", "1", "--train-limit",
                 "64", "--test-limit", "32", "--batch-size", "32", "--workers", "2",
-                "--data-dir", str(cifar_dir), "--results", str(res))
+                "--data-dir", str(cifar_dir), "--results", str(res),
+                env={"ABLATION_NO_INFERENCE_TIMING": None})  # timed, as by default
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{len(MIXED)} done" in r.stdout
     runs = {p.name.split("-")[0]: p for p in run_dirs(res)}
     assert set(runs) == set(MIXED)
     summaries = {n: json.loads((p / "summary.json").read_text()) for n, p in runs.items()}
-    assert summaries["mix_c"]["macs"] is None and summaries["mix_a"]["macs"] > 0
+    assert all(s["macs"] > 0 for s in summaries.values())  # ops.layer's included
     assert summaries["mix_b"]["definition"]["unit"] == ["e_droppath", "e_silu", "e_dilated"]
+    for s in summaries.values():  # each variant's first run times its network
+        assert s["infer_batch"] == 256 and s["status"] == "done"
+        assert 0 < s["infer_images_per_second_low"] <= s["infer_images_per_second"] \
+            <= s["infer_images_per_second_high"]
+        assert 0 < s["infer_latency_ms"] <= s["infer_latency_p90_ms"]
     out = tmp_path / "report"
     rep = run_cli("report", "--study", str(designs), "--results", str(res), "--out", str(out))
     assert rep.returncode == 0, rep.stderr
     md = (out / "README.md").read_text()
     for name in MIXED:
         assert f"| {name} " in md
+    # accuracy against cost: the columns, the figure, the frontier by each cost
+    assert "inference img/s (lowest–highest)" in md and "latency ms, median (p90)" in md
+    front = next(line for line in md.splitlines() if line.startswith("On the Pareto"))
+    assert "by parameters, " in front and "by multiply-adds per image, " in front
+    assert "by inference images/s, " in front and "Inference: batch 256 on " in front
+    assert next(out.glob("*/2-three-designs-a-network-pareto.png")).stat().st_size > 10_000
+    runs_csv = (out / "runs.csv").read_text().splitlines()[0]
+    assert "infer_images_per_second" in runs_csv and "infer_latency_p90_ms" in runs_csv
     # plain Keras: the networks of standard layers as they are; those with a Keras layer
     # of the study's own (LayerScale, registered by the file; Gate, registered by
     # ablation as the file's units register) or ablation's own token layers once the

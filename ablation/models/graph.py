@@ -13,7 +13,8 @@ what a layer is to it (timm's lesson: parts by name from one table, each defined
 Both record the op graph, so a layer that a unit computes and never uses (which Keras
 would silently drop, leaving counts that are not the model's) is an error that names
 the layer. `ops.layer` takes any Keras layer: the counting pass then asks Keras itself
-for its parameters and output shape, and its multiply-adds are unknown.
+for its parameters and output shape, and `ablation.models.costs` for its multiply-adds
+(by rule for the usual classes, else from the backend's compiled form of it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ablation.errors import AblationError
+from ablation.models import costs
 
 
 class OpError(AblationError):
@@ -152,14 +154,20 @@ class Graph:
     def foreign(self, layer: Any, inputs: list[Any], spread: bool, main: bool) -> Any:
         """A Keras layer of the user's (`ops.layer`): applied (the interpreter's
         `_foreign`), its weights counted once however often it is applied, its depth if
-        it has a kernel on the main path, its multiply-adds unknown."""
+        it has a kernel on the main path, its multiply-adds each time it is applied."""
         again = self.shared(layer)
         if not again:
             self.claim(layer.name)
         y = self._foreign(layer, list(inputs), spread)
         t, nt = (0, 0) if again else _weights(layer)
-        self._add(t, nt, None, main and not again and _weighted(layer), layer.name)
+        macs, how = self._foreign_macs(layer, inputs, y, spread)
+        self._add(t, nt, macs, main and not again and _weighted(layer),
+                  layer.name if macs is not None else f"{layer.name} ({how})")
         return self.track(y, layer.name, inputs)
+
+    def _foreign_macs(self, layer: Any, inputs: list[Any], y: Any, spread: bool
+                      ) -> tuple[int | None, str]:
+        return None, "not counted while building (the counting pass counts it)"
 
     def _layer(self, name: str, inputs: list[Any], dims: tuple[int, ...], make: Callable,
                call: Callable | None, after: Callable | None) -> Any:
@@ -208,6 +216,10 @@ class Counter(Graph):
 
         probes = [keras.KerasTensor((None, *x.shape[1:])) for x in inputs]
         return Sym(tuple(_apply(layer, probes, spread).shape[1:]))
+
+    def _foreign_macs(self, layer, inputs, y, spread):
+        return costs.layer_macs(layer, [tuple(x.shape[1:]) for x in inputs],
+                                tuple(y.shape[1:]), spread)
 
 
 class Builder(Graph):

@@ -132,7 +132,7 @@ class ModelInfo:
     params_trainable: int
     params_non_trainable: int
     macs: int | None  # multiply-adds of one forward pass of one image; None: unknown
-    unknown_macs: tuple[str, ...] = ()  # layers without a multiply-add rule (ops.layer)
+    unknown_macs: tuple[str, ...] = ()  # "layer (why)": ops.layer layers not counted
 
 
 def count_params(name: str | Variant, num_classes: int = 10,

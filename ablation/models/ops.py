@@ -555,6 +555,28 @@ def token(g, x, index, name):
     return g.emit(name, [y], (c,), lambda L: L.Reshape((c,), name=name))
 
 
+@op
+def weighted_sum(g, x, weights, name):
+    """The tokens (N, L, C) summed with one weight each, `weights` (N, L, 1) or (N, L):
+    (N, C), Σ_l w_l·x_l. With weights from a dense layer's scores softmaxed over the
+    tokens (`ops.softmax(s, name, axis=1)`) it is CCT's sequence pooling (Hassani et al.
+    2021). Standard layers (a Dot over the token axis named `<name>_dot`, then a Reshape);
+    multiply-adds L·C."""
+    length, c = g.tensor(x, "weighted_sum", "x", rank=2)
+    w = g.tensor(weights, "weighted_sum", "weights")
+    if w not in ((length,), (length, 1)):
+        raise OpError(f"ops.weighted_sum {name}: weights must be (N, {length}, 1) or "
+                      f"(N, {length}), one per token of x {_shape((length, c))}; got "
+                      f"{_shape(w)}")
+    if len(w) == 1:
+        weights = g.emit(f"{name}_w", [weights], (length, 1), lambda L: L.Reshape(
+            (length, 1), name=f"{name}_w"))
+    y = g.emit(f"{name}_dot", [weights, x], (1, c), lambda L: L.Dot(axes=1,
+                                                                     name=f"{name}_dot"),
+               macs=length * c)
+    return g.emit(name, [y], (c,), lambda L: L.Reshape((c,), name=name))
+
+
 def _layers_within(layer: Any) -> list[Any]:
     """A layer and, for a model or a Sequential, every layer inside it."""
     out = [layer]
@@ -583,12 +605,13 @@ def _token_layers():
 def layer(g, layer, *inputs, main=True):
     """Any Keras layer, applied to `inputs`: one tensor; several, as separate arguments
     when its call needs two or more (MultiHeadAttention(query, value)), else as one list
-    (Add, Attention); or one list of tensors, given as a list. Its own name is the layer name. Its
-    parameters and output shape come from Keras itself; its multiply-adds are unknown;
-    it counts in depth when it has a kernel, unless `main=False` (a gate beside the
-    branch). The same layer object applied again (in one block) shares its weights:
-    they count once. Make the layer inside the unit (a layer object reused across blocks
-    would share its weights across them too)."""
+    (Add, Attention); or one list of tensors, given as a list. Its own name is the layer
+    name. Its parameters and output shape come from Keras itself; its multiply-adds, each
+    time it is applied, by rule for the usual classes, else from its compiled form
+    (`ablation.models.costs`); it counts in depth when it has a kernel, unless
+    `main=False` (a gate beside the branch). The same layer object applied again (in one
+    block) shares its weights: they count once. Make the layer inside the unit (a layer
+    object reused across blocks would share its weights across them too)."""
     try:
         import keras
     except ImportError:  # pragma: no cover - keras is a dependency

@@ -98,6 +98,7 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
             figures.plot_zoom(fig_dir / f"{base}-zoom.png", present, cmp.title, zoom[0], col,
                               split, also, why=zoom[1])
             out += [f"![{cmp.title}: zoomed test accuracy]({rel}/{base}-zoom.png)", ""]
+    out += _pareto_block(summary, cmp, fig_dir, rel, base, col, split, also)
     sizes = {s.variant: s.h5_mb for s in summary.itertuples() if not math.isnan(s.h5_mb)}
     if cmp.sizes and sizes:
         figures.plot_sizes(fig_dir / f"{base}-sizes.png", sizes, cmp.title, col, also)
@@ -125,6 +126,36 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
                                         {v: k for v, k in judged.beyond.items()
                                          if v in present}, results_dir)]
     return out
+
+
+def _pareto_block(summary: pd.DataFrame, cmp: studies.Comparison, fig_dir: Path, rel: str,
+                  base: str, col: dict, split: results.Split, also: tuple[str, ...]
+                  ) -> list[str]:
+    """The accuracy-against-cost figure and, per cost, the variants on its frontier;
+    nothing below two variants."""
+    timed = summary.dropna(subset=["infer_images_per_second"])
+    devices = sorted({d for d in timed["infer_device"] if d})
+    note = ""
+    if len(devices) > 1:  # speeds of different devices are not one axis
+        summary = summary.assign(infer_images_per_second=math.nan)
+        note = (" Inference speeds were measured on different devices here "
+                f"({'; '.join(devices)}), so they are not set against each other.")
+    elif len(timed) > 1:
+        note = (f" Inference: batch {int(timed['infer_batch'].iloc[0])} on {devices[0]}, "
+                "the trained network through Keras' predict_on_batch, the copy to the "
+                "device included (docs/performance.md)"
+                + ("; some variants were also timed on another device, not shown"
+                   if int(timed["infer_devices"].max()) > 1 else "") + ".")
+    fronts = figures.plot_pareto(fig_dir / f"{base}-pareto.png", summary, cmp.title, col,
+                                 split.name, also)
+    if not fronts:
+        return []
+    return [f"![{cmp.title}: accuracy against cost]({rel}/{base}-pareto.png)", "",
+            "On the Pareto frontier (no other variant here is at least as cheap and as "
+            f"accurate, in mean final {split.name} accuracy; the verdicts below say which "
+            "differences are real): "
+            + "; ".join(f"by {label}, {', '.join(vs)}" for label, vs in fronts.items())
+            + "." + note, ""]
 
 
 def _incomparable(trained: dict[str, Recipe]) -> list[str]:

@@ -165,6 +165,58 @@ def plot_sizes(path: Path, sizes: dict[str, float], title: str, col: Palette,
     _save(fig, path, also)
 
 
+# the Pareto figure's cost axes: (summary column, axis label, lower is better)
+COST_AXES = (("params_total", "parameters", True),
+             ("macs", "multiply-adds per image", True),
+             ("infer_images_per_second", "inference images/s", False))
+
+
+def plot_pareto(path: Path, summary: pd.DataFrame, title: str, col: Palette,
+                split_name: str = "test", also: tuple[str, ...] = ()
+                ) -> dict[str, list[str]]:
+    """Final accuracy (mean ± std over seeds) against each cost the variants have
+    (parameters, multiply-adds, inference speed), log axes, the Pareto frontier joined
+    and ringed. Returns each drawn axis' frontier (its label -> variants, cheapest
+    first); draws nothing and returns {} when no axis has two variants."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    from ablation.report.stats import frontier
+
+    acc = 100 * summary["final_mean"].astype(float)
+    err = 100 * summary["final_std"].astype(float).fillna(0)
+    axes = [(c, label, low) for c, label, low in COST_AXES
+            if c in summary and pd.to_numeric(summary[c], errors="coerce").notna().sum() > 1]
+    if not axes or acc.notna().sum() < 2:
+        return {}
+    fig, axs = plt.subplots(1, len(axes), figsize=(4.2 * len(axes), 4), squeeze=False,
+                            constrained_layout=True)
+    fronts = {}
+    for ax, (column, label, low) in zip(axs[0], axes, strict=True):
+        cost = pd.to_numeric(summary[column], errors="coerce").astype(float)
+        on = frontier(cost.tolist(), acc.tolist(), low)
+        for i, v in enumerate(summary["variant"]):
+            if np.isnan(cost[i]) or np.isnan(acc[i]):
+                continue
+            ax.errorbar(cost[i], acc[i], yerr=err[i], fmt="o", color=col[v], capsize=3,
+                        label=col.name(v))
+            if on[i]:
+                ax.plot(cost[i], acc[i], "o", mfc="none", mec="black", ms=12)
+        idx = sorted((i for i in range(len(on)) if on[i]), key=lambda i: cost[i],
+                     reverse=not low)
+        ax.plot(cost[idx], acc[idx], "--", color="black", lw=1, alpha=0.6)
+        fronts[label] = [summary["variant"].iloc[i] for i in idx]
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short span
+        ax.set_xlabel(label + ("" if low else " (higher is better)"))
+        ax.set_ylabel(f"final {split_name} accuracy, %")
+        ax.grid(alpha=0.3)
+    axs[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{title}: accuracy against cost (ringed: the Pareto frontier)")
+    _save(fig, path, also)
+    return fronts
+
+
 def plot_responses(path: Path, responses: pd.DataFrame, title: str,
                    col: Palette, also: tuple[str, ...] = ()) -> None:
     """He et al. 2015, Fig. 7 style: top, the std of each 3x3 layer's response in

@@ -303,6 +303,8 @@ def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int
     study has one for the runs' dataset."""
     rows = []
     tta = "tta_mean" in summary and summary["tta_mean"].notna().any()
+    timed = "infer_images_per_second" in summary and \
+        summary["infer_images_per_second"].notna().any()
     for s in summary.itertuples():
         v = registry.get(s.variant)
         ref = v.reference_params or (None, None, None)
@@ -326,6 +328,13 @@ def comparison_table(summary: pd.DataFrame, cmp: studies.Comparison, epochs: int
             "train time": "–" if math.isnan(s.train_seconds) else results.duration(
                 s.train_seconds),
             "img/s": "–" if math.isnan(s.images_per_second) else f"{s.images_per_second:.0f}",
+            **({} if not timed else {
+                "inference img/s (lowest–highest)": "–"
+                if math.isnan(s.infer_images_per_second) else
+                f"{s.infer_images_per_second:,.0f} ({s.infer_images_per_second_low:,.0f}–"
+                f"{s.infer_images_per_second_high:,.0f})",
+                "latency ms, median (p90)": "–" if math.isnan(s.infer_latency_ms) else
+                f"{s.infer_latency_ms:.2f} ({s.infer_latency_p90_ms:.2f})"}),
             "MACs": "unknown" if s.macs is None or (isinstance(s.macs, float)
                                                   and math.isnan(s.macs))
             else f"{s.macs / 1e6:,.1f}M",

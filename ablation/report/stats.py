@@ -52,8 +52,44 @@ def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
             "train_seconds": _mean([x for x in col("train_seconds") if x]),
             # the median: one seed that ran alone on the machine does not move it
             "images_per_second": _median([x for x in col("images_per_second") if x]),
+            **inference_summary(s),
         })
     return pd.DataFrame(rows)
+
+
+INFER_KEYS = ("infer_images_per_second", "infer_images_per_second_low",
+              "infer_images_per_second_high", "infer_latency_ms", "infer_latency_p90_ms",
+              "infer_batch")
+
+
+def inference_summary(records: list) -> dict:
+    """A variant's inference timing: from the runs that measured it (one per device
+    kind, `ablation.inference`) on the device most of them ran on, the median of each
+    figure; its device and how many devices measured it."""
+    timed = [r for r in records if r.infer_images_per_second is not None]
+    if not timed:
+        return {**dict.fromkeys(INFER_KEYS, math.nan), "infer_device": None,
+                "infer_devices": 0}
+    devices = pd.Series([r.device or "?" for r in timed])
+    device = devices.value_counts().index[0]  # the most common; ties: the first seen
+    on = [r for r in timed if (r.device or "?") == device]
+    return {**{k: _median([float(getattr(r, k)) for r in on]) for k in INFER_KEYS},
+            "infer_device": device, "infer_devices": devices.nunique()}
+
+
+def frontier(costs: list[float], accuracies: list[float], lower_is_better: bool = True
+             ) -> list[bool]:
+    """Which points are on the Pareto frontier of cost against accuracy: no other
+    point is at least as cheap and as accurate and better in one (NaN: never on it).
+    `lower_is_better=False` for a cost that is a speed (images/s)."""
+    c = np.asarray(costs, dtype=float) * (1 if lower_is_better else -1)
+    a = np.asarray(accuracies, dtype=float)
+    ok = ~(np.isnan(c) | np.isnan(a))
+    on = []
+    for i in range(len(c)):
+        dominated = ok & (c <= c[i]) & (a >= a[i]) & ((c < c[i]) | (a > a[i]))
+        on.append(bool(ok[i] and not dominated.any()))
+    return on
 
 
 def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
