@@ -30,7 +30,7 @@ from ablation.store import RunFolder
 
 BATCH = 256  # images per throughput call (timm's benchmark default)
 REPEATS = 5  # throughput repeats; their median is the figure, lowest and highest kept
-SECONDS = 0.5  # each throughput repeat lasts at least this; the latency calls as long
+SECONDS = 0.25  # each throughput repeat lasts at least this; the latency calls as long
 LATENCY_CALLS = (20, 500)  # batch-1 calls timed: at least, at most
 WARMUP = 2  # calls at each batch size before any timing (the first compiles)
 

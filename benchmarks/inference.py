@@ -7,7 +7,7 @@ one process and across fresh processes, per variant. The figures in docs/perform
 
 Each process builds the variant as a job does (its compile settings, its precision;
 weights at their initialisation, which does not change the speed), then takes
-`--measurements` timings in a row, each `inference.measure` (5 repeats of >= 0.5 s at
+`--measurements` timings in a row, each `inference.measure` (5 repeats of >= 0.25 s at
 batch 256, then one-image calls). It prints, per variant: each measurement's median
 images/s and latency; the spread of the repeats inside one measurement (lowest to
 highest, relative to its median); and the spread of the medians across measurements and

@@ -103,8 +103,8 @@ def test_cli_list_study_json(tmp_path):
             total, trainable, non_trainable, depth)
     assert set(rows["resnet32_e"]) == {"name", "label", "depth", "params_total",
                                        "params_trainable", "params_non_trainable", "macs",
-                                       "description"}  # macs: added in 0.5
-    assert rows["resnet32_e"]["macs"] == 69_124_736
+                                       "macs_unknown", "description"}  # macs: 0.5; unknown: 0.7
+    assert rows["resnet32_e"]["macs"] == 69_124_736 and rows["resnet32_e"]["macs_unknown"] == []
 
 
 BROKEN_UNIT = '''\
@@ -225,7 +225,8 @@ def test_user_study_end_to_end_and_definitions_never_mix(tmp_path, tiny_results,
     assert "### 1. (e) vs (f) vs deeper (e)" in md
     for name in ("resnet32_e", "resnet8_f", "resnet8_e"):
         assert f"| {name} " in md
-    assert len(list(out.rglob("1-e-vs-f-vs-deeper-e-*.png"))) == 3  # curves, zoom, sizes
+    # curves, zoom, sizes, accuracy against cost
+    assert len(list(out.rglob("1-e-vs-f-vs-deeper-e-*.png"))) == 4
     frame = pd.read_csv(out / "runs.csv")
     f_rows = frame[frame["variant"] == "resnet8_f"]
     assert len(f_rows) == 1 and f_rows["run_dir"].iloc[0] != str(f_old)

@@ -18,7 +18,7 @@ from ablation import judge, registry, results
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.recipe import Recipe
-from ablation.report import figures, markdown, stats, tuned
+from ablation.report import figures, markdown, spaces, stats, tuned
 from ablation.report import latex as latex_mod
 from ablation.report.frames import responses_frame, runs_frame
 from ablation.runs import report_runs
@@ -326,6 +326,7 @@ def build(results_dir: Path, out_dir: Path | None = None, recipe: str | None = N
             lines += _comparison_block(study, cmp, n, rs, fig_dir, rid, col, results_dir,
                                        judged, split, also, latex)
             verdict_rows += markdown.verdict_rows(cmp.key, rid, judged.pairs[cmp.key], judged)
+        lines += spaces.section(study, rs, fig_dir, rid, split, also)
     if tuned_groups and on == "validation":
         lines += ["*`--on validation` leaves the tuned comparisons below on the test set: their "
                   "validation split chose each variant's setting, so judging on it again "

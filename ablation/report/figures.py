@@ -217,6 +217,34 @@ def plot_pareto(path: Path, summary: pd.DataFrame, title: str, col: Palette,
     return fronts
 
 
+def plot_spaces(path: Path, errors: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+                title: str, split_name: str = "test", also: tuple[str, ...] = ()) -> None:
+    """Each design space's error EDF (the share of its models at or below an error);
+    beside it the complexity-normalised EDF when `weights` are given."""
+    import matplotlib.pyplot as plt
+
+    from ablation.report.stats import edf
+
+    panels = [("models, equally weighted", None)] + (
+        [("normalised for complexity", weights)] if weights else [])
+    fig, axs = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False,
+                            constrained_layout=True)
+    cmap = plt.get_cmap("tab10")
+    for ax, (label, w) in zip(axs[0], panels, strict=True):
+        for i, (space, e) in enumerate(errors.items()):
+            x, y = edf(e, None if w is None else w[space])
+            ax.step(np.r_[x[0], x], np.r_[0.0, y], where="post", color=cmap(i % 10),
+                    label=f"{space} ({len(e)} models)")
+        ax.set_xlabel(f"final {split_name} error, %")
+        ax.set_ylabel("share of models at or below")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{title}: design spaces' error distributions")
+    _save(fig, path, also)
+
+
 def plot_responses(path: Path, responses: pd.DataFrame, title: str,
                    col: Palette, also: tuple[str, ...] = ()) -> None:
     """He et al. 2015, Fig. 7 style: top, the std of each 3x3 layer's response in

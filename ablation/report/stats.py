@@ -155,3 +155,56 @@ def expected_best(values, k: int, replace: bool = False) -> float:
     else:
         w = comb(i - 1, k - 1, exact=False) / comb(n, k, exact=False)
     return float(np.sum(w * v))
+
+
+# --- design spaces (Radosavovic et al. 2019) ---------------------------------------------
+
+COMPLEXITY_BINS = 8  # log-complexity bins of the normalised EDF
+
+
+def complexity_weights(complexity: dict[str, list[float]], bins: int = COMPLEXITY_BINS
+                       ) -> dict[str, np.ndarray]:
+    """Per space, a weight for each model such that every complexity bin (equal widths
+    in log complexity over all spaces' models) that all spaces reach weighs the same,
+    and a model in a bin some space does not reach weighs 0; each space's weights sum to
+    1 (all 0 when no bin is shared). Radosavovic et al. 2019's normalised comparison:
+    spaces of different typical sizes are compared as if their sizes were distributed
+    alike."""
+    logs = {s: np.log10(np.asarray(c, dtype=float)) for s, c in complexity.items()}
+    every = np.concatenate(list(logs.values()))
+    lo, hi = every.min(), every.max()
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    where = {s: np.clip(np.searchsorted(edges, v, side="right") - 1, 0, bins - 1)
+             for s, v in logs.items()}
+    shared = set(range(bins))
+    for b in where.values():
+        shared &= set(b.tolist())
+    out = {}
+    for s, b in where.items():
+        counts = np.bincount(b, minlength=bins)
+        w = np.array([1.0 / counts[i] if i in shared else 0.0 for i in b])
+        out[s] = w / w.sum() if w.sum() else w
+    return out
+
+
+def edf(values, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """The (weighted) empirical distribution function: sorted values and the share of
+    weight at or below each."""
+    v = np.asarray(values, dtype=float)
+    w = np.ones_like(v) / len(v) if weights is None else np.asarray(weights, dtype=float)
+    order = np.argsort(v, kind="stable")
+    return v[order], np.cumsum(w[order])
+
+
+def best_of(errors, n: int, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The best (lowest) error of `n` models drawn from a space, from the N trained:
+    its expected value over every subset of n (exact, `expected_best` without
+    replacement) and the middle 95 % of it over `draws` random subsets (without
+    replacement: a subset's minimum, unlike a bootstrap resample's, is a minimum of n
+    distinct models)."""
+    e = np.asarray(errors, dtype=float)
+    mean = -expected_best(-e, n)
+    rng = np.random.default_rng(seed)
+    mins = np.array([e[rng.choice(len(e), n, replace=False)].min() for _ in range(draws)])
+    lo, hi = np.percentile(mins, [2.5, 97.5])
+    return float(mean), float(lo), float(hi)

@@ -21,7 +21,7 @@ from ablation.data.sources import is_path as data_is_path
 from ablation.errors import AblationError
 from ablation.recipe import VARIANT_FIELDS, Recipe
 from ablation.registry import Variant
-from ablation.study import definitions, schema
+from ablation.study import definitions, schema, spaces
 from ablation.study.units import import_units
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -87,6 +87,7 @@ class Study:
     # built-in stems and heads its own shadow: ("stem", name), ("head", name)
     shadowed_parts: tuple[tuple[str, str], ...] = ()
     tune: tune.Tune | None = None  # [tune]: each variant's nuisance fields, tuned
+    spaces: tuple[spaces.Space, ...] = ()  # [[space]]: design spaces, their models sampled
     slurm: dict = field(default_factory=dict)  # [slurm]: --executor slurm's defaults
 
     def variants(self, pattern: str = "*") -> list[str]:
@@ -261,6 +262,8 @@ class _Loader:
         self.shape = self.data_shape(top.recipe)
         self.dataset = str(top.recipe.get("dataset", "cifar10"))
         own = self.variants(top.variant)
+        sampled = self.spaces(top.space, own)
+        own += [m for sp in sampled for m in sp.models]
         comparisons = self.comparisons(top.comparison, own)
         used = [v for c in comparisons for v in c.variants if v not in own]
         for names, _ in (tuned.spaces if tuned else ()):
@@ -279,7 +282,7 @@ class _Loader:
             shadowed_parts=tuple((kind, n) for kind in ("stem", "head")
                                  for n in models.PARTS[kind].shadowed(self.module)),
             slurm=self.check(schema.SlurmTable, top.slurm, "[slurm] ").model_dump(
-                exclude_none=True))
+                exclude_none=True), spaces=tuple(sampled))
 
     def data_shape(self, recipe: dict) -> tuple[tuple[int, int, int], int]:
         """The input shape and classes the study's units are checked at: its dataset's
@@ -366,6 +369,58 @@ class _Loader:
         except AblationError as e:
             raise self.fail(str(e)) from e
         return v
+
+    # --- design spaces
+
+    def spaces(self, tables: list[dict], own: list[str]) -> list[spaces.Space]:
+        """Each `[[space]]` checked, its models sampled and registered as variants."""
+        out: list[spaces.Space] = []
+        keys = set(schema.VariantTable.model_fields) - {"name", "base", "label",
+                                                        "description"}
+        for i, t in enumerate(tables, 1):
+            name = t.get("name")
+            where = f"space {name!r}: " if isinstance(name, str) else f"space {i}: "
+            spec = self.check(schema.SpaceTable, t, where)
+            if any(sp.name == spec.name for sp in out):
+                raise self.fail(f"duplicate space name {spec.name!r}")
+            base = registry.lookup(spec.base)
+            if base is None:
+                raise self.fail(f"{where}unknown base {spec.base!r} (a built-in variant or "
+                                "one defined in this file)")
+            fields = []
+            for f, given in spec.fields.items():
+                if f not in keys and f not in spaces.KNOBS:
+                    allowed = ", ".join(sorted([*spaces.KNOBS, *keys]))
+                    raise self.fail(f"{where}unknown field {f!r} (a [[variant]] key, or "
+                                    f"blocks, width; known: {allowed})")
+                try:
+                    fields.append((f, spaces.check_field(f, given, where)))
+                except AblationError as e:
+                    raise self.fail(str(e)) from e
+            space = spaces.Space(spec.name, spec.base, spec.samples, tuple(fields))
+            names = spaces.model_names(spec.name, spec.samples)
+            clash = [n for n in names if n in own or any(n in sp.models for sp in out)]
+            if clash:
+                raise self.fail(f"{where}its model {clash[0]!r} has the name of another "
+                                "variant; rename the space")
+            plain = base.to_dict()
+            drawn = spaces.sample(self.name, space)
+            for model, values in zip(names, drawn, strict=True):
+                table = {"name": model, "base": spec.base,
+                         **spaces.apply_knobs(values, plain),
+                         "description": f"space {spec.name}: " + ", ".join(
+                             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in values.items())}
+                at = f"{where}model {model} ({table['description'][len(spec.name) + 8:]}): "
+                v = self.variant(self.check(schema.VariantTable, table, at), at)
+                if registry.lookup(model) is None:
+                    registry.register(v)
+                elif registry.lookup(model) != v:
+                    raise self.fail(f"{at}another study already defines {model!r} "
+                                    "differently in this process")
+            out.append(spaces.Space(spec.name, spec.base, spec.samples, tuple(fields),
+                                    tuple(names), tuple(tuple(d.items()) for d in drawn)))
+        return out
 
     # --- comparisons
 

@@ -70,6 +70,21 @@ class ComparisonTable(_Table):
                                     "datasets to such tables")] = {}
 
 
+class SpaceTable(_Table):
+    """A `[[space]]` (ablation.study.spaces): a base variant and ranges or choices over
+    its fields, `samples` models drawn from it."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*$"), _why(
+        "needs a name of letters, digits, '_', '.', '-'")]
+    base: Annotated[str, _why("needs a base variant")]
+    samples: Annotated[int, Field(ge=2, le=10_000), _why(
+        "must be a whole number from 2 to 10,000")]
+    fields: Annotated[dict[str, Any], Field(min_length=1), _why(
+        "must be a table of at least one field: { min = A, max = B } or "
+        "{ choices = [...] }")]
+    description: str = ""
+
+
 class SlurmTable(_Table):
     """`[slurm]`: `--executor slurm`'s defaults for the study (its flags override
     them): the Slurm job's resources, and any other sbatch option in `options`."""
@@ -107,6 +122,8 @@ class StudyFile(_Table):
         "[[variant]] must be an array of tables")] = []
     comparison: Annotated[list[dict[str, Any]], _why(
         "[[comparison]] must be an array of tables")] = []
+    space: Annotated[list[dict[str, Any]], _why(
+        "[[space]] must be an array of tables")] = []
     tune: Annotated[dict[str, Any], _why("[tune] must be a table")] = {}
     slurm: Annotated[dict[str, Any], _why("[slurm] must be a table")] = {}
     published: Annotated[list[PublishedTable], _why(
