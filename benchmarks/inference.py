@@ -2,7 +2,7 @@
 one process and across fresh processes, per variant. The figures in docs/performance.md
 ("Inference speed") come from this script.
 
-    python benchmarks/inference.py --data-dir DIR [--variants resnet32_e,resnet56_e]
+    python benchmarks/inference.py --data-dir DIR [--variants he_resnet20,he_resnet56]
         [--processes 3] [--measurements 3] [--precision fp32] [--out inference.md]
 
 Each process builds the variant as a job does (its compile settings, its precision;
@@ -49,7 +49,7 @@ def child(variant: str, precision: str, measurements: int, data_dir: str | None)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", default="resnet32_e,resnet56_e")
+    p.add_argument("--variants", default="he_resnet20,he_resnet56")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--processes", type=int, default=3)
     p.add_argument("--measurements", type=int, default=3)
@@ -69,7 +69,10 @@ def main() -> int:
             cmd = [sys.executable, "-P", __file__, "--child", v, "--precision", a.precision,
                    "--measurements", str(a.measurements),
                    *(["--data-dir", a.data_dir] if a.data_dir else [])]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{v}: the measuring process failed: "
+                                 f"{out.stderr.strip().splitlines()[-1:]}")
             for m, got in enumerate(json.loads(out.stdout.strip().splitlines()[-1])):
                 ips = got["infer_images_per_second"]
                 lo, hi = got["infer_images_per_second_low"], got["infer_images_per_second_high"]
