@@ -570,7 +570,10 @@ def train(run_dir: Path, on_gpu: bool = False) -> int:
                         model_file="model.h5" if cfg.keep_model else None, **extra)
     shutil.rmtree(job.backup.root, ignore_errors=True)
     if cfg.inference and job.tests:  # a tuning run's network is timed in the comparison
-        time_inference(job, done)
+        try:
+            time_inference(job, done)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the run is recorded done already
+            print("inference: not timed (interrupted); the run is done", flush=True)
     return Exit.DONE
 
 

@@ -40,10 +40,11 @@ def test_the_designs_count_like_independent_keras_models(designs, isolated_regis
         built = ablation.build_model(name)  # and the model ablation builds has them too
         assert counts(built) == counts(make()), name
         # multiply-adds: the ops' rules (and ops.layer's) summed are what the independent
-        # model's compiled form multiplies
-        twin = make()
-        assert info.macs == costs.hlo_macs(costs.hlo_text(
-            lambda x, m=twin: m(x, training=False), [tuple(twin.input_shape[1:])])), name
+        # model's compiled form multiplies (the five networks that hold every design)
+        if name in MIXED:
+            twin = make()
+            assert info.macs == costs.hlo_macs(costs.hlo_text(
+                lambda x, m=twin: m(x, training=False), [tuple(twin.input_shape[1:])])), name
     e, silu = ablation.count_params("t_e"), ablation.count_params("t_silu")
     assert e.macs == silu.macs == ablation.count_params("t_gn").macs > 0  # GN counts 0
     # depth: the SE gate's dense layers are beside the branch; ConvNeXt's three convs count

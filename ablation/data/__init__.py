@@ -279,8 +279,9 @@ def _read_packed(source: sources.Source, image_size, digest: str | None,
 
 
 def _take(x, idx: np.ndarray):
-    """The images at `idx`: a view for packed images (nothing read), a copy in memory."""
-    return x.take(idx) if isinstance(x, packed.PackedImages) else x[idx]
+    """The images at `idx`: a view for packed images (nothing read), a contiguous copy
+    in memory (CIFAR's images arrive as a view of its channel-first rows)."""
+    return x.take(idx) if isinstance(x, packed.PackedImages) else np.ascontiguousarray(x[idx])
 
 
 def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
@@ -315,7 +316,7 @@ def load(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None,
         x_tr, x_te = sizes.resized(x_tr, image_size), sizes.evaluated(x_te, hw, crop_pct)
 
         def validation_images(idx):
-            return sizes.evaluated(x_read[idx], hw, crop_pct)
+            return sizes.evaluated(_take(x_read, idx), hw, crop_pct)
     k = len(names) or (sources._LAYOUT[source.name]["classes"] if source.kind == "cifar"
                        else int(max(y_tr.max(), y_te.max())) + 1)
     if stats is not None:
