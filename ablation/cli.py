@@ -110,7 +110,8 @@ def cmd_list(args) -> int:
         if r["macs_unknown"]:
             print(f"{r['name']}: multiply-adds unknown for {'; '.join(r['macs_unknown'])}")
     print("depth = weighted layers on the main path (stem, residual-branch convs, dense); "
-          "MACs = multiply-adds per image (convolutions, dense layers, attention)"
+          "MACs = multiply-adds per image (convolutions, dense layers, attention's products; "
+          "another Keras layer's from its compiled form)"
           + ("; resnet152 is the blog's 3-4-36-3, 140 layers." if "resnet152" in names
              else "."))
     return 0

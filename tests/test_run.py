@@ -68,7 +68,8 @@ def test_failing_jobs_do_not_stop_the_queue(tmp_path, cifar_dir, tiny):
     res = tmp_path / "results"
     jobs = ["tiny8_c", "tiny8", "tiny8_nan", *tiny]
     plan = tiny_run(res, cifar_dir, *jobs, "--dry-run")
-    assert plan.returncode == 0 and "3 job(s); nothing was run" in plan.stdout
+    assert plan.returncode == 0 and "3 job(s); no speed measured in" in plan.stdout
+    assert "nothing was run (--dry-run)" in plan.stdout
     assert not run_dirs(res)
     # sabotage one job: a folder where its history.csv must go
     bad = next(line.split()[-1] for line in plan.stdout.splitlines() if "tiny8_c" in line)

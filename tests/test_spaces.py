@@ -5,6 +5,8 @@ truth; and a study of two spaces trained and reported from the CLI."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli, run_dirs
@@ -21,7 +23,7 @@ EXAMPLE = ROOT / "examples" / "design_spaces.toml"
 def test_a_space_samples_fixed_models_within_its_ranges(isolated_registry):
     s = ablation.load_study(EXAMPLE)
     c, e = s.spaces
-    assert c.models == tuple(f"c_{i:02d}" for i in range(24)) and len(e.models) == 24
+    assert c.models == tuple(f"c_{i}" for i in range(24)) and len(e.models) == 24
     assert set(s.own) == {*c.models, *e.models}
     for sp, unit in ((c, "c"), (e, "e")):
         blocks = [sp.drawn(m)["blocks"] for m in sp.models]
@@ -36,10 +38,12 @@ def test_a_space_samples_fixed_models_within_its_ranges(isolated_registry):
             assert v.unit == unit and all(st.blocks == d["blocks"] for st in v.stages)
             assert [st.width for st in v.stages] == [round(d["width"] * k) for k in (1, 2, 4)]
             assert v.stem_filters == d["width"]  # the stem scales with the first stage
-    # the same file gives the same models; the two spaces draw differently
+    # the same space gives the same models, the first ones again when it draws more;
+    # the two spaces draw differently
     again = [dict(c.values[i]) for i in range(24)]
-    assert spaces.sample(s.name, c) == again
-    assert spaces.sample(s.name, e) != again
+    assert spaces.sample(c) == again
+    assert spaces.sample(replace(c, samples=40))[:24] == again
+    assert spaces.sample(e) != again
 
 
 BAD = {
@@ -140,6 +144,14 @@ def test_two_spaces_train_through_the_queue_and_report_their_distributions(tmp_p
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(d.name.rsplit("-", 2)[0] for d in run_dirs(res)) == \
         ["c_0", "c_1", "e_0", "e_1"]
+    # a third model a space: the first two are the same (done), the new ones' cost is
+    # projected from the trained models' speed, scaled by multiply-adds
+    study.write_text(study.read_text().replace("samples = 2", "samples = 3"))
+    more = run_cli("run", "--study", str(study), "--all", "--dry-run", *flags)
+    assert "6 job(s); about " in more.stdout, more.stdout + more.stderr
+    assert "(2 job(s) at the speed of the measured variant nearest in multiply-adds" in \
+        more.stdout and more.stdout.count("[done]") == 4
+    study.write_text(study.read_text().replace("samples = 3", "samples = 2"))
     out = tmp_path / "report"
     rep = run_cli("report", "--study", str(study), "--results", str(res), "--out", str(out))
     assert rep.returncode == 0, rep.stdout + rep.stderr

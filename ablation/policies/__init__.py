@@ -18,8 +18,8 @@ import json
 import sys
 
 from ablation.plan import Plan
-from ablation.policies.base import Policy, Queue, Stop, View
-from ablation.protocol import NEW, Exit
+from ablation.policies.base import Policy, Queue, Stop, View, projection
+from ablation.protocol import NEW, Exit, JobState
 
 
 class Fixed(Policy):
@@ -40,7 +40,9 @@ class Fixed(Policy):
         print(f"recipe {recipe.id}: {json.dumps(recipe.to_dict(), sort_keys=True)}", file=out)
         jobs = self.plan.jobs()
         list_jobs(jobs, known, out)
-        print(f"{len(jobs)} job(s); nothing was run (--dry-run)", file=out)
+        left = [j for j in jobs if known.get(j.key, NEW) != JobState.DONE]
+        print(f"{len(jobs)} job(s){projection(self.plan, left)}; nothing was run "
+              "(--dry-run)", file=out)
         return Exit.DONE
 
 

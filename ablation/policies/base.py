@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ablation import runs, study
+from ablation import results, runs, study
 from ablation.jobqueue import DB_NAME, JobQueue
 from ablation.plan import Plan
 from ablation.protocol import Exit, JobKey, JobState, RunRecord
@@ -172,3 +172,57 @@ class View:
         """The code a policy stops with when its step did not finish: the step's own
         failure, else 1."""
         return self.step_code if self.step_code != Exit.DONE else Exit.FAILED
+
+
+def train_images(plan: Plan) -> int:
+    """The training images a job of `plan` sees an epoch (its limit, the dataset's, or
+    CIFAR's 50,000, less a held-out validation split)."""
+    images = plan.recipe.train_limit or (plan.data or {}).get("train_images") or 50_000
+    return images - (plan.recipe.validation if not plan.recipe.train_limit else 0)
+
+
+def projection(plan: Plan, jobs: list) -> str:
+    """What `jobs` (not yet done) would take here: each variant's training speed where
+    runs here (or `ablation bench`) measured it, else the measured variant nearest in
+    multiply-adds scaled by their ratio (a design space's models: none measured
+    themselves), times what whole runs here took beyond their steps."""
+    import math
+
+    from ablation import data, models, registry
+
+    if not jobs:
+        return ""
+    speed = runs.speeds(plan.results, plan.recipe.precision)
+    shape, classes = data.shape_of(plan.recipe.dataset, plan.recipe.image_hw)
+
+    def macs(v) -> int | None:
+        return models.count_params(v, classes, shape).macs
+
+    def known(name: str):  # a variant of this study, or of the built-in study it is in
+        home = study.builtin_home(name) if registry.lookup(name) is None else None
+        if home:
+            study.load_study(home)
+        return registry.lookup(name)
+
+    measured = [(s, m) for n, s in speed.items()
+                if (v := known(n)) is not None and (m := macs(v))]
+    if not speed or not measured:
+        return (f"; no speed measured in {plan.results} yet (`ablation bench --results "
+                f"{plan.results}` measures one)")
+    seconds, scaled, unknown = 0.0, 0, 0
+    for j in jobs:
+        v = j.variant
+        if v.name in speed:
+            ips = speed[v.name].images_per_second
+        elif (m := macs(v)) is None:
+            unknown += 1
+            continue
+        else:
+            s, near = min(measured, key=lambda sm, m=m: abs(math.log(sm[1] / m)))
+            ips, scaled = s.images_per_second * near / m, scaled + 1
+        seconds += v.train_recipe(j.recipe).epochs * train_images(plan) / ips
+    overhead = next(iter(speed.values())).overhead
+    return (f"; about {results.duration(seconds * overhead)} of training here"
+            + (f" ({scaled} job(s) at the speed of the measured variant nearest in "
+               "multiply-adds, scaled by their ratio)" if scaled else "")
+            + (f"; {unknown} job(s) of unknown multiply-adds not counted" if unknown else ""))

@@ -24,7 +24,7 @@ from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.plan import Plan
 from ablation.policies import Fixed, list_jobs
-from ablation.policies.base import Policy, Queue, Stop, View
+from ablation.policies.base import Policy, Queue, Stop, View, train_images
 from ablation.protocol import NEW, Exit, JobKey, JobState
 from ablation.recipe import Recipe
 
@@ -227,9 +227,7 @@ def _eta(speed: dict[str, runs.Speed], plan: Plan, jobs: int, epochs: int | None
         return (f"; no speed measured in {plan.results} yet (`ablation bench --results "
                 f"{plan.results}` measures one)") if jobs else ""
     slow = min(known, key=lambda s: s.images_per_second)
-    images = plan.recipe.train_limit or (plan.data or {}).get("train_images") or 50_000
-    images -= plan.recipe.validation if not plan.recipe.train_limit else 0
-    per_job = (epochs or plan.recipe.epochs) * images / slow.images_per_second
+    per_job = (epochs or plan.recipe.epochs) * train_images(plan) / slow.images_per_second
     where = "earlier runs here" if slow.source == "runs" else "`ablation bench` here"
     over = (f", x{slow.overhead:.2f} for start-up, evaluation and snapshots as runs here "
             "took" if slow.overhead != 1.0 else ", training steps only")

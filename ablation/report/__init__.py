@@ -150,6 +150,17 @@ def _pareto_block(summary: pd.DataFrame, cmp: studies.Comparison, fig_dir: Path,
                                  split.name, also)
     if not fronts:
         return []
+    ranges = {v: (lo, hi) for v, lo, hi in zip(
+        summary["variant"], summary["infer_images_per_second_low"],
+        summary["infer_images_per_second_high"], strict=True) if not math.isnan(lo)}
+    on = fronts.get("inference images/s", [])
+    tied = [(a, b) for i, a in enumerate(on) for b in on[i + 1:]
+            if a in ranges and b in ranges and ranges[a][0] <= ranges[b][1]
+            and ranges[b][0] <= ranges[a][1]]
+    if tied:  # their order by speed is within the timing's noise
+        note += (" By inference speed, " + "; ".join(f"{a} and {b}" for a, b in tied)
+                 + " overlap in their timing repeats: their order by speed is not "
+                 "established.")
     return [f"![{cmp.title}: accuracy against cost]({rel}/{base}-pareto.png)", "",
             "On the Pareto frontier (no other variant here is at least as cheap and as "
             f"accurate, in mean final {split.name} accuracy; the verdicts below say which "

@@ -175,7 +175,8 @@ def plot_pareto(path: Path, summary: pd.DataFrame, title: str, col: Palette,
                 split_name: str = "test", also: tuple[str, ...] = ()
                 ) -> dict[str, list[str]]:
     """Final accuracy (mean ± std over seeds) against each cost the variants have
-    (parameters, multiply-adds, inference speed), log axes, the Pareto frontier joined
+    (parameters, multiply-adds, inference speed; log axes where a cost spans a decade),
+    the Pareto frontier joined
     and ringed. Returns each drawn axis' frontier (its label -> variants, cheapest
     first); draws nothing and returns {} when no axis has two variants."""
     import matplotlib.pyplot as plt
@@ -206,9 +207,13 @@ def plot_pareto(path: Path, summary: pd.DataFrame, title: str, col: Palette,
                      reverse=not low)
         ax.plot(cost[idx], acc[idx], "--", color="black", lw=1, alpha=0.6)
         fronts[label] = [summary["variant"].iloc[i] for i in idx]
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short span
-        ax.set_xlabel(label + ("" if low else " (higher is better)"))
+        span = cost.max() / cost.min() if cost.min() > 0 else 1.0
+        if span >= 10:  # a log axis where costs span a decade or more
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels would collide
+        ax.margins(x=0.1, y=0.1)
+        ax.set_xlabel(label + ("" if low else " (higher is better)")
+                      + (", log" if span >= 10 else ""))
         ax.set_ylabel(f"final {split_name} accuracy, %")
         ax.grid(alpha=0.3)
     axs[0][0].legend(fontsize=7, loc="best")
@@ -241,7 +246,7 @@ def plot_spaces(path: Path, errors: dict[str, np.ndarray], weights: dict[str, np
         ax.set_title(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{title}: design spaces' error distributions")
+    fig.suptitle("design spaces' error distributions", fontsize=11)
     _save(fig, path, also)
 
 

@@ -68,7 +68,8 @@ def section(study: studies.Study, runs: list[Run], fig_dir: Path, rel: str, spli
     out += [markdown.table(pd.DataFrame(table).fillna("–")), "",
             "'Best of n': the lowest error among n models drawn from the space, expected "
             "over every subset of n of the models trained, and the middle 95 % of it over "
-            "2,000 random subsets.", ""]
+            "2,000 random subsets; n is a quarter of the models trained, so below 8 it is "
+            "1: the mean error, and the range of the models' errors.", ""]
     trained = {s: f for s, f in frames.items() if len(f) >= 2}
     if len(trained) < 1:
         return [*out, "No space has two trained models yet: no distributions.", ""]

@@ -404,7 +404,7 @@ class _Loader:
                 raise self.fail(f"{where}its model {clash[0]!r} has the name of another "
                                 "variant; rename the space")
             plain = base.to_dict()
-            drawn = spaces.sample(self.name, space)
+            drawn = spaces.sample(space)
             for model, values in zip(names, drawn, strict=True):
                 table = {"name": model, "base": spec.base,
                          **spaces.apply_knobs(values, plain),

@@ -1,8 +1,9 @@
 """Design spaces (Radosavovic et al. 2019, "On Network Design Spaces for Visual
 Recognition"): a study's `[[space]]` is a base variant and ranges or choices over its
 fields; the loader samples `samples` models from it, quasi-randomly (a scrambled Halton
-sequence seeded by the study's and the space's names, so the same file gives the same
-models everywhere), and registers each as an ordinary variant, `<space>_<i>`, with its
+sequence seeded by the space's name, base and ranges, so the same space gives the same
+models everywhere, and more samples keep the first), and registers each as an ordinary
+variant, `<space>_<i>`, with its
 own definition hash and exact counts. Everything downstream (queue, executors, resume,
 halving, the report) sees variants; the report's spaces section reads them back by
 space (`ablation.report.spaces`).
@@ -100,18 +101,21 @@ def draw(spec: dict[str, Any], u: float) -> Any:
     return max(lo, min(hi, v))
 
 
-def seed_of(study: str, space: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{study}/{space}".encode()).digest()[:8], "big")
+def seed_of(space: Space) -> int:
+    """The draws' seed: the space's name, base and ranges (not the study's name, so a
+    study copied under another name keeps its models)."""
+    key = repr((space.name, space.base, space.fields))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-def sample(study: str, space: Space) -> list[dict[str, Any]]:
+def sample(space: Space) -> list[dict[str, Any]]:
     """The space's `samples` draws: one dict of field values each (knobs included),
-    quasi-random and fixed by the study's and the space's names."""
+    quasi-random and fixed by the space (`seed_of`); more samples keep the first ones."""
     from scipy.stats import qmc
 
     names = [f for f, _ in space.fields]
     points = qmc.Halton(d=max(1, len(names)), scramble=True,
-                        seed=seed_of(study, space.name)).random(space.samples)
+                        seed=seed_of(space)).random(space.samples)
     return [{f: draw(dict(spec), float(u)) for (f, spec), u in zip(space.fields, p,
                                                                    strict=False)}
             for p in points]
@@ -133,6 +137,6 @@ def apply_knobs(values: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_names(space: str, n: int) -> list[str]:
-    """`<space>_<i>`, zero-padded so they sort in draw order."""
-    digits = len(str(n - 1))
-    return [f"{space}_{i:0{digits}d}" for i in range(n)]
+    """`<space>_<i>`, unpadded: raising `samples` keeps the earlier models' names (and
+    so their runs)."""
+    return [f"{space}_{i}" for i in range(n)]
