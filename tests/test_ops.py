@@ -309,8 +309,12 @@ JAX_CODE = """
 import json, sys, numpy as np, keras, ablation
 ablation.load_study(sys.argv[1])
 out = {"backend": keras.backend.backend()}
+from ablation.models import costs
 for name in sys.argv[2:]:
-    out[name] = ablation.build_model(name).count_params()
+    m = ablation.build_model(name)
+    # parameters; multiply-adds counted on JAX (ops.layer's compiled there) and JAX's HLO
+    out[name] = [m.count_params(), ablation.count_params(name).macs, costs.hlo_macs(
+        costs.hlo_text(lambda x: m(x, training=False), [tuple(m.input_shape[1:])]))]
 # option A trains a step, saves and loads back on JAX too (standard layers only)
 m = ablation.build_model("t_option_a")
 m.compile(optimizer="sgd", loss="categorical_crossentropy")
@@ -323,9 +327,10 @@ print(json.dumps(out))
 """
 
 
-def test_the_designs_build_on_jax_with_the_same_counts(designs):
-    """Every op, in the three networks that hold all the designs, builds on JAX; He
-    2015's option A (pad_shortcut) trains a step, saves and loads back there."""
+def test_the_designs_build_on_jax_with_the_same_counts(designs, isolated_registry):
+    """Every op, in the networks that hold all the designs, builds on JAX with the same
+    parameters and multiply-adds (counted there, and in JAX's compiled HLO); He 2015's
+    option A (pad_shortcut) trains a step, saves and loads back there."""
     need("jax")
     out = subprocess.run([sys.executable, "-c", JAX_CODE, str(designs), *MIXED],
                          capture_output=True, text=True, timeout=600,
@@ -333,7 +338,9 @@ def test_the_designs_build_on_jax_with_the_same_counts(designs):
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got.pop("backend") == "jax" and got.pop("option_a") == [True, True]
-    assert got == {n: counts(DESIGNS[n]())[0] for n in MIXED}
+    ablation.load_study(designs)
+    assert got == {n: [counts(DESIGNS[n]())[0], *[ablation.count_params(n).macs] * 2]
+                   for n in MIXED}  # the same counts as TensorFlow's, compiled or not
 
 
 def test_the_designs_train_report_and_load_in_plain_keras(designs, tmp_path, cifar_dir):
