@@ -17,6 +17,7 @@ driver changes it.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -186,8 +187,6 @@ def projection(plan: Plan, jobs: list) -> str:
     runs here (or `ablation bench`) measured it, else the measured variant nearest in
     multiply-adds scaled by their ratio (a design space's models: none measured
     themselves), times what whole runs here took beyond their steps."""
-    import math
-
     from ablation import data, models, registry
 
     if not jobs:
@@ -195,8 +194,12 @@ def projection(plan: Plan, jobs: list) -> str:
     speed = runs.speeds(plan.results, plan.recipe.precision)
     shape, classes = data.shape_of(plan.recipe.dataset, plan.recipe.image_hw)
 
+    counted: dict[str, int | None] = {}  # a variant's, once however many seeds it has
+
     def macs(v) -> int | None:
-        return models.count_params(v, classes, shape).macs
+        if v.name not in counted:
+            counted[v.name] = models.count_params(v, classes, shape).macs
+        return counted[v.name]
 
     def known(name: str):  # a variant of this study, or of the built-in study it is in
         home = study.builtin_home(name) if registry.lookup(name) is None else None
