@@ -34,6 +34,7 @@ SECONDS = 0.25  # each throughput repeat lasts at least this; the latency calls 
 LATENCY_CALLS = (20, 500)  # batch-1 calls timed: at least, at most
 WARMUP = 2  # calls at each batch size before any timing (the first compiles)
 
+# the record's keys of a timing (what `measure` returns; the report's summary reads them)
 FIELDS = ("infer_batch", "infer_images_per_second", "infer_images_per_second_low",
           "infer_images_per_second_high", "infer_latency_ms", "infer_latency_p90_ms")
 
@@ -93,10 +94,8 @@ def measured_before(run_dir: Path, record: RunRecord) -> Path | None:
     for summary in sorted(runs.glob(f"*/{prefix}-s*/summary.json")):
         if summary.parent == run_dir:
             continue
-        try:
-            other = RunFolder(summary.parent).record()
-        except Exception:  # a damaged or foreign record is not a measurement
-            continue
-        if other.infer_images_per_second is not None and same_kind(other, record):
+        other = RunFolder(summary.parent).record_or_none()  # damaged: no measurement
+        if other is not None and other.infer_images_per_second is not None \
+                and same_kind(other, record):
             return summary.parent
     return None

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ablation import inference
 from ablation.results import TEST, Split
 from ablation.store import Run
 
@@ -57,23 +58,18 @@ def summarise(runs_by_variant: dict[str, list[Run]], published: dict[str, float]
     return pd.DataFrame(rows)
 
 
-INFER_KEYS = ("infer_images_per_second", "infer_images_per_second_low",
-              "infer_images_per_second_high", "infer_latency_ms", "infer_latency_p90_ms",
-              "infer_batch")
-
-
 def inference_summary(records: list) -> dict:
     """A variant's inference timing: from the runs that measured it (one per device
     kind, `ablation.inference`) on the device most of them ran on, the median of each
     figure; its device and how many devices measured it."""
     timed = [r for r in records if r.infer_images_per_second is not None]
     if not timed:
-        return {**dict.fromkeys(INFER_KEYS, math.nan), "infer_device": None,
+        return {**dict.fromkeys(inference.FIELDS, math.nan), "infer_device": None,
                 "infer_devices": 0}
     devices = pd.Series([r.device or "?" for r in timed])
     device = devices.value_counts().index[0]  # the most common; ties: the first seen
     on = [r for r in timed if (r.device or "?") == device]
-    return {**{k: _median([float(getattr(r, k)) for r in on]) for k in INFER_KEYS},
+    return {**{k: _median([float(getattr(r, k)) for r in on]) for k in inference.FIELDS},
             "infer_device": device, "infer_devices": devices.nunique()}
 
 
