@@ -102,3 +102,45 @@ def recipe_value(name: str, kind: str) -> Callable[[str], object]:
         except AblationError as e:
             raise argparse.ArgumentTypeError(f"{e}, got {s}") from e
     return parse
+
+
+def folder(s: str) -> str:
+    """An existing folder."""
+    from pathlib import Path
+
+    if not Path(path(s)).is_dir():
+        raise argparse.ArgumentTypeError(f"no folder {s}")
+    return s
+
+
+def corruptions(s: str) -> str:
+    """`generated`, `none`, or the folder of the released CIFAR-10-C files (absolute)."""
+    from pathlib import Path
+
+    if s in ("generated", "none"):
+        return s
+    return str(Path(folder(s)).resolve())
+
+
+def severities(s: str) -> tuple[int, ...]:
+    """A comma-separated list of severities 1-5, e.g. `1,3,5`."""
+    parse = integer(1, 5)
+    out = sorted({parse(p.strip()) for p in s.split(",") if p.strip()})
+    if not out:
+        raise argparse.ArgumentTypeError("expected severities 1 to 5, e.g. 1,3,5")
+    return tuple(out)
+
+
+def named_path(s: str) -> tuple[str, str]:
+    """NAME=PATH (an extra test set), the path absolute."""
+    import re
+    from pathlib import Path
+
+    name, sep, where = s.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name) or not where.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (a name of letters, digits, "
+                                         f"'.', '_', '-'), got {s!r}")
+    if name in ("clean", "corrupted"):
+        raise argparse.ArgumentTypeError(f"{name!r} names the run's own test sets; pick "
+                                         "another name")
+    return name, str(Path(where).resolve())

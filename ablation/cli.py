@@ -243,20 +243,45 @@ def cmd_export(args) -> int:
                             experiment=args.experiment, models=args.models, margin=args.margin)
 
 
-def cmd_analyze(args) -> int:
+def _beside_training() -> None:
+    """A process that loads trained models beside training jobs: one GPU, memory as
+    needed, never most of every GPU."""
     from ablation import backend, devices
 
-    # it runs beside training jobs: one GPU, memory as needed, never most of every GPU
     os.environ.update(devices.shared_process_env())
     if not devices.list_gpus().ids:  # no GPU here: TensorFlow's CUDA errors are noise
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     backend.choose()
+
+
+def cmd_analyze(args) -> int:
+    _beside_training()
     from ablation import analyze
 
     study = _study(args)
     names = study.select(args.variants) if args.variants else study.variants()
     return analyze.main(Path(args.results), names, images=args.images, force=args.force,
                         data_dir=args.data_dir, recipe=args.recipe)
+
+
+def cmd_evaluate(args) -> int:
+    import dataclasses
+
+    from ablation import robustness
+
+    study = _study(args)
+    names = study.select(args.variants) if args.variants else study.variants()
+    settings = study.robustness
+    given = {k: v for k, v in (("corruptions", args.corruptions), ("seed", args.seed),
+                                ("severities", args.severities),
+                                ("frost_images", args.frost_images)) if v is not None}
+    if args.test_set:
+        given["test_sets"] = (*[t for t in settings.test_sets
+                                if t[0] not in dict(args.test_set)], *args.test_set)
+    settings = dataclasses.replace(settings, **given)
+    _beside_training()
+    return robustness.main(Path(args.results), names, settings, images=args.images,
+                           force=args.force, data_dir=args.data_dir, recipe=args.recipe)
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -456,6 +481,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=argtypes.path, help="as for `ablation run`")
     s.add_argument("--force", action="store_true", help="recompute runs already analysed")
     s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("evaluate", help="trained runs on corrupted (CIFAR-10-C) and extra "
+                                        "test sets (CIFAR-10.1), for the report")
+    s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB",
+                   help="default: every variant of the study")
+    _add_study(s)
+    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
+    s.add_argument("--images", type=argtypes.integer(10),
+                   help="test images, class-balanced, the first of each class (default: "
+                        "the ones each run was evaluated on)")
+    s.add_argument("--corruptions", type=argtypes.corruptions, metavar="generated|none|DIR",
+                   help="the corrupted images: generated here, none, or the folder of the "
+                        "released CIFAR-10-C files (default: the study's [robustness], "
+                        "else generated)")
+    s.add_argument("--severities", type=argtypes.severities, metavar="1,2,...",
+                   help="the severities to evaluate (default: all five)")
+    s.add_argument("--seed", type=argtypes.integer(0), help="of the generated corruptions "
+                   "(default 0)")
+    s.add_argument("--frost-images", type=argtypes.folder, metavar="DIR",
+                   help="the paper's frost pictures, for its frost (default: a procedural "
+                        "frost texture)")
+    s.add_argument("--test-set", type=argtypes.named_path, action="append", metavar="NAME=PATH",
+                   help="an extra test set: an .npz, a *_data.npy beside its *_labels.npy, "
+                        "or a folder of class folders (repeatable; adds to the study's)")
+    s.add_argument("--recipe", help="only runs of this recipe id (or a prefix of it)")
+    s.add_argument("--data-dir", type=argtypes.path, help="as for `ablation run`")
+    s.add_argument("--force", action="store_true", help="re-evaluate what was evaluated")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("data", help="prepare datasets: pack one into shards read from disk")
     data_sub = s.add_subparsers(dest="data_command", required=True, parser_class=_Parser)

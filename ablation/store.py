@@ -5,6 +5,7 @@
       summary.json   the run record (`protocol.RunRecord`), rewritten after every epoch
       history.csv    one row per finished epoch (Keras' CSVLogger)
       responses.csv  layer responses (`ablation analyze`)
+      robustness.csv accuracy on corrupted and extra test sets (`ablation evaluate`)
       model.h5  train.log  backup/  tensorboard/  code.diff  units.py
 
 `RunFolder` answers every question about one folder that another part asks: its
@@ -37,6 +38,7 @@ from ablation.protocol import SUMMARY, JobConfig, JobState, RunRecord
 
 CONFIG, HISTORY, RESPONSES, MODEL, LOG, BACKUP = (
     "config.json", "history.csv", "responses.csv", "model.h5", "train.log", "backup")
+ROBUSTNESS = "robustness.csv"
 
 Warn = Callable[[str], None]
 
@@ -235,6 +237,27 @@ class RunFolder:
     def write_responses(self, frame: pd.DataFrame) -> None:
         results.atomic_write_text(self.file(RESPONSES), frame.to_csv(index=False))
 
+    def robustness(self, warn: Warn = quiet) -> pd.DataFrame | None:
+        """The accuracies `ablation evaluate` measured; None before (or damaged)."""
+        path = self.file(ROBUSTNESS)
+        if not path.is_file():
+            return None
+        try:
+            df = pd.read_csv(path, keep_default_na=False)
+            need = {"test_set", "corruption", "severity", "images", "accuracy", "source"}
+            if not need <= set(df.columns):
+                raise ValueError(f"missing columns {', '.join(sorted(need - set(df.columns)))}")
+            df["accuracy"] = pd.to_numeric(df["accuracy"], errors="raise")
+            df["severity"] = df["severity"].astype(int)
+            df["images"] = df["images"].astype(int)
+        except (ValueError, TypeError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
+            warn(f"ignoring damaged {path}: {e}")
+            return None
+        return df
+
+    def write_robustness(self, frame: pd.DataFrame) -> None:
+        results.atomic_write_text(self.file(ROBUSTNESS), frame.to_csv(index=False))
+
 
 def curve(history: pd.DataFrame, split: str = "test") -> dict[int, float]:
     """A split's accuracy after each epoch (1-based) of a run's history, where it is a
@@ -249,13 +272,15 @@ def curve(history: pd.DataFrame, split: str = "test") -> dict[int, float]:
 
 @dataclass
 class Run:
-    """One run folder, read: its record, its history (one row per finished epoch) and its
-    layer responses (None until `ablation analyze`)."""
+    """One run folder, read: its record, its history (one row per finished epoch), its
+    layer responses (None until `ablation analyze`) and its accuracies on corrupted and
+    extra test sets (None until `ablation evaluate`)."""
 
     record: RunRecord
     history: pd.DataFrame
     folder: Path
     responses: pd.DataFrame | None = None
+    robustness: pd.DataFrame | None = None
 
     @property
     def variant(self) -> str:
@@ -286,5 +311,6 @@ def load_runs(results_dir: Path, warn: Warn | None = None, history: bool = True)
         except AblationError as e:
             warn(f"skipping run: {e}")
             continue
-        runs.append(Run(record, hist, folder.path, folder.responses(warn) if history else None))
+        runs.append(Run(record, hist, folder.path, folder.responses(warn) if history else None,
+                        folder.robustness(warn) if history else None))
     return runs

@@ -53,7 +53,7 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _class_folders(folder: Path) -> dict[str, list[Path]]:
+def class_folders(folder: Path) -> dict[str, list[Path]]:
     """{class: files} of `folder`'s subfolders; Tiny-ImageNet's `<class>/images/` too."""
     classes = {}
     for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -96,9 +96,9 @@ def folder_layout(root: Path) -> Layout:
         raise AblationError(f"{root} has no {missing} folder: a folder dataset holds train/ "
                             "and test/ (or ImageNet's val/), each with one subfolder of "
                             "images per class")
-    train = _class_folders(root / "train")
+    train = class_folders(root / "train")
     held = (_annotated(root / test) if (root / test / TINY_ANNOTATIONS).is_file()
-            else _class_folders(root / test))
+            else class_folders(root / test))
     names = list(train)
     if not names:
         raise AblationError(f"{root / 'train'} has no class folders")

@@ -18,7 +18,7 @@ from ablation import judge, registry, results
 from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.recipe import Recipe
-from ablation.report import figures, markdown, spaces, stats, tuned
+from ablation.report import figures, markdown, robustness, spaces, stats, tuned
 from ablation.report import latex as latex_mod
 from ablation.report.frames import responses_frame, runs_frame
 from ablation.runs import report_runs
@@ -125,7 +125,21 @@ def _comparison_block(study: studies.Study, cmp: studies.Comparison, n: int, run
                 *markdown.verdict_notes(study, recipe, pairs, judged.settings, left_out,
                                         {v: k for v, k in judged.beyond.items()
                                          if v in present}, results_dir)]
+    out += _robustness_block(study, cmp, present, judged.settings, fig_dir, rel, base, col,
+                             results_dir, also)
     return out
+
+
+def _robustness_block(study, cmp, present, settings, fig_dir, rel, base, col, results_dir,
+                      also) -> list[str]:
+    """Accuracy on corrupted and extra test sets (`ablation evaluate`); where none was
+    measured, the command that measures it, if the study asks for it."""
+    runs = [r for rs in present.values() for r in rs]
+    lines = robustness.block(cmp.title, list(present), runs, study.robustness.reference,
+                             settings, fig_dir, rel, base, col, also)
+    if lines or study.robustness == type(study.robustness)():
+        return lines
+    return robustness.pending(study.flag, markdown.results_flag(results_dir), list(present))
 
 
 def _pareto_block(summary: pd.DataFrame, cmp: studies.Comparison, fig_dir: Path, rel: str,

@@ -404,3 +404,43 @@ def plot_budget(path: Path, curves: dict[str, list[float]], epoch: int,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path, also)
+
+
+def plot_robustness(path: Path, rows: pd.DataFrame, per_corruption: pd.DataFrame, title: str,
+                    col: Palette, also: tuple[str, ...] = ()) -> None:
+    """Left: accuracy against severity (0 = clean), the mean over corruptions, one line
+    per variant (mean over seeds, band = min to max over seeds). Right: each
+    corruption's error (mean over severities and seeds), one bar per variant."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True,
+                                      gridspec_kw={"width_ratios": [1, 1.5]})
+    variants = list(per_corruption.columns)
+    for v in variants:
+        g = rows[rows["variant"] == v]
+        clean = g[g["test_set"] == "clean"].set_index("seed")["accuracy"]
+        corr = g[g["test_set"] == "corrupted"].groupby(["seed", "severity"])["accuracy"]
+        by = corr.mean().unstack("severity")
+        by.insert(0, 0, clean.reindex(by.index))
+        x = by.columns.to_numpy()
+        m = 100 * by.mean().to_numpy()
+        left.plot(x, m, color=col[v], marker="o", lw=1.4,
+                  label=f"{col.name(v)} (n={len(by)})")
+        if len(by) > 1:
+            left.fill_between(x, 100 * by.min().to_numpy(), 100 * by.max().to_numpy(),
+                              color=col[v], alpha=0.2, lw=0)
+    left.set_xlabel("severity (0 = clean)")
+    left.set_ylabel("accuracy % (mean over corruptions)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    y = np.arange(len(per_corruption))
+    h = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        right.barh(y + (i - (len(variants) - 1) / 2) * h, per_corruption[v].to_numpy(), h,
+                   color=col[v], label=col.name(v))
+    right.set_yticks(y, [n.replace("_", " ") for n in per_corruption.index], fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("error % (mean over severities and seeds)")
+    right.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{title}: accuracy under corruption", fontsize=10)
+    _save(fig, path, also)

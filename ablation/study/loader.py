@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablation import models, registry, tune, verdict
+from ablation import models, registry, robustness, tune, verdict
 from ablation.data import shape_of as data_shape_of
 from ablation.data.sources import is_path as data_is_path
 from ablation.errors import AblationError
@@ -89,6 +89,8 @@ class Study:
     tune: tune.Tune | None = None  # [tune]: each variant's nuisance fields, tuned
     spaces: tuple[spaces.Space, ...] = ()  # [[space]]: design spaces, their models sampled
     slurm: dict = field(default_factory=dict)  # [slurm]: --executor slurm's defaults
+    # [robustness]: what `ablation evaluate` measures, and the report's reference
+    robustness: robustness.Settings = field(default_factory=robustness.Settings)
 
     def variants(self, pattern: str = "*") -> list[str]:
         return registry.variants(pattern, self.variant_names)
@@ -282,7 +284,8 @@ class _Loader:
             shadowed_parts=tuple((kind, n) for kind in ("stem", "head")
                                  for n in models.PARTS[kind].shadowed(self.module)),
             slurm=self.check(schema.SlurmTable, top.slurm, "[slurm] ").model_dump(
-                exclude_none=True), spaces=tuple(sampled))
+                exclude_none=True), spaces=tuple(sampled),
+            robustness=self.robustness(top.robustness, [*own, *used]))
 
     def data_shape(self, recipe: dict) -> tuple[tuple[int, int, int], int]:
         """The input shape and classes the study's units are checked at: its dataset's
@@ -369,6 +372,27 @@ class _Loader:
         except AblationError as e:
             raise self.fail(str(e)) from e
         return v
+
+    # --- robustness
+
+    def robustness(self, table: dict, names: list[str]) -> robustness.Settings:
+        """`[robustness]`, its paths relative to the study file."""
+        spec = self.check(schema.RobustnessTable, table, "[robustness] ")
+
+        def here(p: str) -> str:
+            return str((self.path.parent / p).resolve())
+
+        if spec.reference is not None and spec.reference not in names:
+            raise self.fail(f"[robustness] reference {spec.reference!r} is not one of the "
+                            f"study's variants ({', '.join(names)})")
+        corr = spec.corruptions
+        if corr not in (robustness.GENERATED, robustness.NONE):
+            corr = here(corr)
+        return robustness.Settings(
+            corruptions=corr, severities=tuple(sorted(set(spec.severities))), seed=spec.seed,
+            frost_images=here(spec.frost_images) if spec.frost_images else None,
+            reference=spec.reference,
+            test_sets=tuple((k, here(v)) for k, v in spec.test_sets.items()))
 
     # --- design spaces
 

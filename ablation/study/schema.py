@@ -85,6 +85,22 @@ class SpaceTable(_Table):
     description: str = ""
 
 
+class RobustnessTable(_Table):
+    """`[robustness]`: what `ablation evaluate` measures (docs/robustness.md)."""
+
+    corruptions: Annotated[str, _why(
+        'must be "generated", "none" or the folder of the released CIFAR-10-C files')] = \
+        "generated"
+    severities: Annotated[list[Annotated[int, Field(ge=1, le=5)]], Field(min_length=1), _why(
+        "must be a list of severities 1 to 5")] = [1, 2, 3, 4, 5]
+    seed: Annotated[int, Field(ge=0), _why("must be a whole number >= 0")] = 0
+    frost_images: Annotated[str | None, _why(
+        "must be the folder of the paper's frost pictures")] = None
+    reference: Annotated[str | None, _why("must be a variant's name")] = None
+    test_sets: Annotated[dict[str, str], _why(
+        "must be a table of name = path (an .npz, a *_data.npy or a folder)")] = {}
+
+
 class SlurmTable(_Table):
     """`[slurm]`: `--executor slurm`'s defaults for the study (its flags override
     them): the Slurm job's resources, and any other sbatch option in `options`."""
@@ -126,6 +142,7 @@ class StudyFile(_Table):
         "[[space]] must be an array of tables")] = []
     tune: Annotated[dict[str, Any], _why("[tune] must be a table")] = {}
     slurm: Annotated[dict[str, Any], _why("[slurm] must be a table")] = {}
+    robustness: Annotated[dict[str, Any], _why("[robustness] must be a table")] = {}
     published: Annotated[list[PublishedTable], _why(
         "[[published]] must be tables with text for source, network, metric, "
         "value")] = []
