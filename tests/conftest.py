@@ -74,7 +74,8 @@ LONGEST_FIRST = ("test_ops.py", "test_run.py", "test_studies.py", "test_resume.p
                  "test_tune.py", "test_ray.py", "test_halving.py", "test_parallel.py",
                  "test_datasets.py", "test_ondevice.py", "test_packed.py",
                  "test_gpu_benchmark.py",
-                 "test_slurm.py", "test_analyze.py", "test_families.py", "test_report.py",
+                 "test_slurm.py", "test_analyze.py", "test_robustness.py", "test_families.py",
+                 "test_report.py",
                  "test_features.py", "test_docs.py", "test_paper_studies.py",
                  "test_devices.py", "test_bench.py")
 

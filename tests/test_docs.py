@@ -260,6 +260,9 @@ def test_a_documented_command_runs(where, cmd, workdir, tiny_results, cifar_dir,
         extra = ["--dry-run", "--data-dir", str(cifar_dir), "--results", str(tmp_path / "r")]
         if "--epochs" not in args:
             extra += TINY
+    elif sub == "evaluate":  # it writes into the run folders: a copy of the tiny runs
+        shutil.copytree(tiny_results, tmp_path / "r")
+        extra = ["--results", str(tmp_path / "r"), "--data-dir", str(cifar_dir)]
     elif sub in ("report", "status", "analyze", "export"):
         extra = ["--results", str(tiny_results)]
         if sub == "report":
@@ -293,4 +296,4 @@ def test_every_command_has_a_help_that_prints(capsys):
         usage = helped(words).split("\n\n")[0]
         choices = re.search(r"\{([a-z,]+)\} \.\.\.", usage)  # a command's subcommands
         todo += [(*words, c) for c in choices.group(1).split(",")] if choices else []
-    assert ("data", "pack") in seen and ("run",) in seen and len(seen) == 11, seen
+    assert ("data", "pack") in seen and ("run",) in seen and len(seen) == 12, seen
