@@ -261,7 +261,8 @@ def test_a_documented_command_runs(where, cmd, workdir, tiny_results, cifar_dir,
         if "--epochs" not in args:
             extra += TINY
     elif sub == "evaluate":  # it writes into the run folders: a copy of the tiny runs
-        shutil.copytree(tiny_results, tmp_path / "r")
+        shutil.copytree(tiny_results, tmp_path / "r",
+                        ignore=shutil.ignore_patterns("tensorboard", "corruptions"))
         extra = ["--results", str(tmp_path / "r"), "--data-dir", str(cifar_dir)]
     elif sub in ("report", "status", "analyze", "export"):
         extra = ["--results", str(tiny_results)]
@@ -294,6 +295,7 @@ def test_every_command_has_a_help_that_prints(capsys):
         words = todo.pop()
         seen.append(words)
         usage = helped(words).split("\n\n")[0]
-        choices = re.search(r"\{([a-z,]+)\} \.\.\.", usage)  # a command's subcommands
-        todo += [(*words, c) for c in choices.group(1).split(",")] if choices else []
+        # a command's subcommands (the usage line wraps between them)
+        choices = re.search(r"\{([a-z,\s]+)\}\s+\.\.\.", usage)
+        todo += [(*words, c.strip()) for c in choices.group(1).split(",")] if choices else []
     assert ("data", "pack") in seen and ("run",) in seen and len(seen) == 12, seen

@@ -27,7 +27,7 @@ def evaluated(tiny_results, cifar_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("evaluate")
     res = root / "results"
-    shutil.copytree(tiny_results, res)
+    shutil.copytree(tiny_results, res, ignore=shutil.ignore_patterns("tensorboard"))
     x, y = sources.read_cifar("cifar10", cifar_dir)[2:4]
     np.save(root / "extra_v6_data.npy", np.ascontiguousarray(x[-200:]))
     np.save(root / "extra_v6_labels.npy", y[-200:].astype(np.int64))
@@ -116,7 +116,8 @@ def test_released_files_are_read_at_the_runs_indices(evaluated, cifar_dir, tmp_p
     corrupted accuracy is then the clean one."""
     _, src, _, (x, y) = evaluated
     res = tmp_path / "results"
-    shutil.copytree(src, res, ignore=shutil.ignore_patterns("robustness.csv", "corruptions"))
+    shutil.copytree(src, res, ignore=shutil.ignore_patterns("robustness.csv", "corruptions",
+                                                          "tensorboard"))
     released = tmp_path / "CIFAR-10-C"
     released.mkdir()
     from ablation.data import balanced_subset
