@@ -203,3 +203,39 @@ def test_bad_flags_are_one_line(tmp_path):
     ]:
         r = run_cli("evaluate", "--results", str(tmp_path), *args)
         assert r.returncode == 2 and says in one_line_error(r), (args, r.stderr)
+
+
+def test_the_mce_three_ways_on_known_numbers():
+    """Two corruptions at two severities, errors chosen by hand: the plain mCE, the one
+    normalised by the reference's errors (ImageNet-C's, the reference in AlexNet's
+    place) and the relative one (the error added to the clean error)."""
+    from ablation.report.robustness import per_run
+
+    def rows(variant, clean_err, errs):
+        out = [{"variant": variant, "seed": 0, "test_set": "clean", "corruption": "",
+                "severity": 0, "images": 100, "accuracy": 1 - clean_err, "source": ""}]
+        for (c, s), e in errs.items():
+            out.append({"variant": variant, "seed": 0, "test_set": "corrupted",
+                        "corruption": c, "severity": s, "images": 100, "accuracy": 1 - e,
+                        "source": "g"})
+        return out
+
+    ref = {("fog", 1): 0.2, ("fog", 2): 0.4, ("snow", 1): 0.3, ("snow", 2): 0.5}
+    new = {("fog", 1): 0.1, ("fog", 2): 0.3, ("snow", 1): 0.3, ("snow", 2): 0.7}
+    df = pd.DataFrame(rows("ref", 0.1, ref) + rows("new", 0.05, new))
+    got, notes = per_run(df, "ref")
+    assert not notes
+    r, n = got.set_index("variant").loc["ref"], got.set_index("variant").loc["new"]
+    assert r["mce"] == pytest.approx(35.0) and n["mce"] == pytest.approx(35.0)
+    # fog 0.4 / 0.6, snow 1.0 / 0.8: mean 0.958...
+    assert n["mce_norm"] == pytest.approx(100 * (0.4 / 0.6 + 1.0 / 0.8) / 2)
+    assert r["mce_norm"] == pytest.approx(100) and r["rel_mce"] == pytest.approx(100)
+    # added error: fog (0.4 - 2 x 0.05) / (0.6 - 2 x 0.1), snow (1.0 - 0.1) / (0.8 - 0.2)
+    assert n["rel_mce"] == pytest.approx(100 * (0.3 / 0.4 + 0.9 / 0.6) / 2)
+    assert n["corrupted"] == pytest.approx(0.65) and n["clean"] == pytest.approx(0.95)
+    # a run lacking part of the grid has no corrupted numbers, and is said
+    partial = df[~((df["variant"] == "new") & (df["corruption"] == "snow")
+                   & (df["severity"] == 2))]
+    got, notes = per_run(partial, "ref")
+    assert np.isnan(got.set_index("variant").loc["new", "mce"])
+    assert notes == ["new s0 lacks part of the corruption grid: left out of it"]
