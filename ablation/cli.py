@@ -356,6 +356,18 @@ def _add_study(p: argparse.ArgumentParser) -> None:
                         "(default: blog)")
 
 
+def _add_trained_runs(p: argparse.ArgumentParser) -> None:
+    """Which trained runs a command reads (analyze, evaluate), and their data."""
+    from ablation import argtypes
+
+    p.add_argument("variants", nargs="*", metavar="VARIANT|GLOB",
+                   help="default: every variant of the study")
+    _add_study(p)
+    p.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
+    p.add_argument("--recipe", help="only runs of this recipe id (or a prefix of it)")
+    p.add_argument("--data-dir", type=argtypes.path, help="as for `ablation run`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ablation import argtypes, backend, devices, verdict
     from ablation.bench import MIN_SECONDS
@@ -471,23 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("analyze", help="layer responses of trained runs (He et al. 2015, "
                                        "Fig. 7), for the report")
-    s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB",
-                   help="default: every variant of the study")
-    _add_study(s)
-    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
+    _add_trained_runs(s)
     s.add_argument("--images", type=argtypes.integer(10), default=1000,
                    help="test images, class-balanced, the first of each class (default 1000)")
-    s.add_argument("--recipe", help="only runs of this recipe id (or a prefix of it)")
-    s.add_argument("--data-dir", type=argtypes.path, help="as for `ablation run`")
     s.add_argument("--force", action="store_true", help="recompute runs already analysed")
     s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("evaluate", help="trained runs on corrupted (CIFAR-10-C) and extra "
                                         "test sets (CIFAR-10.1), for the report")
-    s.add_argument("variants", nargs="*", metavar="VARIANT|GLOB",
-                   help="default: every variant of the study")
-    _add_study(s)
-    s.add_argument("--results", type=argtypes.path, default=DEFAULT_RESULTS)
+    _add_trained_runs(s)
     s.add_argument("--images", type=argtypes.integer(10),
                    help="test images, class-balanced, the first of each class (default: "
                         "the ones each run was evaluated on)")
@@ -505,8 +509,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-set", type=argtypes.named_path, action="append", metavar="NAME=PATH",
                    help="an extra test set: an .npz, a *_data.npy beside its *_labels.npy, "
                         "or a folder of class folders (repeatable; adds to the study's)")
-    s.add_argument("--recipe", help="only runs of this recipe id (or a prefix of it)")
-    s.add_argument("--data-dir", type=argtypes.path, help="as for `ablation run`")
     s.add_argument("--force", action="store_true", help="re-evaluate what was evaluated")
     s.set_defaults(func=cmd_evaluate)
 
