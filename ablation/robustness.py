@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,34 +34,14 @@ from ablation.data import corruptions as defs
 from ablation.data import sizes
 from ablation.errors import AblationError
 from ablation.protocol import Exit, JobState
+from ablation.runs import load_model
 from ablation.store import MODEL, ROBUSTNESS, Run, RunFolder, load_runs, to_stderr
+from ablation.study.robustness import GENERATED, NONE, Settings
 
 CLEAN, CORRUPTED = "clean", "corrupted"
-GENERATED, NONE = "generated", "none"
 CACHE = "corruptions"  # under the results folder: generated corrupted test sets
 BATCH = 500
 COLUMNS = ["test_set", "corruption", "severity", "images", "accuracy", "seconds", "source"]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What `ablation evaluate` does, from the study's `[robustness]` table and the
-    command's flags (docs/robustness.md)."""
-
-    corruptions: str = GENERATED  # "generated", "none", or the released files' folder
-    severities: tuple[int, ...] = defs.SEVERITIES
-    seed: int = 0  # of the generated corruptions' draws
-    frost_images: str | None = None  # the paper's frost pictures: the published frost
-    reference: str | None = None  # the variant the normalised mCE divides by
-    test_sets: tuple[tuple[str, str], ...] = field(default=())  # (name, path)
-
-    def source(self) -> str:
-        """How the corrupted images were made, as robustness.csv records it: a run's
-        rows under another source are not pooled with these."""
-        if self.corruptions == GENERATED:
-            frost = "frost pictures" if self.frost_images else "procedural frost"
-            return f"generated v{defs.VERSION} seed {self.seed}, {frost}"
-        return f"released {Path(self.corruptions).resolve()}"
 
 
 # --- test sets ------------------------------------------------------------------------------
@@ -270,8 +250,6 @@ def evaluate_run(run: Run, settings: Settings, images: int | None, results_dir: 
     todo = [p for p in _plan(settings) if p not in done]
     if not todo:
         return 0, 0.0
-    from ablation.runs import load_model  # it reads study files, which read this module
-
     model = load_model(folder.file(MODEL))
     classes = int(model.outputs[0].shape[-1])
     t0, last = time.monotonic(), None

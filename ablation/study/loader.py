@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablation import models, registry, robustness, tune, verdict
+from ablation import models, registry, tune, verdict
 from ablation.data import shape_of as data_shape_of
 from ablation.data.sources import is_path as data_is_path
 from ablation.errors import AblationError
 from ablation.recipe import VARIANT_FIELDS, Recipe
 from ablation.registry import Variant
-from ablation.study import definitions, schema, spaces
+from ablation.study import definitions, robustness, schema, spaces
 from ablation.study.units import import_units
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "studies"
