@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from ablation import data, results
 from ablation.data import corruptions as defs
 from ablation.data import sizes
 from ablation.errors import AblationError
-from ablation.protocol import Exit, JobState
+from ablation.protocol import Exit, JobState, Terminated
 from ablation.runs import load_model
 from ablation.store import MODEL, ROBUSTNESS, Run, RunFolder, load_runs, to_stderr
 from ablation.study.robustness import GENERATED, NONE, Settings
@@ -212,10 +213,44 @@ def _generated(cache_dir: Path, name: str, severity: int, test: TestImages,
 # --- evaluation -----------------------------------------------------------------------------
 
 
-def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of `model` on inputs `x`, in batches."""
+class Stop:
+    """Ctrl-C and SIGTERM noted by a handler and acted on between batches. Raised from
+    the handler itself, a KeyboardInterrupt can land inside a garbage collector's
+    callback, where Python prints and ignores it, and the evaluation went on."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> Stop:
+        for sig in self.SIGNALS:
+            old = signal.getsignal(sig)
+            if old is not signal.SIG_IGN:  # under nohup Ctrl-C stays ignored
+                self.previous[sig] = old
+                signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum == signal.SIGTERM:
+            raise Terminated()
+        if self.signum is not None:
+            raise KeyboardInterrupt()
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray, check=lambda: None) -> float:
+    """Top-1 accuracy of `model` on inputs `x`, in batches (`check` between them)."""
     right = 0
     for start in range(0, len(x), BATCH):
+        check()
         out = np.asarray(model.predict_on_batch(x[start:start + BATCH]))
         right += int((out.argmax(-1) == y[start:start + BATCH]).sum())
     return right / len(x)
@@ -234,26 +269,33 @@ def _sources(settings: Settings) -> dict[str, str]:
             **{name: str(Path(p).resolve()) for name, p in settings.test_sets}}
 
 
+def _key(row: dict) -> tuple[str, str, int]:
+    return row["test_set"], row["corruption"], int(row["severity"])
+
+
 def evaluate_run(run: Run, settings: Settings, images: int | None, results_dir: Path,
-                 force: bool, data_dir: str | None, caches: dict, say) -> tuple[int, float]:
-    """Evaluate one run on what it lacks; (sets evaluated, seconds)."""
+                 force: bool, data_dir: str | None, caches: dict, say, stop: Stop
+                 ) -> tuple[pd.DataFrame, int, float]:
+    """Evaluate one run on what it lacks (`force`: on all that is asked, again); rows
+    of sets not asked for are kept. (this command's rows, sets evaluated, seconds)."""
     folder = RunFolder(run.folder)
     test = _test_images(run, images, data_dir, caches.setdefault("test", {}))
     n = len(test.keys)
     sources = _sources(settings)
-    have = folder.robustness(to_stderr) if not force else None
+    have = folder.robustness(to_stderr)
     rows = [] if have is None else have.to_dict("records")
     own = (CLEAN, CORRUPTED)  # on the run's test images; an extra set is all of its own
-    done = {(r["test_set"], r["corruption"], int(r["severity"])) for r in rows
-            if (int(r["images"]) == n or r["test_set"] not in own)
-            and str(r["source"] or "") == sources.get(r["test_set"], "")}
-    todo = [p for p in _plan(settings) if p not in done]
-    if not todo:
-        return 0, 0.0
-    model = load_model(folder.file(MODEL))
-    classes = int(model.outputs[0].shape[-1])
+    current = {_key(r) for r in rows
+               if (int(r["images"]) == n or r["test_set"] not in own)
+               and str(r["source"] or "") == sources.get(r["test_set"], "")}
+    plan = _plan(settings)
+    todo = [p for p in plan if force or p not in current]
     t0, last = time.monotonic(), None
+    if todo:
+        model = load_model(folder.file(MODEL))
+        classes = int(model.outputs[0].shape[-1])
     for k, (test_set, name, severity) in enumerate(todo, 1):
+        stop.check()
         t = time.monotonic()
         if test_set == CLEAN:
             x, y = test.inputs(test.x), test.y
@@ -266,9 +308,8 @@ def evaluate_run(run: Run, settings: Settings, images: int | None, results_dir: 
         else:
             x, y = _extra(test_set, dict(settings.test_sets)[test_set], test, classes,
                           caches.setdefault("extra", {}))
-        acc = accuracy(model, x, y)
-        rows = [r for r in rows if (r["test_set"], r["corruption"], int(r["severity"]))
-                != (test_set, name, severity)]
+        acc = accuracy(model, x, y, stop.check)
+        rows = [r for r in rows if _key(r) != (test_set, name, severity)]
         rows.append({"test_set": test_set, "corruption": name, "severity": severity,
                      "images": len(y), "accuracy": acc,
                      "seconds": round(time.monotonic() - t, 3), "source": sources[test_set]})
@@ -283,20 +324,51 @@ def evaluate_run(run: Run, settings: Settings, images: int | None, results_dir: 
                     f"{results.duration(spent)}, ETA "
                     f"{results.duration(spent / k * (len(todo) - k))}]")
                 last = time.monotonic()
-    import keras
+    if todo:
+        import keras
 
-    del model
-    keras.backend.clear_session()
-    return len(todo), time.monotonic() - t0
+        del model
+        keras.backend.clear_session()
+    asked = pd.DataFrame([r for r in rows if _key(r) in set(plan)], columns=COLUMNS)
+    return asked, len(todo), time.monotonic() - t0
 
 
 def summary_line(frame: pd.DataFrame) -> str:
-    """A run's robustness in a few words: clean, corrupted (mean), each extra set."""
+    """A run's robustness on what this command asked, in a few words: clean,
+    corrupted (the mean of its sets), each extra set."""
     parts = []
     for name, g in frame.groupby("test_set", sort=False):
         parts.append(f"{name} {100 * g['accuracy'].mean():.1f} %"
-                     + (f" (mean of {len(g)})" if len(g) > 1 else ""))
+                     + (f" (mean of {len(g)} sets)" if len(g) > 1 else ""))
     return ", ".join(parts)
+
+
+def check(settings: Settings, runs: list[Run], images: int | None) -> None:
+    """What would fail every run, refused in one line before any runs: a corruptions
+    folder without the released files, a frost folder without the pictures, an extra
+    test set that does not read, more images than a test set holds."""
+    if settings.corruptions not in (GENERATED, NONE):
+        folder = Path(settings.corruptions)
+        if not (folder / "labels.npy").is_file():
+            raise AblationError(f"corruptions folder {folder}: no labels.npy (the released "
+                                "CIFAR-10-C files: <corruption>.npy and labels.npy)")
+        missing = [c for c in defs.NAMES if not (folder / f"{c}.npy").is_file()]
+        if missing:
+            raise AblationError(f"corruptions folder {folder}: no {missing[0]}.npy (of the "
+                                f"15: {', '.join(defs.NAMES)})")
+    if settings.frost_images and settings.corruptions == GENERATED:
+        defs.frost_pictures(Path(settings.frost_images))
+    for name, path in settings.test_sets:
+        read_test_set(path, f"test set {name!r}")
+    if images:
+        for dataset in {r.record.recipe.dataset for r in runs}:
+            try:
+                test = data.describe(data.resolve(dataset)).test
+            except AblationError:  # not readable from here: each run's load says why
+                continue
+            if test is not None and images > test:
+                raise AblationError(f"--images {images:,} is more than the {test:,} test "
+                                    f"images of {dataset}")
 
 
 def main(results_dir: Path, variants: list[str], settings: Settings,
@@ -305,13 +377,16 @@ def main(results_dir: Path, variants: list[str], settings: Settings,
     """Evaluate the done runs of `variants`; a few lines per run. Exit 1 if any failed."""
     if not Path(results_dir).is_dir():
         raise AblationError(f"no results folder {results_dir}; run `ablation run` first")
-    runs = [r for r in load_runs(Path(results_dir)) if r.variant in variants
-            and (not recipe or r.record.recipe_id.startswith(recipe))]
+    runs = [r for r in load_runs(Path(results_dir)) if r.variant in variants]
+    if recipe:
+        runs = [r for r in runs if r.record.recipe_id.startswith(recipe)]
     done = [r for r in runs if r.record.status == JobState.DONE and r.record.finished]
     if not done:
-        raise AblationError(f"no finished runs of {', '.join(variants)} in {results_dir}; "
-                            "train them with `ablation run` first")
+        which = f" of a recipe id starting {recipe!r}" if recipe else ""
+        raise AblationError(f"no finished runs of {', '.join(variants)}{which} in "
+                            f"{results_dir}; train them with `ablation run` first")
     done.sort(key=lambda r: (r.record.recipe_id, r.variant, r.seed))
+    check(settings, done, images)
     plan = _plan(settings)
     print(f"{len(done)} run(s), {len(plan)} test set(s) each "
           f"({'no corruptions' if settings.corruptions == NONE else settings.source()}"
@@ -320,29 +395,29 @@ def main(results_dir: Path, variants: list[str], settings: Settings,
     caches: dict = {}
     failed = 0
     t0 = time.monotonic()
-    for k, r in enumerate(done, 1):
-        name = f"[{k}/{len(done)}] {r.variant} s{r.seed} ({r.record.recipe_id})"
-        folder = RunFolder(r.folder)
-        if not folder.file(MODEL).is_file():
-            print(f"{name}: skipped, no model.h5 (trained with --no-keep-model)", file=out,
-                  flush=True)
-            continue
-        print(f"{name}:", file=out, flush=True)
-        try:
-            count, spent = evaluate_run(r, settings, images, Path(results_dir), force,
-                                        data_dir, caches,
-                                        lambda s: print(s, file=out, flush=True))
-        except AblationError as e:
-            failed += 1
-            print(f"{name}: FAILED: {e}", file=sys.stderr, flush=True)
-            continue
-        frame = folder.robustness()
-        left = results.duration((time.monotonic() - t0) / k * (len(done) - k))
-        if not count:
-            print(f"    already evaluated: {summary_line(frame)} (--force redoes it)",
-                  file=out, flush=True)
-        else:
-            print(f"    {summary_line(frame)}; {count} set(s) in {results.duration(spent)}; "
-                  f"written to {folder.file(ROBUSTNESS)}  [runs {k}/{len(done)}, ETA {left}]",
-                  file=out, flush=True)
+    with Stop() as stop:
+        for k, r in enumerate(done, 1):
+            name = f"[{k}/{len(done)}] {r.variant} s{r.seed} ({r.record.recipe_id})"
+            folder = RunFolder(r.folder)
+            if not folder.file(MODEL).is_file():
+                print(f"{name}: skipped, no model.h5 (trained with --no-keep-model)",
+                      file=out, flush=True)
+                continue
+            print(f"{name}:", file=out, flush=True)
+            try:
+                frame, count, spent = evaluate_run(
+                    r, settings, images, Path(results_dir), force, data_dir, caches,
+                    lambda s: print(s, file=out, flush=True), stop)
+            except AblationError as e:
+                failed += 1
+                print(f"    FAILED: {e}", file=sys.stderr, flush=True)
+                continue
+            left = results.duration((time.monotonic() - t0) / k * (len(done) - k))
+            if not count:
+                print(f"    already evaluated: {summary_line(frame)} (--force redoes it)",
+                      file=out, flush=True)
+            else:
+                print(f"    {summary_line(frame)}; {count} set(s) in "
+                      f"{results.duration(spent)}; written to {folder.file(ROBUSTNESS)}  "
+                      f"[runs {k}/{len(done)}, ETA {left}]", file=out, flush=True)
     return Exit.FAILED if failed else Exit.DONE

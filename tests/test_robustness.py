@@ -223,8 +223,8 @@ def test_the_mce_three_ways_on_known_numbers():
     ref = {("fog", 1): 0.2, ("fog", 2): 0.4, ("snow", 1): 0.3, ("snow", 2): 0.5}
     new = {("fog", 1): 0.1, ("fog", 2): 0.3, ("snow", 1): 0.3, ("snow", 2): 0.7}
     df = pd.DataFrame(rows("ref", 0.1, ref) + rows("new", 0.05, new))
-    got, notes = per_run(df, "ref")
-    assert not notes
+    got, notes, grid = per_run(df, "ref")
+    assert not notes and len(grid) == 4
     r, n = got.set_index("variant").loc["ref"], got.set_index("variant").loc["new"]
     assert r["mce"] == pytest.approx(35.0) and n["mce"] == pytest.approx(35.0)
     # fog 0.4 / 0.6, snow 1.0 / 0.8: mean 0.958...
@@ -236,6 +236,42 @@ def test_the_mce_three_ways_on_known_numbers():
     # a run lacking part of the grid has no corrupted numbers, and is said
     partial = df[~((df["variant"] == "new") & (df["corruption"] == "snow")
                    & (df["severity"] == 2))]
-    got, notes = per_run(partial, "ref")
-    assert np.isnan(got.set_index("variant").loc["new", "mce"])
-    assert notes == ["new s0 lacks part of the corruption grid: left out of it"]
+    got, notes, grid = per_run(partial, "ref")
+    assert len(grid) == 3 and notes == ["corrupted sets beyond the 3 every run has"]
+    assert got.set_index("variant").loc["new", "mce"] == pytest.approx(100 * (0.2 + 0.3) / 2)
+    # pooled on the study's severities only
+    got, notes, grid = per_run(df, "ref", (2,))
+    assert grid == {("fog", 2), ("snow", 2)} and not notes
+    assert got.set_index("variant").loc["ref", "mce"] == pytest.approx(45.0)
+
+
+def test_ctrl_c_and_sigterm_stop_between_batches_never_inside_python():
+    """The signal is noted and raised at the next check (between batches), never from
+    the handler: a KeyboardInterrupt raised there can land in a garbage collector's
+    callback, where Python ignores it and the evaluation went on."""
+    import signal
+
+    from ablation import robustness
+    from ablation.protocol import Terminated
+
+    class Model:
+        def __init__(self, sig, at):
+            self.calls, self.sig, self.at = 0, sig, at
+
+        def predict_on_batch(self, x):
+            self.calls += 1
+            if self.calls == self.at:
+                signal.raise_signal(self.sig)  # delivered here, acted on at the next check
+            return np.eye(10)[np.zeros(len(x), int)]
+
+    x, y = np.zeros((2000, 1)), np.zeros(2000, int)
+    for sig, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
+        before = signal.getsignal(sig)
+        with robustness.Stop() as stop:
+            model = Model(sig, at=2)
+            with pytest.raises(raised):
+                robustness.accuracy(model, x, y, stop.check)
+            assert model.calls == 2  # the batch in progress finished; no third began
+        assert signal.getsignal(sig) is before
+    with robustness.Stop() as stop:  # no signal: every batch
+        assert robustness.accuracy(Model(signal.SIGINT, at=0), x, y, stop.check) == 1

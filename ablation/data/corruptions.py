@@ -316,22 +316,29 @@ def frost_texture(draws: np.ndarray, lines: np.ndarray) -> np.ndarray:
     return 255 * tex[..., None] * np.array([0.82, 0.9, 1.0])
 
 
-def _frost_pictures(folder: Path) -> list[np.ndarray]:
+def frost_pictures(folder: Path) -> list[np.ndarray]:
     """The paper's frost photographs (the first five files by name, as its script drew
     from five), each scaled to a fifth as it did, RGB float."""
     from PIL import Image
 
+    if not Path(folder).is_dir():
+        raise AblationError(f"frost_images: no folder {folder} (the paper's frost pictures)")
     files = sorted(p for p in Path(folder).iterdir()
                    if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:5]
     if len(files) < 5:
         raise AblationError(f"frost_images {folder}: needs the paper's five frost pictures "
                             f"(frost1.png ... frost5.jpg), found {len(files)}")
+    from ablation.data.folders import open_image
+
     out = []
     for f in files:
-        with Image.open(f) as img:
-            img = img.convert("RGB")
+        with open_image(f) as img:
             w, h = img.size
-            small = img.resize((round(w * 0.2), round(h * 0.2)), Image.BILINEAR)
+            small = img.convert("RGB").resize((round(w * 0.2), round(h * 0.2)),
+                                              Image.BILINEAR)
+            if min(small.size) <= SIZE:
+                raise AblationError(f"frost picture {f}: {w}x{h}, at a fifth too small for "
+                                    f"a {SIZE}x{SIZE} crop")
             out.append(np.asarray(small, np.float64))
     return out
 
@@ -342,7 +349,7 @@ def _frost(x, c, gens, frost_images):
         lines = _each(gens, lambda g: g.random((16, 4)))
         layer = frost_texture(draws, lines)
     else:
-        pics = _frost_pictures(frost_images)
+        pics = frost_pictures(frost_images)
         layer = np.empty(x.shape)
         for i, g in enumerate(gens):
             pic = pics[int(g.integers(5))]

@@ -135,8 +135,8 @@ def _robustness_block(study, cmp, present, settings, fig_dir, rel, base, col, re
     """Accuracy on corrupted and extra test sets (`ablation evaluate`); where none was
     measured, the command that measures it, if the study asks for it."""
     runs = [r for rs in present.values() for r in rs]
-    lines = robustness.block(cmp.title, list(present), runs, study.robustness.reference,
-                             settings, fig_dir, rel, base, col, also)
+    lines = robustness.block(cmp.title, list(present), runs, study.robustness, settings,
+                             fig_dir, rel, base, col, also)
     if lines or study.robustness == type(study.robustness)():
         return lines
     return robustness.pending(study.flag, markdown.results_flag(results_dir), list(present))

@@ -429,6 +429,9 @@ def plot_robustness(path: Path, rows: pd.DataFrame, per_corruption: pd.DataFrame
         if len(by) > 1:
             left.fill_between(x, 100 * by.min().to_numpy(), 100 * by.max().to_numpy(),
                               color=col[v], alpha=0.2, lw=0)
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("severity (0 = clean)")
     left.set_ylabel("accuracy % (mean over corruptions)")
     left.grid(alpha=0.3)
@@ -441,6 +444,7 @@ def plot_robustness(path: Path, rows: pd.DataFrame, per_corruption: pd.DataFrame
     right.set_yticks(y, [n.replace("_", " ") for n in per_corruption.index], fontsize=8)
     right.invert_yaxis()
     right.set_xlabel("error % (mean over severities and seeds)")
+    right.legend(fontsize=8, loc="lower right")
     right.grid(axis="x", alpha=0.3)
     fig.suptitle(f"{title}: accuracy under corruption", fontsize=10)
     _save(fig, path, also)

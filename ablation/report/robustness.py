@@ -23,6 +23,7 @@ from ablation import judge, robustness, verdict
 from ablation.data import corruptions as defs
 from ablation.report import figures, markdown
 from ablation.store import Run
+from ablation.study.robustness import Settings
 
 
 def frame(runs: list[Run]) -> pd.DataFrame:
@@ -61,20 +62,46 @@ def _common(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return pd.concat(parts, ignore_index=True), notes
 
 
-def per_run(df: pd.DataFrame, reference: str | None) -> tuple[pd.DataFrame, list[str]]:
+def common_grid(corr: pd.DataFrame, severities: tuple[int, ...] | None = None
+                ) -> tuple[set[tuple[str, int]], list[str]]:
+    """The (corruption, severity) cells the corrupted numbers pool: among `severities`
+    (the study's), those every evaluated run has; where they share none, the cells most
+    runs have (the others are then left out). Notes on what is not pooled."""
+    if severities:
+        corr = corr[corr["severity"].isin(severities)]
+    cells = {key: frozenset(zip(g["corruption"], g["severity"], strict=True))
+             for key, g in corr.groupby(["variant", "seed"], sort=False)}
+    if not cells:
+        return set(), []
+    grid = frozenset.intersection(*cells.values())
+    notes = []
+    if not grid:
+        grid = pd.Series(list(cells.values())).value_counts().index[0]
+        notes.append("the runs were evaluated on different corrupted sets; those most "
+                     "runs share are pooled")
+    elif any(c != grid for c in cells.values()):
+        notes.append(f"corrupted sets beyond the {len(grid)} every run has")
+    return set(grid), notes
+
+
+def per_run(df: pd.DataFrame, reference: str | None,
+            severities: tuple[int, ...] | None = None
+            ) -> tuple[pd.DataFrame, list[str], set[tuple[str, int]]]:
     """Per (variant, seed): clean and corrupted accuracy, mCE (%) plain, normalised by
-    the reference's errors and relative (degradation over the reference's), and each
-    extra set's accuracy. A run lacking part of the corruption grid the others have gets
-    no corrupted numbers (a partial mean is not comparable)."""
-    notes: list[str] = []
+    the reference's errors and relative (the error added to the clean error, over the
+    reference's), each extra set's accuracy; pooled on `common_grid`'s cells. A run
+    lacking some of them gets no corrupted numbers (a partial mean is not comparable).
+    Returns the table, notes on what was left out, and the cells pooled."""
     corr = df[df["test_set"] == robustness.CORRUPTED]
-    grid = set(zip(corr["corruption"], corr["severity"], strict=True))
+    grid, notes = common_grid(corr, severities)
+    corr = corr[[cell in grid for cell in zip(corr["corruption"], corr["severity"],
+                                              strict=True)]]
     rows = []
     for (v, s), g in df.groupby(["variant", "seed"], sort=False):
         clean = g.loc[g["test_set"] == robustness.CLEAN, "accuracy"]
         row = {"variant": v, "seed": int(s),
                "clean": float(clean.iloc[0]) if len(clean) else math.nan}
-        c = g[g["test_set"] == robustness.CORRUPTED]
+        c = corr[(corr["variant"] == v) & (corr["seed"] == s)]
         if grid and set(zip(c["corruption"], c["severity"], strict=True)) == grid:
             row["corrupted"] = float(c["accuracy"].mean())
             err = 1 - c.groupby("corruption")["accuracy"].mean()
@@ -87,26 +114,40 @@ def per_run(df: pd.DataFrame, reference: str | None) -> tuple[pd.DataFrame, list
             row[f"set:{name}"] = float(e["accuracy"].iloc[0])
         rows.append(row)
     out = pd.DataFrame(rows)
-    if reference and "mce" in out.columns and reference in set(out["variant"]):
-        ref = corr[corr["variant"] == reference]
-        ref_err = (1 - ref.groupby(["corruption", "severity"])["accuracy"].mean()
-                   ).groupby("corruption").sum()
-        ref_clean = 1 - out.loc[out["variant"] == reference, "clean"].mean()
-        norm, rel = [], []
-        for r in out.itertuples():
-            mine = corr[(corr["variant"] == r.variant) & (corr["seed"] == r.seed)]
-            if math.isnan(getattr(r, "mce", math.nan)) or not len(mine):
-                norm.append(math.nan)
-                rel.append(math.nan)
-                continue
-            e = (1 - mine.set_index(["corruption", "severity"])["accuracy"]
-                 ).groupby("corruption").sum()
-            k = mine.groupby("corruption")["severity"].count()
-            norm.append(100 * float((e / ref_err).mean()))
-            drop_ref = ref_err - k * ref_clean
-            rel.append(100 * float(((e - k * (1 - r.clean)) / drop_ref).mean()))
-        out["mce_norm"], out["rel_mce"] = norm, rel
-    return out, notes
+    if "mce" not in out.columns:
+        return out, notes, grid
+    pooled = out.dropna(subset=["mce"])
+    if not reference or reference not in set(pooled["variant"]):
+        if reference:
+            notes.append(f"no mCE relative to {reference}: it has no corrupted numbers here")
+        return out, notes, grid
+    ref_runs = set(zip(pooled.loc[pooled["variant"] == reference, "variant"],
+                       pooled.loc[pooled["variant"] == reference, "seed"], strict=True))
+    ref = corr[[k in ref_runs for k in zip(corr["variant"], corr["seed"], strict=True)]]
+    cells = ref.groupby(["corruption", "severity"])["accuracy"].mean()
+    ref_err = (1 - cells).groupby("corruption").sum()
+    count = cells.groupby("corruption").count()
+    ref_clean = 1 - pooled.loc[pooled["variant"] == reference, "clean"].mean()
+    drop_ref = ref_err - count * ref_clean
+    rises = drop_ref[drop_ref > 0].index  # the relative mCE divides by the added error
+    if len(rises) < len(drop_ref):
+        flat = sorted(set(drop_ref.index) - set(rises))
+        notes.append(f"the relative mCE leaves out {', '.join(flat)}: {reference}'s error "
+                     "does not rise under " + ("it" if len(flat) == 1 else "them"))
+    norm, rel = [], []
+    for r in out.itertuples():
+        mine = corr[(corr["variant"] == r.variant) & (corr["seed"] == r.seed)]
+        if math.isnan(getattr(r, "mce", math.nan)):
+            norm.append(math.nan)
+            rel.append(math.nan)
+            continue
+        e = (1 - mine.set_index(["corruption", "severity"])["accuracy"]
+             ).groupby("corruption").sum()
+        norm.append(100 * float((e / ref_err).mean()))
+        added = (e - count * (1 - r.clean))[rises] / drop_ref[rises]
+        rel.append(100 * float(added.mean()) if len(rises) else math.nan)
+    out["mce_norm"], out["rel_mce"] = norm, rel
+    return out, notes, grid
 
 
 def _cell(values: pd.Series, scale: float = 100.0, digits: int = 2) -> str:
@@ -119,7 +160,7 @@ def _cell(values: pd.Series, scale: float = 100.0, digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {scale * vals.std(ddof=1):.{digits}f}"
 
 
-def block(cmp_title: str, variants: list[str], runs: list[Run], reference: str | None,
+def block(cmp_title: str, variants: list[str], runs: list[Run], asked: Settings,
           settings: verdict.Settings, fig_dir: Path, rel: str, base: str,
           col: figures.Palette, also: tuple[str, ...] = ()) -> list[str]:
     """The section's markdown lines (and its figure); [] when no run was evaluated."""
@@ -128,9 +169,12 @@ def block(cmp_title: str, variants: list[str], runs: list[Run], reference: str |
     if not len(df):
         return []
     df, notes = _common(df)
-    ref = reference if reference in variants else variants[0]
-    runs_df, more = per_run(df, ref)
+    ref = asked.reference if asked.reference in variants else variants[0]
+    runs_df, more, grid = per_run(df, ref, asked.severities)
     notes += more
+    df = df[(df["test_set"] != robustness.CORRUPTED)
+            | pd.Series([c in grid for c in zip(df["corruption"], df["severity"],
+                                                strict=True)], index=df.index)]
     gone = judge.diverged(present)
     if gone:
         keep = [(v, s) not in gone for v, s in zip(runs_df["variant"], runs_df["seed"],
@@ -230,7 +274,9 @@ def _verdicts(runs_df: pd.DataFrame, order: list[str], extras: list[str],
 
 def _order_kept(runs_df: pd.DataFrame, order: list[str], extras: list[str]) -> list[str]:
     """Recht et al. 2018's question: do the variants keep their order on the new test
-    set? Spearman's rank correlation of the variants' mean accuracies (SciPy)."""
+    set? Spearman's rank correlation of the variants' mean accuracies, its p-value from
+    SciPy's permutation test (exact over every ordering up to 8 variants; the t
+    approximation says p = 0 for three variants in the same order, where it is 1/3)."""
     from scipy import stats
 
     means = runs_df.groupby("variant").mean(numeric_only=True).loc[order]
@@ -239,8 +285,12 @@ def _order_kept(runs_df: pd.DataFrame, order: list[str], extras: list[str]) -> l
         m = means[["clean", f"set:{e}"]].dropna()
         if len(m) < 3:
             continue
-        rho, p = stats.spearmanr(m["clean"], m[f"set:{e}"])
-        said.append(f"{e}: Spearman ρ = {rho:+.2f} over {len(m)} variants (p = {p:.2g})")
+        test = stats.permutation_test(
+            (m["clean"].to_numpy(), m[f"set:{e}"].to_numpy()),
+            lambda x, y: stats.spearmanr(x, y).statistic, permutation_type="pairings",
+            n_resamples=40_320, rng=0)
+        said.append(f"{e}: Spearman ρ = {test.statistic:+.2f} over {len(m)} variants "
+                    f"(p = {test.pvalue:.2g}, two-sided, by permutation)")
     if not said:
         return []
     return ["Do the variants keep their clean order? " + "; ".join(said) + ".", ""]
