@@ -27,7 +27,7 @@ from ablation import data
 from ablation.errors import AblationError
 from ablation.models import layer_inputs
 from ablation.protocol import Exit, JobState
-from ablation.runs import load_model
+from ablation.runs import load_data, load_model
 from ablation.store import MODEL, RESPONSES, Run, RunFolder, load_runs
 
 AFTER_BN, CONV_OUTPUT = "after BN", "conv output"
@@ -111,22 +111,11 @@ def _images(run: Run, images: int, data_dir: str | None, cache: dict) -> np.ndar
     """The first `images` test images of the run's data (class-balanced; all of them when
     the test split is smaller), normalised as the run trained."""
     recipe = run.record.recipe
-    dataset = recipe.dataset
-    source = data_dir or run.record.data_source
-    if source == "generated" or not source or data.is_path(dataset):
-        source = None
-    key = (dataset, recipe.data_hash, source, images)
+    key = (recipe.dataset, recipe.data_hash, data_dir or run.record.data_source, images)
     if key not in cache:
-        try:
-            record = RunFolder(run.folder).config().data
-        except (FileNotFoundError, AblationError):
-            record = None
-        test = data.describe(data.resolve(dataset), recipe.image_hw).test or images
-        ds = data.load(dataset, source, train_limit=1, test_limit=min(images, test),
-                       image_size=recipe.image_hw, data_hash=recipe.data_hash,
-                       cache=Path(record["cache"]) if record and record.get("cache") else None,
-                       stats=(record["mean"], record["std"]) if record else None,
-                       crop_pct=recipe.crop_pct)
+        test = data.describe(data.resolve(recipe.dataset), recipe.image_hw).test or images
+        ds = load_data(run, data_dir, train_limit=1, test_limit=min(images, test),
+                       image_size=recipe.image_hw, crop_pct=recipe.crop_pct)
         cache[key] = data.normalise(ds.x_test, ds.mean, ds.std)
     return cache[key]
 

@@ -35,7 +35,7 @@ from ablation.data import corruptions as defs
 from ablation.data import sizes
 from ablation.errors import AblationError
 from ablation.protocol import Exit, JobState, Terminated
-from ablation.runs import load_model
+from ablation.runs import load_data, load_model
 from ablation.store import MODEL, ROBUSTNESS, Run, RunFolder, load_runs, to_stderr
 from ablation.study.robustness import GENERATED, NONE, Settings
 
@@ -70,25 +70,16 @@ class TestImages:
 def _test_images(run: Run, images: int | None, data_dir: str | None, cache: dict
                  ) -> TestImages:
     recipe = run.record.recipe
-    dataset = recipe.dataset
-    source = data_dir or run.record.data_source
-    if source == "generated" or not source or data.is_path(dataset):
-        source = None
     n = images or run.record.test_images
-    key = (dataset, recipe.data_hash, source, n, recipe.image_hw, recipe.crop_pct)
+    key = (recipe.dataset, recipe.data_hash, data_dir or run.record.data_source, n,
+           recipe.image_hw, recipe.crop_pct)
     if key not in cache:
-        try:
-            record = RunFolder(run.folder).config().data
-        except (FileNotFoundError, AblationError):
-            record = None
-        ds = data.load(dataset, source, train_limit=1, data_hash=recipe.data_hash,
-                       cache=Path(record["cache"]) if record and record.get("cache") else None,
-                       stats=(record["mean"], record["std"]) if record else None)
+        ds = load_data(run, data_dir, train_limit=1)  # native size: corrupted, then resized
         keys = data.balanced_subset(ds.y_test, n, ds.num_classes, "--images")
         cache[key] = TestImages(
             np.ascontiguousarray(ds.x_test[keys]), ds.y_test[keys], keys, len(ds.y_test),
             tuple(recipe.image_hw or ds.x_test.shape[1:3]), recipe.crop_pct, ds.mean, ds.std,
-            recipe.data_hash or dataset)
+            recipe.data_hash or recipe.dataset)
     return cache[key]
 
 
@@ -105,7 +96,7 @@ def read_test_set(path: str | Path, where: str) -> tuple[np.ndarray, np.ndarray]
         for k, files in enumerate(classes.values()):
             for f in files:
                 img = folders.open_image(f)
-                xs.append(np.asarray(img.convert("RGB"), np.uint8))
+                xs.append(folders.decode(img, img.size[1], img.size[0], 3, f))
                 ys.append(k)
         shapes = {a.shape for a in xs}
         if len(shapes) != 1:
@@ -329,7 +320,8 @@ def evaluate_run(run: Run, settings: Settings, images: int | None, results_dir: 
 
         del model
         keras.backend.clear_session()
-    asked = pd.DataFrame([r for r in rows if _key(r) in set(plan)], columns=COLUMNS)
+    wanted = set(plan)
+    asked = pd.DataFrame([r for r in rows if _key(r) in wanted], columns=COLUMNS)
     return asked, len(todo), time.monotonic() - t0
 
 

@@ -121,6 +121,26 @@ def load_model(path: str | Path, compile: bool = False):
                             f"{str(e).splitlines()[0][:200]}") from e
 
 
+def load_data(run: Run, data_dir: str | None = None, **kw):
+    """The data a run trained on, read as its job read it: from `data_dir` (else where
+    the run found it), its content hash checked, the decoded cache and the statistics
+    its job used; `kw` go on to `data.load` (limits, image size, crop)."""
+    from ablation import data
+    from ablation.store import RunFolder
+
+    recipe = run.record.recipe
+    source = data_dir or run.record.data_source
+    if source == "generated" or not source or data.is_path(recipe.dataset):
+        source = None
+    try:
+        record = RunFolder(run.folder).config().data
+    except (FileNotFoundError, AblationError):
+        record = None
+    return data.load(recipe.dataset, source, data_hash=recipe.data_hash,
+                     cache=Path(record["cache"]) if record and record.get("cache") else None,
+                     stats=(record["mean"], record["std"]) if record else None, **kw)
+
+
 @dataclass(frozen=True)
 class Speed:
     """What a projection of a variant's runs here reads: its training images/s, where it
