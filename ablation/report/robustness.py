@@ -14,6 +14,7 @@ common among the comparison's runs; any others are said and left out).
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -177,9 +178,11 @@ def block(cmp_title: str, variants: list[str], runs: list[Run], asked: Settings,
                                                 strict=True)], index=df.index)]
     gone = judge.diverged(present)
     if gone:
-        keep = [(v, s) not in gone for v, s in zip(runs_df["variant"], runs_df["seed"],
-                                                   strict=True)]
-        runs_df = runs_df[keep]
+        def kept(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame[[(v, s) not in gone for v, s in zip(frame["variant"], frame["seed"],
+                                                             strict=True)]]
+
+        runs_df, df = kept(runs_df), kept(df)
         notes.append(f"{len(gone)} diverged run(s) left out, as in the verdicts above")
     order = [v for v in variants if v in set(runs_df["variant"])]
     extras = sorted(c[4:] for c in runs_df.columns if c.startswith("set:"))
@@ -240,8 +243,8 @@ def block(cmp_title: str, variants: list[str], runs: list[Run], asked: Settings,
         out += ["Error % per corruption (mean over severities and seeds):", "",
                 markdown.table(table.reset_index(names="corruption")), ""]
     cells = max(1, corr.groupby(["corruption", "severity"]).ngroups)
-    out += _verdicts(runs_df, order, extras, {**sizes, "corrupted": images * cells},
-                     settings, has_corr)
+    out += _verdicts(runs_df, variants, order, extras,
+                     {**sizes, "corrupted": images * cells}, settings, has_corr)
     if len(extras) and len(order) >= 3:
         out += _order_kept(runs_df, order, extras)
     if notes:
@@ -249,12 +252,17 @@ def block(cmp_title: str, variants: list[str], runs: list[Run], asked: Settings,
     return out
 
 
-def _verdicts(runs_df: pd.DataFrame, order: list[str], extras: list[str],
-              sizes: dict[str, int], settings: verdict.Settings, has_corr: bool) -> list[str]:
-    """Verdict tables per measure; `sizes`: the images behind each (its resolution)."""
+def _verdicts(runs_df: pd.DataFrame, variants: list[str], order: list[str],
+              extras: list[str], sizes: dict[str, int], settings: verdict.Settings,
+              has_corr: bool) -> list[str]:
+    """Verdict tables per measure, of the pairs among `order` (the variants evaluated);
+    α is split over all of the comparison's pairs (`variants`), as the main verdicts'
+    is, so a pair's interval does not move when another variant is evaluated.
+    `sizes`: the images behind each measure (its resolution)."""
     if len(order) < 2:
         return []
-    pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
+    pairs = list(itertools.combinations(variants, 2))
+    shown = set(itertools.combinations(order, 2))
     measures = []
     if has_corr:
         runs_df = runs_df.assign(change=runs_df["corrupted"] - runs_df["clean"])
@@ -265,7 +273,8 @@ def _verdicts(runs_df: pd.DataFrame, order: list[str], extras: list[str],
     for what, col_, n in measures:
         finals = {v: {int(s): float(a) for s, a in zip(g["seed"], g[col_], strict=True)
                       if a == a} for v, g in runs_df.groupby("variant")}
-        judged = verdict.compare(finals, pairs, settings, resolution=100.0 / n)
+        judged = [p for p in verdict.compare(finals, pairs, settings, resolution=100.0 / n)
+                  if (p.a, p.b) in shown]
         table = markdown.verdict_table(judged, settings.margin, settings.alpha)
         out += [f"Verdicts on the {what} (A − B in points; margin ±{settings.margin:g}):", "",
                 markdown.table(table.drop(columns=["seeds needed"])), ""]
