@@ -105,6 +105,14 @@ def test_the_report_has_the_section_and_its_verdicts(evaluated, tmp_path):
     assert "Verdicts on the c101 accuracy" in section
     assert "severities 1, 5" in section and "procedural frost" in section
     assert list((tmp_path / "rep").glob("*/*-robustness.png"))
+    detail = pd.read_csv(next((tmp_path / "rep").glob("*/2-refactor-robustness.csv")),
+                         keep_default_na=False)
+    fog5 = detail[(detail["variant"] == "resnet32_e") & (detail["corruption"] == "fog")
+                  & (detail["severity"] == 5)]
+    want = [_frame(res, f"resnet32_e-s{s}").query("corruption == 'fog' and severity == 5")
+            ["accuracy"].iloc[0] for s in (0, 1)]
+    assert fog5["seeds"].iloc[0] == 2 and fog5["accuracy"].iloc[0] == pytest.approx(
+        np.mean(want), abs=1e-6)
     # the reference's own normalised mCE is 100 on average over its seeds
     row = next(line for line in section.splitlines() if line.startswith("| resnet32 "))
     assert "| 100.0 ±" in row

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation import judge, robustness, verdict
+from ablation import judge, results, robustness, verdict
 from ablation.data import corruptions as defs
 from ablation.report import figures, markdown
 from ablation.store import Run
@@ -210,6 +210,10 @@ def block(cmp_title: str, variants: list[str], runs: list[Run], asked: Settings,
         rows.append(row)
     out = ["#### Robustness", "",
            markdown.table(pd.DataFrame(rows, columns=cols)), ""]
+    detail = (df.groupby(["variant", "test_set", "corruption", "severity"], sort=False)
+              ["accuracy"].agg(seeds="count", accuracy="mean", std="std").reset_index())
+    results.atomic_write_text(fig_dir / f"{base}-robustness.csv",
+                              detail.to_csv(index=False, float_format="%.6g"))
     corr = df[df["test_set"] == robustness.CORRUPTED]
     said = [f"On {images:,} test images per run (the first of each class)"
             + "".join(f"; {e}: {sizes[e]:,} images" for e in extras)
@@ -227,6 +231,8 @@ def block(cmp_title: str, variants: list[str], runs: list[Run], asked: Settings,
             f"'vs {ref}': each corruption's summed error divided by {ref}'s (mean over its "
             "seeds), the ImageNet-C definition with it in AlexNet's place; 'relative': the "
             f"same for the error added to the clean error. Lower is better.")
+    said.append(f"Accuracy per variant, corruption and severity (mean and std over seeds): "
+                f"[{base}-robustness.csv]({rel}/{base}-robustness.csv).")
     out += [" ".join(said), ""]
     if has_corr:
         errs = sorted(c for c in runs_df.columns if c.startswith("err:"))
