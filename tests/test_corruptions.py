@@ -126,3 +126,5 @@ def test_only_32x32_rgb_and_known_names():
         C.corrupt(IMAGES, "rain", 1)
     with pytest.raises(AblationError, match="severity 6"):
         C.corrupt(IMAGES, "fog", 6)
+    with pytest.raises(AblationError, match="6 images but 2 keys"):
+        C.corrupt(IMAGES, "fog", 1, keys=np.arange(2))

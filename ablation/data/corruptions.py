@@ -454,6 +454,8 @@ def corrupt(images: np.ndarray, name: str, severity: int, keys: np.ndarray | Non
         raise AblationError(f"severity {severity} is not one of {SEVERITIES}")
     check_shape(images.shape, "corrupt")
     keys = np.arange(len(images)) if keys is None else np.asarray(keys)
+    if keys.shape != (len(images),):
+        raise AblationError(f"corrupt: {len(images)} images but {keys.size} keys")
     gens = _generators(seed, name, severity, keys)
     x = images.astype(np.float64) / 255.0
     out = _OPS[name](x, _C[name][severity - 1], gens, frost_images)
