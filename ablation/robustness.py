@@ -131,12 +131,21 @@ def read_test_set(path: str | Path, where: str) -> tuple[np.ndarray, np.ndarray]
     return x, np.asarray(y).astype(np.int64).ravel()
 
 
-def _extra(name: str, path: str, test: TestImages, classes: int, cache: dict
+def _read(name: str, path: str, read: dict) -> tuple[np.ndarray, np.ndarray]:
+    """An extra test set's images and labels, read once per command."""
+    if path not in read:
+        read[path] = read_test_set(path, f"test set {name!r}")
+    return read[path]
+
+
+def _extra(name: str, path: str, test: TestImages, classes: int, caches: dict
            ) -> tuple[np.ndarray, np.ndarray]:
+    """An extra set as the run's inputs, checked against its channels and classes."""
+    cache = caches.setdefault("extra", {})
     key = (name, path, test.hw, test.crop_pct, test.mean)
     if key not in cache:
         where = f"test set {name!r}"
-        x, y = read_test_set(path, where)
+        x, y = _read(name, path, caches.setdefault("read", {}))
         if x.shape[-1] != test.x.shape[-1]:
             raise AblationError(f"{where}: {x.shape[-1]} channel(s), the runs' images have "
                                 f"{test.x.shape[-1]}")
@@ -298,7 +307,7 @@ def evaluate_run(run: Run, settings: Settings, images: int | None, results_dir: 
             x, y = test.inputs(raw), test.y
         else:
             x, y = _extra(test_set, dict(settings.test_sets)[test_set], test, classes,
-                          caches.setdefault("extra", {}))
+                          caches)
         acc = accuracy(model, x, y, stop.check)
         rows = [r for r in rows if _key(r) != (test_set, name, severity)]
         rows.append({"test_set": test_set, "corruption": name, "severity": severity,
@@ -335,7 +344,7 @@ def summary_line(frame: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def check(settings: Settings, runs: list[Run], images: int | None) -> None:
+def check(settings: Settings, runs: list[Run], images: int | None, caches: dict) -> None:
     """What would fail every run, refused in one line before any runs: a corruptions
     folder without the released files, a frost folder without the pictures, an extra
     test set that does not read, more images than a test set holds."""
@@ -350,8 +359,8 @@ def check(settings: Settings, runs: list[Run], images: int | None) -> None:
                                 f"15: {', '.join(defs.NAMES)})")
     if settings.frost_images and settings.corruptions == GENERATED:
         defs.frost_pictures(Path(settings.frost_images))
-    for name, path in settings.test_sets:
-        read_test_set(path, f"test set {name!r}")
+    for name, path in settings.test_sets:  # read once: the runs take them from `caches`
+        _read(name, path, caches.setdefault("read", {}))
     if images:
         for dataset in {r.record.recipe.dataset for r in runs}:
             try:
@@ -378,13 +387,13 @@ def main(results_dir: Path, variants: list[str], settings: Settings,
         raise AblationError(f"no finished runs of {', '.join(variants)}{which} in "
                             f"{results_dir}; train them with `ablation run` first")
     done.sort(key=lambda r: (r.record.recipe_id, r.variant, r.seed))
-    check(settings, done, images)
+    caches: dict = {}
+    check(settings, done, images, caches)
     plan = _plan(settings)
     print(f"{len(done)} run(s), {len(plan)} test set(s) each "
           f"({'no corruptions' if settings.corruptions == NONE else settings.source()}"
           f"{', ' + ', '.join(n for n, _ in settings.test_sets) if settings.test_sets else ''})",
           file=out, flush=True)
-    caches: dict = {}
     failed = 0
     t0 = time.monotonic()
     with Stop() as stop:

@@ -36,10 +36,16 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
     return df[cols].sort_values(["recipe_id", "variant", "seed"], kind="stable")
 
 
+def per_run_frame(runs: list[Run], table: str, columns: list[str]) -> pd.DataFrame:
+    """One run folder table of each run (`Run.<table>`: its responses, its robustness)
+    stacked, with the run's variant and seed; empty, with `columns`, where none has it."""
+    parts = [getattr(r, table).assign(variant=r.variant, seed=r.seed) for r in runs
+             if getattr(r, table) is not None and len(getattr(r, table))]
+    if not parts:
+        return pd.DataFrame(columns=["variant", "seed", *columns])
+    return pd.concat(parts, ignore_index=True)
+
+
 def responses_frame(runs: list[Run]) -> pd.DataFrame:
     """One row per (run, 3x3 layer): variant, seed, index, layer, std."""
-    parts = [r.responses.assign(variant=r.variant, seed=r.seed) for r in runs
-             if r.responses is not None and len(r.responses)]
-    if not parts:
-        return pd.DataFrame(columns=["variant", "seed", "index", "layer", "std"])
-    return pd.concat(parts, ignore_index=True)
+    return per_run_frame(runs, "responses", ["index", "layer", "std"])

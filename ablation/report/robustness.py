@@ -23,17 +23,14 @@ import pandas as pd
 from ablation import judge, results, robustness, verdict
 from ablation.data import corruptions as defs
 from ablation.report import figures, markdown
+from ablation.report.frames import per_run_frame
 from ablation.store import Run
 from ablation.study.robustness import Settings
 
 
 def frame(runs: list[Run]) -> pd.DataFrame:
     """One row per (run, test set, corruption, severity) of the runs' robustness.csv."""
-    parts = [r.robustness.assign(variant=r.variant, seed=r.seed) for r in runs
-             if r.robustness is not None and len(r.robustness)]
-    if not parts:
-        return pd.DataFrame(columns=["variant", "seed", *robustness.COLUMNS])
-    return pd.concat(parts, ignore_index=True)
+    return per_run_frame(runs, "robustness", robustness.COLUMNS)
 
 
 def _common(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
