@@ -71,7 +71,15 @@ def cmd_list(args) -> int:
     study = _study(args)
     names = study.select(args.patterns) if args.patterns else study.variants()
     recipe = study.recipe()
-    shape, classes = data.shape_of(recipe.dataset, recipe.image_hw)  # the study's data
+    if args.classes:  # counted for a shape of the user's choosing: no data is read
+        size = recipe.image_hw or (32, 32)
+        shape, classes = (*size, 3), args.classes
+    else:
+        try:
+            shape, classes = data.shape_of(recipe.dataset, recipe.image_hw)  # the study's
+        except AblationError as e:
+            raise AblationError(f"{e}; to count without it, give --classes N (the recipe's "
+                                "image size is used)") from e
     rows = []
     for n in names:
         v, info = registry.get(n), count_params(n, classes, shape)
@@ -381,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="list a study's variants with parameter counts")
     s.add_argument("patterns", nargs="*", help="names or globs (default: all)")
     s.add_argument("--json", action="store_true", help="print a JSON array")
+    s.add_argument("--classes", type=argtypes.integer(2), default=None,
+                   help="count for this many classes at the recipe's image size, without "
+                        "reading the dataset (a study on data not here: ImageNet's 1000)")
     _add_study(s)
     s.set_defaults(func=cmd_list)
 

@@ -112,6 +112,31 @@ class ClassToken(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ablation")
+class LayerScale(keras.layers.Layer):
+    """x times a learned per-channel scale started at `init` (Touvron et al. 2021, CaiT;
+    ConvNeXt's 1e-6 on each residual branch): a deep net's blocks begin near the
+    identity. Its weight is `gamma`, so it is not weight-decayed unless `bias_decay`
+    (as normalisation scales are not)."""
+
+    def __init__(self, init: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.init = float(init)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), name="gamma",
+                                     initializer=keras.initializers.Constant(self.init))
+
+    def call(self, x):
+        return x * keras.ops.cast(self.gamma, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "init": self.init}
+
+
+@keras.saving.register_keras_serializable(package="ablation")
 class ScaledBias(keras.layers.Layer):
     """x + scale · b, a learned per-channel offset stored divided by `scale`: with SGD its
     gradient steps are scale² times larger in the offset's own units, while an L2 on the

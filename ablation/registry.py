@@ -112,6 +112,11 @@ class Variant:
                                 since="0.3")
     # --- added in 0.5 (your own designs)
     head_act: str = _f("relu", str, since="0.5")  # the head's activation (ReLU, SiLU, ...)
+    # --- added in 0.7
+    # stochastic depth: the largest drop-path rate, for units that read `block.drop_path`
+    # (the ConvNeXt roadmap's: 0 for the first block, rising linearly to this at the last)
+    drop_path: float = _f(0.0, Annotated[int | float, AfterValidator(_below_one)],
+                          "must be a number from 0 to below 1", since="0.7")
     # where the study's own units live (a module name): they come first for this variant.
     # Not part of the definition (the units' source hashes are), not a study file's key
     unit_module: str | None = None

@@ -236,7 +236,7 @@ def h(ops, x, net):
 """, 'head = "h"', "head 'h' failed in mine: ops.dense: unknown activation 'softmaxx'"),
     "unknown stem": ("", 'stem = "patchify3"', "unknown stem 'patchify3' (known: conv, "
                      "conv_bn_relu, none, patchify2, patchify4, deep3, airbench_whiten, "
-                     "airbench_plain, imagenet)"),
+                     "airbench_plain, imagenet, convnext)"),
 }
 
 

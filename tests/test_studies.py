@@ -70,7 +70,8 @@ def test_the_blog_is_a_built_in_study_like_any_other():
     s = study.load_study("blog")
     assert s.builtin and s.path.name == "blog.toml" and s.path.parent == study.BUILTIN_DIR
     assert list(s.variant_names) == ablation.variants() and len(s.comparisons) == 6
-    assert study.builtin_names() == ["blog", "airbench2024", "he2015", "identity2016",
+    assert study.builtin_names() == ["blog", "airbench2024", "convnext2022",
+                                     "convnext2022_imagenette", "he2015", "identity2016",
                                      "tricks2019", "wrn2016"]
     r = run_cli("studies")
     assert r.returncode == 0 and all(n in r.stdout for n in ("blog", "he2015", "identity2016"))

@@ -81,7 +81,8 @@ def _network(g: Graph, v: Variant, num_classes: int, input_shape: tuple[int, ...
                           v.projection_input, stage.inner, v.shortcut,
                           preactivated=activates and i == 0 and j == 0, stage=i, index=j,
                           position=position, blocks=net.blocks, stages=len(v.stages),
-                          dropout=v.dropout)
+                          dropout=v.dropout,
+                          drop_path=v.drop_path * position / max(net.blocks - 1, 1))
             fn = unitlib.resolve(unit, v.unit_module)
             x = _run(g, f"unit {unit!r} in block {block.name} of {v.name}", fn, x, block,
                      failed=f"unit {unit!r} failed in block {block.name} of {v.name}")

@@ -366,6 +366,19 @@ def scale(g, x, factor, name):
 
 
 @op
+def layer_scale(g, x, name, init=1e-6):
+    """x times a learned per-channel scale started at `init` (ConvNeXt's layer scale,
+    1e-6; `ablation.layers.LayerScale`): C trainable, never weight-decayed unless the
+    recipe's `bias_decay`; no multiply-adds by the normalisation convention."""
+    dims = g.tensor(x, "layer_scale")
+    if isinstance(init, bool) or not isinstance(init, int | float) or init <= 0:
+        raise OpError(f"ops.layer_scale {name}: init must be a positive number, got "
+                      f"{_short(init)}")
+    return g.emit(name, [x], dims, lambda L: _token_layers().LayerScale(
+        float(init), name=name), trainable=dims[-1])
+
+
+@op
 def whiten(g, x, name, kernel=2, eps=5e-4):
     """airbench's first layer: a `valid` kernel x kernel convolution into 2·C·kernel²
     channels whose filters whiten the image's patches, set from training images before

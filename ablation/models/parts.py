@@ -316,14 +316,32 @@ def head_airbench(ops: Any, x: Any, net: Net) -> Any:
     return ops.softmax(ops.scale(x, 1 / 9, "head_scale"), "head_softmax")
 
 
+# --- ConvNeXt (Liu et al. 2022): the stem and head of its last roadmap step ----------------
+
+
+def stem_convnext(ops: Any, x: Any, net: Net) -> Any:
+    """ConvNeXt's stem: a 4x4 stride-4 patchify conv to stem_filters, then LayerNorm."""
+    y = ops.conv(x, net.stem_filters, 4, 4, "stem_patchify")
+    return ops.layernorm(y, "stem_ln")
+
+
+def head_convnext(ops: Any, x: Any, net: Net) -> Any:
+    """ConvNeXt's head: global average pooling, then LayerNorm, then a softmax dense
+    layer (LayerNorm after the pooling, unlike `ln_gap`)."""
+    x = ops.layernorm(ops.pool(x, "head_pool"), "head_ln")
+    return ops.dense(x, net.num_classes, "head_dense")
+
+
 STEMS = Parts("stem", {"conv": stem_conv, "conv_bn_relu": stem_conv_bn_relu,
                        "none": stem_none, "patchify2": _patchify(2),
                        "patchify4": _patchify(4), "deep3": stem_deep3,
                        "airbench_whiten": stem_airbench_whiten,
-                       "airbench_plain": stem_airbench_plain, "imagenet": stem_imagenet})
+                       "airbench_plain": stem_airbench_plain, "imagenet": stem_imagenet,
+                       "convnext": stem_convnext})
 HEADS = Parts("head", {"bn_relu": head_bn_relu, "plain": head_plain, "dense": head_dense,
                        "dense_bn": head_dense_bn, "ln_gap": head_ln_gap,
-                       "ln_cls": head_ln_cls, "airbench": head_airbench})
+                       "ln_cls": head_ln_cls, "airbench": head_airbench,
+                       "convnext": head_convnext})
 
 
 def stem(name: str, preactivates: bool = False) -> Callable[[Callable], Callable]:

@@ -26,6 +26,7 @@ already uses the name for its own unit, and two studies may each have their own 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -56,6 +57,9 @@ class Block:
     # --- added in 0.6
     dropout: float = 0.0  # the variant's dropout, for a unit that uses it (WRN's, between
     # the convs)
+    # --- added in 0.7
+    drop_path: float = 0.0  # this block's stochastic-depth rate: the variant's `drop_path`
+    # x position / (blocks - 1), for a unit that uses it (the ConvNeXt roadmap's)
 
 
 class UnitError(AblationError):
@@ -224,6 +228,102 @@ def airbench_group(init: str, momentum: float) -> Unit:
     return group
 
 
+# --- the ConvNeXt roadmap (Liu et al. 2022, "A ConvNet for the 2020s", Section 2) ----------
+
+
+@dataclass(frozen=True)
+class RoadmapBlock:
+    """One step's residual block, as data: the roadmap's one builder reads it.
+
+    `layout`: "bottleneck" (1x1, k x k, 1x1: ResNet's, ResNeXt's, and the inverted
+    bottleneck, whose inner width is 4x the output's: the stage's widths say which) or
+    "dw_first" (the k x k depthwise conv moved up: k x k, 1x1, 1x1); `depthwise`: the
+    k x k conv is depthwise; `acts`/`norms`: after every conv ("all", ReLU/GELU also
+    after the addition) or "one" (one activation between the two 1x1s; one norm after
+    the k x k); `downsample`: "projection" (the first block of a stage strides and its
+    shortcut is a 1x1 conv + norm) or "separate" (a LayerNorm and a 2x2 stride-2 conv
+    before the block, which is then a plain residual); `layer_scale`: its init (0: none).
+    Every block drops its branch at `block.drop_path` (stochastic depth)."""
+
+    layout: str = "bottleneck"
+    depthwise: bool = False
+    kernel: int = 3
+    act: str = "relu"
+    acts: str = "all"
+    norms: str = "all"
+    norm: str = "bn"
+    downsample: str = "projection"
+    layer_scale: float = 0.0
+
+
+def roadmap_unit(spec: RoadmapBlock) -> Unit:
+    """The roadmap's block builder: every step's unit is this function fed one row."""
+    def normed(ops: Any, y: Any, name: str) -> Any:
+        return ops.bn(y, name) if spec.norm == "bn" else ops.layernorm(y, name)
+
+    def unit(ops: Any, x: Any, b: Block) -> Any:
+        n = b.name
+        stride = b.stride
+        if b.project and spec.downsample == "separate":  # outside the residual
+            x = ops.layernorm(x, f"{n}_down_ln")
+            x = ops.conv(x, b.filters, 2 if stride == 2 else 1, stride, f"{n}_down", main=False)
+            stride = 1
+        inner = b.inner or b.filters // 4
+        # (width, kernel, stride) of each conv; kernel > 1: the spatial one
+        if spec.layout == "dw_first":
+            convs = [(x.shape[-1], spec.kernel, stride), (inner, 1, 1), (b.filters, 1, 1)]
+        else:
+            convs = [(inner, 1, 1), (inner, spec.kernel, stride), (b.filters, 1, 1)]
+        y = x
+        for i, (width, k, s) in enumerate(convs, 1):
+            last = i == len(convs)
+            if k > 1 and spec.depthwise:
+                y = ops.depthwise(y, k, s, f"{n}_conv{i}")
+            else:
+                y = ops.conv(y, width, k, s, f"{n}_conv{i}")
+            if spec.norms == "all" or k > 1:
+                y = normed(ops, y, f"{n}_{spec.norm}{i}")
+            if not last and (spec.acts == "all" or (k == 1 and i == len(convs) - 1)):
+                y = ops.act(y, spec.act, f"{n}_{spec.act}{i}")
+        if spec.layer_scale:
+            y = ops.layer_scale(y, f"{n}_scale", init=spec.layer_scale)
+        if b.drop_path:
+            y = ops.drop_path(y, b.drop_path, f"{n}_drop_path")
+        short = x
+        if b.project and spec.downsample == "projection":
+            short = ops.conv(x, b.filters, 1, stride, f"{n}_proj", main=False)
+            short = normed(ops, short, f"{n}_proj_{spec.norm}")
+        y = ops.add(y, short, f"{n}_add")
+        return ops.act(y, spec.act, f"{n}_out") if spec.acts == "all" else y
+
+    return unit
+
+
+def _roadmap() -> dict[str, RoadmapBlock]:
+    """The roadmap's blocks, each step the one before with what the paper changed (the
+    kernel sizes it tried and did not keep, 5, 9 and 11, beside the 7 it kept)."""
+    rows: dict[str, RoadmapBlock] = {}
+    spec = RoadmapBlock()
+    for name, change in (
+            ("roadmap_resnet", {}),  # ResNet-50's bottleneck (stride on the 3x3)
+            ("roadmap_resnext", {"depthwise": True}),  # and the inverted bottleneck
+            ("roadmap_dw_up", {"layout": "dw_first"}),
+            ("roadmap_k7", {"kernel": 7}),
+            ("roadmap_gelu", {"act": "gelu"}),
+            ("roadmap_one_act", {"acts": "one"}),
+            ("roadmap_one_norm", {"norms": "one"}),
+            ("roadmap_ln", {"norm": "ln"}),
+            ("convnext_block", {"downsample": "separate", "layer_scale": 1e-6})):
+        spec = dataclasses.replace(spec, **change)
+        rows[name] = spec
+    for k in (5, 9, 11):
+        rows[f"roadmap_k{k}"] = dataclasses.replace(rows["roadmap_dw_up"], kernel=k)
+    return rows
+
+
+ROADMAP = _roadmap()
+
+
 BUILTIN_UNITS: dict[str, Unit] = {
     **{name: partial(form, branch=basic_branch)
        for name, form in zip("abcde", (form_a, form_b, form_c, form_d, form_e), strict=True)},
@@ -247,6 +347,8 @@ BUILTIN_UNITS: dict[str, Unit] = {
     "airbench_plain": airbench_group("torch", 0.9),
     "airbench": airbench_group("dirac", 0.9),
     "airbench94": airbench_group("dirac", 0.6),
+    # the ConvNeXt roadmap's blocks, one builder fed a row each
+    **{name: roadmap_unit(spec) for name, spec in ROADMAP.items()},
 }
 
 

@@ -109,12 +109,13 @@ class Study:
             raise
 
     def recipe(self, overrides: dict | None = None) -> Recipe:
-        """The study's defaults, then `overrides` (command-line flags) on top. A dataset
-        path in the study file is read from the study's folder."""
+        """The study's defaults, then `overrides` (command-line flags) on top. A relative
+        dataset path in the study file is read from the study's folder, or for a built-in
+        study (whose folder is the package's) from the working folder."""
         fields_ = dict(self.recipe_defaults)
         ds = fields_.get("dataset")
         if isinstance(ds, str) and data_is_path(ds) and not Path(ds).expanduser().is_absolute():
-            fields_["dataset"] = str((self.path.parent / ds).resolve())
+            fields_["dataset"] = str((data_base(self.path, self.builtin) / ds).resolve())
         return Recipe(**{**fields_, **(overrides or {})})
 
     @property
@@ -131,6 +132,13 @@ class Study:
 
 
 # --- loading --------------------------------------------------------------------------------
+
+
+def data_base(path: Path, builtin: bool) -> Path:
+    """Where a study's relative dataset path is read from: its file's folder, or the
+    working folder for a built-in study (the ConvNeXt roadmap's `imagenet`)."""
+    return Path.cwd() if builtin else path.parent
+
 
 UNIT_CHECK_SECONDS = 60  # counting ResNet-152 takes milliseconds; ops.layer imports Keras
 
@@ -293,7 +301,7 @@ class _Loader:
         ds = recipe.get("dataset", "cifar10")
         try:
             size = Recipe.parse(recipe).image_hw
-            return data_shape_of(ds, size, self.path.parent)
+            return data_shape_of(ds, size, data_base(self.path, self.builtin))
         except AblationError:
             return (32, 32, 3), 10
 
