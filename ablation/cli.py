@@ -109,7 +109,10 @@ def cmd_list(args) -> int:
                    colalign=("left", "left", "right", "right", "right", "right", "right",
                              "left")))
     print(f"\nstudy {study.name}: {study.description}" if study.description else "")
-    if (shape, classes) != ((32, 32, 3), 10):
+    if args.classes:
+        print(f"counted for {'x'.join(map(str, shape))} images of {classes} classes "
+              "(--classes; the dataset was not read)")
+    elif (shape, classes) != ((32, 32, 3), 10):
         print(f"counted for its data, {recipe.dataset}: {'x'.join(map(str, shape))} images "
               f"of {classes} classes")
     for line in shadows:

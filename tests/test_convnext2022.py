@@ -111,10 +111,8 @@ TWINS = {
                                            depthwise=True),
     "roadmap_inverted": lambda: keras_roadmap(INVERTED, stem="patchify", stem_width=96,
                                               depthwise=True),
-    **{f"roadmap_{name}": (lambda k=k: keras_roadmap(INVERTED, **{**K7, "kernel": k}))
-       for name, k in (("dw_up", 3), ("k5", 5), ("k7", 7), ("k9", 9), ("k11", 11))},
-    "roadmap_gelu": lambda: keras_roadmap(INVERTED, **K7, act="gelu"),
-    "roadmap_fewer_acts": lambda: keras_roadmap(INVERTED, **K7, act="gelu", one_act=True),
+    "roadmap_dw_up": lambda: keras_roadmap(INVERTED, **{**K7, "kernel": 3}),
+    "roadmap_k7": lambda: keras_roadmap(INVERTED, **K7),
     "roadmap_fewer_norms": lambda: keras_roadmap(INVERTED, **K7, act="gelu", one_act=True,
                                                  one_norm=True),
     "roadmap_ln": lambda: keras_roadmap(INVERTED, **K7, act="gelu", one_act=True,
@@ -124,8 +122,29 @@ TWINS = {
 }
 
 
-def test_every_step_has_its_twin():
-    assert sorted(TWINS) == sorted(load_study("convnext2022").variants())
+# the steps without a twin: what they change carries no weight (the activations), or
+# only the depthwise kernels, whose weights are counted below by hand
+NO_WEIGHTS = ("roadmap_gelu", "roadmap_fewer_acts")
+KERNELS = ("roadmap_k5", "roadmap_k9", "roadmap_k11")
+
+
+def test_every_step_has_its_twin_or_is_counted_apart():
+    assert sorted([*TWINS, *NO_WEIGHTS, *KERNELS]) == \
+        sorted(load_study("convnext2022").variants())
+
+
+def test_the_activations_weigh_nothing_and_each_kernel_its_k_squared():
+    """GELU and one activation a block leave the counts of the 7x7 step; a k x k
+    depthwise conv holds k² weights per channel it reads: 96 x 3 in stage 1 (the first
+    block reads the stem), then 96 + 192 x 2, 192 + 384 x 8, 384 + 768 x 2."""
+    def total(name):
+        return count_params(name, IMAGENET[1], IMAGENET[0]).params_total
+
+    assert total("roadmap_gelu") == total("roadmap_fewer_acts") == total("roadmap_k7")
+    channels = 96 * 3 + (96 + 192 * 2) + (192 + 384 * 8) + (384 + 768 * 2)
+    for name in KERNELS:
+        k = int(name.rsplit("k", 1)[1])
+        assert total(name) - total("roadmap_k7") == (k * k - 49) * channels, name
 
 
 @pytest.mark.parametrize("name", list(TWINS))
@@ -191,7 +210,8 @@ def test_the_papers_recipe_and_the_proxys():
                                                      "cosine")
     assert (paper.mixup, paper.cutmix, paper.label_smoothing, paper.ema) == (0.8, 1.0, 0.1, 0)
     assert (paper.image_hw, paper.augment, paper.crop_pct) == ((224, 224), "rrc", 0.875)
-    assert all(registry.get(n).drop_path == 0.1 for n in TWINS)
+    assert all(registry.get(n).drop_path == 0.1
+               for n in load_study("convnext2022").variants())
     proxy = load_study("convnext2022_imagenette").recipe()
     assert proxy.lr == pytest.approx(paper.lr * proxy.batch_size / paper.batch_size)
     assert proxy.warmup_epochs / proxy.epochs == pytest.approx(20 / 300, abs=0.005)
@@ -210,4 +230,6 @@ def test_list_where_the_data_is_not(tmp_path):
     r = run_cli("list", "--study", "convnext2022", "--classes", "1000", "convnext_t",
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "28,589,128" in r.stdout and "224x224x3 images of 1000 classes" in r.stdout
+    assert "28,589,128" in r.stdout and "224x224x3 images of 1000 classes (--classes" in r.stdout
+    r = run_cli("list", "--study", "convnext2022_imagenette", "--classes", "10", cwd=tmp_path)
+    assert r.returncode == 0 and "convnext_t" in r.stdout, r.stderr  # the other's variants

@@ -8,6 +8,9 @@ README's Results section name the same ones."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +19,25 @@ from scipy import stats
 
 from ablation.store import load_runs, quiet
 
-# results folder -> how its report is rebuilt (the out folder is appended)
+# results folder -> how its report is rebuilt (the out folder is appended): an
+# `ablation` command, or a script run from the repository (the parity pairs')
 REPORTS = {
     "airbench2024": ["report", "--study", "airbench2024", "--results",
                      "results/airbench2024", "--out"],
     "he2015": ["report", "--study", "he2015", "--results", "results/he2015", "--out"],
+    "parity": ["benchmarks/parity.py", "--report-only", "--results", "results/parity",
+               "--out"],
 }
-COMPARED = ("README.md", "comparisons.csv", "runs.csv")
+STUDY_REPORT = ("README.md", "comparisons.csv", "runs.csv")
+
+
+def _rebuild(name: str, out: Path) -> tuple[subprocess.CompletedProcess, tuple[str, ...]]:
+    """Rebuild a committed report into `out`; the files to compare with the committed."""
+    args = [*REPORTS[name], str(out)]
+    if args[0].endswith(".py"):
+        return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600), ("README.md",)
+    return run_cli(*args), STUDY_REPORT
 
 
 def _results_section() -> str:
@@ -37,15 +52,15 @@ def test_a_committed_report_rebuilds_from_its_runs(name, tmp_path):
     assert any((ROOT / "results" / name / "runs").glob("*/*/summary.json")), \
         f"results/{name}: no committed run"
     out = tmp_path / name
-    r = run_cli(*REPORTS[name], str(out))
+    r, compared = _rebuild(name, out)
     assert r.returncode == 0, r.stderr
-    for file in COMPARED:
+    for file in compared:
         committed = ROOT / "reports" / name / file
         assert committed.is_file(), f"reports/{name}/{file} is not committed"
         assert (out / file).read_text(encoding="utf-8") == \
             committed.read_text(encoding="utf-8"), \
             f"reports/{name}/{file} differs from what its runs give: rebuild it with " \
-            f"`ablation {' '.join(REPORTS[name])} reports/{name}`"
+            f"`{' '.join(REPORTS[name])} reports/{name}`"
     assert f"reports/{name}/README.md" in _results_section()
 
 
@@ -87,3 +102,20 @@ def test_he2015_resnet20_error_is_the_runs_own():
     assert f"{run.train_seconds / 3600:.1f} h of training" in row, row
     assert f"median epoch {run.images_per_second:,.0f} img/s" in row, row
     assert "8.75 %" in row and "8.27 %" in row
+
+
+def test_parity_difference_is_the_runs_own():
+    """The harness beside the blog's own code: both paths' mean final accuracy and the
+    paired difference's 95 % interval, as the committed runs give them."""
+    from ablation.report import parity
+
+    df = parity.frame(ROOT / "results" / "parity")
+    assert len(df) >= 3 and set(df["epochs"]) == {10}
+    mean, low, high = parity.interval(100 * df["difference"])
+    row = _row("parity", "blog's own code")
+    assert f"harness {100 * df['harness'].mean():.2f} %" in row, row
+    assert f"blog's path {100 * df['blog_path'].mean():.2f} %" in row, row
+    assert (f"{mean:+.2f} points, 95 % interval [{low:+.2f}, {high:+.2f}] over {len(df)} "
+            "seeds") in row, row
+    minutes = (df["harness_minutes"].mean() + df["blog_path_minutes"].mean()) / 2
+    assert f"about {minutes:.0f} min of training a run" in row, row

@@ -174,8 +174,13 @@ def builtin_names() -> list[str]:
     return sorted(names, key=lambda n: n != DEFAULT)
 
 
+_LOADING: set[str] = set()  # built-in studies being loaded (one may use another's variants)
+
+
 def load_builtins() -> list[Study]:
-    return [load_study(n) for n in builtin_names()]
+    """Every built-in study but those being loaded now (a built-in study that uses
+    another's variants loads the others first: `convnext2022_imagenette`)."""
+    return [load_study(n) for n in builtin_names() if n not in _LOADING]
 
 
 def builtin_home(name: str) -> str | None:
@@ -208,7 +213,12 @@ def load_study(ref: str | Path | None = None) -> Study:
         return _LOADED[path]
     if not is_builtin:
         load_builtins()  # a user study may not redefine, but may use, built-in variants
-    study = _Loader(path, is_builtin).load()
+    if is_builtin:
+        _LOADING.add(path.stem)
+    try:
+        study = _Loader(path, is_builtin).load()
+    finally:
+        _LOADING.discard(path.stem)
     _LOADED[path] = study
     return study
 
@@ -463,6 +473,8 @@ class _Loader:
             where = f"comparison {i} ({title!r}): " if title else f"comparison {i}: "
             spec = self.check(schema.ComparisonTable, t, where)
             for n in spec.variants:
+                if not (n in own or definitions.pinned(n)) and self.builtin:
+                    load_builtins()  # another built-in study's variant
                 if not (n in own or definitions.pinned(n)):
                     raise self.fail(f"{where}unknown variant {n!r} (its own variants or a "
                                     "built-in one)")
