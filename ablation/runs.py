@@ -152,16 +152,23 @@ class Speed:
     overhead: float = 1.0
 
 
-def speeds(results_dir: Path, precision: str | None = None) -> dict[str, Speed]:
+ANY_SIZE = "any"  # speeds(image_hw=...): runs at every image size
+
+
+def speeds(results_dir: Path, precision: str | None = None,
+           image_hw: tuple[int, int] | str | None = ANY_SIZE) -> dict[str, Speed]:
     """Each variant's median training images/s in a results folder: its finished runs'
-    (at `precision`, where given), else `ablation bench`'s measurements kept there; with
-    the runs' median overhead of a whole run over its training steps."""
+    (at `precision`, and at the image size `image_hw` (None: the dataset's own), where
+    given), else `ablation bench`'s measurements kept there (taken at the dataset's own
+    size); with the runs' median overhead of a whole run over its training steps."""
     seen: dict[str, list[float]] = {}
     over: list[float] = []
     for r in load_runs(results_dir, quiet, history=False):
         rec = r.record
         if rec.status != JobState.DONE or not rec.images_per_second:
             continue
+        if image_hw != ANY_SIZE and rec.recipe.image_hw != image_hw:
+            continue  # 224 px is not 32 px: another size's speed says nothing here
         if precision is None or rec.recipe.precision == precision:
             seen.setdefault(r.variant, []).append(float(rec.images_per_second))
         steps = rec.epochs_done * (rec.train_images or 0) / float(rec.images_per_second)
@@ -170,7 +177,7 @@ def speeds(results_dir: Path, precision: str | None = None) -> dict[str, Speed]:
     overhead = statistics.median(over) if over else 1.0
     out = {v: Speed(statistics.median(x), "runs", overhead) for v, x in seen.items()}
     benched: dict[str, list[float]] = {}
-    for m in results.read_speeds(results_dir):
+    for m in results.read_speeds(results_dir) if image_hw in (ANY_SIZE, None) else ():
         if precision is None or m.get("precision") == precision:
             benched.setdefault(str(m.get("variant")), []).append(
                 float(m.get("images_per_second") or 0))

@@ -145,3 +145,16 @@ def test_a_queue_of_the_first_version_is_migrated_keeping_its_jobs(tmp_path):
         assert other != [row.id] and q.get(other[0]).status == "queued"
     with JobQueue(tmp_path) as q:  # opening again changes nothing
         assert len(q.all()) == 2
+
+
+def test_a_speed_measured_at_one_image_size_is_not_projected_at_another():
+    """The dry run's projection reads runs at the recipe's image size only: the committed
+    0.5 runs trained at CIFAR's own 32x32, so at 224 px there is no speed to project."""
+    from pathlib import Path
+
+    from ablation import runs
+
+    folder = Path(__file__).parent / "data" / "results-0.5"
+    native = runs.speeds(folder, image_hw=None)
+    assert native == runs.speeds(folder) and native["resnet32_e"].images_per_second == 20.4
+    assert runs.speeds(folder, image_hw=(224, 224)) == {}

@@ -191,7 +191,7 @@ def projection(plan: Plan, jobs: list) -> str:
 
     if not jobs:
         return ""
-    speed = runs.speeds(plan.results, plan.recipe.precision)
+    speed = runs.speeds(plan.results, plan.recipe.precision, plan.recipe.image_hw)
     shape, classes = data.shape_of(plan.recipe.dataset, plan.recipe.image_hw)
 
     counted: dict[str, int | None] = {}  # a variant's, once however many seeds it has
@@ -210,6 +210,9 @@ def projection(plan: Plan, jobs: list) -> str:
     measured = [(s, m) for n, s in speed.items()
                 if (v := known(n)) is not None and (m := macs(v))]
     if not speed or not measured:
+        if plan.recipe.image_hw and runs.speeds(plan.results, plan.recipe.precision):
+            return (f"; no speed measured at {'x'.join(map(str, plan.recipe.image_hw))} px in "
+                    f"{plan.results} yet (its runs trained at another image size)")
         return (f"; no speed measured in {plan.results} yet (`ablation bench --results "
                 f"{plan.results}` measures one)")
     seconds, scaled, unknown = 0.0, 0, 0

@@ -173,7 +173,7 @@ class Tuned(Policy):
         for w in t.warnings(self.tuning.recipe):
             print(f"warning: {w}", file=sys.stderr, flush=True)
         known = view.states()
-        speed = runs.speeds(plan.results, plan.recipe.precision)
+        speed = runs.speeds(plan.results, plan.recipe.precision, plan.recipe.image_hw)
         jobs = self.tuning.jobs()
         planned = [known.get(j.key, NEW) for j in jobs]
         left = sum(s != JobState.DONE for s in planned)
