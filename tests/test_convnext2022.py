@@ -160,12 +160,15 @@ def test_the_ends_are_kerass_resnet50_and_convnext_tiny():
     its layer scales at 1e-6 and its drop-path rates rising from 0 to 0.1."""
     import keras
 
+    resnet50 = keras.applications.ResNet50(weights=None)
     r50 = count_params("roadmap_r50", IMAGENET[1], IMAGENET[0])
-    assert r50.params_total == keras.applications.ResNet50(weights=None).count_params() \
-        == 25_636_712
+    assert r50.params_total == resnet50.count_params() == 25_636_712
     tiny = keras.applications.ConvNeXtTiny(weights=None, include_preprocessing=False)
     assert count_params("convnext_t", IMAGENET[1], IMAGENET[0]).params_total == \
         tiny.count_params() == 28_589_128
+    for name, ref in (("roadmap_r50", resnet50), ("convnext_t", tiny)):  # the study's reference counts are Keras'
+        assert registry.get(name).reference_params == (
+            ref.count_params(), *_counts(ref)[1:]), name
     model = build_model("convnext_t", num_classes=IMAGENET[1], input_shape=IMAGENET[0])
     scales = [w for w in model.weights if w.path.endswith("gamma") and "_scale" in w.path]
     assert len(scales) == 18 and all(np.allclose(w.numpy(), 1e-6) for w in scales)
