@@ -166,7 +166,8 @@ def test_the_ends_are_kerass_resnet50_and_convnext_tiny():
     tiny = keras.applications.ConvNeXtTiny(weights=None, include_preprocessing=False)
     assert count_params("convnext_t", IMAGENET[1], IMAGENET[0]).params_total == \
         tiny.count_params() == 28_589_128
-    for name, ref in (("roadmap_r50", resnet50), ("convnext_t", tiny)):  # the study's reference counts are Keras'
+    # the study's reference counts are Keras'
+    for name, ref in (("roadmap_r50", resnet50), ("convnext_t", tiny)):
         assert registry.get(name).reference_params == (
             ref.count_params(), *_counts(ref)[1:]), name
     model = build_model("convnext_t", num_classes=IMAGENET[1], input_shape=IMAGENET[0])
