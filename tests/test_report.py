@@ -27,7 +27,7 @@ def test_report_tables_and_figures(results, tmp_path):
     assert r.returncode == 0, r.stderr
     md = (out / "README.md").read_text()
     assert md.count("### ") == 6  # the blog's six comparisons
-    assert "a subset of the data, not comparable with the blog" in md
+    assert "a subset of the data, not comparable with published numbers" in md
     # comparison 2 has both variants with 2 seeds and the blog's counts marked
     block = md.split("### 2.")[1].split("### 3.")[0]
     table = [line for line in block.splitlines()

@@ -277,7 +277,7 @@ def recipe_header(recipe_id: str, runs: list[Run]) -> list[str]:
         f"{known(s0.test_images)} test images{held}"
         + (f" ({'x'.join(map(str, shape))}, {s0.num_classes} classes)"
            if shape and (tuple(shape), s0.num_classes) != ((32, 32, 3), 10) else "")
-        + (" — **a subset of the data, not comparable with the blog**"
+        + (" — **a subset of the data, not comparable with published numbers**"
            if r.train_limit or r.test_limit else ""),
         f"- **Recipe**: {r.describe()}",
         *([f"- **Variants with recipe fields of their own** (what each trained with): "
