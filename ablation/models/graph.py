@@ -317,6 +317,7 @@ def _shape(dims: tuple) -> str:
 
 OPS: dict[str, Callable] = {}
 _SIGNATURES: dict[str, str] = {}
+_BINDS: dict[str, inspect.Signature] = {}  # each op's, read once (a network calls thousands)
 
 
 def op(fn: Callable) -> Callable:
@@ -325,6 +326,7 @@ def op(fn: Callable) -> Callable:
     sig = inspect.signature(fn)
     params = list(sig.parameters.values())[1:]
     _SIGNATURES[fn.__name__] = f"ops.{fn.__name__}({', '.join(map(str, params))})"
+    _BINDS[fn.__name__] = sig
     OPS[fn.__name__] = fn
     return fn
 
@@ -335,14 +337,17 @@ def signature(name: str) -> str:
 
 
 def _bound(fn: Callable, g: Graph) -> Callable:
-    sig = inspect.signature(fn)
+    sig = _BINDS[fn.__name__]
 
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            sig.bind(g, *args, **kwargs)
-        except TypeError as e:
-            raise OpError(f"{signature(fn.__name__)}: {e}") from e
-        return fn(g, *args, **kwargs)
+            return fn(g, *args, **kwargs)
+        except TypeError as e:  # Python binds the arguments before the op runs: a wrong
+            try:                # call is told by the op's signature, any other error kept
+                sig.bind(g, *args, **kwargs)
+            except TypeError as wrong:
+                raise OpError(f"{signature(fn.__name__)}: {wrong}") from e
+            raise
 
     call.__name__ = fn.__name__
     return call
