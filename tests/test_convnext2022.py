@@ -5,11 +5,10 @@ recipes, and `list` where the data is not."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from conftest import run_cli
+from designs import counts
 
 from ablation import build_model, count_params, load_study, registry
 
@@ -20,12 +19,6 @@ IMAGENET = (224, 224, 3), 1000
 def studies():
     load_study("convnext2022")
     load_study("convnext2022_imagenette")
-
-
-def _counts(model) -> tuple[int, int, int]:
-    t = sum(math.prod(w.shape) for w in model.trainable_weights)
-    nt = sum(math.prod(w.shape) for w in model.non_trainable_weights)
-    return t + nt, t, nt
 
 
 # --- plain Keras: each step written from the paper's text (Section 2, Fig. 3 and 4) -------
@@ -151,7 +144,7 @@ def test_the_activations_weigh_nothing_and_each_kernel_its_k_squared():
 def test_counts_equal_the_steps_in_plain_keras(name):
     info = count_params(name, IMAGENET[1], IMAGENET[0])
     assert (info.params_total, info.params_trainable, info.params_non_trainable) == \
-        _counts(TWINS[name]())
+        counts(TWINS[name]())
 
 
 def test_the_ends_are_kerass_resnet50_and_convnext_tiny():
@@ -169,7 +162,7 @@ def test_the_ends_are_kerass_resnet50_and_convnext_tiny():
     # the study's reference counts are Keras'
     for name, ref in (("roadmap_r50", resnet50), ("convnext_t", tiny)):
         assert registry.get(name).reference_params == (
-            ref.count_params(), *_counts(ref)[1:]), name
+            ref.count_params(), *counts(ref)[1:]), name
     model = build_model("convnext_t", num_classes=IMAGENET[1], input_shape=IMAGENET[0])
     scales = [w for w in model.weights if w.path.endswith("gamma") and "_scale" in w.path]
     assert len(scales) == 18 and all(np.allclose(w.numpy(), 1e-6) for w in scales)

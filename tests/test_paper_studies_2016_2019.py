@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from designs import counts
 
 from ablation import build_model, count_params, load_study, registry
 from ablation.models import layer_inputs
@@ -17,12 +18,6 @@ from ablation.recipe import Recipe
 def studies():
     load_study("wrn2016")
     load_study("tricks2019")
-
-
-def _counts(model) -> tuple[int, int, int]:
-    t = sum(math.prod(w.shape) for w in model.trainable_weights)
-    nt = sum(math.prod(w.shape) for w in model.non_trainable_weights)
-    return t + nt, t, nt
 
 
 # --- plain Keras: the papers' networks, written from their texts -----------------------------
@@ -105,7 +100,7 @@ TWINS = {
 def test_counts_equal_the_papers_networks_in_plain_keras(name):
     info = count_params(name)
     assert (info.params_total, info.params_trainable, info.params_non_trainable) == \
-        _counts(TWINS[name]())
+        counts(TWINS[name]())
 
 
 def test_the_wide_counts_are_the_papers():
