@@ -18,15 +18,20 @@ executor's slots, Ray's `num_gpus`, Slurm's GPUs per task). A job on a machine w
 GPUs takes N CPU devices: JAX's host platform (`XLA_FLAGS=
 --xla_force_host_platform_device_count=N`, which `cpu_devices_env` sets) or TensorFlow's
 CPU split into N logical devices; nothing a lab would train on, and what the tests use.
-JAX across CPU devices aborted in two of four full test-suite runs on a 2-core machine
-(XLA's in-process all-reduce: "may be stuck", then its 40 s limit), never when run
-alone; turning JAX's asynchronous CPU dispatch and multi-threaded ops off did not stop
-it, so the suite trains across devices on TensorFlow only (tests/test_parallel.py).
+A device's share of a program waits at each all-reduce for the other devices' shares,
+holding its thread of XLA's CPU client pool, the pool that also runs compilations and
+host-to-device copies. XLA sizes that pool max(cores, devices): on a 2-core machine
+split in two, one share waiting and one compilation filled it, the other share queued
+behind the compilation, and past 40 s XLA aborted the process (a suite run on 2 cores,
+where the test trained op by op, compiling as it went). `cpu_devices_env` gives the pool
+a thread per device beyond the cores (`PJRT_NPROC`); docs/performance.md has the
+measurements.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +39,8 @@ from typing import Any
 from ablation.errors import AblationError
 
 HOST_DEVICE_COUNT = "--xla_force_host_platform_device_count"
+# the size of XLA's CPU client pool (read by jaxlib at start-up; else the cores)
+CLIENT_THREADS = "PJRT_NPROC"
 
 
 class TooFewDevices(AblationError):
@@ -43,11 +50,24 @@ class TooFewDevices(AblationError):
 def cpu_devices_env(env: dict[str, str], n: int) -> dict[str, str]:
     """The environment in which JAX offers a CPU-only job N host devices (set before JAX
     starts; it concerns JAX's CPU platform only; TensorFlow splits its CPU itself, in
-    `setup`)."""
+    `setup`), with XLA's CPU client pool one thread per device beyond the cores: a share
+    waiting at an all-reduce holds its thread, and the others must still find one free
+    while a compilation runs (see the module's text). A larger `PJRT_NPROC` given is kept."""
     if n <= 1:
         return env
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(HOST_DEVICE_COUNT)]
-    return {**env, "XLA_FLAGS": " ".join([*flags, f"{HOST_DEVICE_COUNT}={n}"])}
+    given = env.get(CLIENT_THREADS, "")
+    threads = max(max(_cores(), n) + n, int(given) if given.isdigit() else 0)
+    return {**env, "XLA_FLAGS": " ".join([*flags, f"{HOST_DEVICE_COUNT}={n}"]),
+            CLIENT_THREADS: str(threads)}
+
+
+def _cores() -> int:
+    """The cores this process may run on (what XLA counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def check_batch_size(n: int, batch_size: int) -> None:

@@ -3,7 +3,7 @@ devices (JAX's host platform, TensorFlow's logical CPUs): two devices train the 
 loss curve as one at the same global batch, to a stated tolerance, on both backends,
 with augmentation on the host and on the device (on JAX the device's, with mixup: its
 one program mixes across the global batch); a job stopped after its first epoch and
-resumed on two devices is the unbroken run, bit for bit (JAX's run by hand, see BACKENDS).
+resumed on two devices is the unbroken run, bit for bit.
 And the executors reserve N GPUs a job, or refuse in one line."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ LOSS_RTOL = 1e-4
 SCRIPT = r"""
 import json, pathlib, sys, tempfile
 import numpy as np, keras
-from ablation import callbacks, data, parallel, registry, training
+from ablation import backend, callbacks, data, parallel, registry, training
 from ablation.recipe import Recipe
 from ablation.registry import Variant
 
@@ -45,9 +45,10 @@ def train(where, spread, first, last, root):
     on_device = (ds.mean, ds.std) \
         if where == "device" else None
     keras.utils.set_random_seed(0)
-    with spread.scope():  # as a job builds it (training.build)
-        model = spread.adopt(training.training_model(net, recipe, 10, steps_per_epoch=4,
-                                                     on_device=on_device))
+    with spread.scope():  # as a job builds it (training.build): compiled, on JAX whole
+        model = spread.adopt(training.training_model(
+            net, recipe, 10, jit_compile=backend.jit_compile(be, False), steps_per_epoch=4,
+            on_device=on_device))
     backup = callbacks.AtomicBackup(root, {"variant": "par_e", "seed": 0,
                                            "recipe_id": recipe.id, "definition_hash": "x"})
     assert backup.resume(model, 4) == (first, 0)
@@ -77,16 +78,14 @@ train("device", two, 0, 1, tmp / "part")  # stopped after its first epoch, resum
 _, resumed = train("device", two, 1, 2, tmp / "part")
 out["resumed_exact"] = all(np.array_equal(a, b) for a, b in zip(whole, resumed))
 out["info"] = two.record
+tasks = pathlib.Path("/proc/self/task")  # XLA's CPU pools, as jaxlib sized them (Linux)
+out["xla_threads"] = sum((t / "comm").read_text().strip() == "tf_XLAEigen"
+                         for t in tasks.iterdir()) if tasks.is_dir() else None
 print(json.dumps(out))
 """
 
 
-# JAX across CPU devices aborted in the suite (XLA's in-process all-reduce past its 40 s
-# limit, ablation.parallel), never alone: run by hand with ABLATION_TEST_JAX_DEVICES=1
-BACKENDS = ["tensorflow", *(["jax"] if os.environ.get("ABLATION_TEST_JAX_DEVICES") else [])]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_two_devices_train_one_devices_curve_and_resume_exactly(backend):
     if backend == "jax":
         pytest.importorskip("jax")
@@ -104,6 +103,22 @@ def test_two_devices_train_one_devices_curve_and_resume_exactly(backend):
         assert len(one) == len(two) == 2
         assert two == pytest.approx(one, rel=LOSS_RTOL), (where, one, two)
     assert got["resumed_exact"]
+    if backend == "jax" and got["xla_threads"] is not None:  # jaxlib honours PJRT_NPROC
+        assert got["xla_threads"] == int(env[parallel.CLIENT_THREADS])
+
+
+def test_host_devices_get_a_client_thread_each_beyond_the_cores():
+    """A share of a program waiting at an all-reduce holds its thread of XLA's CPU
+    client pool: the pool keeps one thread per device beyond the cores (ablation.parallel),
+    and a larger one given is kept."""
+    cores = len(os.sched_getaffinity(0))
+    env = parallel.cpu_devices_env({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false "
+                                    "--xla_force_host_platform_device_count=8"}, 2)
+    assert env["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
+                                "--xla_force_host_platform_device_count=2")
+    assert env[parallel.CLIENT_THREADS] == str(max(cores, 2) + 2)
+    assert parallel.cpu_devices_env({parallel.CLIENT_THREADS: "64"}, 2)["PJRT_NPROC"] == "64"
+    assert parallel.cpu_devices_env({"A": "1"}, 1) == {"A": "1"}  # one device: as it was
 
 
 def _listing(*ids: str) -> devices.GpuListing:
