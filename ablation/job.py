@@ -46,8 +46,8 @@ def _fail(run_dir: Path, reason: str) -> int:
 def run(run_dir: Path) -> int:
     """Choose the backend, check the device, train. Returns the exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # a job across N devices on a machine without GPUs: JAX's N host devices, set
-    # before JAX starts (ablation.parallel)
+    # a job across N devices without GPUs: JAX's N host devices, set before JAX starts
+    # (ablation.parallel; a job given GPUs is left as it is)
     spread = RunFolder(run_dir).config().devices
     os.environ.update(parallel.cpu_devices_env(dict(os.environ), spread))
     try:

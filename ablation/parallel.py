@@ -22,9 +22,10 @@ A device's share of a program waits at each all-reduce for the other devices' sh
 holding its thread of XLA's CPU client pool, the pool that also runs compilations and
 host-to-device copies. XLA sizes that pool max(cores, devices): on a 2-core machine
 split in two, one share waiting and one compilation filled it, the other share queued
-behind the compilation, and past 40 s XLA aborted the process (a suite run on 2 cores,
-where the test trained op by op, compiling as it went). `cpu_devices_env` gives the pool
-a thread per device beyond the cores (`PJRT_NPROC`); docs/performance.md has the
+behind the compilation, and past 40 s XLA aborts the process (reproduced by
+benchmarks/host_devices.py; the likely cause of two suite runs' aborts on 2 cores, where
+the test trained op by op, compiling as it went). `cpu_devices_env` gives the pool a
+thread per device beyond XLA's size (`PJRT_NPROC`); docs/performance.md has the
 measurements.
 """
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ablation.errors import AblationError
+from ablation.protocol import JobEnv
 
 HOST_DEVICE_COUNT = "--xla_force_host_platform_device_count"
 # the size of XLA's CPU client pool (read by jaxlib at start-up; else the cores)
@@ -50,10 +52,11 @@ class TooFewDevices(AblationError):
 def cpu_devices_env(env: dict[str, str], n: int) -> dict[str, str]:
     """The environment in which JAX offers a CPU-only job N host devices (set before JAX
     starts; it concerns JAX's CPU platform only; TensorFlow splits its CPU itself, in
-    `setup`), with XLA's CPU client pool one thread per device beyond the cores: a share
-    waiting at an all-reduce holds its thread, and the others must still find one free
-    while a compilation runs (see the module's text). A larger `PJRT_NPROC` given is kept."""
-    if n <= 1:
+    `setup`), with XLA's CPU client pool one thread per device beyond its own size,
+    max(cores, N): a share waiting at an all-reduce holds its thread, and the others must
+    still find one free while a compilation runs (see the module's text). A larger
+    `PJRT_NPROC` given is kept. A job given GPUs (JobEnv.GPU) is left as it is."""
+    if n <= 1 or env.get(JobEnv.GPU):
         return env
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(HOST_DEVICE_COUNT)]
     given = env.get(CLIENT_THREADS, "")

@@ -77,6 +77,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--pools", default="2,3,4", help="client pool sizes to try")
     args = parser.parse_args()
+    import jax  # only its version: the probes start their own
+
+    print(f"{len(os.sched_getaffinity(0))} cores, jax {jax.__version__}; about "
+          f"{len(args.pools.split(','))} x {args.seconds:g} s\n")
     print("| client pool (PJRT_NPROC) | two devices, compiling all the while |")
     print("|---|---|")
     for pool in (int(p) for p in args.pools.split(",")):

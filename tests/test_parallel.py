@@ -19,6 +19,7 @@ from conftest import ROOT, one_line_error, run_cli
 
 from ablation import devices, parallel
 from ablation.errors import AblationError
+from ablation.protocol import JobEnv
 
 # the loss of each epoch, two devices against one: the sums' order differs, nothing else
 LOSS_RTOL = 1e-4
@@ -110,7 +111,7 @@ def test_two_devices_train_one_devices_curve_and_resume_exactly(backend):
 def test_host_devices_get_a_client_thread_each_beyond_the_cores():
     """A share of a program waiting at an all-reduce holds its thread of XLA's CPU
     client pool: the pool keeps one thread per device beyond the cores (ablation.parallel),
-    and a larger one given is kept."""
+    and a larger one given is kept; a job given GPUs is left as it is."""
     cores = len(os.sched_getaffinity(0))
     env = parallel.cpu_devices_env({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false "
                                     "--xla_force_host_platform_device_count=8"}, 2)
@@ -119,6 +120,8 @@ def test_host_devices_get_a_client_thread_each_beyond_the_cores():
     assert env[parallel.CLIENT_THREADS] == str(max(cores, 2) + 2)
     assert parallel.cpu_devices_env({parallel.CLIENT_THREADS: "64"}, 2)["PJRT_NPROC"] == "64"
     assert parallel.cpu_devices_env({"A": "1"}, 1) == {"A": "1"}  # one device: as it was
+    given_gpus = {JobEnv.GPU: "0,1", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert parallel.cpu_devices_env(given_gpus, 2) == given_gpus  # GPUs: as it was
 
 
 def _listing(*ids: str) -> devices.GpuListing:
