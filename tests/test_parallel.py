@@ -21,6 +21,7 @@ from ablation import devices, parallel
 from ablation.errors import AblationError
 from ablation.protocol import JobEnv
 
+XLA_TERMINATE = "--xla_cpu_collective_call_terminate_timeout_seconds"
 # the loss of each epoch, two devices against one: the sums' order differs, nothing else
 LOSS_RTOL = 1e-4
 
@@ -92,6 +93,9 @@ def test_two_devices_train_one_devices_curve_and_resume_exactly(backend):
         pytest.importorskip("jax")
     env = {**parallel.cpu_devices_env(dict(os.environ), 2), "KERAS_BACKEND": backend,
            "PYTHONPATH": str(ROOT)}
+    if backend == "jax":  # a share that waits on a busy machine waits, up to half the
+        # test's limit, instead of XLA's 40 s; past that, XLA's own message says which
+        env["XLA_FLAGS"] += f" {XLA_TERMINATE}=300"
     r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
