@@ -69,7 +69,8 @@ def probe(pool: int, seconds: float) -> str:
         return f"no wait of 2 s: {int(r.stdout.split()[-1]):,} steps in {seconds:g} s"
     if "Termination timeout" in r.stderr:
         return f"aborted after {time.time() - began:.0f} s (a share waited 2 s)"
-    return f"failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-1][:120]}"
+    last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+    return f"failed (exit {r.returncode}): {last[:120]}"
 
 
 def main() -> None:

@@ -114,7 +114,8 @@ def test_two_devices_train_one_devices_curve_and_resume_exactly(backend):
 
 def test_host_devices_get_a_client_thread_each_beyond_the_cores():
     """A share of a program waiting at an all-reduce holds its thread of XLA's CPU
-    client pool: the pool keeps one thread per device beyond the cores (ablation.parallel),
+    client pool: the pool keeps one thread per device beyond XLA's own max(cores, N)
+    (ablation.parallel),
     and a larger one given is kept; a job given GPUs is left as it is."""
     cores = len(os.sched_getaffinity(0))
     env = parallel.cpu_devices_env({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false "
