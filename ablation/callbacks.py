@@ -235,12 +235,18 @@ class AtomicBackup(keras.callbacks.Callback):
 
 
 class Lookahead(keras.callbacks.Callback):
-    """airbench's lookahead (Jordan 2024, after hlb-cifar10): every `every` steps the
-    model's float variables (its weights and batch-norm statistics) move to an average
-    that trails them, ema <- ema + (1 - d)(w - ema), then w <- ema, with d = decay^every ·
-    (step / last step)^3: no averaging at first, the most at the end. After the last
-    step the model takes the average. The average lives on the device (Keras ops) and
-    goes into each snapshot (`save`/`restore`), so a resumed run goes on exactly.
+    """airbench's lookahead (Jordan 2024, after hlb-cifar10), as airbench94.py and the
+    ablation's main5_lookahead.py run it. From epoch `start_step / steps per epoch` on,
+    at every multiple of `every` steps: the first such step takes a copy of the model's
+    float variables (its weights and batch-norm statistics) as the average; each later
+    one moves the average towards the model, ema <- ema + (1 - d)(w - ema), and the
+    model to the average, w <- ema, with d = decay^every · (step / last step)^3 (little
+    averaging at first, the most at the end). At the end of every epoch the model takes
+    the average (the steps since the last update are dropped), before the epoch's
+    evaluations: each epoch's test accuracy, and the final model, are the average's.
+    The average lives on the device (Keras ops) and goes into each snapshot
+    (`save`/`restore`; an empty file before the first copy), so a resumed run goes on
+    exactly.
 
     With several steps per execution the callback sees every k-th step: it updates when
     a multiple of `every` was passed, so the run is airbench's where k divides `every`
@@ -248,19 +254,18 @@ class Lookahead(keras.callbacks.Callback):
 
     FILE = "lookahead.npz"
 
-    def __init__(self, decay: float, every: int, last_step: int):
+    def __init__(self, decay: float, every: int, last_step: int, start_step: int = 0):
         super().__init__()
         self.decay, self.every, self.last_step = decay, every, last_step
-        self.ema: list[Any] | None = None
-        self.done = 0  # updates made: the step's multiple of `every` last passed
+        self.start_step = start_step  # steps before the lookahead's epochs
+        self.ema: list[Any] | None = None  # None: no copy taken yet
+        self.done = 0  # the multiple of `every` last passed
         self.epoch_steps = 0  # optimizer steps before the current epoch
 
     def _floats(self, model: Any) -> list[Any]:
         return [v for v in model.weights if "float" in str(v.dtype)]
 
     def on_train_begin(self, logs=None):
-        if self.ema is None:  # not restored: the average starts at the model
-            self.ema = [keras.ops.copy(v.value) for v in self._floats(self.model)]
         # the optimizer's step, read from the device once; counted here from then on (a
         # read per batch would wait for the device at every step)
         self.epoch_steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -273,10 +278,17 @@ class Lookahead(keras.callbacks.Callback):
         step = self.epoch_steps + batch + 1  # `batch`: the execution's last step
         if step // self.every > self.done:
             self.done = step // self.every
-            self._update(self.decay ** self.every
-                         * (self.done * self.every / self.last_step) ** 3)
-        if step >= self.last_step:
-            self._update(1.0)  # the model takes the average
+            if self.epoch_steps < self.start_step:  # an epoch before the lookahead's
+                pass
+            elif self.ema is None:
+                self.ema = [keras.ops.copy(v.value) for v in self._floats(self.model)]
+            else:
+                self._update(self.decay ** self.every
+                             * (self.done * self.every / self.last_step) ** 3)
+        # the epoch's last step: the model takes the average before the epoch's
+        # evaluations (Keras evaluates before `on_epoch_end`)
+        if batch + 1 >= self.params["steps"] and self.ema is not None:
+            self._update(1.0)
 
     def _update(self, d: float) -> None:
         assert self.ema is not None
@@ -288,9 +300,8 @@ class Lookahead(keras.callbacks.Callback):
     def save(self, path: Path) -> None:
         import numpy as np
 
-        assert self.ema is not None
         with open(path, "wb") as f:
-            np.savez(f, *[keras.ops.convert_to_numpy(e) for e in self.ema])
+            np.savez(f, *[keras.ops.convert_to_numpy(e) for e in self.ema or ()])
 
     def restore(self, path: Path, model: Any) -> None:
         import numpy as np
@@ -298,10 +309,10 @@ class Lookahead(keras.callbacks.Callback):
         with np.load(path) as z:
             arrays = [z[f"arr_{i}"] for i in range(len(z.files))]
         shapes = [tuple(v.shape) for v in self._floats(model)]
-        if [a.shape for a in arrays] != shapes:
+        if arrays and [a.shape for a in arrays] != shapes:  # none: no copy taken yet
             raise ValueError(f"{len(arrays)} averages for {len(shapes)} variables, or "
                              "other shapes")
-        self.ema = [keras.ops.convert_to_tensor(a) for a in arrays]
+        self.ema = [keras.ops.convert_to_tensor(a) for a in arrays] if arrays else None
 
 
 class EpochMeter(keras.callbacks.Callback):

@@ -30,7 +30,7 @@ from ablation import results
 from ablation.executors import Executor, LineSink
 from ablation.jobqueue import JobQueue
 from ablation.plan import Plan, PlannedJob
-from ablation.policies.base import Policy, Queue, Stop, View
+from ablation.policies.base import Policy, Queue, Stop, View, on_disk
 from ablation.protocol import EpochRecord, Exit, JobConfig, JobState, Terminated, diverged
 from ablation.store import RunFolder
 
@@ -121,13 +121,6 @@ def prepare_jobs(plan: Plan, queue: JobQueue
     return ids, dict(zip(ids, jobs, strict=True)), dict(zip(ids, settings, strict=True))
 
 
-def _done_on_disk(job: PlannedJob) -> JobState | None:
-    """A run folder whose record says done (or paused at a rung), its target epoch
-    trained: the queue that knew it may have been lost (a damaged queue moved aside), or
-    a rerun asks again for a rung a job already reached; the run was not."""
-    return RunFolder(job.run_dir).reached(job.target)
-
-
 # --- the loop -------------------------------------------------------------------------------
 
 
@@ -149,7 +142,7 @@ class _Step:
                 status[i] = JobState.QUEUED
         todo = [i for i in self.ids if status[i] != JobState.DONE]
         skipped = len(self.ids) - len(todo)
-        found = {i: state for i in todo if (state := _done_on_disk(self.planned[i]))}
+        found = {i: state for i in todo if (state := on_disk(self.planned[i]))}
         for i, state in found.items():  # done by its own files: the queue learns it
             queue.finish(i, state)
         self.pending = [i for i in todo if i not in found]
@@ -176,7 +169,7 @@ class _Step:
             self.index[i] = len(self.ids)
         again = [i for i in ids if status[i] == JobState.QUEUED and i not in self.pending]
         for i in again:
-            state = _done_on_disk(self.planned[i])
+            state = on_disk(self.planned[i])
             if state:  # a rung it reached already (a rerun after a kill)
                 self.queue.finish(i, state)
         again = [i for i in again if self.queue.get(i).status == JobState.QUEUED]

@@ -326,7 +326,9 @@ def build(cfg: JobConfig, run_dir: Path, on_gpu: bool = False) -> Job:
                               mixup=recipe.mixup, cutmix=recipe.cutmix, pad=recipe.pad,
                               flip=recipe.flip, on_device=on_device)
     lookahead = (Lookahead(recipe.lookahead, recipe.lookahead_every,
-                           stream.steps_per_epoch * recipe.epochs),) if recipe.lookahead else ()
+                           stream.steps_per_epoch * recipe.epochs,
+                           stream.steps_per_epoch * recipe.lookahead_start),
+                 ) if recipe.lookahead else ()
     backup = AtomicBackup(run_dir / "backup", {
         "variant": cfg.variant, "seed": cfg.seed, "recipe_id": cfg.recipe.id,
         "definition_hash": study.definition_hash(variant)}, keeps=lookahead,

@@ -149,8 +149,13 @@ def test_runs_done_on_disk_are_counted_as_found_when_the_queue_is_lost(tmp_path,
     res = tmp_path / "results"
     shutil.copytree(tiny_e_results[0], res)
     (res / "queue.sqlite").rename(res / "queue.sqlite.damaged")
-    r = run_cli("run", "resnet32_e", "--seeds", "2", *TINY, "--data-dir", str(cifar_dir),
-                "--results", str(res))
+    args = ("run", "resnet32_e", "--seeds", "2", *TINY, "--data-dir", str(cifar_dir),
+            "--results", str(res))
+    dry = run_cli(*args, "--dry-run")  # says what the run will skip
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert dry.stdout.count("[done]") == 2 and "[new]" not in dry.stdout, dry.stdout
+    assert not (res / "queue.sqlite").exists()  # a dry run creates no queue
+    r = run_cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 already done, 2 found done in their run folders, 0 to run" in r.stdout
     assert "2 done (2 from earlier runs)" in r.stdout

@@ -136,9 +136,9 @@ def test_every_kind_of_damage_fails_in_one_line_and_keeps_the_files(snapshot, tm
 LOOKAHEAD = RECIPE.replace(lookahead=0.95, lookahead_every=3)
 
 
-def _train(model, epochs, root, start=0, every=3, last=3 * STEPS):
+def _train(model, epochs, root, start=0, every=3, last=3 * STEPS, start_step=0):
     """Train (epochs start..epochs) with the lookahead, snapshotting each epoch."""
-    look = callbacks.Lookahead(0.95, every, last)
+    look = callbacks.Lookahead(0.95, every, last, start_step)
     backup = callbacks.AtomicBackup(root, IDENTITY, keeps=(look,))
     if start:
         assert backup.resume(model, STEPS) == (start, 0)
@@ -149,45 +149,65 @@ def _train(model, epochs, root, start=0, every=3, last=3 * STEPS):
     return look
 
 
-def test_the_lookahead_follows_airbenchs_rule(tmp_path):
-    """Every `every` steps: ema <- ema + (1 - d)(w - ema), w <- ema, d = decay^every ·
-    (step / last)^3; after the last step the model holds the average. Replayed here in
-    numpy from the weights the training steps produced."""
+@pytest.mark.parametrize("start_epochs", [0, 1])
+def test_the_lookahead_follows_airbenchs_rule(tmp_path, start_epochs):
+    """airbench94.py's rule, replayed in numpy from the weights the training steps
+    produced: from epoch `start` on, at every 3rd step the first takes a copy, each later
+    one moves ema <- ema + (1 - d)(w - ema), w <- ema, d = decay^every · (step / last)^3;
+    at each epoch's last step, before the test set sees it, the model takes the average."""
     model = fresh(0, LOOKAHEAD)
     floats = [v for v in model.weights if "float" in str(v.dtype)]
-    seen = []  # each step's weights before the lookahead touched them
 
-    class Spy(keras.callbacks.Callback):
+    def now():
+        return [np.array(keras.ops.convert_to_numpy(v.value)) for v in floats]
+
+    seen, tested = [], []  # each step's weights before the lookahead; each epoch's tested
+
+    class Before(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            seen.append([np.array(keras.ops.convert_to_numpy(v.value)) for v in floats])
+            seen.append(now())
 
-    start = [np.array(keras.ops.convert_to_numpy(v.value)) for v in floats]
-    look = callbacks.Lookahead(0.95, 3, 3 * STEPS)
+    class Tested(keras.callbacks.Callback):  # what Keras evaluates: after the last batch
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 == STEPS:
+                tested.append(now())
+
+    look = callbacks.Lookahead(0.95, 3, 3 * STEPS, start_step=start_epochs * STEPS)
     stream = data.TrainStream(data.synthetic(16, 8), 8, seed=0, epochs=3)
     model.fit(iter(stream), steps_per_epoch=STEPS, epochs=3, verbose=0,
-              callbacks=[Spy(), look])
-    assert len(seen) == 6
-    ema = start
-    for step in (3, 6):  # seen[step - 1]: the weights the optimizer left at that step
-        d = 0.95 ** 3 * (step / 6) ** 3
-        ema = [e + (1 - d) * (w - e) for e, w in zip(ema, seen[step - 1], strict=True)]
-    for v, e in zip(floats, ema, strict=True):  # the last step: the model takes the average
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(v.value), e, rtol=1e-5,
-                                   atol=1e-6)
-    # the averaged weights are not the raw ones (it did something)
-    assert any(not np.allclose(w, e) for w, e in zip(seen[-1], ema, strict=True))
+              callbacks=[Before(), look, Tested()])
+    assert len(seen) == 6 and len(tested) == 3
+    ema, want = None, []
+    for step in range(1, 7):  # seen[step - 1]: the weights the optimizer left at that step
+        if step % 3 == 0 and step > start_epochs * STEPS:
+            d = 0.95 ** 3 * (step / 6) ** 3
+            ema = seen[step - 1] if ema is None else [
+                e + (1 - d) * (w - e) for e, w in zip(ema, seen[step - 1], strict=True)]
+        if step % STEPS == 0:
+            want.append(seen[step - 1] if ema is None else ema)
+    for got, w in zip(tested, want, strict=True):
+        for a, b in zip(got, w, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(now(), want[-1], strict=True):  # the model ends as the average
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # epoch 2 tested the copy taken at step 3, not its own last step's weights
+    assert any(not np.allclose(w, e) for w, e in zip(seen[3], tested[1], strict=True))
+    if start_epochs:  # nothing averaged in the epochs before the start
+        for a, b in zip(tested[0], seen[1], strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
-def test_a_resumed_lookahead_goes_on_as_if_never_stopped(tmp_path):
-    """Killed after epoch 1 (mid-cycle: 2 steps of every 3), resumed from the snapshot:
-    the same weights as the run that never stopped; a snapshot without its average is
-    damaged."""
+@pytest.mark.parametrize("start_step", [0, 2])
+def test_a_resumed_lookahead_goes_on_as_if_never_stopped(tmp_path, start_step):
+    """Killed after epoch 1 (mid-cycle: 2 steps of every 3; the average taken at the
+    start, or not yet), resumed from the snapshot: the same weights as the run that
+    never stopped; a snapshot without its average's file is damaged."""
     whole = fresh(0, LOOKAHEAD)
-    _train(whole, 3, tmp_path / "whole")
+    _train(whole, 3, tmp_path / "whole", start_step=start_step)
     part = fresh(0, LOOKAHEAD)
-    _train(part, 1, tmp_path / "part")
+    _train(part, 1, tmp_path / "part", start_step=start_step)
     resumed = fresh(1, LOOKAHEAD)
-    _train(resumed, 3, tmp_path / "part", start=1)
+    _train(resumed, 3, tmp_path / "part", start=1, start_step=start_step)
     for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     (_latest(tmp_path / "part") / callbacks.Lookahead.FILE).unlink()
@@ -202,6 +222,12 @@ def test_lookahead_and_ema_are_one_or_the_other():
     with pytest.raises(AblationError, match="ema and lookahead both average the weights"):
         RECIPE.replace(lookahead=0.95, ema=0.99)
     assert LOOKAHEAD.id != RECIPE.id and "lookahead 0.95 every 3 steps" in LOOKAHEAD.describe()
+    later = LOOKAHEAD.replace(lookahead_start=1)
+    assert later.id != LOOKAHEAD.id and "every 3 steps from epoch 2" in later.describe()
+    with pytest.raises(AblationError, match="lookahead-start is when the lookahead starts"):
+        RECIPE.replace(lookahead_start=1)
+    with pytest.raises(AblationError, match="lookahead-start 3 leaves no epoch of lookahead"):
+        LOOKAHEAD.replace(lookahead_start=3)
 
 
 def test_tensorboard_scalars_without_tensorflow_survive_a_second_fit(tmp_path):

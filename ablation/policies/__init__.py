@@ -18,8 +18,8 @@ import json
 import sys
 
 from ablation.plan import Plan
-from ablation.policies.base import Policy, Queue, Stop, View, projection
-from ablation.protocol import NEW, Exit, JobState
+from ablation.policies.base import Policy, Queue, Stop, View, planned_state, projection
+from ablation.protocol import Exit, JobState
 
 
 class Fixed(Policy):
@@ -40,16 +40,17 @@ class Fixed(Policy):
         print(f"recipe {recipe.id}: {json.dumps(recipe.to_dict(), sort_keys=True)}", file=out)
         jobs = self.plan.jobs()
         list_jobs(jobs, known, out)
-        left = [j for j in jobs if known.get(j.key, NEW) != JobState.DONE]
+        left = [j for j in jobs if planned_state(j, known) != JobState.DONE]
         print(f"{len(jobs)} job(s){projection(self.plan, left)}; nothing was run "
               "(--dry-run)", file=out)
         return Exit.DONE
 
 
 def list_jobs(jobs, known: dict, out, describe=None) -> None:
-    """One line per planned job, with its state in the queue (or new)."""
+    """One line per planned job, with its state in the queue, else in its run folder
+    (or new)."""
     for k, j in enumerate(jobs, 1):
-        state = known.get(j.key, NEW)
+        state = planned_state(j, known)
         extra = f"{describe(j)}  " if describe else ""
         print(f"{k:4d}  {j.variant.name:<14} seed {j.seed}  {extra}[{state}]  {j.run_dir}",
               file=out)

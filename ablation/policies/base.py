@@ -24,9 +24,9 @@ from pathlib import Path
 
 from ablation import results, runs, study
 from ablation.jobqueue import DB_NAME, JobQueue
-from ablation.plan import Plan
-from ablation.protocol import Exit, JobKey, JobState, RunRecord
-from ablation.store import Run
+from ablation.plan import Plan, PlannedJob
+from ablation.protocol import NEW, Exit, JobKey, JobState, RunRecord
+from ablation.store import Run, RunFolder
 
 
 def states(results_dir: Path) -> dict[JobKey, JobState]:
@@ -36,6 +36,20 @@ def states(results_dir: Path) -> dict[JobKey, JobState]:
         return {}
     with JobQueue(Path(results_dir)) as q:
         return {r.key: r.status for r in q.all()}
+
+
+def on_disk(job: PlannedJob) -> JobState | None:
+    """A run folder whose record says done (or paused at a rung), its target epoch
+    trained: the queue that knew it may have been lost (a damaged queue moved aside, a
+    results folder copied without it), or a rerun asks again for a rung a job already
+    reached; the run was not. The runner skips it; a dry run says so."""
+    return RunFolder(job.run_dir).reached(job.target)
+
+
+def planned_state(job: PlannedJob, known: dict[JobKey, JobState]) -> str:
+    """A planned job's state for a dry run: the queue's, else its run folder's, else
+    new."""
+    return known.get(job.key) or on_disk(job) or NEW
 
 
 ENDED = (JobState.DONE, JobState.FAILED, JobState.PAUSED)

@@ -24,8 +24,8 @@ from ablation import study as studies
 from ablation.errors import AblationError
 from ablation.plan import Plan
 from ablation.policies import Fixed, list_jobs
-from ablation.policies.base import Policy, Queue, Stop, View, train_images
-from ablation.protocol import NEW, Exit, JobKey, JobState
+from ablation.policies.base import Policy, Queue, Stop, View, planned_state, train_images
+from ablation.protocol import Exit, JobKey, JobState
 from ablation.recipe import Recipe
 
 
@@ -175,7 +175,7 @@ class Tuned(Policy):
         known = view.states()
         speed = runs.speeds(plan.results, plan.recipe.precision, plan.recipe.image_hw)
         jobs = self.tuning.jobs()
-        planned = [known.get(j.key, NEW) for j in jobs]
+        planned = [planned_state(j, known) for j in jobs]
         left = sum(s != JobState.DONE for s in planned)
         if self.halving is not None:  # the search decides as it goes: its rule and cost
             settings = {len(self.tuning.recipes_of(v.name)) for v in plan.variants}

@@ -230,9 +230,11 @@ class Recipe:
     lookahead: Unit = _f(0, "number", "airbench's lookahead (0: off; its 0.95): every "
                          "lookahead-every steps the weights and batch-norm statistics move "
                          "to an average that trails them, at this decay per step ramped up "
-                         "as (step / last step)^3, and the model takes the average at the "
-                         "end")
+                         "as (step / last step)^3; the model takes the average at the end "
+                         "of every epoch")
     lookahead_every: Int1 = _f(5, "int", "steps between the lookahead's updates")
+    lookahead_start: Int0 = _f(0, "int", "epochs trained before the lookahead starts "
+                               "averaging (airbench's 3)")
     # --- ImageNet-class data (CHANGELOG.md: when)
     crop_pct: Share = _f(1, "number", "evaluation images (test, validation) resized to "
                          "image_size / crop_pct, then centre-cropped to image_size: "
@@ -287,6 +289,12 @@ class Recipe:
                                 f"augment {self.augment} pads nothing")
         if self.lookahead and self.ema:
             raise AblationError("ema and lookahead both average the weights: give one")
+        if self.lookahead_start and not self.lookahead:
+            raise AblationError("lookahead-start is when the lookahead starts; give "
+                                "lookahead too")
+        if self.lookahead_start >= self.epochs:
+            raise AblationError(f"lookahead-start {self.lookahead_start} leaves no epoch of "
+                                f"lookahead (epochs {self.epochs})")
         allowed = [n for n in spec.settings if n in _BETAS]
         for name in _BETAS:
             if getattr(self, name) is not None and name not in spec.settings:
@@ -444,7 +452,8 @@ class Recipe:
             (self.bn_bias_lr != 1, f"batch-norm offsets at {self.bn_bias_lr:g}x the lr"),
             (self.tta != "none", f"test-time augmentation {self.tta} (recorded apart)"),
             (self.lookahead, f"lookahead {self.lookahead:g} every {self.lookahead_every} "
-                             "steps"),
+                             "steps" + (f" from epoch {self.lookahead_start + 1}"
+                                        if self.lookahead_start else "")),
         ) if on]
         aug = f"augmentation `{self.augment}`" + (f" (pad {self.pad})" if self.pad else "") \
             + ("" if self.flip == "random" else f", flip {self.flip}")
@@ -522,7 +531,8 @@ _ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1
                 "epsilon", "decay", "schedule", "warmup", "min_lr", "label_smoothing",
                 "mixup", "cutmix", "ema", "grad_clip", "image_size", "validation",
                 "data_hash", "lr_drop", "bias_decay", "pad", "flip", "tta", "bn_bias_lr",
-                "lookahead", "lookahead_every", "crop_pct", "augment_on")
+                "lookahead", "lookahead_every", "crop_pct", "augment_on",
+                "lookahead_start")
 DEFAULTS_MILESTONES = (0.405, 0.61)
 
 # the schema: one pydantic model made from the dataclass's own annotations
