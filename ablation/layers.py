@@ -58,12 +58,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 class BiasAddConv2D(keras.layers.Conv2D):
-    """keras.layers.Conv2D with TensorFlow's BiasAdd (NHWC, no activation)."""
+    """keras.layers.Conv2D with TensorFlow's BiasAdd (NHWC, no activation). A dilated
+    conv stays Keras' (`tf.nn.convolution`, which dilates by space-to-batch): TensorFlow
+    2.21's CPU kernel for a dilated Conv2D's filter gradient refuses dilation above 1."""
 
     def call(self, inputs):
         if (keras.backend.backend() != "tensorflow" or self.data_format != "channels_last"
                 or not self.use_bias or self.activation is not keras.activations.linear
-                or self.groups != 1):
+                or self.groups != 1 or max(self.dilation_rate) > 1):
             return super().call(inputs)
         import tensorflow as tf
 
