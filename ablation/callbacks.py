@@ -315,6 +315,30 @@ class Lookahead(keras.callbacks.Callback):
         self.ema = [keras.ops.convert_to_tensor(a) for a in arrays] if arrays else None
 
 
+class FreezeBias(keras.callbacks.Callback):
+    """airbench's step 4 (its whitening layer's bias trained for the first `epochs`
+    epochs, then frozen: airbench94.py's `whiten_bias_epochs`). From that epoch on, the
+    bias is put back after every step to its value at the epoch's start, so each step's
+    forward pass sees the frozen value and the model ends with it; the optimizer's
+    momentum for it is never read. A snapshot holds the frozen value, so a resumed run
+    takes it from there. Exact where one step runs per execution (the CPU's); with k
+    steps per execution the bias is put back every k steps."""
+
+    def __init__(self, variables: list[Any], epochs: int):
+        super().__init__()
+        self.variables, self.epochs = variables, epochs
+        self.frozen: list[Any] | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.epochs and self.frozen is None:
+            self.frozen = [keras.ops.copy(v.value) for v in self.variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.frozen is not None:
+            for v, value in zip(self.variables, self.frozen, strict=True):
+                v.assign(value)
+
+
 class EpochMeter(keras.callbacks.Callback):
     """Adds `lr`, `epoch_seconds` and training images/s to the epoch logs (before
     CSVLogger sees them), keeps each epoch's training images/s in `rates` (the run

@@ -48,6 +48,7 @@ from ablation import (
 from ablation.callbacks import (
     AtomicBackup,
     EpochMeter,
+    FreezeBias,
     HeldOut,
     HoldForTest,
     Lookahead,
@@ -55,6 +56,7 @@ from ablation.callbacks import (
     process_start,
     tensorboard_callback,
 )
+from ablation.errors import AblationError
 from ablation.protocol import (
     DIVERGED,
     HELD_MARKER,
@@ -408,6 +410,20 @@ def evaluation(job: Job, split: str = "test") -> Any:
                            batches[0])
 
 
+def freeze_whitening_bias(model: Any, recipe: Recipe, name: str) -> list[FreezeBias]:
+    """The recipe's `whiten_bias_epochs` for this network: its whitening layers' biases
+    frozen after that many epochs; a network without one cannot honour it."""
+    if recipe.whiten_bias_epochs is None:
+        return []
+    from ablation.layers import Whitening
+
+    biases = [layer.bias for layer in network(model).layers if isinstance(layer, Whitening)]
+    if not biases:
+        raise AblationError(f"whiten-bias-epochs: {name} has no whitening layer "
+                            "(ops.whiten) whose bias it could freeze")
+    return [FreezeBias(biases, recipe.whiten_bias_epochs)]
+
+
 def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
     """Keras' callbacks and ours, in the order the exactly-once history needs: the CSV
     row is flushed before the backup is taken."""
@@ -424,6 +440,8 @@ def callbacks(job: Job, record: RecordWriter) -> tuple[list, EpochMeter]:
         *swap,
         *([HeldOut(evaluation(job, "validation"), swap)]
           if recipe.validation else []),
+        # before the lookahead, which then averages the frozen value
+        *freeze_whitening_bias(job.model, recipe, job.cfg.variant),
         *job.backup.keeps,  # the lookahead (its average is in the snapshots)
         meter,
         keras.callbacks.CSVLogger(str(job.history_path), append=True),

@@ -146,12 +146,14 @@ def test_the_study_and_its_recipe(study):
     assert recipe.lr_at(0, 50) == pytest.approx(0.2 * recipe.lr)
     assert recipe.lr_at(100, 50) == pytest.approx(recipe.lr)
     assert recipe.lr_at(300, 50) == pytest.approx(0.5 * recipe.lr)
-    assert len(study.variant_names) == 8
+    assert len(study.variant_names) == 9
     # each step on the one before (a variant's recipe replaces its base's: each lists all)
     steps = {n: registry.get(n).train_recipe(recipe) for n in study.variant_names}
-    assert [(steps[n].flip, steps[n].tta, steps[n].bn_bias_lr, steps[n].lookahead) for n in (
-        "airbench_3_scalebias", "airbench_5_lookahead", "airbench_6_tta", "airbench_7_flip",
-        "airbench")] == [("random", "flip", 64, 0), ("random", "flip", 64, 0.95),
-                         ("random", "flip_translate", 64, 0.95),
-                         ("alternate", "flip_translate", 64, 0.95),
-                         ("alternate", "flip_translate", 64, 0)]
+    assert [(steps[n].flip, steps[n].tta, steps[n].bn_bias_lr, steps[n].whiten_bias_epochs,
+             steps[n].lookahead, steps[n].lookahead_start) for n in (
+        "airbench_3_scalebias", "airbench_4_freeze", "airbench_5_lookahead", "airbench_6_tta",
+        "airbench_7_flip", "airbench")] == [
+            ("random", "flip", 64, None, 0, 0), ("random", "flip", 64, 3, 0, 0),
+            ("random", "flip", 64, 3, 0.95, 3), ("random", "flip_translate", 64, 3, 0.95, 3),
+            ("alternate", "flip_translate", 64, 3, 0.95, 3),
+            ("alternate", "flip_translate", 64, None, 0, 0)]

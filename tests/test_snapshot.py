@@ -216,6 +216,44 @@ def test_a_resumed_lookahead_goes_on_as_if_never_stopped(tmp_path, start_step):
                                keeps=(callbacks.Lookahead(0.95, 3, 6),)).resume(fresh(1), STEPS)
 
 
+def test_the_whitening_bias_trains_then_stays_frozen():
+    """airbench's step 4: the whitening bias moves in the epochs before the freeze; from
+    then on every step's forward pass, and the model at the end, hold its value at that
+    epoch's start (SGD's momentum would otherwise carry it on). A network without a
+    whitening layer cannot freeze one: one line."""
+    from ablation.errors import AblationError
+    from ablation.layers import Whitening
+
+    keras.utils.set_random_seed(0)
+    x = inputs = keras.Input((32, 32, 3))  # data.synthetic's images
+    white = Whitening(2)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Activation("gelu")(white(x)))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    model.compile(keras.optimizers.SGD(0.5, momentum=0.85, nesterov=True),
+                  "categorical_crossentropy")
+    white.set_from(np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype("float32"))
+    recipe = RECIPE.replace(whiten_bias_epochs=1)
+    (freeze,) = training.freeze_whitening_bias(model, recipe, "w")
+    biases = []
+
+    class Spy(keras.callbacks.Callback):  # after the freeze: what the next step sees
+        def on_train_batch_end(self, batch, logs=None):
+            biases.append(np.array(keras.ops.convert_to_numpy(white.bias.value)))
+
+    stream = data.TrainStream(data.synthetic(16, 8), 8, seed=0, epochs=3)
+    model.fit(iter(stream), steps_per_epoch=STEPS, epochs=3, verbose=0,
+              callbacks=[freeze, Spy()])
+    assert not np.allclose(biases[0], biases[1])  # it trained in epoch 1
+    for b in biases[2:]:  # and held epoch 1's last value through epochs 2 and 3
+        np.testing.assert_array_equal(b, biases[1])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(white.bias.value), biases[1])
+    assert "the whitening bias frozen after 1 epoch(s)" in recipe.describe()
+    with pytest.raises(AblationError, match="whiten-bias-epochs: snap_e has no whitening "):
+        training.freeze_whitening_bias(fresh(0), recipe, "snap_e")
+    with pytest.raises(AblationError, match="whiten-bias-epochs 3 freezes nothing"):
+        RECIPE.replace(whiten_bias_epochs=3)
+
+
 def test_lookahead_and_ema_are_one_or_the_other():
     from ablation.errors import AblationError
 

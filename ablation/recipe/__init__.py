@@ -235,6 +235,9 @@ class Recipe:
     lookahead_every: Int1 = _f(5, "int", "steps between the lookahead's updates")
     lookahead_start: Int0 = _f(0, "int", "epochs trained before the lookahead starts "
                                "averaging (airbench's 3)")
+    whiten_bias_epochs: Int1 | None = _f(
+        None, "int", "epochs the whitening layer's bias trains before it is frozen "
+        "(airbench's 3; default: it trains throughout)")
     # --- ImageNet-class data (CHANGELOG.md: when)
     crop_pct: Share = _f(1, "number", "evaluation images (test, validation) resized to "
                          "image_size / crop_pct, then centre-cropped to image_size: "
@@ -292,6 +295,10 @@ class Recipe:
         if self.lookahead_start and not self.lookahead:
             raise AblationError("lookahead-start is when the lookahead starts; give "
                                 "lookahead too")
+        if self.whiten_bias_epochs is not None and self.whiten_bias_epochs >= self.epochs:
+            raise AblationError(f"whiten-bias-epochs {self.whiten_bias_epochs} freezes "
+                                f"nothing (epochs {self.epochs}): give fewer epochs than "
+                                "that, or leave it out")
         if self.lookahead_start >= self.epochs:
             raise AblationError(f"lookahead-start {self.lookahead_start} leaves no epoch of "
                                 f"lookahead (epochs {self.epochs})")
@@ -454,6 +461,8 @@ class Recipe:
             (self.lookahead, f"lookahead {self.lookahead:g} every {self.lookahead_every} "
                              "steps" + (f" from epoch {self.lookahead_start + 1}"
                                         if self.lookahead_start else "")),
+            (self.whiten_bias_epochs, f"the whitening bias frozen after "
+                                      f"{self.whiten_bias_epochs} epoch(s)"),
         ) if on]
         aug = f"augmentation `{self.augment}`" + (f" (pad {self.pad})" if self.pad else "") \
             + ("" if self.flip == "random" else f", flip {self.flip}")
@@ -532,7 +541,7 @@ _ID_OPTIONAL = ("milestones", "warmup_epochs", "warmup_lr", "optimizer", "beta_1
                 "mixup", "cutmix", "ema", "grad_clip", "image_size", "validation",
                 "data_hash", "lr_drop", "bias_decay", "pad", "flip", "tta", "bn_bias_lr",
                 "lookahead", "lookahead_every", "crop_pct", "augment_on",
-                "lookahead_start")
+                "lookahead_start", "whiten_bias_epochs")
 DEFAULTS_MILESTONES = (0.405, 0.61)
 
 # the schema: one pydantic model made from the dataclass's own annotations
