@@ -276,15 +276,14 @@ class Lookahead(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.epoch_steps + batch + 1  # `batch`: the execution's last step
-        if step // self.every > self.done:
-            self.done = step // self.every
-            if self.epoch_steps < self.start_step:  # an epoch before the lookahead's
-                pass
-            elif self.ema is None:
+        # a multiple of `every` passed, in the lookahead's epochs
+        if step // self.every > self.done and self.epoch_steps >= self.start_step:
+            if self.ema is None:
                 self.ema = [keras.ops.copy(v.value) for v in self._floats(self.model)]
             else:
                 self._update(self.decay ** self.every
-                             * (self.done * self.every / self.last_step) ** 3)
+                             * (step // self.every * self.every / self.last_step) ** 3)
+        self.done = step // self.every
         # the epoch's last step: the model takes the average before the epoch's
         # evaluations (Keras evaluates before `on_epoch_end`)
         if batch + 1 >= self.params["steps"] and self.ema is not None:
@@ -319,10 +318,11 @@ class FreezeBias(keras.callbacks.Callback):
     """airbench's step 4 (its whitening layer's bias trained for the first `epochs`
     epochs, then frozen: airbench94.py's `whiten_bias_epochs`). From that epoch on, the
     bias is put back after every step to its value at the epoch's start, so each step's
-    forward pass sees the frozen value and the model ends with it; the optimizer's
-    momentum for it is never read. A snapshot holds the frozen value, so a resumed run
-    takes it from there. Exact where one step runs per execution (the CPU's); with k
-    steps per execution the bias is put back every k steps."""
+    forward pass sees the frozen value and the model ends with it; what the optimizer
+    (its momentum, the weight decay) does to it is undone each time. A snapshot holds
+    the frozen value, so a resumed run takes it from there. Exact where one step runs
+    per execution (the CPU's); with k steps per execution the bias is put back every k
+    steps."""
 
     def __init__(self, variables: list[Any], epochs: int):
         super().__init__()
