@@ -60,7 +60,10 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
     parallel.check_batch_size(devices_per_job, recipe.batch_size)  # a run field: one for all
     shape, classes = data.shape_of(recipe.dataset, recipe.image_hw)
     for v in variants:  # each network fits the data: its head, its strides (counted, fast)
-        models.count_params(v, classes, shape)
+        info = models.count_params(v, classes, shape)
+        if v.train_recipe(recipe).whiten_bias_epochs is not None and not info.whitening:
+            raise AblationError(f"whiten-bias-epochs: {v.name} has no whitening layer "
+                                "(ops.whiten) whose bias it could freeze")
     folder = data.resolve_data_dir(recipe.dataset, data_dir)
     # a dataset by path: hashed (its content names the recipe id), its statistics taken,
     # a folder decoded once into the results folder (not for a dry run: it writes nothing)

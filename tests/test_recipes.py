@@ -244,6 +244,8 @@ def test_the_recipe_line_says_every_field_that_differs_in_words():
     (["--grad-clip", "nan"], "--grad-clip: must be >= 0"),
     (["--pad", "2"], "augment blog pads nothing"),
     (["--lookahead", "0.95", "--ema", "0.99"], "ema and lookahead both average the weights"),
+    (["--whiten-bias-epochs", "2", "--epochs", "3"],  # refused before anything is queued
+     "whiten-bias-epochs: resnet32 has no whitening layer (ops.whiten)"),
 ])
 def test_bad_recipe_values_are_one_line(tmp_path, args, says):
     r = run_cli("run", "resnet32", *args, "--dry-run", "--results", str(tmp_path / "r"))

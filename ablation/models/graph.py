@@ -61,6 +61,7 @@ class Graph:
 
     def __init__(self):
         self.trainable = self.non_trainable = self.depth = self.macs = 0
+        self.whitening = 0  # ops.whiten layers (a recipe may freeze their bias)
         self.unknown_macs: list[str] = []
         self.where = "the network"  # what the builder is running, for messages
         self._node: dict[int, int] = {}  # id(tensor) -> node

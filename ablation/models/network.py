@@ -134,6 +134,7 @@ class ModelInfo:
     params_non_trainable: int
     macs: int | None  # multiply-adds of one forward pass of one image; None: unknown
     unknown_macs: tuple[str, ...] = ()  # "layer (why)": ops.layer layers not counted
+    whitening: int = 0  # ops.whiten layers: what `whiten_bias_epochs` freezes
 
 
 def count_params(name: str | Variant, num_classes: int = 10,
@@ -148,7 +149,7 @@ def count_params(name: str | Variant, num_classes: int = 10,
 
 def _info(g: Graph) -> ModelInfo:
     return ModelInfo(g.depth, g.trainable + g.non_trainable, g.trainable, g.non_trainable,
-                     None if g.unknown_macs else g.macs, tuple(g.unknown_macs))
+                     None if g.unknown_macs else g.macs, tuple(g.unknown_macs), g.whitening)
 
 
 def build_model(name: str | Variant, num_classes: int = 10,

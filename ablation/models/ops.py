@@ -394,6 +394,7 @@ def whiten(g, x, name, kernel=2, eps=5e-4):
     out = 2 * c * kernel * kernel
     dims = (h - kernel + 1, w - kernel + 1, out)
     weights = kernel * kernel * c * out
+    g.whitening += 1
     return g.emit(name, [x], dims, lambda L: _token_layers().Whitening(
         kernel, eps, bias_regularizer=g.bias_reg, name=name), trainable=out,
         non_trainable=weights, macs=weights * dims[0] * dims[1], depth=True)

@@ -297,8 +297,8 @@ class Recipe:
                                 "lookahead too")
         if self.whiten_bias_epochs is not None and self.whiten_bias_epochs >= self.epochs:
             raise AblationError(f"whiten-bias-epochs {self.whiten_bias_epochs} freezes "
-                                f"nothing (epochs {self.epochs}): give fewer epochs than "
-                                "that, or leave it out")
+                                f"nothing (epochs {self.epochs}): give it below epochs, "
+                                "or leave it out")
         if self.lookahead_start >= self.epochs:
             raise AblationError(f"lookahead-start {self.lookahead_start} leaves no epoch of "
                                 f"lookahead (epochs {self.epochs})")
