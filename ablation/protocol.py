@@ -390,6 +390,7 @@ class RunRecord(BaseModel):
     TF_FORCE_GPU_ALLOW_GROWTH: str | None = None
     XLA_PYTHON_CLIENT_PREALLOCATE: str | None = None
     XLA_PYTHON_CLIENT_MEM_FRACTION: str | None = None
+    TF_ENABLE_ONEDNN_OPTS: str | None = None
     note: str | None = None
 
     @pydantic.model_validator(mode="before")

@@ -125,6 +125,9 @@ def test_a_packed_jobs_environment():
     assert rec["CUDA_VISIBLE_DEVICES"] == "1" and rec["jobs_per_gpu"] == 4
     assert rec["XLA_PYTHON_CLIENT_PREALLOCATE"] is None
     assert rec["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225"
+    # and which CPU kernels TensorFlow was told to use (its own default where unset)
+    assert rec["TF_ENABLE_ONEDNN_OPTS"] is None
+    assert devices.recorded({"TF_ENABLE_ONEDNN_OPTS": "1"})["TF_ENABLE_ONEDNN_OPTS"] == "1"
 
 
 def test_analyze_and_bench_processes_take_one_gpu_and_memory_as_needed(tmp_path):
