@@ -61,9 +61,7 @@ def plan(study: studies.Study, names: list[str], overrides: dict, results: Path,
     shape, classes = data.shape_of(recipe.dataset, recipe.image_hw)
     for v in variants:  # each network fits the data: its head, its strides (counted, fast)
         info = models.count_params(v, classes, shape)
-        if v.train_recipe(recipe).whiten_bias_epochs is not None and not info.whitening:
-            raise AblationError(f"whiten-bias-epochs: {v.name} has no whitening layer "
-                                "(ops.whiten) whose bias it could freeze")
+        models.check_whitening(v.name, info.whitening, v.train_recipe(recipe).whiten_bias_epochs)
     folder = data.resolve_data_dir(recipe.dataset, data_dir)
     # a dataset by path: hashed (its content names the recipe id), its statistics taken,
     # a folder decoded once into the results folder (not for a dry run: it writes nothing)

@@ -56,7 +56,6 @@ from ablation.callbacks import (
     process_start,
     tensorboard_callback,
 )
-from ablation.errors import AblationError
 from ablation.protocol import (
     DIVERGED,
     HELD_MARKER,
@@ -418,9 +417,7 @@ def freeze_whitening_bias(model: Any, recipe: Recipe, name: str) -> list[FreezeB
     from ablation.layers import Whitening
 
     biases = [layer.bias for layer in network(model).layers if isinstance(layer, Whitening)]
-    if not biases:
-        raise AblationError(f"whiten-bias-epochs: {name} has no whitening layer "
-                            "(ops.whiten) whose bias it could freeze")
+    models.check_whitening(name, len(biases), recipe.whiten_bias_epochs)
     return [FreezeBias(biases, recipe.whiten_bias_epochs)]
 
 

@@ -19,6 +19,7 @@ from ablation.models.network import (
     ModelInfo,
     build_model,
     check_counts,
+    check_whitening,
     count_params,
     layer_inputs,
     load_pretrained,
@@ -46,7 +47,7 @@ PARTS: dict[str, Parts] = {"unit": UNITS, "stem": STEMS, "head": HEADS}
 
 __all__ = ["ACTIVATIONS", "BN_EPSILON", "BN_MOMENTUM", "BUILTIN_UNITS", "HEADS", "OPS",
            "PARTS", "STEMS", "UNITS", "Block", "ModelInfo", "Net", "OpError", "Parts",
-           "UnitError", "build_model", "check_counts", "count_params", "head",
+           "UnitError", "build_model", "check_counts", "check_whitening", "count_params", "head",
            "layer_inputs", "load_pretrained", "net_of", "register_layers", "resolve",
            "set_from_data", "shadowed", "shortcut",
            "signature", "stem", "unit", "unit_source_hash", "user_unit_hash", "user_units"]

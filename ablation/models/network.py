@@ -137,6 +137,15 @@ class ModelInfo:
     whitening: int = 0  # ops.whiten layers: what `whiten_bias_epochs` freezes
 
 
+def check_whitening(name: str, whitening: int, whiten_bias_epochs: int | None) -> None:
+    """A recipe that freezes the whitening bias needs a network with a whitening layer
+    (ops.whiten): checked when the plan counts the network, and again when a job builds
+    it."""
+    if whiten_bias_epochs is not None and not whitening:
+        raise AblationError(f"whiten-bias-epochs: {name} has no whitening layer "
+                            "(ops.whiten) whose bias it could freeze")
+
+
 def count_params(name: str | Variant, num_classes: int = 10,
                  input_shape: tuple[int, int, int] = (32, 32, 3)) -> ModelInfo:
     """Exact parameter counts, weighted depth (stem + main-path convs + dense) and
