@@ -174,3 +174,15 @@ def test_a_job_that_crashes_in_native_code_says_what_may_avoid_it(tmp_path, code
     o = outcome_from(3, tmp_path, code, ["step 5", "double free or corruption (!prev)"])
     assert o.status == "failed" and o.error.startswith(f"exit code {code}: double free")
     assert "TF_ENABLE_ONEDNN_OPTS=0 or KERAS_BACKEND=jax" in o.error
+
+
+def test_a_job_that_ends_well_with_a_record_the_runner_cannot_read_says_so(tmp_path):
+    """A job that exits 0 after writing a record this runner cannot parse (here, a recipe
+    key it does not know, as a newer version's job writes) fails with the record's
+    problem, not with the job's last output line."""
+    from ablation.executors.base import outcome_from
+
+    (tmp_path / "summary.json").write_text(json.dumps({"recipe": {"no_such_field": 1}}))
+    o = outcome_from(3, tmp_path, 0, ["inference: 513 images/s"])
+    assert o.status == "failed" and o.error.startswith("exit code 0, but damaged file ")
+    assert "summary.json" in o.error and "another ablation version" in o.error

@@ -111,6 +111,11 @@ def outcome_from(job_id: int, run_dir: Path, code: int, tail: list[str]) -> Outc
         return Outcome(job_id, JobState.INTERRUPTED,
                        (record and record.error) or "given a GPU, it sees none", machine=True)
     reason = record.error if status == JobState.FAILED else None
+    if code == Exit.DONE and record is None and (why := RunFolder(run_dir).damaged()):
+        # It finished and wrote its record, which this process cannot read: a record
+        # written by another version of the package (an upgrade mid-queue) reads so.
+        reason = (f"exit code 0, but {why}; was it run by another ablation version than"
+                  " this runner's?")
     if not reason:
         last = [t for t in tail if t.strip()]
         reason = f"exit code {code}" + (f": {last[-1].strip()[:300]}" if last else "")
