@@ -12,15 +12,17 @@ the local executor places jobs:
 2. K = 1, 2, 4, 8 jobs packed on the first GPU at once (`--jobs-per-gpu K`'s memory
    settings), `resnet32_e` bf16 with device augmentation: each job's img/s and their sum;
 3. with several GPUs, one job data parallel over N = 2 (and all) of them
-   (`--devices-per-job N`), at 128 images per device;
+   (`--devices-per-job N`), at 128 images per device (`--batch`);
 4. one epoch of ResNet-32's training steps at full speed (bf16, device augmentation):
    50,000 images (CIFAR-10's training set, with `--data-dir`) or the generated set's
    10,000, timed.
 
-Without `--data-dir` the images are generated (the harness's synthetic set). Each part
-that would overrun the budget is skipped, and the table says so. On a machine without
-GPUs the same parts run on the CPU (what tests/test_gpu_benchmark.py does, with a fake
-`nvidia-smi`): the figures then say nothing about a GPU, and the table says where it ran.
+Parts 2 to 4 train the first of `--variants`, in bf16 where `--precisions` names it
+(else in its first). Without `--data-dir` the images are generated (the harness's
+synthetic set). Each part that would overrun the budget is skipped, and the table says
+so. On a machine without GPUs the same parts run on the CPU (what
+tests/test_gpu_benchmark.py does, with a fake `nvidia-smi`, fp32 and a batch of 32): the
+figures then say nothing about a GPU, and the table says where it ran.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="also write the table to this file")
     ap.add_argument("--budget-minutes", type=float, default=8.0)
     ap.add_argument("--steps", type=int, default=100, help="timed steps per figure")
+    ap.add_argument("--batch", type=int, default=BATCH, help="images per device a step")
     ap.add_argument("--epoch-images", type=int, default=None,
                     help="the timed epoch's images (default: 50,000 with --data-dir, "
                          f"else {GENERATED_IMAGES:,})")
@@ -118,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     gpus = devices.list_gpus()
     b = Bench(args.steps, args.budget_minutes * 60, args.data_dir, gpus, args.study)
     variants, precisions = args.variants.split(","), args.precisions.split(",")
-    one = variants[0]  # parts 2 to 4's network
+    one = variants[0]  # parts 2 to 4's network and precision
+    prec_one = "bf16" if "bf16" in precisions else precisions[0]
+    batch = args.batch
     first = list(gpus.ids[:1])
     where = (f"{len(gpus.ids)} GPU(s) ({', '.join(gpus.ids)}, from {gpus.source})"
              if gpus.ids else "the CPU (no GPU found)")
     lines = [f"# GPU benchmark: {where}", "",
-             f"Training steps only (after a warm-up), batch {BATCH} per device, "
+             f"Training steps only (after a warm-up), batch {batch} per device, "
              f"{args.steps} timed steps a figure; data: "
              + (f"CIFAR-10 ({args.data_dir})" if args.data_dir else "generated images"), ""]
 
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for prec in precisions:
             if not b.fits(f"{v} {prec}", 60):
                 continue
-            both = b.result(b.start(v, prec, "host,device", first))
+            both = b.result(b.start(v, prec, "host,device", first, batch=batch))
             got = both if "error" not in both else {"host": both, "device": both}
             backend = backend or got["device"].get("backend")
             device = device or got["device"].get("device")
@@ -148,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in map(int, args.packed.split(",")):
         if not b.fits(f"{k} packed jobs", 45 + 10 * k):
             continue
-        procs = [b.start(one, "bf16", "device", first, sharing=k) for _ in range(k)]
+        procs = [b.start(one, prec_one, "device", first, sharing=k, batch=batch)
+                 for _ in range(k)]
         got = [b.result(p) for p in procs]
         ok = [r["images_per_second"] for r in got if "error" not in r]
         per = ", ".join(fmt(r) for r in got)
@@ -165,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in sorted(spreads):
             if not b.fits(f"{n} GPUs per job", 60):
                 continue
-            r = b.result(b.start(one, "bf16", "device", list(gpus.ids[:n]),
-                                 devices_per_job=n, batch=BATCH * n))
-            lines.append(f"| {n} | {BATCH * n} | {fmt(r)} | "
+            r = b.result(b.start(one, prec_one, "device", list(gpus.ids[:n]),
+                                 devices_per_job=n, batch=batch * n))
+            lines.append(f"| {n} | {batch * n} | {fmt(r)} | "
                          + (f"{r['images_per_second'] / n:,.0f} |" if "error" not in r
                             else "|"))
             print(lines[-1], flush=True)
@@ -176,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. one epoch of ResNet-32's training steps
     images = args.epoch_images or (50_000 if args.data_dir else GENERATED_IMAGES)
-    steps = math.ceil(images / BATCH)
+    steps = math.ceil(images / batch)
     if b.fits("the timed epoch", 90):
-        r = b.result(b.start(one, "bf16", "device", first, steps=steps))
-        lines += ["", f"| one epoch of {one} (bf16, device augmentation) | images | "
+        r = b.result(b.start(one, prec_one, "device", first, steps=steps, batch=batch))
+        lines += ["", f"| one epoch of {one} ({prec_one}, device augmentation) | images | "
                   "seconds | img/s |", "|---|---:|---:|---:|"]
-        seconds = "" if "error" in r else f"{steps * BATCH / r['images_per_second']:.1f}"
+        seconds = "" if "error" in r else f"{steps * batch / r['images_per_second']:.1f}"
         lines.append(f"| training steps | {images:,} | {seconds} | {fmt(r)} |")
         print(lines[-1], flush=True)
     spent = time.monotonic() - b.started

@@ -20,8 +20,8 @@ def test_the_gpu_benchmark_runs_every_part_and_writes_its_table(tmp_path):
     out = tmp_path / "gpu.md"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--study",
                         str(tiny_study(tmp_path)), "--variants", "tiny8", "--precisions",
-                        "bf16", "--packed", "2", "--gpus-per-job", "2", "--steps", "2",
-                        "--epoch-images", "256",
+                        "fp32", "--packed", "2", "--gpus-per-job", "2", "--steps", "2",
+                        "--batch", "32", "--epoch-images", "256",
                         "--out", str(out)], capture_output=True, text=True, env=env,
                        timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
@@ -29,11 +29,13 @@ def test_the_gpu_benchmark_runs_every_part_and_writes_its_table(tmp_path):
     assert md.startswith("# GPU benchmark: 2 GPU(s) (0, 1, from nvidia-smi)")
     number = r"[\d,]+"
     # 1. host and device augmentation side by side
-    assert re.search(rf"\| tiny8 \| bf16 \| {number} \| {number} \|", md), md
+    assert re.search(rf"\| tiny8 \| fp32 \| {number} \| {number} \|", md), md
     # 2. two jobs packed on one GPU, each measured, summed
     assert re.search(rf"\| 2 \| {number}, {number} \| {number} \|", md), md
-    # 3. one job on both GPUs (a global batch of 256, split)
-    assert re.search(rf"\| 2 \| 256 \| {number} \| {number} \|", md), md
-    # 4. the timed epoch: 256 images, 2 steps of 128
-    assert re.search(rf"\| training steps \| 256 \| [\d.]+ \| {number} \|", md), md
+    # 3. one job on both GPUs (a global batch of 64, split)
+    assert re.search(rf"\| 2 \| 64 \| {number} \| {number} \|", md), md
+    # 4. the timed epoch: 256 images, 8 steps of 32, in the one precision named
+    assert re.search(rf"one epoch of tiny8 \(fp32, .*\n.*\n\| training steps \| 256 \| "
+                     rf"[\d.]+ \| {number} \|", md), md
+    assert "batch 32 per device" in md
     assert "measured on the CPU" in md and "skipped" not in md
