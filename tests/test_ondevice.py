@@ -211,8 +211,8 @@ def test_the_same_seed_is_the_same_run_and_a_resumed_one_bit_for_bit(tmp_path):
     np.testing.assert_allclose(whole.predict_on_batch([x, keys]), host, rtol=1e-5, atol=1e-7)
 
 
-def test_a_run_augmented_on_the_device_says_so(tmp_path, cifar_dir):
-    r = run_cli("run", "resnet32_e", *TINY, "--augment", "crop", "--mixup", "0.2",
+def test_a_run_augmented_on_the_device_says_so(tmp_path, cifar_dir, tiny):
+    r = run_cli("run", "tiny8", *tiny, *TINY, "--augment", "crop", "--mixup", "0.2",
                 "--augment-on", "device", "--devices-per-job", "2", "--data-dir",
                 str(cifar_dir), "--results", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
